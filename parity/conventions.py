@@ -1,0 +1,92 @@
+"""Named framework conventions, each with where it comes from. No bare numbers in ports or converters.
+
+This module imports nothing: the Keras reference side, the torch port side and the numpy converters all
+read the same names. Origins: keras/src/layers/normalization/batch_normalization.py (Keras 3.15),
+torch/nn/modules/batchnorm.py (PyTorch 2.13), keras/src/optimizers/{adam,sgd}.py, and the facts collected
+in ../shared/reference-facts.md from oarriaga/face_classification and davheld/GOTURN.
+"""
+from __future__ import annotations
+
+import math
+
+# --- BatchNormalization -------------------------------------------------------------------------------
+KERAS_BN_EPSILON = 1e-3
+"""keras.layers.BatchNormalization(epsilon=1e-3) default (Keras 2.0.5 and Keras 3)."""
+TORCH_BN_EPSILON = 1e-5
+"""torch.nn.BatchNorm2d(eps=1e-5) default: the classic port mistake (1e-5 where Keras used 1e-3)."""
+KERAS_BN_MOMENTUM = 0.99
+"""Keras: moving = m * moving + (1 - m) * batch, default m = 0.99."""
+TORCH_BN_MOMENTUM_DEFAULT = 0.1
+"""torch: running = (1 - m) * running + m * batch, default m = 0.1 (== Keras 0.9, not 0.99)."""
+
+
+def torch_bn_momentum_from_keras(keras_momentum: float) -> float:
+    """torch's momentum weighs the *new* batch statistic, Keras' the *old* moving value: m_t = 1 - m_k."""
+    return 1.0 - keras_momentum
+
+
+TORCH_BN_MOMENTUM_FROM_KERAS = torch_bn_momentum_from_keras(KERAS_BN_MOMENTUM)
+"""0.01: the torch momentum equivalent to Keras' default 0.99."""
+
+RUNNING_VAR_CONVENTION = (
+    "torch updates running_var with the unbiased batch variance (n/(n-1)); Keras moving_variance with "
+    "the biased one. Compared after converting torch's update to the biased estimate (n = N*H*W)."
+)
+
+
+def unbiased_to_biased_update(new_running_var, old_running_var, torch_momentum: float, n: int):
+    """The moving variance Keras would hold after one update, from torch's (unbiased) update.
+
+    torch: new = (1 - m) * old + m * var_unbiased, with var_unbiased = var_biased * n / (n - 1).
+    Keras-equivalent: (1 - m) * old + m * var_biased. Works on numpy arrays and torch tensors.
+    """
+    batch_unbiased = (new_running_var - (1.0 - torch_momentum) * old_running_var) / torch_momentum
+    batch_biased = batch_unbiased * ((n - 1) / n)
+    return (1.0 - torch_momentum) * old_running_var + torch_momentum * batch_biased
+
+
+# --- Regularisation and optimizers --------------------------------------------------------------------
+def torch_weight_decay_from_keras_l2(l2: float) -> float:
+    """Keras ``l2(lam)`` adds lam * sum(w**2) to the loss, whose gradient is 2 * lam * w: torch's coupled
+    ``weight_decay`` (added to the gradient) must be 2 * lam."""
+    return 2.0 * l2
+
+
+MINIXCEPTION_L2 = 0.01
+"""oarriaga/face_classification src/models/cnn.py: ``regularization = l2(0.01)`` on the two base convs
+(Keras 2 silently ignored it on SeparableConv2D, Keras 3 rejects it there)."""
+
+KERAS3_ADAM_EPSILON = 1e-7
+"""keras.optimizers.Adam(epsilon=1e-7) in Keras 3 (1e-8 in Keras 2.0.5; torch's default is 1e-8)."""
+KERAS2_ADAM_EPSILON = 1e-8
+TORCH_ADAM_EPSILON = 1e-8
+
+
+def torch_adam_eps_from_keras(keras_eps: float, beta_2: float, step: int) -> float:
+    """Keras (and TF1) Adam adds epsilon to the *uncorrected* sqrt(v):
+    w -= lr*sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps). torch adds it to the bias-corrected one:
+    w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps'). Equal when eps' = eps / sqrt(1 - b2^t): a
+    time-dependent value, so one torch eps matches Keras at exactly one step (keras/src/optimizers/adam.py).
+    """
+    return keras_eps / math.sqrt(1.0 - beta_2**step)
+
+
+KERAS_SGD_MOMENTUM_SLOT = (
+    "Keras 3 SGD keeps m = mu*m - lr*g and adds it (w += m); torch keeps buf = mu*buf + g and subtracts "
+    "lr*buf. With a constant lr, Keras m == -lr * torch buf."
+)
+
+# --- Padding --------------------------------------------------------------------------------------------
+TF_SAME_PADDING = (
+    "TF 'same': out = ceil(n / s); pad_total = max((out - 1) * s + (k - 1) * d + 1 - n, 0); "
+    "pad_before = pad_total // 2, the extra pixel goes bottom/right (tensorflow/python/ops/nn_ops.py)."
+)
+TORCH_SYMMETRIC_PADDING = "torch padding=p pads p on every side: differs from TF 'same' when pad_total is odd."
+
+# --- Layout ---------------------------------------------------------------------------------------------
+KERAS_CONV_LAYOUT = "HWIO"
+TORCH_CONV_LAYOUT = "OIHW"
+KERAS_DENSE_LAYOUT = "(in, out)"
+TORCH_LINEAR_LAYOUT = "(out, in)"
+KERAS_FLATTEN_ORDER = "HWC"
+TORCH_FLATTEN_ORDER = "CHW"

@@ -1,0 +1,88 @@
+"""The one environment module: every entry point (CLI, tests, pytest plugin, benchmarks) imports it
+before TensorFlow or PyTorch is imported.
+
+Why each variable (measured on this project's 2-core CI machine, see ../shared/reference-facts.md):
+
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's AVX-512 kernels corrupt the heap in the backward pass of a 1x1
+  stride-2 convolution, in both TensorFlow and PyTorch (intermittent segfault / double free). Capping
+  the ISA at AVX2 made 5/5 runs clean. It must be set before either framework loads oneDNN.
+- ``TF_ENABLE_ONEDNN_OPTS=0``: TF's oneDNN graph rewrites off; also makes TF CPU numerics deterministic.
+- ``TF_CPP_MIN_LOG_LEVEL=2``: TF's C++ info/warning chatter off (errors still print).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+#: Environment every process of the project runs with. ``setdefault`` semantics: a user who exports
+#: a different value on purpose keeps it.
+ENVIRONMENT = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "KERAS_BACKEND": "tensorflow",
+    "PYTHONHASHSEED": "0",
+}
+
+_FRAMEWORKS = ("tensorflow", "torch", "keras")
+
+
+def configure() -> list[str]:
+    """Set the environment; return the frameworks that were already imported (too late for them)."""
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", message=r".*np\.object.*")
+    late = [name for name in _FRAMEWORKS if name in sys.modules]
+    return late
+
+
+LATE_IMPORTS = configure()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and whichever frameworks are imported (does not import any)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+    if "keras" in sys.modules:
+        sys.modules["keras"].utils.set_random_seed(seed)
+
+
+def import_tensorflow():
+    """Import TF/Keras quietly (after :func:`configure`). Raises ``MissingFramework`` with the fix."""
+    try:
+        import logging
+
+        import tensorflow as tf  # noqa: F401
+        import keras
+
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        tf.get_logger().setLevel(logging.ERROR)
+        return keras
+    except ImportError as exc:  # pragma: no cover - exercised on TF-less machines
+        raise MissingFramework(
+            "the Keras reference side needs TensorFlow and Keras 3. Received: "
+            f"{exc}. Install them with `pip install -e .[cpu]` (or `.[gpu]`), or replay a recorded trace "
+            "with `parity replay`, which needs only PyTorch."
+        ) from None
+
+
+def import_torch():
+    try:
+        import torch
+
+        return torch
+    except ImportError as exc:  # pragma: no cover
+        raise MissingFramework(
+            f"the port side needs PyTorch. Received: {exc}. Install it with `pip install torch`."
+        ) from None
+
+
+class MissingFramework(RuntimeError):
+    """A framework the requested stage needs is not installed."""

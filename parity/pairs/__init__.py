@@ -1,0 +1,1 @@
+"""Built-in pairs: one module per pair, each calling :func:`parity.registry.register`."""

@@ -1,0 +1,53 @@
+"""The pair registry (after timm's model registry). Pairs register themselves in ``parity/pairs/*.py``;
+those modules hold only data and strings, so listing pairs imports no framework."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from parity.spec import PairSpec
+
+_REGISTRY: dict[str, PairSpec] = {}
+_LOADED = False
+
+
+class UnknownPair(KeyError):
+    pass
+
+
+def register(spec: PairSpec) -> PairSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"pair {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_builtin() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import parity.pairs as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        importlib.import_module(f"parity.pairs.{info.name}")
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> PairSpec:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownPair(
+            f"unknown pair {name!r}. Expected one of: {', '.join(sorted(_REGISTRY))}. "
+            "Run `parity list`, or pass your own models with --reference mod:fn --port mod:fn."
+        ) from None
+
+
+def all_specs() -> list[PairSpec]:
+    return [get(n) for n in names()]
