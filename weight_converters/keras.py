@@ -1,0 +1,244 @@
+"""Keras <-> torch layouts, per layer kind, as pure numpy (after timm's ``checkpoint_filter_fn``).
+
+Every layout rule is a named function; every convention applied is written into the report:
+
+=================  ===============================  =================================================
+Keras layer        Keras variable (layout)          torch key (layout)
+=================  ===============================  =================================================
+Conv2D             kernel (kh, kw, in/g, out) HWIO  weight (out, in/g, kh, kw) OIHW: transpose(3,2,0,1)
+DepthwiseConv2D    depthwise_kernel (kh,kw,in,mult) weight (in*mult, 1, kh, kw): out channel c*mult + m
+SeparableConv2D    depthwise_kernel, pointwise_...  depthwise.weight, pointwise.weight (+ pointwise.bias)
+Dense              kernel (in, out)                 weight (out, in): transpose; after Flatten the rows
+                                                    are reordered HWC -> CHW when ``flatten_chw`` is given
+BatchNormalization gamma, beta, moving_mean,        weight, bias, running_mean, running_var (+
+                   moving_variance                  num_batches_tracked = 0, torch-only bookkeeping)
+=================  ===============================  =================================================
+
+Origins: keras/src/layers/convolutional/*.py (kernel shapes), torch/nn/modules/conv.py, ../shared/reference-facts.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from weight_converters.report import ConversionReport
+
+#: Keras variable name -> torch parameter suffix, per layer kind.
+LAYER_VARS: dict[str, dict[str, str]] = {
+    "conv2d": {"kernel": "weight", "bias": "bias"},
+    "depthwise_conv2d": {"depthwise_kernel": "weight", "bias": "bias"},
+    "separable_conv2d": {"depthwise_kernel": "depthwise.weight", "pointwise_kernel": "pointwise.weight",
+                         "bias": "pointwise.bias"},
+    "dense": {"kernel": "weight", "bias": "bias"},
+    "batchnorm": {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+                  "moving_variance": "running_var"},
+}
+#: torch-only state_dict entries, filled on Keras -> torch and dropped (not "unexpected") on the way back.
+TORCH_ONLY = {"batchnorm": {"num_batches_tracked": np.array(0, dtype=np.int64)}}
+
+CONV_HWIO_TO_OIHW = "Conv2D kernel HWIO -> OIHW (transpose 3,2,0,1)"
+DEPTHWISE_TO_TORCH = "Depthwise kernel (kh,kw,in,mult) -> (in*mult,1,kh,kw), out channel = c*mult + m"
+POINTWISE_TO_TORCH = "Pointwise kernel (1,1,in,out) HWIO -> (out,in,1,1)"
+DENSE_TRANSPOSE = "Dense kernel (in,out) -> Linear weight (out,in) (transpose)"
+DENSE_FLATTEN = "Dense rows after Flatten: Keras HWC order -> torch CHW order"
+BN_NAMES = "BatchNormalization gamma/beta/moving_mean/moving_variance -> weight/bias/running_mean/running_var"
+BN_VAR_AS_IS = ("moving_variance copied as running_var unchanged: both are used as-is in eval; only the "
+                "*update* differs (torch unbiased, Keras biased)")
+BN_TRACKED = "num_batches_tracked = 0 (torch bookkeeping; Keras has none)"
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """One reference layer <-> one port module. ``flatten_chw`` for a Dense after Flatten (the (C,H,W) of
+    the flattened tensor); ``depth_multiplier`` for depthwise/separable kernels on the way back to Keras."""
+
+    ref: str
+    port: str
+    kind: str
+    flatten_chw: tuple[int, int, int] | None = None
+    depth_multiplier: int | None = None
+
+
+# --- Per-array layout rules ------------------------------------------------------------------------------
+def conv_kernel_to_torch(k: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(k.transpose(3, 2, 0, 1))
+
+
+def conv_kernel_to_keras(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def depthwise_kernel_to_torch(k: np.ndarray) -> np.ndarray:
+    kh, kw, cin, mult = k.shape
+    return np.ascontiguousarray(k.reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None])
+
+
+def depthwise_kernel_to_keras(w: np.ndarray, depth_multiplier: int = 1) -> np.ndarray:
+    cm, _, kh, kw = w.shape
+    return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0).reshape(kh, kw, cm // depth_multiplier, depth_multiplier))
+
+
+def dense_kernel_to_torch(k: np.ndarray, flatten_chw: tuple[int, int, int] | None = None) -> np.ndarray:
+    if flatten_chw is not None:
+        c, h, w = flatten_chw
+        k = k.reshape(h, w, c, k.shape[1]).transpose(2, 0, 1, 3).reshape(c * h * w, k.shape[1])
+    return np.ascontiguousarray(k.T)
+
+
+def dense_kernel_to_keras(w: np.ndarray, flatten_chw: tuple[int, int, int] | None = None) -> np.ndarray:
+    k = w.T
+    if flatten_chw is not None:
+        c, h, ww = flatten_chw
+        k = k.reshape(c, h, ww, k.shape[1]).transpose(1, 2, 0, 3).reshape(c * h * ww, k.shape[1])
+    return np.ascontiguousarray(k)
+
+
+def var_to_torch(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, report: ConversionReport | None = None):
+    """One Keras variable (kernel, gradient or optimizer slot of it) -> torch layout."""
+    a = np.asarray(a)
+    note = None
+    if kind == "conv2d" and var == "kernel":
+        out, note = conv_kernel_to_torch(a), CONV_HWIO_TO_OIHW
+    elif var == "depthwise_kernel":
+        out, note = depthwise_kernel_to_torch(a), DEPTHWISE_TO_TORCH
+    elif var == "pointwise_kernel":
+        out, note = conv_kernel_to_torch(a), POINTWISE_TO_TORCH
+    elif kind == "dense" and var == "kernel":
+        out, note = dense_kernel_to_torch(a, flatten_chw), DENSE_TRANSPOSE
+        if flatten_chw is not None and report is not None:
+            report.convention(f"{DENSE_FLATTEN} (C,H,W)={tuple(flatten_chw)}")
+    else:
+        out = np.array(a, copy=True)
+        if kind == "batchnorm":
+            note = BN_NAMES
+            if var == "moving_variance" and report is not None:
+                report.convention(BN_VAR_AS_IS)
+    if note and report is not None:
+        report.convention(note)
+    return out
+
+
+def var_to_keras(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, depth_multiplier: int = 1):
+    """Inverse of :func:`var_to_torch`."""
+    a = np.asarray(a)
+    if kind == "conv2d" and var == "kernel":
+        return conv_kernel_to_keras(a)
+    if var == "depthwise_kernel":
+        return depthwise_kernel_to_keras(a, depth_multiplier)
+    if var == "pointwise_kernel":
+        return conv_kernel_to_keras(a)
+    if kind == "dense" and var == "kernel":
+        return dense_kernel_to_keras(a, flatten_chw)
+    return np.array(a, copy=True)
+
+
+def _check_finite(key: str, a: np.ndarray, report: ConversionReport) -> None:
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        report.nonfinite.append(key)
+
+
+# --- Whole-model conversion ---------------------------------------------------------------------------
+def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Sequence[LayerMap], *,
+                   expected: Mapping[str, tuple] | None = None, strict: bool = True,
+                   ) -> tuple[dict[str, np.ndarray], ConversionReport]:
+    """``weights``: ``{keras_layer: {var_name: array}}``. ``expected``: the port's ``{key: shape}`` (its
+    state_dict), which makes missing / unexpected / shape checks possible. Strict raises
+    :class:`ConversionError` on any problem; non-strict returns what converted and the report."""
+    report = ConversionReport(direction="keras->torch")
+    out: dict[str, np.ndarray] = {}
+    mapped_layers = set()
+    for m in mapping:
+        table = LAYER_VARS.get(m.kind)
+        if table is None:
+            continue
+        mapped_layers.add(m.ref)
+        layer = weights.get(m.ref)
+        prefix = f"{m.port}." if m.port else ""
+        if layer is None:
+            report.missing += [f"{m.ref}/{v} (-> {prefix}{t})" for v, t in table.items()
+                               if expected is None or f"{prefix}{t}" in expected]
+            continue
+        for var, arr in layer.items():
+            src = f"{m.ref}/{var}"
+            if var not in table:
+                report.unexpected.append(src)
+                continue
+            dst = prefix + table[var]
+            conv = var_to_torch(m.kind, var, arr, flatten_chw=m.flatten_chw, report=report)
+            _check_finite(src, conv, report)
+            out[dst] = conv
+            report.mapped.append((src, dst, ""))
+        for extra, value in TORCH_ONLY.get(m.kind, {}).items():
+            key = prefix + extra
+            if expected is None or key in expected:
+                out[key] = value.copy()
+                report.convention(BN_TRACKED)
+    for layer, vars_ in weights.items():
+        if layer not in mapped_layers and len(vars_):
+            report.unexpected += [f"{layer}/{v}" for v in vars_]
+    if expected is not None:
+        for key, shape in expected.items():
+            if key not in out:
+                report.missing.append(key)
+            elif tuple(out[key].shape) != tuple(shape):
+                report.shape_mismatches.append((key, tuple(shape), tuple(out[key].shape)))
+        for key in list(out):
+            if key not in expected:
+                report.unexpected.append(key)
+    if strict:
+        report.raise_if_failed()
+    return out, report
+
+
+def torch_to_keras(state_dict: Mapping[str, np.ndarray], mapping: Sequence[LayerMap], *,
+                   expected: Mapping[str, Mapping[str, tuple]] | None = None, strict: bool = True,
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], ConversionReport]:
+    """Inverse of :func:`keras_to_torch`. ``expected``: ``{keras_layer: {var: shape}}`` of the reference
+    (gives the depth multiplier where the LayerMap does not)."""
+    report = ConversionReport(direction="torch->keras")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    used: set[str] = set()
+    for m in mapping:
+        table = LAYER_VARS.get(m.kind)
+        if table is None:
+            continue
+        prefix = f"{m.port}." if m.port else ""
+        layer_out: dict[str, np.ndarray] = {}
+        for var, suffix in table.items():
+            key = prefix + suffix
+            want = (expected or {}).get(m.ref, {}).get(var)
+            if key not in state_dict:
+                if want is not None:
+                    report.missing.append(f"{m.ref}/{var} (<- {key})")
+                continue
+            used.add(key)
+            mult = m.depth_multiplier
+            if mult is None and want is not None and var == "depthwise_kernel":
+                mult = int(want[3])
+            if mult is None:
+                mult = 1
+                if var == "depthwise_kernel":
+                    report.assume(f"{m.ref}: depth_multiplier 1 (not given, no expected shape)")
+            arr = var_to_keras(m.kind, var, np.asarray(state_dict[key]), flatten_chw=m.flatten_chw,
+                               depth_multiplier=mult)
+            _check_finite(key, arr, report)
+            if want is not None and tuple(arr.shape) != tuple(want):
+                report.shape_mismatches.append((f"{m.ref}/{var}", tuple(want), tuple(arr.shape)))
+            layer_out[var] = arr
+            report.mapped.append((key, f"{m.ref}/{var}", ""))
+        for extra in TORCH_ONLY.get(m.kind, {}):
+            used.add(prefix + extra)
+        if layer_out:
+            out[m.ref] = layer_out
+        if expected is not None and m.ref in expected:
+            for var in expected[m.ref]:
+                if var not in layer_out and not any(s.startswith(f"{m.ref}/{var} ") for s in report.missing):
+                    report.missing.append(f"{m.ref}/{var}")
+    for key in state_dict:
+        if key not in used:
+            report.unexpected.append(key)
+    if strict:
+        report.raise_if_failed()
+    return out, report
