@@ -196,6 +196,9 @@ class PairSpec:
     published_params: dict[str, int] = field(default_factory=dict)
     #: how ``--weights`` files are read: "keras" (h5) or "caffe" (npy dict)
     weights_format: str = "keras"
+    #: ``"module:function"`` ``(path, expected) -> ({keras_layer: {var: array}}, ConversionReport)`` where
+    #: ``expected`` is the reference's ``{keras_layer: {var: shape}}``; None = the Keras h5 reader
+    weights_loader: str | Callable[..., Any] | None = None
     #: randomise BN statistics / gammas after init so eval-mode BN is not the identity (see harness)
     randomize_bn: bool = True
     #: input range of the generated data (mini_XCEPTION scales images to [-1, 1])
