@@ -9,6 +9,8 @@ from parity.spec import PairSpec
 
 _REGISTRY: dict[str, PairSpec] = {}
 _LOADED = False
+#: built-in pair modules that failed to import: {module: "ErrorType: message"} (shown by ``parity list``)
+BROKEN: dict[str, str] = {}
 
 
 class UnknownPair(KeyError):
@@ -30,7 +32,10 @@ def _load_builtin() -> None:
     import parity.pairs as pkg
 
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        importlib.import_module(f"parity.pairs.{info.name}")
+        try:
+            importlib.import_module(f"parity.pairs.{info.name}")
+        except Exception as exc:  # one broken pair module must not take the others down
+            BROKEN[info.name] = f"{type(exc).__name__}: {exc}"
 
 
 def names() -> list[str]:
@@ -43,6 +48,8 @@ def get(name: str) -> PairSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in BROKEN:
+            raise UnknownPair(f"pair {name!r} failed to load: {BROKEN[name]}. Reinstall parity or report it.") from None
         raise UnknownPair(
             f"unknown pair {name!r}. Expected one of: {', '.join(sorted(_REGISTRY))}. "
             "Run `parity list`, or pass your own models with --reference mod:fn --port mod:fn."

@@ -61,6 +61,8 @@ class LossSpec:
 
     name: str = "categorical_crossentropy"
     reduction: str = "mean"
+    #: the reference model outputs logits (no softmax layer): Keras loss with from_logits=True
+    reference_from_logits: bool = False
 
 
 @dataclass(frozen=True)

@@ -145,3 +145,18 @@ class FlattenHWC(nn.Module):
 
     def forward(self, x):
         return x.permute(0, 2, 3, 1).flatten(1)
+
+
+class ChannelSlice(nn.Module):
+    """``x[:, start:stop]`` of an NCHW tensor, as a module (tappable): one stream of a channel-stacked input,
+    e.g. GOTURN's target (0:3) and image (3:6) crops (``parity.pairs.goturn.STACKED_INPUT_CHANNELS``)."""
+
+    def __init__(self, start: int, stop: int):
+        super().__init__()
+        self.start, self.stop = int(start), int(stop)
+
+    def forward(self, x):
+        return x[:, self.start:self.stop]
+
+    def extra_repr(self):
+        return f"start={self.start}, stop={self.stop}"

@@ -28,7 +28,9 @@ from weight_converters.report import ConversionReport
 #: Keras variable name -> torch parameter suffix, per layer kind.
 LAYER_VARS: dict[str, dict[str, str]] = {
     "conv2d": {"kernel": "weight", "bias": "bias"},
-    "depthwise_conv2d": {"depthwise_kernel": "weight", "bias": "bias"},
+    # Keras 2 named the DepthwiseConv2D kernel ``depthwise_kernel``, Keras 3 names it ``kernel``
+    # (keras/src/layers/convolutional/base_depthwise_conv.py)
+    "depthwise_conv2d": {"depthwise_kernel": "weight", "kernel": "weight", "bias": "bias"},
     "separable_conv2d": {"depthwise_kernel": "depthwise.weight", "pointwise_kernel": "pointwise.weight",
                          "bias": "pointwise.bias"},
     "dense": {"kernel": "weight", "bias": "bias"},
@@ -101,7 +103,7 @@ def var_to_torch(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, report
     note = None
     if kind == "conv2d" and var == "kernel":
         out, note = conv_kernel_to_torch(a), CONV_HWIO_TO_OIHW
-    elif var == "depthwise_kernel":
+    elif var == "depthwise_kernel" or (kind == "depthwise_conv2d" and var == "kernel"):
         out, note = depthwise_kernel_to_torch(a), DEPTHWISE_TO_TORCH
     elif var == "pointwise_kernel":
         out, note = conv_kernel_to_torch(a), POINTWISE_TO_TORCH
@@ -125,7 +127,7 @@ def var_to_keras(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, depth_
     a = np.asarray(a)
     if kind == "conv2d" and var == "kernel":
         return conv_kernel_to_keras(a)
-    if var == "depthwise_kernel":
+    if var == "depthwise_kernel" or (kind == "depthwise_conv2d" and var == "kernel"):
         return depthwise_kernel_to_keras(a, depth_multiplier)
     if var == "pointwise_kernel":
         return conv_kernel_to_keras(a)
@@ -149,6 +151,7 @@ def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Seq
     report = ConversionReport(direction="keras->torch")
     out: dict[str, np.ndarray] = {}
     mapped_layers = set()
+    absent: set[str] = set()  # torch keys whose source layer is missing (listed once, by source name)
     for m in mapping:
         table = LAYER_VARS.get(m.kind)
         if table is None:
@@ -157,8 +160,10 @@ def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Seq
         layer = weights.get(m.ref)
         prefix = f"{m.port}." if m.port else ""
         if layer is None:
-            report.missing += [f"{m.ref}/{v} (-> {prefix}{t})" for v, t in table.items()
-                               if expected is None or f"{prefix}{t}" in expected]
+            for v, t in table.items():
+                if (expected is None or prefix + t in expected) and prefix + t not in absent:
+                    absent.add(prefix + t)
+                    report.missing.append(f"{m.ref}/{v} (-> {prefix}{t})")
             continue
         for var, arr in layer.items():
             src = f"{m.ref}/{var}"
@@ -181,7 +186,8 @@ def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Seq
     if expected is not None:
         for key, shape in expected.items():
             if key not in out:
-                report.missing.append(key)
+                if key not in absent:
+                    report.missing.append(key)
             elif tuple(out[key].shape) != tuple(shape):
                 report.shape_mismatches.append((key, tuple(shape), tuple(out[key].shape)))
         for key in list(out):
@@ -209,17 +215,23 @@ def torch_to_keras(state_dict: Mapping[str, np.ndarray], mapping: Sequence[Layer
         for var, suffix in table.items():
             key = prefix + suffix
             want = (expected or {}).get(m.ref, {}).get(var)
+            if m.kind == "depthwise_conv2d" and var in ("kernel", "depthwise_kernel"):
+                # one torch key, two Keras names: the expected layout decides, Keras 3's "kernel" by default
+                names = set((expected or {}).get(m.ref, {}))
+                if (var in names) is False and (names & {"kernel", "depthwise_kernel"} or var == "depthwise_kernel"):
+                    continue
             if key not in state_dict:
                 if want is not None:
                     report.missing.append(f"{m.ref}/{var} (<- {key})")
                 continue
             used.add(key)
             mult = m.depth_multiplier
-            if mult is None and want is not None and var == "depthwise_kernel":
+            if mult is None and want is not None and key.endswith("weight") and len(want) == 4 and (
+                    var == "depthwise_kernel" or m.kind == "depthwise_conv2d"):
                 mult = int(want[3])
             if mult is None:
                 mult = 1
-                if var == "depthwise_kernel":
+                if var == "depthwise_kernel" or (m.kind == "depthwise_conv2d" and var == "kernel"):
                     report.assume(f"{m.ref}: depth_multiplier 1 (not given, no expected shape)")
             arr = var_to_keras(m.kind, var, np.asarray(state_dict[key]), flatten_chw=m.flatten_chw,
                                depth_multiplier=mult)

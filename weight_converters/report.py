@@ -66,6 +66,7 @@ class ConversionReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shape_mismatches"] = [[k, list(e), list(r)] for k, e, r in self.shape_mismatches]
+        d["mapped"] = [list(m) for m in self.mapped]
         d["ok"] = self.ok
         return d
 

@@ -1,0 +1,80 @@
+"""Tensor comparison (numpy only), in torch.testing's spirit: max |Δ|, where, how many elements exceed
+the allowance, cosine similarity, and the smallest relative tolerance that would have passed."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from parity.results import TensorDiff
+from parity.spec import StageTolerance
+
+
+def nhwc_to_nchw(a: np.ndarray) -> np.ndarray:
+    """Reference activations are NHWC (Keras' channels_last); the port's are NCHW."""
+    a = np.asarray(a)
+    if a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    return a
+
+
+def nchw_to_nhwc(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    return a
+
+
+def hwc_flat_to_chw_flat(a: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+    """Reorder a Keras Flatten output (HWC order) to torch's nn.Flatten order (CHW)."""
+    c, h, w = chw
+    n = a.shape[0]
+    return np.ascontiguousarray(a.reshape(n, h, w, c).transpose(0, 3, 1, 2).reshape(n, c * h * w))
+
+
+def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "") -> TensorDiff:
+    ref = np.asarray(ref)
+    port = np.asarray(port)
+    if ref.shape != port.shape:
+        return TensorDiff(path=path, shape=tuple(ref.shape), max_abs=math.inf, scale=_scale(ref), allowed=0.0,
+                          rtol=tol.rtol, mismatched=int(max(ref.size, 1)), numel=int(ref.size),
+                          note=f"shape mismatch: reference {tuple(ref.shape)}, port {tuple(port.shape)}"
+                          + (f"; {note}" if note else ""))
+    r = ref.astype(np.float64, copy=False)
+    p = port.astype(np.float64, copy=False)
+    scale = _scale(r)
+    allowed = tol.allowed(scale)
+    if r.size == 0:
+        return TensorDiff(path, tuple(r.shape), 0.0, 0.0, allowed, tol.rtol, 0, 0, note=note)
+    d = np.abs(r - p)
+    both_nan = np.isnan(r) & np.isnan(p)
+    bad_nan = np.isnan(d) & ~both_nan
+    d = np.where(both_nan, 0.0, d)
+    if bad_nan.any():
+        idx = np.unravel_index(int(np.argmax(bad_nan)), r.shape)
+        max_abs = math.nan
+    else:
+        flat = int(np.argmax(d))
+        idx = np.unravel_index(flat, r.shape)
+        max_abs = float(d.reshape(-1)[flat])
+    mismatched = int(np.count_nonzero(d > allowed) + np.count_nonzero(bad_nan))
+    return TensorDiff(path=path, shape=tuple(r.shape), max_abs=max_abs, scale=scale, allowed=allowed,
+                      rtol=tol.rtol, mismatched=mismatched, numel=int(r.size),
+                      index=tuple(int(i) for i in idx), ref_value=float(r[idx]), port_value=float(p[idx]),
+                      cosine=_cosine(r, p), note=note)
+
+
+def _scale(a: np.ndarray) -> float:
+    if a.size == 0:
+        return 0.0
+    finite = a[np.isfinite(a)] if not np.isfinite(a).all() else a
+    return float(np.max(np.abs(finite))) if finite.size else 0.0
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return None
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.vdot(a.ravel(), b.ravel()) / (na * nb))

@@ -1,0 +1,454 @@
+"""The check: run the reference once (or take a recorded trace), run the port, compare at every tap,
+stage by stage, and name causes. Returns a :class:`parity.results.CheckResult`; prints nothing
+(``progress`` is an optional callback for the CLI's progress display).
+
+Stages, in order (the order decides "first divergence"):
+
+- ``structure``: per aligned layer, kinds, configs (eps, momentum, padding, bias, strides), parameter
+  counts (Keras trainable / non-trainable vs torch parameters / buffers / num_batches_tracked), the weight
+  conversion report;
+- ``forward_eval``: every tap's output in inference mode;
+- ``forward_train``: every tap's output with batch statistics, and the BatchNorm running-stat update
+  (torch's unbiased update converted to Keras' biased one, see ``parity.conventions``);
+- ``gradients``: the loss, the gradient w.r.t. every tap output and of every parameter;
+- ``step``: one (or ``--steps``) optimizer update(s): parameter updates and optimizer slots;
+- ``isolated``: each port module fed with the reference's input to that layer.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from parity import diagnosis
+from parity.compare import hwc_flat_to_chw_flat, nhwc_to_nchw, tensor_diff
+from parity.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
+from parity.results import CheckResult, Finding, StageResult
+from parity.spec import OptimizerSpec, PairSpec, Tap, resolve
+
+ALL_STAGES = ("structure", "forward_eval", "forward_train", "gradients", "step", "isolated")
+
+
+class UsageError(ValueError):
+    """Bad input from the user: the CLI prints the message on one line and exits 2."""
+
+
+def parse_stages(text: str | None) -> tuple[str, ...]:
+    if not text or text == "all":
+        return ALL_STAGES
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [n for n in names if n not in ALL_STAGES]
+    if bad:
+        raise UsageError(f"--stages: expected a comma list of {', '.join(ALL_STAGES)}. Received: {', '.join(bad)}.")
+    return names
+
+
+def layer_maps(taps: list[Tap]):
+    from weight_converters.keras import LayerMap
+
+    return [LayerMap(t.ref, t.port, t.kind, t.flatten_chw) for t in taps if t.weighted]
+
+
+def ref_to_port_layout(tap: Tap, a: np.ndarray) -> np.ndarray:
+    """A reference activation (NHWC, Keras flatten order) in the port's layout."""
+    a = np.asarray(a)
+    if tap.kind == "flatten" and tap.flatten_chw is not None and a.ndim == 2:
+        return hwc_flat_to_chw_flat(a, tap.flatten_chw)
+    return nhwc_to_nchw(a)
+
+
+def _environment(ts=None) -> dict[str, Any]:
+    import sys
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "numpy": np.__version__}
+    for mod in ("torch", "tensorflow", "keras", "h5py", "onnxruntime"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            env[mod] = getattr(m, "__version__", "?")
+    if ts is not None:
+        from parity.port_side import device_description
+
+        env["port_device"] = device_description(ts.device)
+    import os
+
+    env["ONEDNN_MAX_CPU_ISA"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return env
+
+
+def _optimizer_spec(spec: PairSpec, optimizer) -> OptimizerSpec:
+    if optimizer is None or isinstance(optimizer, OptimizerSpec):
+        return optimizer or spec.optimizer
+    try:
+        return spec.optimizer_for(optimizer)
+    except KeyError:
+        kinds = sorted({spec.optimizer.kind, *spec.optimizers})
+        raise UsageError(f"--optimizer: expected one of {', '.join(kinds)} for pair {spec.name!r}. "
+                         f"Received: {optimizer!r}.") from None
+
+
+def load_weight_file(spec: PairSpec, path: str, expected):
+    """Read ``--weights`` with the pair's loader; any problem is a :class:`UsageError` (one line)."""
+    import os
+
+    if not os.path.exists(path):
+        raise UsageError(f"--weights {path}: expected an existing file. Received: no such file. Check the path.")
+    if spec.weights_loader is not None:
+        loader = resolve(spec.weights_loader)
+    else:
+        from weight_converters.h5 import load_keras_weights as loader
+    try:
+        weights, report = loader(path, expected)
+    except ValueError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(msg if msg.startswith("--weights") else f"--weights {path}: {msg}") from None
+    if not report.ok:
+        probs = report.problems()
+        raise UsageError(f"--weights {path}: expected weights matching the reference model. Received: "
+                         f"{'; '.join(probs[:3])}{' (+%d more)' % (len(probs) - 3) if len(probs) > 3 else ''}. "
+                         "Pass the weights of this pair's model (or check the pair/config).")
+    return weights, report
+
+
+def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: str = "cpu",
+          batch: int | None = None, seed: int = 0, optimizer=None, steps: int = 1, weights: str | None = None,
+          config: dict | None = None, port: str | Callable | None = None, reference: str | Callable | None = None,
+          reference_run=None, progress: Callable[[str], None] | None = None) -> CheckResult:
+    """Run a parity check of a registered pair (or a :class:`PairSpec`). See the module docstring."""
+    from parity import registry
+
+    t_start = time.perf_counter()
+    spec = registry.get(pair) if isinstance(pair, str) else pair
+    if reference is not None:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, reference=reference)
+    say = progress or (lambda msg: None)
+    if dtype not in ("float32", "float64"):
+        raise UsageError(f"--dtype: expected float32 or float64. Received: {dtype!r}.")
+    if steps < 1:
+        raise UsageError(f"--steps: expected an integer >= 1. Received: {steps}.")
+    stage_set = set(parse_stages(stages) if isinstance(stages, (str, type(None))) else stages)
+    cfg = spec.config(**(config or {})) if reference_run is None else dict(reference_run.meta["config"])
+    batch = batch or (reference_run.meta["batch"] if reference_run is not None else spec.default_batch)
+    if batch < 2 and stage_set & {"forward_train", "gradients", "step"}:
+        raise UsageError(f"--batch: expected >= 2 for train-mode stages (BatchNorm needs a batch). Received: {batch}.")
+    opt = _optimizer_spec(spec, optimizer)
+
+    # -- port device first: a missing GPU is a usage error before any slow work ---------------------------
+    from parity.env import import_torch
+
+    torch = import_torch()
+    from parity.port_side import DeviceUnavailable, TorchSide, module_info, resolve_device
+
+    try:
+        resolve_device(device)
+    except DeviceUnavailable as exc:
+        raise UsageError(str(exc)) from None
+
+    # -- reference ------------------------------------------------------------------------------------------
+    if reference_run is None:
+        from parity.reference_side import run_reference
+
+        wfile = None
+        if weights is not None:
+            wfile = (lambda expected: load_weight_file(spec, weights, expected))
+        ref = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
+                            stages=stage_set, weights_file=wfile, progress=say)
+        source = "keras"
+    else:
+        ref = reference_run
+        dtype, seed = ref.meta["dtype"], ref.meta["seed"]
+        source = f"trace:{ref.meta.get('trace_path', '?')}"
+    taps = ref.taps
+
+    # -- port -------------------------------------------------------------------------------------------------
+    say("port: build and load converted weights")
+    torch.manual_seed(seed)
+    port_builder = resolve(port if port is not None else spec.port)
+    module = port_builder(**cfg)
+    ts = TorchSide(module, taps, device=device, dtype=dtype)
+    from weight_converters.keras import keras_to_torch
+
+    state, conv_report = keras_to_torch(ref.weights, layer_maps(taps), expected=ts.expected_state(), strict=False)
+    ts.load_state(state)
+    snap = ts.snapshot()
+
+    result = CheckResult(pair=spec.name, dtype=dtype, device=device, seed=seed, batch=batch,
+                         optimizer=_opt_dict(opt, steps), config=ref.meta["config"],
+                         conversion=conv_report.to_dict(), reference_source=source)
+    path_of_layer = {t.ref: t.path for t in taps}
+    port_outputs: dict[str, Any] = {"loss": spec.loss.name}
+    try:
+        eval_acts = None
+        if stage_set & {"forward_eval", "structure"}:
+            t = time.perf_counter()
+            say("port: forward (eval)")
+            eval_acts, final, calls = ts.forward_eval(ref.inputs[0])
+            port_outputs["final"] = final
+            port_outputs["calls"] = calls
+            if "forward_eval" in stage_set:
+                st = StageResult("forward_eval")
+                tol = spec.tolerance.for_stage(dtype, "forward_eval")
+                _compare_acts(st, taps, ref.eval_acts, eval_acts, tol, ts)
+                st.seconds = time.perf_counter() - t + ref.seconds.get("forward_eval", 0.0)
+                result.stages.append(st)
+        if "structure" in stage_set:
+            result.stages.insert(0, _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info,
+                                                     result))
+        if stage_set & {"forward_train", "gradients", "step"}:
+            _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say)
+            ts.restore(snap)  # isolated layers run on the loaded weights, not the stepped ones
+        if "isolated" in stage_set:
+            t = time.perf_counter()
+            say("port: isolated layers")
+            st = StageResult("isolated", info={"what": "each port module fed the reference's input to that layer"})
+            tol = spec.tolerance.for_stage(dtype, "isolated")
+            for tap in taps:
+                ins = ref.eval_inputs.get(tap.path)
+                if ins is None or tap.path not in ref.eval_acts:
+                    continue
+                out = ts.isolated(tap, ins)
+                if out is None:
+                    continue
+                st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref.eval_acts[tap.path]), out, tol))
+            st.seconds = time.perf_counter() - t
+            result.stages.append(st)
+    finally:
+        ts.restore(snap)
+
+    port_outputs["output_path"] = next((t.path for t in reversed(taps) if t.port == ""), taps[-1].path)
+    result.findings += diagnosis.numeric_findings(result, port_outputs)
+    diagnosis.attach_stages(result)
+    result.environment = _environment(ts)
+    result.environment["reference_seconds"] = {k: round(v, 4) for k, v in ref.seconds.items()}
+    for k in ("keras_version", "tensorflow_version"):
+        if k in ref.meta:
+            result.environment[f"reference_{k}"] = ref.meta[k]
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _opt_dict(opt: OptimizerSpec, steps: int) -> dict:
+    import dataclasses
+
+    d = dataclasses.asdict(opt)
+    d["steps"] = steps
+    from parity.optimizers import get_adapter
+
+    try:
+        d["rules"] = list(get_adapter(opt.kind).rules)
+    except KeyError:
+        d["rules"] = []
+    return d
+
+
+def _compare_acts(st: StageResult, taps, ref_acts, port_acts, tol, ts) -> None:
+    for tap in taps:
+        if tap.path not in ref_acts:
+            continue
+        if tap.path not in port_acts:
+            st.errors.append(f"{tap.path}: port module {tap.port!r} "
+                             + ("not found" if tap.port not in ts.modules else "never called in forward"))
+            continue
+        st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref_acts[tap.path]), port_acts[tap.path], tol))
+
+
+def _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info, result) -> StageResult:
+    t = time.perf_counter()
+    st = StageResult("structure")
+    findings: list[Finding] = []
+    for tap in taps:
+        rinfo = ref.structure.get(tap.ref, {})
+        mod = ts.modules.get(tap.port)
+        row = {"path": tap.path, "kind": tap.kind, "reference": f"{tap.ref} ({rinfo.get('class', '?')})",
+               "port": f"{tap.port or '<output>'} ({type(mod).__name__ if mod is not None else 'MISSING'})"}
+        if mod is None:
+            st.errors.append(f"{tap.path}: port module {tap.port!r} not found")
+            findings.append(Finding("missing_module", tap.path, f"port has no module {tap.port!r}",
+                                    "add the layer (or fix the tap's module path)", stage="structure"))
+            st.rows.append(row | {"status": "missing"})
+            continue
+        pinfo = module_info(mod)
+        if tap.weighted:
+            rt, rn = rinfo.get("trainable_params", 0), rinfo.get("non_trainable_params", 0)
+            pt, pb = pinfo["params"], pinfo["buffers"]
+            row.update(ref_trainable=rt, ref_non_trainable=rn, port_params=pt, port_buffers=pb,
+                       num_batches_tracked=pinfo["num_batches_tracked"])
+            if (rt, rn) != (pt, pb):
+                st.errors.append(f"{tap.path}: parameters {rt:,} + {rn:,} non-trainable in the reference, "
+                                 f"{pt:,} + {pb:,} buffers in the port")
+                findings.append(Finding("param_count", tap.path,
+                                        f"parameter count differs: reference {rt:,} trainable + {rn:,} "
+                                        f"non-trainable, port {pt:,} parameters + {pb:,} buffers",
+                                        "compare the layer's construction (bias, affine, channels)",
+                                        stage="structure", severity="warning"))
+        if eval_acts is not None and tap.path in ref.eval_acts and tap.path in eval_acts:
+            rs = tuple(ref_to_port_layout(tap, ref.eval_acts[tap.path]).shape[1:])
+            ps = tuple(eval_acts[tap.path].shape[1:])
+            row.update(ref_shape=list(rs), port_shape=list(ps))
+            if rs != ps:
+                st.errors.append(f"{tap.path}: output shape {ps} in the port, {rs} in the reference")
+        f = diagnosis.structure_findings(tap, rinfo, pinfo)
+        findings += f
+        row["status"] = "differs" if f else "ok"
+        st.rows.append(row)
+    # whole-model reconciliation
+    mp = ref.model_params
+    tparams = sum(p.numel() for p in ts.module.parameters())
+    bufs = {k: b for k, b in ts.module.named_buffers()}
+    tbuf = sum(b.numel() for k, b in bufs.items() if not k.endswith("num_batches_tracked"))
+    ntracked = sum(1 for k in bufs if k.endswith("num_batches_tracked"))
+    recon = {"reference_total": mp["total"], "reference_trainable": mp["trainable"],
+             "reference_non_trainable": mp["non_trainable"], "port_parameters": int(tparams),
+             "port_buffers": int(tbuf), "port_num_batches_tracked": ntracked,
+             "published": dict(spec.published_params)}
+    recon["explanation"] = (
+        f"Keras counts {mp['total']:,} = {mp['trainable']:,} trainable + {mp['non_trainable']:,} non-trainable "
+        f"(BatchNorm moving mean/variance); torch counts {tparams:,} parameters (= Keras trainable) and keeps "
+        f"the {tbuf:,} running statistics as buffers, plus {ntracked} num_batches_tracked counters "
+        f"(torch-only bookkeeping, not parameters).")
+    st.info["param_reconciliation"] = recon
+    if (tparams, tbuf) != (mp["trainable"], mp["non_trainable"]):
+        st.errors.append(f"model parameters: reference {mp['trainable']:,} trainable + {mp['non_trainable']:,} "
+                         f"non-trainable, port {tparams:,} parameters + {tbuf:,} buffers")
+    if spec.published_params and result.config == spec.config():
+        pub = spec.published_params
+        if pub.get("total") not in (None, mp["total"]):
+            st.errors.append(f"reference model: {mp['total']:,} parameters, published {pub['total']:,}")
+    calls = {p: c for p, c in (ts_calls(ts) or {}).items() if c > 1}
+    if calls:
+        for p, c in calls.items():
+            findings.append(Finding("shared_module", p, f"port module for {p} called {c}x in one forward "
+                                    "(shared weights)", "create one module per block", stage="structure"))
+    for prob in conv_report.problems():
+        st.errors.append(f"weights: {prob}")
+    st.info["conversion"] = conv_report.summary()
+    st.info["conventions"] = [{"name": c.name, "reference": c.reference, "port": c.port, "origin": c.origin}
+                              for c in spec.conventions]
+    for f in findings:
+        if f.severity == "error" and f"{f.path}: {f.message}" not in st.errors:
+            st.errors.append(f"{f.path}: {f.message}")
+    st.findings = findings
+    result.findings += findings
+    st.seconds = time.perf_counter() - t
+    return st
+
+
+def ts_calls(ts):
+    return {p: r.calls for p, r in ts.records.items()} if ts.records else None
+
+
+def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say) -> None:
+    torch = ts.torch
+    from weight_converters.keras import var_to_torch
+
+    tap_by_ref = {t.ref: t for t in taps}
+    old_stats = {t.path: {k: v.detach().clone() for k, v in ts.modules[t.port].named_buffers()}
+                 for t in taps if t.kind == "batchnorm" and t.port in ts.modules}
+    n_steps = steps if "step" in stage_set else 1
+    refs = []
+    params = dict(ts.module.named_parameters())
+    for r in ref.param_refs:
+        if r.key in params:
+            r2 = type(r)(r.key, r.layer, r.var, r.kind, params[r.key])
+            refs.append(r2)
+    adapter = opt_torch = None
+    if "step" in stage_set:
+        from parity.optimizers import get_adapter
+
+        adapter = get_adapter(opt.kind)
+        opt_torch = adapter.torch_optimizer(opt, refs, ref.l2)
+        initial = {r.key: r.param.detach().clone() for r in refs}
+        st_step = StageResult("step", info={"optimizer": opt.kind, "steps": n_steps})
+        series: dict[str, list[float]] = {}
+    for k in range(n_steps):
+        t = time.perf_counter()
+        say(f"port: train forward + backward (step {k + 1}/{n_steps})")
+        acts, loss, agrads = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.loss, want_acts=(k == 0))
+        if k == 0:
+            if "forward_train" in stage_set:
+                st = StageResult("forward_train", info={"running_var": RUNNING_VAR_CONVENTION})
+                tol = spec.tolerance.for_stage(dtype, "forward_train")
+                _compare_acts(st, taps, ref.train_acts, acts, tol, ts)
+                btol = spec.tolerance.for_stage(dtype, "bn_stats")
+                for tap in taps:
+                    if tap.kind != "batchnorm" or tap.ref not in ref.bn_stats or tap.path not in old_stats:
+                        continue
+                    mod = ts.modules[tap.port]
+                    if getattr(mod, "running_mean", None) is None:
+                        continue
+                    n = ref.bn_n[tap.ref]
+                    m = mod.momentum
+                    if m is None:  # cumulative moving average: weight 1/num_batches_tracked
+                        m = 1.0 / float(mod.num_batches_tracked.item())
+                    new_var = mod.running_var.detach().cpu().double().numpy()
+                    old_var = old_stats[tap.path]["running_var"].cpu().double().numpy()
+                    keras_equiv = unbiased_to_biased_update(new_var, old_var, m, n)
+                    st.tensors.append(tensor_diff(f"{tap.path}:running_mean", ref.bn_stats[tap.ref]["moving_mean"],
+                                                  mod.running_mean.detach().cpu().numpy(), btol))
+                    st.tensors.append(tensor_diff(f"{tap.path}:running_var", ref.bn_stats[tap.ref]["moving_variance"],
+                                                  keras_equiv, btol, note="torch unbiased update -> biased (n=%d)" % n))
+                st.seconds = time.perf_counter() - t + ref.seconds.get("train", 0.0)
+                result.stages.append(st)
+            if "gradients" in stage_set:
+                st = StageResult("gradients")
+                tol = spec.tolerance.for_stage(dtype, "gradients")
+                st.tensors.append(tensor_diff("loss", np.array(ref.loss), np.array(loss), tol))
+                for tap in taps:
+                    if tap.path in ref.act_grads and tap.path in agrads:
+                        st.tensors.append(tensor_diff(f"{tap.path}:grad", ref_to_port_layout(tap, ref.act_grads[tap.path]),
+                                                      agrads[tap.path], tol))
+                for r in ref.param_refs:
+                    tap = tap_by_ref.get(r.layer)
+                    g_ref = ref.param_grads.get(r.layer, {}).get(r.var)
+                    suffix = r.key[len(tap.port) + 1:] if tap is not None and tap.port else r.key
+                    path = f"{tap.path if tap else r.layer}:{suffix}.grad"
+                    p = params.get(r.key)
+                    if g_ref is None or tap is None:
+                        continue
+                    if p is None:
+                        st.errors.append(f"{path}: port has no parameter {r.key}")
+                        continue
+                    g_ref_t = var_to_torch(r.kind, r.var, g_ref, flatten_chw=tap.flatten_chw)
+                    g_port = p.grad.detach().cpu().numpy() if p.grad is not None else np.zeros(tuple(p.shape))
+                    st.tensors.append(tensor_diff(path, g_ref_t, g_port, tol))
+                st.seconds = time.perf_counter() - t + ref.seconds.get("train", 0.0)
+                result.stages.append(st)
+            del acts, agrads
+        if adapter is None:
+            break
+        t = time.perf_counter()
+        adapter.torch_prepare(opt, k, opt_torch)
+        opt_torch.step()
+        tol = spec.tolerance.for_stage(dtype, "step")
+        rstep = ref.steps[k]
+        slots_port = adapter.torch_slots(opt, k, opt_torch, refs)
+        at = f"@step{k + 1}" if n_steps > 1 else ""
+        for r in refs:
+            tap = tap_by_ref.get(r.layer)
+            if tap is None:
+                continue
+            suffix = r.key[len(tap.port) + 1:] if tap.port else r.key
+            new_ref = var_to_torch(r.kind, r.var, rstep["params"][r.layer][r.var], flatten_chw=tap.flatten_chw)
+            init_ref = var_to_torch(r.kind, r.var, ref.weights[r.layer][r.var], flatten_chw=tap.flatten_chw)
+            new_port = r.param.detach().cpu().numpy()
+            d = tensor_diff(f"{tap.path}:{suffix}.update{at}", new_ref - init_ref,
+                            new_port - initial[r.key].cpu().numpy(), tol)
+            st_step.tensors.append(d)
+            series.setdefault(f"{tap.path}:{suffix}", []).append(d.rel)
+            for slot, val in (rstep["slots"].get(r.key) or {}).items():
+                pv = (slots_port.get(r.key) or {}).get(slot)
+                sref = var_to_torch(r.kind, r.var, val, flatten_chw=tap.flatten_chw)
+                if pv is None:
+                    st_step.errors.append(f"{tap.path}:{suffix}: port optimizer has no '{slot}' slot")
+                    continue
+                st_step.tensors.append(tensor_diff(f"{tap.path}:{suffix}.{slot}{at}", sref, pv, tol))
+        st_step.seconds += time.perf_counter() - t + ref.seconds.get(f"step{k}", 0.0)
+    if adapter is not None:
+        st_step.info["rules"] = list(adapter.rules)
+        if n_steps > 1:
+            st_step.info["steps_series"] = {"steps": list(range(1, n_steps + 1)), "series": series,
+                                            "lr": [opt.lr_at(k) for k in range(n_steps)]}
+        result.stages.append(st_step)

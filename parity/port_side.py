@@ -1,0 +1,255 @@
+"""The port (PyTorch) side: load converted weights, tap module outputs with forward hooks, run eval / train
+forward, backward, optimizer steps and isolated layers, and hand back numpy. Never imports TensorFlow, so
+``parity replay`` runs it on a machine without TF (a GPU box, a CI job)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from parity.compare import hwc_flat_to_chw_flat, nhwc_to_nchw
+from parity.spec import LossSpec, Tap
+from weight_converters.keras import LAYER_VARS
+
+TORCH_DTYPES = ("float32", "float64")
+
+
+class DeviceUnavailable(RuntimeError):
+    pass
+
+
+def resolve_device(device: str):
+    """``cpu`` or ``cuda[:N]``; CUDA gets TF32 off and deterministic cuDNN (exact-comparison settings)."""
+    import torch
+
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(
+                f"--device {device}: expected a CUDA device. Received: torch {torch.__version__} reports none "
+                "available on this machine. Run with --device cpu, or on a machine with a GPU (record the "
+                "reference here with `parity record`, replay there with `parity replay`).")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        return torch.device(device)
+    raise DeviceUnavailable(f"--device: expected 'cpu' or 'cuda[:N]'. Received: {device!r}.")
+
+
+def device_description(dev) -> dict[str, Any]:
+    import torch
+
+    info = {"device": str(dev), "torch": torch.__version__}
+    if dev.type == "cuda":
+        info.update(name=torch.cuda.get_device_name(dev), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), tf32=False, cudnn_deterministic=True)
+    return info
+
+
+def torch_loss(F, spec: LossSpec, out, y):
+    """The port's loss: ``categorical_crossentropy`` -> ``F.cross_entropy`` on logits (softmax inside)."""
+    if spec.name == "categorical_crossentropy":
+        return F.cross_entropy(out, y, reduction=spec.reduction)
+    if spec.name == "mse":
+        per = ((out - y) ** 2).mean(dim=-1)
+    elif spec.name == "l1_sum":
+        return (out - y).abs().sum()
+    else:
+        raise ValueError(f"expected loss categorical_crossentropy, mse or l1_sum. Received: {spec.name!r}.")
+    return per.mean() if spec.reduction == "mean" else per.sum()
+
+
+def apply_transform(name: str | None, t):
+    if name is None:
+        return t
+    if name == "softmax":
+        return t.softmax(dim=1)
+    raise ValueError(f"expected port_transform None or 'softmax'. Received: {name!r}")
+
+
+def module_info(m) -> dict[str, Any]:
+    """The structure description of a torch module (mirrors reference_side.layer_info)."""
+    info: dict[str, Any] = {"class": type(m).__name__}
+    for k in ("kernel_size", "stride", "padding", "dilation", "groups", "eps", "momentum", "affine",
+              "ceil_mode", "in_features", "out_features", "in_channels", "out_channels", "p", "size", "alpha",
+              "beta", "k", "negative_slope", "count_include_pad", "tf_padding", "dim"):
+        if hasattr(m, k) and not callable(getattr(m, k)):
+            v = getattr(m, k)
+            info[k] = list(v) if isinstance(v, tuple) else (v if isinstance(v, (int, float, str, bool)) or v is None
+                                                            else str(v))
+    for sub in ("depthwise", "pointwise"):
+        if hasattr(m, sub):
+            s = getattr(m, sub)
+            info[sub] = {k: (list(getattr(s, k)) if isinstance(getattr(s, k), tuple) else getattr(s, k))
+                         for k in ("kernel_size", "stride", "groups") if hasattr(s, k)}
+            if hasattr(s, "tf_padding"):
+                info[sub]["tf_padding"] = s.tf_padding
+            elif hasattr(s, "padding"):
+                info[sub]["padding"] = list(s.padding) if isinstance(s.padding, tuple) else s.padding
+    params = list(m.parameters())
+    info["params"] = int(sum(p.numel() for p in params))
+    info["trainable_params"] = int(sum(p.numel() for p in params if p.requires_grad))
+    bufs = dict(m.named_buffers())
+    info["buffers"] = int(sum(b.numel() for k, b in bufs.items() if not k.endswith("num_batches_tracked")))
+    info["num_batches_tracked"] = int(sum(1 for k in bufs if k.endswith("num_batches_tracked")))
+    info["has_bias"] = any(k.split(".")[-1] == "bias" and "bn" not in type(m).__name__.lower()
+                           for k, _ in m.named_parameters()) and not isinstance(m, _bn_types())
+    for name, act in (("ReLU", "relu"), ("ReLU6", "relu6"), ("Softmax", "softmax"), ("Tanh", "tanh"),
+                      ("Sigmoid", "sigmoid"), ("LeakyReLU", "leaky_relu"), ("ELU", "elu"), ("GELU", "gelu"),
+                      ("Identity", "linear")):
+        if type(m).__name__ == name:
+            info["activation"] = act
+    return info
+
+
+def _bn_types():
+    from torch import nn
+
+    return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class TapRecord:
+    output: Any
+    calls: int
+
+
+class TorchSide:
+    """A torch module with hooks on the tapped modules."""
+
+    def __init__(self, module, taps: list[Tap], device: str = "cpu", dtype: str = "float64"):
+        import torch
+
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"--dtype: expected one of {TORCH_DTYPES}. Received: {dtype!r}.")
+        self.torch = torch
+        self.device = resolve_device(device)
+        self.dtype = getattr(torch, dtype)
+        self.module = module.to(device=self.device, dtype=self.dtype)
+        self.taps = taps
+        self.modules = dict(self.module.named_modules())
+        self.missing = [t for t in taps if t.port not in self.modules]
+        self.records: dict[str, TapRecord] = {}
+
+    # -- weights -----------------------------------------------------------------------------------------
+    def expected_state(self) -> dict[str, tuple]:
+        return {k: tuple(v.shape) for k, v in self.module.state_dict().items()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        torch = self.torch
+        sd = self.module.state_dict()
+        tensors = {}
+        for k, v in state.items():
+            if k in sd and tuple(sd[k].shape) == tuple(np.shape(v)):
+                tensors[k] = torch.as_tensor(np.asarray(v)).to(device=self.device, dtype=sd[k].dtype)
+        self.module.load_state_dict(tensors, strict=False)
+
+    def state_numpy(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
+
+    def snapshot(self):
+        return copy.deepcopy(self.module.state_dict()), self.module.training
+
+    def restore(self, snap) -> None:
+        state, training = snap
+        self.module.load_state_dict(state)
+        self.module.train(training)
+
+    # -- taps ----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def tapping(self, retain_grad: bool = False):
+        self.records = {}
+        handles = []
+        for tap in self.taps:
+            mod = self.modules.get(tap.port)
+            if mod is None:
+                continue
+
+            def hook(_m, _inp, out, tap=tap):
+                rec = self.records.get(tap.path)
+                if rec is not None:  # a module called more than once: keep the first call
+                    rec.calls += 1
+                    return
+                t = out
+                if retain_grad and t.requires_grad:
+                    t.retain_grad()
+                self.records[tap.path] = TapRecord(t, 1)
+
+            handles.append(mod.register_forward_hook(hook))
+        try:
+            yield self.records
+        finally:
+            for h in handles:
+                h.remove()
+
+    def to_input(self, x_nhwc: np.ndarray):
+        # an explicit C-order copy: NHWC -> NCHW of a C=1 array is otherwise an ambiguous channels_last view
+        a = np.array(nhwc_to_nchw(x_nhwc), order="C", copy=True)
+        return self.torch.from_numpy(a).to(device=self.device, dtype=self.dtype)
+
+    def tap_value(self, tap: Tap, rec: TapRecord) -> np.ndarray:
+        t = apply_transform(tap.port_transform, rec.output.detach())
+        return t.cpu().numpy()
+
+    def forward_eval(self, x_nhwc: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+        torch = self.torch
+        self.module.eval()
+        with torch.no_grad(), self.tapping() as recs:
+            out = self.module(self.to_input(x_nhwc))
+        acts = {t.path: self.tap_value(t, recs[t.path]) for t in self.taps if t.path in recs}
+        calls = {p: r.calls for p, r in recs.items()}
+        return acts, out.detach().cpu().numpy(), calls
+
+    def train_forward_backward(self, x_nhwc, y, loss_spec: LossSpec, want_acts: bool = True):
+        """One train-mode forward + backward. Returns (acts, loss, act_grads); param grads stay on .grad."""
+        torch = self.torch
+        import torch.nn.functional as F
+
+        self.module.train()
+        self.module.zero_grad(set_to_none=True)
+        with self.tapping(retain_grad=want_acts) as recs:
+            out = self.module(self.to_input(x_nhwc))
+        yt = torch.as_tensor(y).to(device=self.device, dtype=self.dtype)
+        loss = torch_loss(F, loss_spec, out, yt)
+        loss.backward()
+        acts, grads = {}, {}
+        if want_acts:
+            for t in self.taps:
+                rec = recs.get(t.path)
+                if rec is None:
+                    continue
+                acts[t.path] = self.tap_value(t, rec)
+                if t.port_transform is None:
+                    g = rec.output.grad
+                    grads[t.path] = (g.detach().cpu().numpy() if g is not None
+                                     else np.zeros(tuple(rec.output.shape)))
+        return acts, float(loss.detach()), grads
+
+    def param(self, key: str):
+        return dict(self.module.named_parameters()).get(key)
+
+    def isolated(self, tap: Tap, ref_inputs_nhwc: list[np.ndarray]) -> np.ndarray | None:
+        """The tap's module alone, fed with the reference's input(s) to that layer (eval mode)."""
+        torch = self.torch
+        mod = self.modules.get(tap.port)
+        if mod is None or tap.port == "":
+            return None
+        xs = []
+        for a in ref_inputs_nhwc:
+            a = np.asarray(a)
+            if tap.kind == "dense" and tap.flatten_chw is not None and a.ndim == 2:
+                a = hwc_flat_to_chw_flat(a, tap.flatten_chw)
+            xs.append(self.to_input(a))
+        self.module.eval()
+        with torch.no_grad():
+            out = mod(*xs)
+        return apply_transform(tap.port_transform, out).cpu().numpy()
+
+
+def torch_key_suffix(kind: str, var: str) -> str | None:
+    return LAYER_VARS.get(kind, {}).get(var)

@@ -1,0 +1,100 @@
+"""Structural facts about a torch module that a parameter list cannot show (torch only; the harness's
+structure stage calls these).
+
+- :func:`find_shared_modules`: modules with parameters that run more than once in one forward. The classic
+  case is Xception's middle flow built as ``nn.ModuleList([MiddleBlock()] * 8)`` (or one block called in a
+  loop): eight blocks' worth of computation with one block of parameters. The reference has eight distinct
+  blocks, so the parameter count drops and, after a weight copy, seven blocks compute with the wrong weights.
+- :func:`param_counts`: trainable parameters, BN statistics and ``num_batches_tracked`` counted apart, so
+  that they add up to Keras' ``count_params()`` (trainable + non-trainable moving statistics).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+
+#: torch-only BatchNorm bookkeeping (one int64 scalar per BN); Keras has no counterpart.
+NUM_BATCHES_TRACKED = "num_batches_tracked"
+
+
+def _aliases(module: nn.Module) -> dict[int, list[str]]:
+    """Every dotted path under which each submodule is registered (a shared module has several)."""
+    paths: dict[int, list[str]] = {}
+    for path, sub in module.named_modules(remove_duplicate=False):
+        paths.setdefault(id(sub), []).append(path)
+    return paths
+
+
+def _noun(sub: nn.Module) -> str:
+    return "block" if any(True for _ in sub.children()) else "layer"
+
+
+def find_shared_modules(module: nn.Module, example_input) -> list[dict]:
+    """Run one forward (``torch.no_grad``, module state restored) with a hook on every submodule; return one
+    entry per module that owns parameters and was called more than once::
+
+        {"path": "middle.0", "calls": 8, "params": 1587..., "aliases": ["middle.0", ..., "middle.7"],
+         "note": "module `middle.0` called 8x in one forward (shared weights: 8 blocks' worth of
+                  computation with 1 block of parameters)"}
+
+    A shared module's submodules are called as often as it is: they are not listed again (only the
+    outermost shared module is reported). ``example_input``: a tensor or a tuple of positional inputs.
+    Modules reused without parameters (one ``nn.ReLU`` called twice) are harmless and not reported.
+    """
+    calls: Counter[int] = Counter()
+    mods: dict[int, tuple[str, nn.Module]] = {}
+    handles = []
+    for path, sub in module.named_modules():  # each module once, under its first path
+        mods[id(sub)] = (path, sub)
+        handles.append(sub.register_forward_hook(lambda m, i, o, k=id(sub): calls.update((k,))))
+    was_training = module.training
+    saved = {k: v.clone() for k, v in module.state_dict().items()}  # BN statistics survive a train forward
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        module.load_state_dict(saved)
+        module.train(was_training)
+    aliases = _aliases(module)
+    found: list[dict] = []
+    for key, (path, sub) in mods.items():  # named_modules order: parents before children
+        n = calls[key]
+        params = sum(p.numel() for p in sub.parameters())
+        if n < 2 or not params:
+            continue
+        if any(path.startswith(f["path"] + ".") and n == f["calls"] for f in found):
+            continue  # called once per call of an already-reported shared parent
+        noun = _noun(sub)
+        found.append({
+            "path": path, "calls": n, "params": params, "aliases": aliases.get(key, [path]),
+            "note": (f"module `{path}` called {n}x in one forward (shared weights: {n} {noun}s' worth of "
+                     f"computation with 1 {noun} of parameters)"),
+        })
+    return found
+
+
+def param_counts(module: nn.Module) -> dict[str, int]:
+    """Counts comparable with Keras (parameters shared between paths are counted once, like ``parameters()``):
+
+    - ``trainable``: parameters with ``requires_grad`` (Keras ``trainable_weights``);
+    - ``frozen``: parameters without it (Keras non-trainable *weights*, e.g. a frozen layer);
+    - ``buffers``: floating buffers (BN ``running_mean`` / ``running_var``: Keras' moving statistics);
+    - ``num_batches_tracked``: how many of those torch-only BN counters there are (not in Keras' count);
+    - ``non_trainable`` = frozen + buffers and ``total`` = trainable + non_trainable: Keras'
+      ``count_params()`` split.
+    """
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    buffers = tracked = 0
+    for name, b in module.named_buffers():  # shared buffers once
+        if name.rsplit(".", 1)[-1] == NUM_BATCHES_TRACKED:
+            tracked += 1
+        elif b.is_floating_point():
+            buffers += b.numel()
+    return {"trainable": trainable, "frozen": frozen, "buffers": buffers, "num_batches_tracked": tracked,
+            "non_trainable": frozen + buffers, "total": trainable + frozen + buffers}

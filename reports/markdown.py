@@ -1,0 +1,65 @@
+"""The Markdown report: the same content as the HTML report (see :mod:`reports.view`), without plots."""
+from __future__ import annotations
+
+import re
+
+from parity.results import CheckResult
+
+from .json_report import as_dict
+from .view import Divergence, Table, build_view
+
+
+def _cell(text: str) -> str:
+    """A table cell: pipes escaped, line breaks as ``<br>`` so a row stays one line."""
+    return text.replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def _table(t: Table) -> list[str]:
+    lines = ["| " + " | ".join(_cell(c) for c in t.columns) + " |", "|" + "---|" * len(t.columns)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t.rows]
+    return lines + [""]
+
+
+def _fence(text: str) -> list[str]:
+    """``text`` verbatim in a fenced block (a fence longer than any backtick run inside it)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text", text, fence, ""]
+
+
+def _divergence(fd: Divergence) -> list[str]:
+    where = f"{fd.stage} {fd.path}" if fd.path else fd.stage
+    lines = ["## First divergence", "", f"At **{where}**:", ""] + _fence(fd.detail)
+    if fd.cause is not None:
+        c = fd.cause
+        lines += [f"- cause: **{c.cause}** at `{c.path}`: {c.message}"]
+        lines += [f"- evidence: {c.evidence}"] if c.evidence else []
+        lines += [f"- fix: {c.fix}"] if c.fix else []
+        lines += [""]
+    return lines
+
+
+def render_markdown(d: CheckResult | dict) -> str:
+    """The report as Markdown (GitHub-flavoured tables) from a ``CheckResult`` or its canonical dict."""
+    v = build_view(as_dict(d))
+    out = [f"# parity: {v.pair} — {v.verdict}", ""] + _fence(v.summary)
+    out += ["## Settings", ""] + _table(v.settings)
+    if v.environment:
+        out += ["## Environment", ""] + _table(v.environment)
+    out += ["## Stages", ""] + _table(v.stages)
+    if v.findings:
+        out += ["## Findings", ""] + _table(v.findings)
+    if v.first_divergence is not None:
+        out += _divergence(v.first_divergence)
+    if v.structure:
+        out += ["## Structure", ""] + _table(v.structure)
+    if v.conversion:
+        out += ["## Weight conversion", ""] + _table(v.conversion)
+    for s in v.stage_views:
+        out += [f"## Stage `{s.name}`: {s.verdict}", ""]
+        out += [f"Skipped: {s.skipped}", ""] if s.skipped else []
+        out += ["Errors:", ""] + [f"- {e}" for e in s.errors] + [""] if s.errors else []
+        out += _table(s.info) if s.info else []
+        out += ["Largest divergence over steps:", ""] + _table(s.trajectory) if s.trajectory else []
+        out += _table(s.tensors) if s.tensors else []
+    return "\n".join(out).rstrip("\n") + "\n"

@@ -1,0 +1,287 @@
+"""What a report shows, built once from the canonical dict for every renderer.
+
+``build_view`` turns a ``CheckResult.to_dict()`` into plain strings in :class:`Table` objects: settings,
+environment, the stage table, findings, the first divergence, the structure rows, the conversion summary
+and, per stage, every tensor. ``markdown`` and ``html`` only lay these out, so both show the same facts;
+the JSON report keeps everything (the tables here truncate long lists, the JSON never does).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from parity.results import CheckResult, Finding
+
+#: conversion-report keys in display order; any other key follows them
+CONVERSION_KEYS = ("mapped", "missing", "unexpected", "shape_mismatches", "nonfinite", "conventions", "assumptions")
+#: list entries shown per conversion key before "(+k more)"
+MAX_ENTRIES = 50
+#: trajectory series listed (and labelled in the plot), largest final rel error first
+TOP_SERIES = 10
+#: free-form ``info`` values longer than this are cut (the JSON report has them whole)
+MAX_INFO_CHARS = 300
+
+
+def num(x: Any, spec: str = ".3g") -> str:
+    """A number for a table cell: ``spec`` for floats, inf/nan strings as they are, None as empty."""
+    if x is None:
+        return ""
+    if isinstance(x, str):
+        return x
+    return format(x, spec)
+
+
+def cell(v: Any) -> str:
+    """Any free-form value (structure rows, info, extra columns) as one table cell."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return num(v)
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def verdict(passed: bool, skipped: str | None = None) -> str:
+    """A stage or tensor result as one word: ``pass``, ``FAIL`` or ``skipped``."""
+    return "skipped" if skipped else ("pass" if passed else "FAIL")
+
+
+@dataclass
+class Table:
+    """A table of strings; ``marks`` holds one style hint per row: ``fail``, ``first`` (the first
+    divergence), ``skip`` or ``""``."""
+
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)
+
+    def add(self, row: list[str], mark: str = "") -> None:
+        self.rows.append(row)
+        self.marks.append(mark)
+
+    def marked_rows(self) -> Iterator[tuple[list[str], str]]:
+        return zip(self.rows, self.marks)
+
+    def __bool__(self):
+        return bool(self.rows)
+
+
+@dataclass
+class Divergence:
+    """The first divergence: where, the torch.testing-style detail (or the stage's errors) and its cause."""
+
+    stage: str
+    path: str | None
+    detail: str
+    cause: Finding | None
+
+
+@dataclass
+class StageView:
+    name: str
+    verdict: str
+    skipped: str | None
+    errors: list[str]
+    tensors: Table
+    info: Table
+    #: the trajectory's top series by final rel error (empty for other stages)
+    trajectory: Table
+    #: the stage's canonical dict (the plots read it)
+    raw: dict
+
+
+@dataclass
+class ReportView:
+    pair: str
+    verdict: str
+    summary: str
+    settings: Table
+    environment: Table
+    stages: Table
+    findings: Table
+    first_divergence: Divergence | None
+    structure: Table
+    conversion: Table
+    stage_views: list[StageView]
+
+
+def _settings(d: dict) -> Table:
+    t = Table(["setting", "value"])
+    for key in ("dtype", "device", "seed", "batch", "optimizer", "config", "reference_source", "seconds"):
+        t.add([key, cell(d.get(key))])
+    return t
+
+
+def _environment(d: dict) -> Table:
+    t = Table(["component", "version"])
+    for k, v in (d.get("environment") or {}).items():
+        t.add([str(k), cell(v)])
+    return t
+
+
+def _stage_table(result: CheckResult) -> Table:
+    """One row per stage; worst tensor and first divergence come from the tensors themselves."""
+    t = Table(["stage", "result", "tensors", "worst rel", "worst path", "first divergence", "seconds", "skipped"])
+    for s in result.stages:
+        v = verdict(s.passed, s.skipped)
+        worst, first = s.worst, s.first_divergence
+        t.add([s.name, v, str(len(s.tensors)), num(worst.rel, ".2e") if worst is not None else "",
+               worst.path if worst is not None else "", first.path if first is not None else "",
+               num(s.seconds, ".2f"), s.skipped or ""],
+              {"FAIL": "fail", "skipped": "skip"}.get(v, ""))
+    return t
+
+
+def _findings(d: dict) -> Table:
+    """Every finding: the check's own, then each stage's not already listed (stage filled in where the
+    finding leaves it out)."""
+    t = Table(["severity", "cause", "path", "stage", "message", "evidence", "fix"])
+    found = [(f, f.get("stage")) for f in d.get("findings", [])]
+    found += [(f, f.get("stage") or s["name"]) for s in d["stages"] for f in s.get("findings", [])
+              if f not in d.get("findings", [])]
+    for f, stage in found:
+        sev = f.get("severity", "error")
+        t.add([sev, f["cause"], f["path"], stage or "", f["message"], f.get("evidence", ""), f.get("fix", "")],
+              "fail" if sev == "error" else "")
+    return t
+
+
+def _first_divergence(result: CheckResult) -> Divergence | None:
+    fd = result.first_divergence()
+    if fd is None:
+        return None
+    stage, diff = fd
+    if diff is not None:
+        return Divergence(stage.name, diff.path, diff.describe(), result.cause_for(diff.path))
+    return Divergence(stage.name, None, "\n".join(stage.errors) or "failed", result.cause_for(None))
+
+
+def _structure(d: dict) -> Table:
+    """The structure stage's rows, one column per key (the union, in first-seen order)."""
+    rows = next((s.get("rows") or [] for s in d["stages"] if s["name"] == "structure"), [])
+    columns: dict[str, None] = {}
+    for r in rows:
+        columns.update(dict.fromkeys(r))
+    t = Table(list(columns))
+    for r in rows:
+        t.add([cell(r.get(c)) for c in columns])
+    return t
+
+
+def _entry(key: str, item: Any) -> str:
+    """One conversion-list entry: ``key: expected …, received …`` for a shape mismatch, ``a → b → c`` for
+    a tuple (a mapping: source, destination, conventions), the value itself otherwise."""
+    if key == "shape_mismatches" and isinstance(item, (list, tuple)) and len(item) == 3:
+        k, expected, received = item
+        return f"{k}: expected {cell(expected)}, received {cell(received)}"
+    if isinstance(item, (list, tuple)):
+        return " → ".join(cell(x) for x in item)
+    return cell(item)
+
+
+def _conversion(d: dict) -> Table:
+    """The weight conversion: a count per list (mapped: the count only) and the entries of the others."""
+    conv = d.get("conversion") or {}
+    t = Table(["item", "count", "entries"])
+    keys = [k for k in CONVERSION_KEYS if k in conv] + [k for k in conv if k not in CONVERSION_KEYS]
+    for k in keys:
+        v = conv[k]
+        if not isinstance(v, (list, tuple)):
+            t.add([k, "", cell(v)])
+            continue
+        shown = [] if k == "mapped" else [_entry(k, x) for x in v[:MAX_ENTRIES]]
+        more = f" (+{len(v) - len(shown)} more)" if shown and len(v) > len(shown) else ""
+        problem = k in ("missing", "unexpected", "shape_mismatches", "nonfinite") and v
+        t.add([k, str(len(v)), "; ".join(shown) + more], "fail" if problem else "")
+    return t
+
+
+def _tensors(s: dict, first: str | None) -> Table:
+    """Every tensor of a stage; ``note`` and the ``extra`` keys (union, first-seen order) as further columns.
+    ``first``: the path of the stage's first divergence, marked ``first``."""
+    tensors = s.get("tensors", [])
+    extra: dict[str, None] = {}
+    for t in tensors:
+        extra.update(dict.fromkeys(t.get("extra") or {}))
+    with_note = any(t.get("note") for t in tensors)
+    table = Table(["path", "shape", "max_abs", "scale", "rel", "allowed", "mismatched/numel", "pass"]
+                  + (["note"] if with_note else []) + list(extra))
+    for t in tensors:
+        row = [t["path"], "×".join(map(str, t["shape"])) or "scalar", num(t["max_abs"]), num(t["scale"]),
+               num(t["rel"], ".2e"), num(t["allowed"]), f"{t['mismatched']} / {t['numel']}",
+               "pass" if t["passed"] else "FAIL"]
+        row += [t.get("note", "")] if with_note else []
+        row += [cell((t.get("extra") or {}).get(k)) for k in extra]
+        mark = "" if t["passed"] else ("first" if t["path"] == first else "fail")
+        table.add(row, mark)
+    return table
+
+
+def trajectory_series(s: dict) -> tuple[list, dict[str, list]] | None:
+    """``(steps, {path: [rel per step]})`` of a trajectory stage whose ``info`` carries them, else None."""
+    info = s.get("info") or {}
+    if s["name"] != "trajectory" or not info.get("steps") or not info.get("series"):
+        return None
+    return info["steps"], info["series"]
+
+
+def final_rel(values: list) -> float:
+    """A series' value at its last step, for ranking (nan ranks last, inf first). Values may be the
+    strings ``"inf"``/``"nan"`` of the canonical dict, which ``float`` reads."""
+    x = float(values[-1]) if values else math.nan
+    return -math.inf if math.isnan(x) else x
+
+
+def top_series(series: dict[str, list]) -> list[str]:
+    """The ``TOP_SERIES`` paths with the largest final rel error."""
+    return sorted(series, key=lambda p: final_rel(series[p]), reverse=True)[:TOP_SERIES]
+
+
+def _trajectory(s: dict) -> Table:
+    found = trajectory_series(s)
+    if found is None:
+        return Table([])
+    steps, series = found
+    t = Table(["path", f"rel at step {steps[-1]}", "max rel over steps"])
+    for p in top_series(series):
+        values = [float(v) for v in series[p]]
+        finite = [v for v in values if not math.isnan(v)]
+        t.add([p, num(series[p][-1] if series[p] else None, ".2e"), num(max(finite) if finite else None, ".2e")])
+    return t
+
+
+def _info(s: dict) -> Table:
+    """A stage's free-form ``info``, one row per key (a trajectory's steps/series are shown as their own table)."""
+    t = Table(["key", "value"])
+    shown_elsewhere = ("steps", "series") if trajectory_series(s) else ()
+    for k, v in (s.get("info") or {}).items():
+        if k in shown_elsewhere:
+            continue
+        text = cell(v)
+        t.add([str(k), text if len(text) <= MAX_INFO_CHARS else text[:MAX_INFO_CHARS] + " …"])
+    return t
+
+
+def build_view(d: dict) -> ReportView:
+    """The report's content from its canonical dict (``CheckResult.to_dict()``). Per-stage values derived
+    from the tensors (worst, first divergence, cause) are recomputed from the result objects: the tensors
+    are the facts, the dict's derived fields a convenience for JSON readers."""
+    result = CheckResult.from_dict(d)
+    stage_views = []
+    for s, obj in zip(d["stages"], result.stages):
+        first = obj.first_divergence
+        stage_views.append(StageView(s["name"], verdict(obj.passed, obj.skipped), obj.skipped, list(obj.errors),
+                                     _tensors(s, first.path if first is not None else None), _info(s),
+                                     _trajectory(s), s))
+    return ReportView(pair=d["pair"], verdict="PASSED" if d["passed"] else "FAILED",
+                      summary=d["summary"], settings=_settings(d), environment=_environment(d),
+                      stages=_stage_table(result), findings=_findings(d),
+                      first_divergence=_first_divergence(result), structure=_structure(d),
+                      conversion=_conversion(d), stage_views=stage_views)

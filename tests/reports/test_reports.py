@@ -1,0 +1,233 @@
+"""reports: JSON is lossless and canonical, Markdown and HTML show the facts a user acts on, the HTML is
+self-contained and escaped, writes are atomic, and the package imports no framework."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+from parity.results import SCHEMA, CheckResult, Finding, StageResult, TensorDiff
+from reports import load_report, render_html, render_markdown, to_json, write_reports
+
+F64 = 1e-10  # the float64 forward rtol of parity.spec.FLOAT64_POLICY
+
+
+def _diff(path, max_abs, scale=1.0, rtol=F64, shape=(2, 3), mismatched=0, **kw):
+    return TensorDiff(path=path, shape=shape, max_abs=max_abs, scale=scale, allowed=rtol * scale, rtol=rtol,
+                      mismatched=mismatched, numel=math.prod(shape), **kw)
+
+
+def _check(stages, findings=(), **kw):
+    base = dict(pair="mini_xception", dtype="float64", device="cpu", seed=0, batch=4,
+                optimizer={"kind": "sgd", "lr": 0.01}, config={"input_shape": [48, 48, 1]},
+                environment={"python": "3.12.3", "numpy": "2.4.6"}, seconds=1.5)
+    base.update(kw)
+    return CheckResult(stages=list(stages), findings=list(findings), **base)
+
+
+def passing() -> CheckResult:
+    structure = StageResult("structure", rows=[
+        {"path": "conv1", "kind": "conv2d", "params": 72},
+        {"path": "bn1", "kind": "batchnorm", "params": 16, "eps": 1e-3},
+    ])
+    forward = StageResult("forward_eval", seconds=0.25, tensors=[
+        _diff("conv1", 0.0), _diff("bn1", 3e-17, scale=2.0), _diff("output", 1e-16, extra={"onnx_ort_max_abs": 1e-8}),
+    ])
+    conversion = {"direction": "keras->torch", "mapped": [["conv1/kernel", "conv1.weight", "HWIO->OIHW"]],
+                  "missing": [], "unexpected": [], "shape_mismatches": [], "nonfinite": [],
+                  "conventions": ["HWIO->OIHW"], "assumptions": [], "ok": True}
+    return _check([structure, forward], conversion=conversion)
+
+
+FIX = "set eps=1e-3 (Keras default)"
+
+
+def failing() -> CheckResult:
+    forward = StageResult("forward_eval", tensors=[
+        _diff("conv1", 1e-17),
+        _diff("block1/bn2", 3.1e-3, shape=(1, 3), mismatched=2, index=(0, 1), ref_value=0.5, port_value=0.5031,
+              cosine=0.99998),
+        _diff("output", 1e-2, shape=(1, 3), mismatched=3),
+    ])
+    gradients = StageResult("gradients", tensors=[_diff("output:weight", 1.0, shape=(3,), mismatched=3)])
+    finding = Finding(cause="bn_epsilon", path="block1/bn2", stage="forward_eval",
+                      message="BatchNorm eps 1e-05 in the port, 1e-03 in the reference",
+                      evidence="var 0.02: eps changes the normalised value by 2e-3", fix=FIX)
+    return _check([StageResult("structure"), forward, gradients], findings=[finding])
+
+
+def skipped() -> CheckResult:
+    return _check([StageResult("forward_eval", tensors=[_diff("conv1", 0.0)]),
+                   StageResult("onnx", skipped="onnxruntime is not installed")])
+
+
+def nonfinite() -> CheckResult:
+    return _check([StageResult("forward_eval", tensors=[
+        _diff("conv1", 1e-17),
+        _diff("bn1", math.inf, mismatched=6, ref_value=1.0, port_value=math.inf),
+        _diff("zero_scale", 1e-3, scale=0.0),
+        _diff("output", math.nan, mismatched=6, cosine=math.nan),
+    ])])
+
+
+def trajectory() -> CheckResult:
+    steps = [1, 2, 3]
+    series = {f"layer{i}": [10.0 ** (-15 + i), 10.0 ** (-14 + i), 10.0 ** (-13 + i)] for i in range(12)}
+    series["flat"] = [0.0, 0.0, 0.0]
+    traj = StageResult("trajectory", tensors=[_diff("output", 1e-12, rtol=1e-8)],
+                       info={"steps": steps, "series": series, "lr": 0.01})
+    return _check([StageResult("forward_eval", tensors=[_diff("conv1", 0.0)]), traj])
+
+
+ALL = {"passing": passing, "failing": failing, "skipped": skipped, "nonfinite": nonfinite,
+       "trajectory": trajectory}
+
+
+@pytest.fixture(params=list(ALL))
+def result(request) -> CheckResult:
+    return ALL[request.param]()
+
+
+def test_write_reports_writes_three_files_and_no_temp_files(result, tmp_path):
+    out = tmp_path / "new" / "dir"
+    paths = write_reports(result, out)
+    assert set(paths) == {"json", "md", "html"}
+    assert all(p.is_file() and p.parent == out for p in paths.values())
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
+
+
+def test_write_reports_accepts_the_dict_and_overwrites(tmp_path):
+    write_reports(failing(), tmp_path)
+    paths = write_reports(passing().to_dict(), tmp_path)
+    assert json.loads(paths["json"].read_text())["passed"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json", "report.md"]
+
+
+def test_json_round_trip_is_exact(result):
+    text = to_json(result)
+    d = json.loads(text)
+    assert d["schema"] == SCHEMA == "parity.report/1"
+    assert CheckResult.from_dict(d).to_dict() == result.to_dict()
+    assert text == to_json(CheckResult.from_dict(d)) and text.endswith("}\n")
+
+
+def test_json_keeps_inf_and_nan_as_strings():
+    d = json.loads(to_json(nonfinite()))
+    bn1, output = d["stages"][0]["tensors"][1], d["stages"][0]["tensors"][3]
+    assert (bn1["max_abs"], bn1["port_value"], output["max_abs"], output["cosine"]) == ("inf", "inf", "nan", "nan")
+
+
+def test_json_names_a_nonfinite_float_in_free_form_info():
+    r = _check([StageResult("step", info={"loss": [1.0, math.nan]})])
+    with pytest.raises(ValueError, match=r"expected finite floats.*Received: a non-finite float at "
+                                         r"report\.stages\[0\]\.info\.loss\[1\]"):
+        to_json(r)
+
+
+def test_load_report_reads_back_what_write_reports_wrote(tmp_path):
+    r = failing()
+    assert load_report(write_reports(r, tmp_path)["json"]).to_dict() == r.to_dict()
+
+
+@pytest.mark.parametrize("content, received", [
+    ('{"schema": "other/2"}', "Received: schema 'other/2'"),
+    ('{"pair": "x"}', "Received: an object without a 'schema' key"),
+    ("[1, 2]", "Received: a JSON list"),
+    ("not json", "Received: text that is not JSON"),
+])
+def test_load_report_rejects_a_file_that_is_not_a_report(tmp_path, content, received):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="expected") as e:
+        load_report(path)
+    assert "expected a parity report (a JSON object with schema 'parity.report/1')" in str(e.value)
+    assert received in str(e.value)
+
+
+def test_renderers_reject_a_dict_that_is_not_a_report():
+    with pytest.raises(ValueError, match="expected a parity report .* Received: a dict with schema None"):
+        render_markdown({"pair": "x"})
+
+
+def test_markdown_shows_summary_first_divergence_and_fix():
+    r = failing()
+    md = render_markdown(r.to_dict())
+    assert r.summary_line() in md
+    assert md.startswith("# parity: mini_xception — FAILED\n")
+    assert "## First divergence" in md and "At **forward_eval block1/bn2**" in md
+    assert "Mismatched elements: 2 / 3; greatest absolute difference 0.0031 at index (0, 1)" in md
+    assert f"- fix: {FIX}" in md
+    assert "| error | bn_epsilon | block1/bn2 | forward_eval |" in md
+    assert "| forward_eval | FAIL | 3 | 1.00e-02 | output | block1/bn2 | 0.00 |  |" in md
+
+
+def test_markdown_tables_settings_structure_conversion_tensors_and_extra_columns():
+    md = render_markdown(passing())
+    assert "| dtype | float64 |" in md and '| optimizer | {"kind": "sgd", "lr": 0.01} |' in md
+    assert "| python | 3.12.3 |" in md
+    assert "| path | kind | params | eps |" in md and "| conv1 | conv2d | 72 |  |" in md
+    assert "| mapped | 1 |  |" in md and "| conventions | 1 | HWIO->OIHW |" in md
+    assert ("| path | shape | max_abs | scale | rel | allowed | mismatched/numel | pass | onnx_ort_max_abs |"
+            in md)
+    assert "| output | 2×3 | 1e-16 | 1 | 1.00e-16 | 1e-10 | 0 / 6 | pass | 1e-08 |" in md
+    assert "| forward_eval | pass | 3 | 1.00e-16 | output |  | 0.25 |  |" in md
+
+
+def test_markdown_shows_skip_reason_and_nonfinite_values():
+    md = render_markdown(skipped())
+    assert "| onnx | skipped | 0 |  |  |  | 0.00 | onnxruntime is not installed |" in md
+    md = render_markdown(nonfinite())
+    assert "| bn1 | 2×3 | inf | 1 | inf |" in md and "| output | 2×3 | nan | 1 | nan |" in md
+
+
+def test_markdown_lists_the_trajectory_top_series():
+    md = render_markdown(trajectory())
+    assert "| path | rel at step 3 | max rel over steps |" in md
+    assert "| layer11 | 1.00e-02 | 1.00e-02 |" in md and "| layer1 |" not in md
+
+
+def test_html_is_self_contained_with_plots(result):
+    html = render_html(result)
+    assert html.startswith("<!DOCTYPE html>") and "<svg" in html
+    assert not re.search(r"<script|<link|<img|<iframe|@import|url\((?!#)", html, re.I)
+    without_namespaces = re.sub(r'xmlns(:\w+)?="[^"]*"', "", html)
+    assert "http://" not in without_namespaces and "https://" not in without_namespaces
+    assert result.summary_line().replace("&", "&amp;") in html
+
+
+def test_html_draws_one_error_plot_per_stage_with_tensors_and_a_trajectory_plot():
+    assert render_html(failing()).count("<svg") == 2  # forward_eval and gradients; structure has no tensors
+    html = render_html(trajectory())
+    assert html.count("<svg") == 3 and "per-layer divergence over steps" in html
+    assert "first divergence: block1/bn2" in render_html(failing())
+
+
+def test_html_escapes_user_strings():
+    evil = "block1/<script>alert(1)</script>"
+    r = _check([StageResult("forward_eval", tensors=[_diff(evil, 1.0, mismatched=6), _diff("a$b$", 0.0)])],
+               findings=[Finding(cause="c", path=evil, message="<b>bold</b>", fix="x & y")])
+    html = render_html(r)
+    assert "<script" not in html and "<b>bold" not in html
+    assert "block1/&lt;script&gt;alert(1)&lt;/script&gt;" in html and "x &amp; y" in html
+
+
+def test_reports_imports_no_framework():
+    code = "import reports, sys; assert not {'torch', 'tensorflow', 'keras'} & set(sys.modules), sys.modules.keys()"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_structure_failure_conversion_problems_and_stage_findings_are_shown():
+    shape = Finding(cause="shape", path="conv1", stage="structure", message="kernel shape differs")
+    structure = StageResult("structure", errors=["conv1: expected kernel (3, 3, 1, 8). Received: (3, 3, 1, 4)."],
+                            findings=[shape])
+    conversion = {"mapped": [], "missing": ["conv1.bias"], "unexpected": [],
+                  "shape_mismatches": [["conv1.weight", [8, 1, 3, 3], [4, 1, 3, 3]]], "nonfinite": []}
+    md = render_markdown(_check([structure], findings=[shape], conversion=conversion))
+    assert "At **structure**:" in md and "conv1: expected kernel (3, 3, 1, 8). Received: (3, 3, 1, 4)." in md
+    assert md.count("| error | shape | conv1 | structure | kernel shape differs |") == 1
+    assert "| shape_mismatches | 1 | conv1.weight: expected [8, 1, 3, 3], received [4, 1, 3, 3] |" in md
+    assert "| missing | 1 | conv1.bias |" in md
