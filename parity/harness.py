@@ -114,7 +114,7 @@ def load_weight_file(spec: PairSpec, path: str, expected):
 def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: str = "cpu",
           batch: int | None = None, seed: int = 0, optimizer=None, steps: int = 1, weights: str | None = None,
           config: dict | None = None, port: str | Callable | None = None, reference: str | Callable | None = None,
-          reference_run=None, progress: Callable[[str], None] | None = None) -> CheckResult:
+          reference_run=None, onnx: bool = False, progress: Callable[[str], None] | None = None) -> CheckResult:
     """Run a parity check of a registered pair (or a :class:`PairSpec`). See the module docstring."""
     from parity import registry
 
@@ -215,6 +215,11 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
                 st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref.eval_acts[tap.path]), out, tol))
             st.seconds = time.perf_counter() - t
             result.stages.append(st)
+        if onnx:
+            from parity.onnx_leg import onnx_stage
+
+            say("onnx: export both sides, run onnxruntime")
+            result.stages.append(onnx_stage(spec, ref, ts, taps, dtype=dtype))
     finally:
         ts.restore(snap)
 
@@ -362,11 +367,15 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
         opt_torch = adapter.torch_optimizer(opt, refs, ref.l2)
         initial = {r.key: r.param.detach().clone() for r in refs}
         st_step = StageResult("step", info={"optimizer": opt.kind, "steps": n_steps})
+        traj = StageResult("trajectory", info={"what": "per-parameter weight divergence after each step"})
+        ttol = spec.tolerance.for_stage(dtype, "trajectory")
         series: dict[str, list[float]] = {}
+    port_losses: list[float] = []
     for k in range(n_steps):
         t = time.perf_counter()
         say(f"port: train forward + backward (step {k + 1}/{n_steps})")
         acts, loss, agrads = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.loss, want_acts=(k == 0))
+        port_losses.append(loss)
         if k == 0:
             if "forward_train" in stage_set:
                 st = StageResult("forward_train", info={"running_var": RUNNING_VAR_CONVENTION})
@@ -437,7 +446,11 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
             d = tensor_diff(f"{tap.path}:{suffix}.update{at}", new_ref - init_ref,
                             new_port - initial[r.key].cpu().numpy(), tol)
             st_step.tensors.append(d)
-            series.setdefault(f"{tap.path}:{suffix}", []).append(d.rel)
+            if n_steps > 1:  # the weights themselves, step by step: how a small difference grows
+                w = tensor_diff(f"{tap.path}:{suffix}", new_ref, new_port, ttol)
+                series.setdefault(w.path, []).append(w.rel)
+                if k == n_steps - 1:
+                    traj.tensors.append(w)
             for slot, val in (rstep["slots"].get(r.key) or {}).items():
                 pv = (slots_port.get(r.key) or {}).get(slot)
                 sref = var_to_torch(r.kind, r.var, val, flatten_chw=tap.flatten_chw)
@@ -448,7 +461,9 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
         st_step.seconds += time.perf_counter() - t + ref.seconds.get(f"step{k}", 0.0)
     if adapter is not None:
         st_step.info["rules"] = list(adapter.rules)
-        if n_steps > 1:
-            st_step.info["steps_series"] = {"steps": list(range(1, n_steps + 1)), "series": series,
-                                            "lr": [opt.lr_at(k) for k in range(n_steps)]}
         result.stages.append(st_step)
+        if n_steps > 1:
+            traj.info.update(steps=list(range(1, n_steps + 1)), series=series,
+                             lr=[opt.lr_at(k) for k in range(n_steps)],
+                             losses={"reference": [s["loss"] for s in ref.steps], "port": port_losses})
+            result.stages.append(traj)

@@ -44,6 +44,12 @@ NEG_INF = float("-inf")
 """Pooling pad value: -inf never wins a max, so padded cells never reach the output or the gradient."""
 
 
+def _const(value: float, dtype):
+    """A Python float as a tensor of ``dtype``, exactly: ``keras.ops.cast(0.9, "float64")`` goes through float32
+    (0.9 -> 0.8999999762, measured with Keras 3.15 / TF 2.21); ``convert_to_tensor(..., dtype)`` does not."""
+    return ops.convert_to_tensor(value, dtype=dtype)
+
+
 @keras.saving.register_keras_serializable(package="parity")
 class ChannelSlice(layers.Layer):
     """``x[..., start:stop]``: one stream's channels of the stacked input (``STACKED_INPUT_CHANNELS``)."""
@@ -110,8 +116,8 @@ class CaffeLRN(layers.Layer):
         window = sq[..., 0:channels]
         for i in range(1, self.size):
             window = window + sq[..., i:i + channels]
-        scale = ops.add(ops.cast(self.k, x.dtype), ops.multiply(ops.cast(self.alpha / self.size, x.dtype), window))
-        return ops.multiply(x, ops.power(scale, ops.cast(-self.beta, x.dtype)))
+        scale = ops.add(_const(self.k, x.dtype), ops.multiply(_const(self.alpha / self.size, x.dtype), window))
+        return ops.multiply(x, ops.power(scale, _const(-self.beta, x.dtype)))
 
     def compute_output_shape(self, input_shape):
         return input_shape

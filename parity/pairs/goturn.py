@@ -180,7 +180,9 @@ def pool_remainders(input_hw: tuple[int, int]) -> list[str]:
 
 # --- Taps -----------------------------------------------------------------------------------------------
 def _stream_taps(stream: str) -> list[Tap]:
-    t = [Tap(f"{stream}/split", f"split_{stream}", f"split_{stream}", "other")]
+    # The ChannelSlice layers (split_target / split_image) are not tapped: they have no weights and no
+    # gradient path on the torch side (the input does not require grad); a wrong split shows at conv1.
+    t = []
     for name, *_ in CONV_LAYERS:
         i = name[-1]
         t.append(Tap(f"{stream}/{name}", f"{stream}_{name}", f"{stream}.{name}", "conv2d"))

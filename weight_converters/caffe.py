@@ -1,0 +1,359 @@
+"""Caffe weights as a NumPy ``.npy`` dict -> the GOTURN Keras reference (and torch port) layouts. Pure numpy.
+
+The format (nrupatunga/goturn-pytorch and most Caffe -> numpy dumps): one ``np.save`` of a dict
+``{"conv1": [W, b], ..., "conv5": [W, b]}``, ``W`` in Caffe's blob layout (OIHW for Convolution, (out, in) for
+InnerProduct, in C, H, W order after a flatten), ``b`` (out,). Such a file is a *pickle* inside a ``.npy``:
+``np.load(..., allow_pickle=True)`` would run any code the pickle names. :func:`read_caffe_npy` never does:
+it reads the ``.npy`` header with NumPy's format reader and unpickles with :class:`RestrictedUnpickler`,
+which resolves only what arrays and plain containers need and refuses every other global before anything
+runs.
+
+GOTURN names (``parity.pairs.goturn``): the target stream's convs are ``conv1..conv5``, the image stream's
+``conv1_p..conv5_p``; GOTURN initialises *both* streams from one set of CaffeNet convs, so a file with only
+``conv1..conv5`` fills both. The fully connected layers are ``fc6-new``, ``fc7-new``, ``fc7-newb``, ``fc8-shapes``;
+when absent (the usual CaffeNet-only file) they keep the reference's initialisation (an assumption in the
+report, not an error). CaffeNet's own ImageNet classifier (``fc6``, ``fc7``, ``fc8``) is ignored, as GOTURN does.
+
+Layouts (Caffe's blobs are torch's layouts, so the torch side is a copy):
+
+=================  =================================  ==============================================
+Caffe blob         Keras reference                    torch port
+=================  =================================  ==============================================
+Convolution W      kernel HWIO: transpose(2, 3, 1, 0)  weight OIHW as is (grouped: (out, in/g, kh, kw))
+InnerProduct W     kernel (in, out), rows HWC: W.T     weight (out, in) as is (CHW, nn.Flatten)
+                   with rows reordered CHW -> HWC
+bias               bias                               bias
+=================  =================================  ==============================================
+"""
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from weight_converters.keras import conv_kernel_to_keras, dense_kernel_to_keras
+from weight_converters.report import ConversionError, ConversionReport
+
+EXPECTED_FORMAT = ("expected a .npy holding a dict of numpy arrays ({'conv1': [W (OIHW), b], ...}, saved with "
+                   "np.save(path, weights_dict))")
+
+#: Globals a pickled dict of numpy arrays needs, and nothing else: ndarray reconstruction (numpy 1.x and 2.x
+#: module paths), dtypes, scalars, the protocol-2 bytes helper and plain containers.
+SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+    ("builtins", "frozenset"), ("builtins", "bytearray"), ("collections", "OrderedDict"),
+}
+
+CONV_OIHW_TO_HWIO = "Caffe Convolution weight OIHW -> Keras kernel HWIO (transpose 2,3,1,0)"
+IP_TO_DENSE = "Caffe InnerProduct weight (out,in) -> Keras Dense kernel (in,out) (transpose)"
+IP_FLATTEN = "InnerProduct input order: Caffe CHW flatten -> Keras HWC Flatten (rows reordered)"
+CAFFE_IS_TORCH = "Caffe blobs are torch's layouts (OIHW, (out,in) over a CHW flatten): copied as is"
+BOTH_STREAMS = ("image stream (conv1_p..conv5_p) not in file: initialised from conv1..conv5, as GOTURN "
+                "initialises both streams from CaffeNet")
+
+CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+STREAM_SUFFIX = {"target": "", "image": "_p"}
+"""Caffe name suffix of each stream's layers (tracker.prototxt: ``conv1`` / ``conv1_p``)."""
+FC_CAFFE_NAMES = {"fc6": "fc6-new", "fc7": "fc7-new", "fc7b": "fc7-newb", "fc8": "fc8-shapes"}
+"""Reference layer -> Caffe layer name (tracker.prototxt), mirrored from ``parity.pairs.goturn.CAFFE_FC_NAMES``."""
+CAFFENET_CLASSIFIER = ("fc6", "fc7", "fc8")
+"""CaffeNet's ImageNet classifier layers: present in full CaffeNet dumps, replaced in GOTURN."""
+
+#: Reshape-vs-transpose guard: a layer whose per-output-unit norms are this many times more spread out when
+#: the matrix is read back as a reshaped (in, out) kernel than as given is flagged.
+RESHAPE_GUARD_RATIO = 4.0
+#: Smallest side of a matrix the guard judges (per-unit statistics over fewer units are noise).
+RESHAPE_GUARD_MIN_UNITS = 16
+
+
+# --- Safe reading -----------------------------------------------------------------------------------------
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`SAFE_GLOBALS`: a pickle naming anything else (``os.system``,
+    ``builtins.eval``, ``subprocess.Popen``...) is refused at ``find_class``, before it can be called."""
+
+    def find_class(self, module, name):
+        if (module, name) in SAFE_GLOBALS:
+            if module.startswith("numpy.core."):  # numpy 1.x pickles; numpy 2 moved these to numpy._core
+                module = "numpy._core." + module[len("numpy.core."):] if hasattr(np, "_core") else module
+            return super().find_class(module, name)
+        raise ValueError(f"{EXPECTED_FORMAT.split(' (')[0]}. Received: a pickle that references {module}.{name}. "
+                         "Re-save the weights with numpy arrays only.")
+
+
+def _bad(path, received: str, todo: str = "Save the weights with np.save(path, {'conv1': [W, b], ...}).") -> ValueError:
+    return ValueError(f"{path}: {EXPECTED_FORMAT}. Received: {received}. {todo}")
+
+
+def _read_header(f, path):
+    try:
+        version = np.lib.format.read_magic(f)
+    except ValueError:
+        f.seek(0)
+        head = f.read(4)
+        kind = "a .npz (zip) archive" if head.startswith(b"PK") else "a file without the NumPy .npy signature"
+        raise _bad(path, kind) from None
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    reader = getattr(np.lib.format, "_read_array_header", None)
+    if reader is None:
+        raise _bad(path, f".npy format version {version}", "Re-save it with a current NumPy.")
+    return reader(f, version)
+
+
+def read_caffe_npy(path) -> dict[str, list[np.ndarray]]:
+    """Read a Caffe weight dict from ``path`` without executing pickled code. Returns ``{layer: [W, b]}``
+    (arrays only; a layer with one blob gets ``[W]``). Bad files raise ``ValueError`` (one line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _bad(path, "no such file", "Check the path.")
+    with path.open("rb") as f:
+        if zipfile.is_zipfile(f):
+            raise _bad(path, "a .npz (zip) archive")
+        f.seek(0)
+        shape, _, dtype = _read_header(f, path)
+        if not dtype.hasobject:
+            raise _bad(path, f"a {dtype} array of shape {tuple(shape)}, not a dict")
+        try:
+            obj = RestrictedUnpickler(f).load()
+        except ValueError:
+            raise
+        except Exception as exc:  # truncated / corrupt stream: pickle raises many kinds
+            raise _bad(path, f"a truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
+        obj = obj.item()
+    if not isinstance(obj, Mapping):
+        raise _bad(path, f"a pickled {type(obj).__name__}, not a dict")
+    out = {}
+    for name, blobs in obj.items():
+        if isinstance(blobs, np.ndarray) and not blobs.dtype.hasobject:
+            blobs = [blobs]
+        if not isinstance(blobs, (list, tuple)) or not blobs or not all(
+                isinstance(b, np.ndarray) and np.issubdtype(b.dtype, np.number) for b in blobs):
+            raise _bad(path, f"{name!r} holds {type(blobs).__name__} "
+                       f"{[type(b).__name__ for b in blobs] if isinstance(blobs, (list, tuple)) else ''}".rstrip(),
+                       "Each layer must be [weights, bias] as numpy arrays.")
+        out[str(name)] = [np.asarray(b) for b in blobs]
+    return out
+
+
+# --- Reshape-instead-of-transpose guard -------------------------------------------------------------------
+def _unit_norm_spread(m: np.ndarray) -> float:
+    """Coefficient of variation of the row norms of ``m`` (out, in): how different the output units are."""
+    norms = np.sqrt(np.square(m.astype(np.float64)).sum(axis=1))
+    mean = norms.mean()
+    return float(norms.std() / mean) if mean > 0 else 0.0
+
+
+def looks_reshaped(w: np.ndarray) -> str | None:
+    """Whether an (out, in) InnerProduct weight looks like an (in, out) kernel passed through
+    ``np.reshape(k, (out, in))`` instead of ``k.T``. Returns the evidence, or None.
+
+    Trained (and deliberately structured) layers differ from unit to unit, so the norms of the true output
+    units spread out; a reshape scatters every unit over all rows, and the row norms become alike. The guard
+    compares the spread of row norms as given with the spread after undoing a reshape
+    (``w.reshape(in, out).T``): flagged when the latter is :data:`RESHAPE_GUARD_RATIO` times larger and well
+    above the noise of i.i.d. weights (``1/sqrt(2 in)``). It cannot judge square matrices (a reshape is then
+    the identity, the mistake is a missing transpose) nor fewer than :data:`RESHAPE_GUARD_MIN_UNITS` units."""
+    if w.ndim != 2:
+        return None
+    out, n_in = w.shape
+    if out == n_in or min(out, n_in) < RESHAPE_GUARD_MIN_UNITS:
+        return None
+    given = _unit_norm_spread(w)
+    undone = _unit_norm_spread(np.ascontiguousarray(w).reshape(n_in, out).T)
+    noise = 1.0 / math.sqrt(2 * n_in)
+    if undone > RESHAPE_GUARD_RATIO * max(given, noise):
+        return (f"per-unit weight norms spread {undone:.3g} when read as a reshaped (in,out) kernel vs {given:.3g} "
+                "as given")
+    return None
+
+
+@dataclass
+class CaffeConversionReport(ConversionReport):
+    """A :class:`ConversionReport` with ``suspicious``: layers whose values (not keys or shapes) look wrong,
+    e.g. an InnerProduct weight that was reshaped instead of transposed. Any entry makes the report fail."""
+
+    suspicious: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return super().ok and not self.suspicious
+
+    def problems(self) -> list[str]:
+        return self.suspicious + super().problems()
+
+    def merge(self, other):
+        super().merge(other)
+        self.suspicious += list(getattr(other, "suspicious", []))
+        return self
+
+
+# --- GOTURN mapping ---------------------------------------------------------------------------------------
+def _infer_flatten_chw(expected, fc6_in: int) -> tuple[int, int, int]:
+    channels = sum(int(expected[f"{s}_conv5"]["kernel"][3]) for s in STREAM_SUFFIX if f"{s}_conv5" in expected)
+    hw = fc6_in // channels if channels else 0
+    side = math.isqrt(hw)
+    if not channels or channels * hw != fc6_in or side * side != hw:
+        raise ValueError(f"fc6: expected its {fc6_in} inputs to be {channels or '2 x conv5'} channels x a square "
+                         f"pool5. Received: no such square. Pass flatten_chw=(C, H, W).")
+    return channels, side, side
+
+
+def _check(report, key, arr, want):
+    if want is not None and tuple(arr.shape) != tuple(want):
+        report.shape_mismatches.append((key, tuple(want), tuple(arr.shape)))
+        return False
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        report.nonfinite.append(key)
+    return True
+
+
+def goturn_from_caffe(caffe: Mapping[str, list[np.ndarray]], expected: Mapping[str, Mapping[str, tuple]], *,
+                      flatten_chw: tuple[int, int, int] | None = None,
+                      ) -> tuple[dict[str, dict[str, np.ndarray]], CaffeConversionReport]:
+    """Map a Caffe weight dict to the Keras reference's ``{layer: {var: array}}``. ``expected`` is the
+    reference's ``{layer: {var: shape}}``; ``flatten_chw`` the (C, H, W) fc6 flattens (default: inferred from
+    ``expected``, 2 x conv5 channels and a square pool5). Never raises on content: see the report."""
+    report = CaffeConversionReport(direction="caffe->keras")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    used = set()
+
+    def put(layer, caffe_name, blobs, kind):
+        want = expected.get(layer)
+        if want is None:
+            report.unexpected.append(f"{caffe_name} (-> {layer}: not in the reference)")
+            return
+        names = ("kernel", "bias")
+        if len(blobs) != len(want):
+            report.shape_mismatches.append((f"{caffe_name} blobs", (len(want),), (len(blobs),)))
+            return
+        conv = {}
+        for var, blob in zip(names, blobs):
+            key = f"{caffe_name}/{var} -> {layer}/{var}"
+            if var == "kernel" and kind == "conv":
+                arr = conv_kernel_to_keras(blob) if blob.ndim == 4 else blob
+                report.convention(CONV_OIHW_TO_HWIO)
+            elif var == "kernel":
+                chw = None
+                if layer == "fc6":
+                    chw = flatten_chw or _infer_flatten_chw(expected, blob.shape[1] if blob.ndim == 2 else 0)
+                    report.convention(f"{IP_FLATTEN} (C,H,W)={tuple(chw)}")
+                evidence = looks_reshaped(blob)
+                if evidence:
+                    report.suspicious.append(f"{layer} weight looks reshaped, not transposed ({caffe_name}: "
+                                             f"{evidence}); convert an (in,out) kernel with .T, not np.reshape")
+                arr = dense_kernel_to_keras(blob, chw) if blob.ndim == 2 else blob
+                report.convention(IP_TO_DENSE)
+            else:
+                arr = np.array(blob, copy=True)
+            if _check(report, key, arr, want.get(var)):
+                conv[var] = arr
+                report.mapped.append((caffe_name + "/" + var, f"{layer}/{var}", ""))
+        if conv:
+            out[layer] = conv
+
+    for stream, suffix in STREAM_SUFFIX.items():
+        for conv in CONV_NAMES:
+            layer = f"{stream}_{conv}"
+            name = conv + suffix
+            if name in caffe:
+                put(layer, name, caffe[name], "conv")
+                used.add(name)
+            elif suffix and conv in caffe:
+                put(layer, conv, caffe[conv], "conv")
+                report.assume(BOTH_STREAMS)
+            elif layer in expected:
+                report.missing += [f"{layer}/{v} (<- {name})" for v in expected[layer]]
+        used.update(CONV_NAMES)
+    absent = []
+    for layer, caffe_name in FC_CAFFE_NAMES.items():
+        if caffe_name in caffe:
+            put(layer, caffe_name, caffe[caffe_name], "fc")
+            used.add(caffe_name)
+        elif layer in expected:
+            absent.append(layer)
+    if absent:
+        report.assume(f"{', '.join(absent)} ({', '.join(FC_CAFFE_NAMES[a] for a in absent)}) not in file: kept from "
+                      "the reference's initialisation")
+    ignored = [n for n in CAFFENET_CLASSIFIER if n in caffe and n not in used]
+    if ignored:
+        report.assume(f"ignored CaffeNet classifier layer(s) {', '.join(ignored)}: GOTURN replaces them with "
+                      "fc6-new .. fc8-shapes")
+        used.update(ignored)
+    report.unexpected += [f"{n} (no GOTURN layer of that name)" for n in caffe if n not in used]
+    return out, report
+
+
+def goturn_caffe_to_torch(caffe: Mapping[str, list[np.ndarray]], expected: Mapping[str, tuple],
+                          ) -> tuple[dict[str, np.ndarray], CaffeConversionReport]:
+    """Map a Caffe weight dict to the torch port's state_dict keys (``target.conv1.weight``, ``fc6.weight``...):
+    the layouts are Caffe's, so arrays are copied. ``expected``: the port's ``{key: shape}``."""
+    report = CaffeConversionReport(direction="caffe->torch")
+    report.convention(CAFFE_IS_TORCH)
+    out: dict[str, np.ndarray] = {}
+    sources = {}
+    for stream, suffix in STREAM_SUFFIX.items():
+        for conv in CONV_NAMES:
+            name = conv + suffix
+            if name not in caffe and suffix and conv in caffe:
+                report.assume(BOTH_STREAMS)
+                name = conv
+            sources[f"{stream}.{conv}"] = name
+    sources.update({layer: caffe_name for layer, caffe_name in FC_CAFFE_NAMES.items()})
+    used = set()
+    absent = []
+    for module, name in sources.items():
+        if name not in caffe:
+            if f"{module}.weight" in expected:
+                (absent if module in FC_CAFFE_NAMES else report.missing).append(module)
+            continue
+        used.add(name)
+        for suffix, blob in zip(("weight", "bias"), caffe[name]):
+            key = f"{module}.{suffix}"
+            if suffix == "weight" and module in FC_CAFFE_NAMES and (evidence := looks_reshaped(blob)):
+                report.suspicious.append(f"{module} weight looks reshaped, not transposed ({name}: {evidence})")
+            if _check(report, key, blob, expected.get(key)):
+                out[key] = np.array(blob, copy=True)
+                report.mapped.append((f"{name}/{suffix}", key, ""))
+    if absent:
+        report.assume(f"{', '.join(absent)} not in file: kept from the port's initialisation")
+    report.unexpected += [n for n in caffe if n not in used and n not in CAFFENET_CLASSIFIER]
+    return out, report
+
+
+# --- PairSpec.weights_loader --------------------------------------------------------------------------------
+def load_goturn_weights(path, expected: Mapping[str, Mapping[str, tuple]], *, strict: bool = True,
+                        flatten_chw: tuple[int, int, int] | None = None,
+                        ) -> tuple[dict[str, dict[str, np.ndarray]], CaffeConversionReport]:
+    """``PairSpec.weights_loader`` of the GOTURN pair: read ``path`` safely (:func:`read_caffe_npy`), map it to
+    the Keras reference (``expected`` = its ``{layer: {var: shape}}``). Strict (default) raises
+    :class:`ConversionError` (a ``ValueError``, with ``.report``) on missing convs, unknown layers, shape
+    mismatches, non-finite values or a suspicious layer; fc layers absent from the file are allowed."""
+    weights, report = goturn_from_caffe(read_caffe_npy(path), expected, flatten_chw=flatten_chw)
+    if strict and not report.ok:
+        probs = report.problems()
+        more = f" (+{len(probs) - 3} more)" if len(probs) > 3 else ""
+        raise ConversionError(f"{path}: {report.summary()}: {'; '.join(probs[:3])}{more}", report)
+    return weights, report
+
+
+def save_caffe_npy(path, weights: Mapping[str, list[np.ndarray]]) -> None:
+    """Write ``{layer: [W, b]}`` the way Caffe dumps are written (``np.save`` of the dict), for round trips."""
+    arr = np.empty((), dtype=object)
+    arr[()] = {k: [np.asarray(b) for b in v] for k, v in weights.items()}
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr)
+    Path(path).write_bytes(buf.getvalue())
