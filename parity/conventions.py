@@ -46,14 +46,20 @@ def unbiased_to_biased_update(new_running_var, old_running_var, torch_momentum: 
 
 
 # --- Regularisation and optimizers --------------------------------------------------------------------
+def float32_rounded(x: float) -> float:
+    """``x`` rounded to float32: what ``tf.cast(python_float, float64)`` yields, since TF first makes a float32
+    tensor of a Python float. Keras 3 does this to hyperparameters in several places (below)."""
+    import struct
+
+    return struct.unpack("f", struct.pack("f", float(x)))[0]
+
+
 def keras_l2_effective(l2: float) -> float:
     """The coefficient Keras 3 actually multiplies by: ``L2.__call__`` does ``ops.cast(self.l2, x.dtype)``
     on a Python float, which becomes a float32 tensor first, so a float64 model is regularised with
     float32(lam) (measured: the L2 gradient of a float64 Keras 3.15 model is 2*lam*w off by 2.2e-8 relative
     for lam = 0.01; keras/src/regularizers/regularizers.py)."""
-    import struct
-
-    return struct.unpack("f", struct.pack("f", float(l2)))[0]
+    return float32_rounded(l2)
 
 
 def torch_weight_decay_from_keras_l2(l2: float) -> float:
@@ -80,6 +86,22 @@ def torch_adam_eps_from_keras(keras_eps: float, beta_2: float, step: int) -> flo
     time-dependent value, so one torch eps matches Keras at exactly one step (keras/src/optimizers/adam.py).
     """
     return keras_eps / math.sqrt(1.0 - beta_2**step)
+
+
+def torch_adam_lr_eps_from_keras(lr: float, keras_eps: float, beta_1: float, beta_2: float,
+                                 step: int) -> tuple[float, float]:
+    """(lr, eps) for ``torch.optim.Adam`` at step ``step`` (1-based) so that its update equals Keras 3's.
+
+    Two differences: epsilon placement (:func:`torch_adam_eps_from_keras`), and Keras' bias corrections
+    ``1 - beta**t`` use ``ops.cast(self.beta, dtype)``, i.e. float32-rounded betas even in a float64 model
+    (keras/src/optimizers/adam.py; measured: 6.4e-6 relative on the first update with beta_2 = 0.999), while
+    the moment updates use the exact ``1 - beta``. torch's update is lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t)
+    + eps'); matching Keras' lr*sqrt(1-B2^t)/(1-B1^t) * m / (sqrt(v) + eps) (B = float32-rounded beta) needs
+    eps' = eps / sqrt(1 - b2^t) and lr' = lr * (1-b1^t)/(1-B1^t) * sqrt(1-B2^t)/sqrt(1-b2^t).
+    """
+    b1r, b2r = float32_rounded(beta_1), float32_rounded(beta_2)
+    lr_t = lr * (1.0 - beta_1**step) / (1.0 - b1r**step) * math.sqrt(1.0 - b2r**step) / math.sqrt(1.0 - beta_2**step)
+    return lr_t, torch_adam_eps_from_keras(keras_eps, beta_2, step)
 
 
 KERAS_SGD_MOMENTUM_SLOT = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from parity.conventions import (KERAS_SGD_MOMENTUM_SLOT, torch_adam_eps_from_keras,
+from parity.conventions import (KERAS_SGD_MOMENTUM_SLOT, float32_rounded, torch_adam_eps_from_keras, torch_adam_lr_eps_from_keras,
                                 torch_weight_decay_from_keras_l2)
 from parity.spec import OptimizerSpec
 
@@ -112,6 +112,8 @@ class SGDAdapter(OptimizerAdapter):
     kind = "sgd"
     slot_names = ("momentum",)
     rules = (KERAS_SGD_MOMENTUM_SLOT,
+             "Keras SGD multiplies by ops.cast(momentum, dtype), a float32-rounded momentum even in float64: "
+             "torch momentum = float32(mu) (parity.conventions.float32_rounded)",
              "Keras l2(lam) kernel regulariser -> torch coupled weight_decay 2*lam on that kernel",
              "OptimizerSpec.weight_decay is torch's coupled decay; applied on the Keras side as g += wd*w")
 
@@ -135,7 +137,7 @@ class SGDAdapter(OptimizerAdapter):
     def torch_optimizer(self, spec, refs, l2):
         import torch
 
-        return torch.optim.SGD(_torch_groups(spec, refs, l2), lr=spec.lr, momentum=spec.momentum,
+        return torch.optim.SGD(_torch_groups(spec, refs, l2), lr=spec.lr, momentum=float32_rounded(spec.momentum),
                                nesterov=spec.nesterov, dampening=0.0)
 
     def torch_slots(self, spec, step, opt, refs):
@@ -156,6 +158,8 @@ class AdamAdapter(OptimizerAdapter):
     slot_names = ("m", "v")
     rules = ("Keras adds epsilon to the uncorrected sqrt(v); torch to the corrected one: torch eps at step t = "
              "eps_keras / sqrt(1 - beta_2**t), set on every step (parity.conventions.torch_adam_eps_from_keras)",
+             "Keras' bias corrections use float32-rounded betas (tf.cast of a Python float): torch lr scaled per "
+             "step by the ratio of bias corrections (parity.conventions.torch_adam_lr_eps_from_keras)",
              "Keras l2(lam) kernel regulariser -> torch (coupled) Adam weight_decay 2*lam on that kernel")
 
     def keras_optimizer(self, spec, refs):
@@ -183,9 +187,10 @@ class AdamAdapter(OptimizerAdapter):
                                 eps=torch_adam_eps_from_keras(spec.epsilon, spec.beta_2, 1))
 
     def torch_prepare(self, spec, step, opt):
-        super().torch_prepare(spec, step, opt)
+        lr_t, eps_t = torch_adam_lr_eps_from_keras(spec.lr_at(step), spec.epsilon, spec.beta_1, spec.beta_2, step + 1)
         for group in opt.param_groups:
-            group["eps"] = torch_adam_eps_from_keras(spec.epsilon, spec.beta_2, step + 1)
+            group["lr"] = lr_t * group.get("lr_mult", 1.0)
+            group["eps"] = eps_t
 
     def torch_slots(self, spec, step, opt, refs):
         out = {}

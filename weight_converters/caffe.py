@@ -27,6 +27,7 @@ bias               bias                               bias
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import pickle
@@ -37,7 +38,8 @@ from typing import Mapping
 
 import numpy as np
 
-from weight_converters.keras import conv_kernel_to_keras, dense_kernel_to_keras
+from weight_converters.keras import (conv_kernel_to_keras, conv_kernel_to_torch, dense_kernel_to_keras,
+                                     dense_kernel_to_torch)
 from weight_converters.report import ConversionError, ConversionReport
 
 EXPECTED_FORMAT = ("expected a .npy holding a dict of numpy arrays ({'conv1': [W (OIHW), b], ...}, saved with "
@@ -78,17 +80,33 @@ RESHAPE_GUARD_MIN_UNITS = 16
 
 
 # --- Safe reading -----------------------------------------------------------------------------------------
+_NUMPY_PRIVATE_CORE = importlib.util.find_spec("numpy._core") is not None
+"""numpy >= 2 keeps ``multiarray`` under ``numpy._core`` (``numpy.core`` is a deprecated shim); numpy 1.x only
+under ``numpy.core``. Pickles name whichever wrote them; both are resolved to the installed one."""
+
+
+class UnsafePickle(ValueError):
+    """The pickle names a global outside :data:`SAFE_GLOBALS`; ``.global_name`` is ``module.name``."""
+
+    def __init__(self, global_name: str, path=None):
+        super().__init__(f"{f'{path}: ' if path else ''}expected a .npy holding a dict of numpy arrays. Received: a pickle that references "
+                         f"{global_name}. Re-save the weights with numpy arrays only.")
+        self.global_name = global_name
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only :data:`SAFE_GLOBALS`: a pickle naming anything else (``os.system``,
-    ``builtins.eval``, ``subprocess.Popen``...) is refused at ``find_class``, before it can be called."""
+    which pickles as ``posix.system``; ``builtins.eval``; ``subprocess.Popen``...) is refused at
+    ``find_class``, before it can be called (:class:`UnsafePickle`)."""
 
     def find_class(self, module, name):
-        if (module, name) in SAFE_GLOBALS:
-            if module.startswith("numpy.core."):  # numpy 1.x pickles; numpy 2 moved these to numpy._core
-                module = "numpy._core." + module[len("numpy.core."):] if hasattr(np, "_core") else module
-            return super().find_class(module, name)
-        raise ValueError(f"{EXPECTED_FORMAT.split(' (')[0]}. Received: a pickle that references {module}.{name}. "
-                         "Re-save the weights with numpy arrays only.")
+        if (module, name) not in SAFE_GLOBALS:
+            raise UnsafePickle(f"{module}.{name}")
+        if _NUMPY_PRIVATE_CORE and module.startswith("numpy.core."):
+            module = "numpy._core." + module[len("numpy.core."):]
+        elif not _NUMPY_PRIVATE_CORE and module.startswith("numpy._core."):
+            module = "numpy.core." + module[len("numpy._core."):]
+        return super().find_class(module, name)
 
 
 def _bad(path, received: str, todo: str = "Save the weights with np.save(path, {'conv1': [W, b], ...}).") -> ValueError:
@@ -128,8 +146,8 @@ def read_caffe_npy(path) -> dict[str, list[np.ndarray]]:
             raise _bad(path, f"a {dtype} array of shape {tuple(shape)}, not a dict")
         try:
             obj = RestrictedUnpickler(f).load()
-        except ValueError:
-            raise
+        except UnsafePickle as exc:
+            raise UnsafePickle(exc.global_name, path) from None
         except Exception as exc:  # truncated / corrupt stream: pickle raises many kinds
             raise _bad(path, f"a truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
@@ -226,7 +244,8 @@ def goturn_from_caffe(caffe: Mapping[str, list[np.ndarray]], expected: Mapping[s
                       ) -> tuple[dict[str, dict[str, np.ndarray]], CaffeConversionReport]:
     """Map a Caffe weight dict to the Keras reference's ``{layer: {var: array}}``. ``expected`` is the
     reference's ``{layer: {var: shape}}``; ``flatten_chw`` the (C, H, W) fc6 flattens (default: inferred from
-    ``expected``, 2 x conv5 channels and a square pool5). Never raises on content: see the report."""
+    ``expected``, 2 x conv5 channels and a square pool5). Problems go to the report; raises only when fc6 is in
+    the file and its flatten geometry can be neither inferred nor was given."""
     report = CaffeConversionReport(direction="caffe->keras")
     out: dict[str, dict[str, np.ndarray]] = {}
     used = set()
@@ -348,6 +367,24 @@ def load_goturn_weights(path, expected: Mapping[str, Mapping[str, tuple]], *, st
         more = f" (+{len(probs) - 3} more)" if len(probs) > 3 else ""
         raise ConversionError(f"{path}: {report.summary()}: {'; '.join(probs[:3])}{more}", report)
     return weights, report
+
+
+def goturn_to_caffe(weights: Mapping[str, Mapping[str, np.ndarray]], flatten_chw: tuple[int, int, int],
+                    ) -> dict[str, list[np.ndarray]]:
+    """Inverse of :func:`goturn_from_caffe`: reference ``{layer: {var: array}}`` -> Caffe ``{name: [W, b]}`` with
+    both streams (``conv1`` / ``conv1_p``) and the fc layers under their tracker.prototxt names."""
+    out = {}
+    for stream, suffix in STREAM_SUFFIX.items():
+        for conv in CONV_NAMES:
+            layer = weights.get(f"{stream}_{conv}")
+            if layer is not None:
+                out[conv + suffix] = [conv_kernel_to_torch(layer["kernel"]), np.array(layer["bias"], copy=True)]
+    for layer_name, caffe_name in FC_CAFFE_NAMES.items():
+        layer = weights.get(layer_name)
+        if layer is not None:
+            chw = flatten_chw if layer_name == "fc6" else None
+            out[caffe_name] = [dense_kernel_to_torch(layer["kernel"], chw), np.array(layer["bias"], copy=True)]
+    return out
 
 
 def save_caffe_npy(path, weights: Mapping[str, list[np.ndarray]]) -> None:

@@ -5,7 +5,10 @@ small float64 tensors and fixed gradients (no model: the optimizer rules alone).
 (b) Keras' own SGD(weight_decay=wd) is decoupled: after one Nesterov step it differs from torch by exactly
     lr * mu * wd * w (parity.pairs.keypoints.KEYPOINTS_WEIGHT_DECAY);
 (c) after an lr change at the second step, Keras' Nesterov (momentum carries the old lr) and torch's part ways
-    by -mu^2 * (lr1 - lr2) * b_1 (parity.pairs.keypoints.KERAS_NESTEROV_RULE).
+    by -mu^2 * (lr1 - lr2) * b_1 (parity.pairs.keypoints.KERAS_NESTEROV_RULE);
+(d) Keras applies momentum 0.9 as float32(0.9) even on float64 variables
+    (parity.pairs.keypoints.KERAS_FLOAT32_HYPERPARAMETERS): (a)-(c) give torch that effective momentum so
+    that each effect is seen alone, and (d) measures the float32 rounding itself.
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ import pytest
 
 from parity.optimizers import ParamRef, get_adapter
 from parity.pairs.keypoints import (KEYPOINTS_SGD_LR, KEYPOINTS_SGD_MOMENTUM, KEYPOINTS_WEIGHT_DECAY, SPEC)
+
+KERAS_EFFECTIVE_MOMENTUM = float(np.float32(KEYPOINTS_SGD_MOMENTUM))
+"""0.8999999761581421: the momentum Keras' SGD applies (python float -> float32 tensor -> variable dtype)."""
 
 SHAPES = {"fc2.weight": ("fc2", "kernel", (3, 4)), "fc2.bias": ("fc2", "bias", (4,))}
 #: float64, a handful of multiply-adds per element: agreement to rounding (measured <= 2.3e-16 abs).
@@ -90,10 +96,14 @@ def test_spec_is_the_published_optimizer():
         "sgd", KEYPOINTS_SGD_LR, KEYPOINTS_SGD_MOMENTUM, True, KEYPOINTS_WEIGHT_DECAY) == ("sgd", 0.01, 0.9, True, 1e-6)
 
 
+def _as_keras_applies(spec):
+    return spec.replace(momentum=KERAS_EFFECTIVE_MOMENTUM)
+
+
 def test_a_coupled_decay_on_both_sides_steps_equal():
     spec = SPEC.optimizer
     wk, sk = run_keras(spec, steps=3)
-    wt, st, _ = run_torch(spec, steps=3)
+    wt, st, _ = run_torch(_as_keras_applies(spec), steps=3)
     for k in SHAPES:
         assert np.abs(wk[k] - wt[k]).max() <= EXACT
         # Keras m == -lr * torch buffer while lr is constant
@@ -103,7 +113,7 @@ def test_a_coupled_decay_on_both_sides_steps_equal():
 def test_b_keras_native_weight_decay_is_decoupled():
     spec = SPEC.optimizer
     wk, _ = run_keras(spec, steps=1, native_keras_decay=True)
-    wt, _, _ = run_torch(spec, steps=1)
+    wt, _, _ = run_torch(_as_keras_applies(spec), steps=1)
     w0 = _init()
     lr, mu, wd = spec.lr, spec.momentum, spec.weight_decay
     for k in SHAPES:
@@ -117,12 +127,12 @@ def test_c_lr_change_separates_keras_and_torch_nesterov():
     lr1, lr2 = KEYPOINTS_SGD_LR, KEYPOINTS_SGD_LR / 10
     spec = SPEC.optimizer.replace(lr_schedule=(lr1, lr2))
     wk1, _ = run_keras(spec, steps=1)
-    wt1, _, _ = run_torch(spec, steps=1)
+    wt1, _, _ = run_torch(_as_keras_applies(spec), steps=1)
     for k in SHAPES:  # first step (lr1): equal
         assert np.abs(wk1[k] - wt1[k]).max() <= EXACT
     wk, sk = run_keras(spec, steps=2)
-    wt, st, bufs = run_torch(spec, steps=2)
-    mu = spec.momentum
+    wt, st, bufs = run_torch(_as_keras_applies(spec), steps=2)
+    mu = KERAS_EFFECTIVE_MOMENTUM
     for k in SHAPES:
         b1 = bufs[0][k]  # torch buffer after the first step: g_0 + wd * w_0
         predicted = -mu**2 * (lr1 - lr2) * b1
@@ -131,3 +141,14 @@ def test_c_lr_change_separates_keras_and_torch_nesterov():
         # the slots, in Keras' convention: m_2 vs -lr2 * b_2 differ by -mu * (lr1 - lr2) * b_1
         np.testing.assert_allclose(sk[k]["momentum"] - st[k]["momentum"], -mu * (lr1 - lr2) * b1,
                                    rtol=1e-9, atol=1e-15)
+
+
+def test_d_keras_momentum_is_float32_even_in_float64():
+    spec = SPEC.optimizer
+    wk, _ = run_keras(spec, steps=1)
+    wt, _, bufs = run_torch(spec, steps=1)  # torch: the exact 0.9
+    for k in SHAPES:
+        predicted = (spec.momentum - KERAS_EFFECTIVE_MOMENTUM) * spec.lr * bufs[0][k]  # b_0 = g + wd*w
+        # atol: the difference of two O(1) float64 weights carries ~1e-16 of rounding
+        np.testing.assert_allclose(wk[k] - wt[k], predicted, rtol=1e-6, atol=1e-15)
+        assert 1e-12 < np.abs(predicted).max() < 1e-9
