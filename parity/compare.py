@@ -61,7 +61,18 @@ def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "") -> Te
     return TensorDiff(path=path, shape=tuple(r.shape), max_abs=max_abs, scale=scale, allowed=allowed,
                       rtol=tol.rtol, mismatched=mismatched, numel=int(r.size),
                       index=tuple(int(i) for i in idx), ref_value=float(r[idx]), port_value=float(p[idx]),
-                      cosine=_cosine(r, p), note=note)
+                      cosine=_cosine(r, p), note=note,
+                      norm_rel=_norm_rel(r, p), norm_rtol=tol.norm_rtol)
+
+
+def _norm_rel(a: np.ndarray, b: np.ndarray) -> float | None:
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return None
+    na = float(np.linalg.norm(a))
+    nd = float(np.linalg.norm(a - b))
+    if na == 0.0:
+        return 0.0 if nd == 0.0 else math.inf
+    return nd / na
 
 
 def _scale(a: np.ndarray) -> float:

@@ -192,6 +192,8 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
                 st = StageResult("forward_eval")
                 tol = spec.tolerance.for_stage(dtype, "forward_eval")
                 _compare_acts(st, taps, ref.eval_acts, eval_acts, tol, ts)
+                if ts.error:
+                    st.errors.insert(0, ts.error)
                 st.seconds = time.perf_counter() - t + ref.seconds.get("forward_eval", 0.0)
                 result.stages.append(st)
         if "structure" in stage_set:
@@ -211,6 +213,9 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
                     continue
                 out = ts.isolated(tap, ins)
                 if out is None:
+                    if ts.error:
+                        st.errors.append(f"{tap.path}: port module raised {ts.error}")
+                        ts.error = None
                     continue
                 st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref.eval_acts[tap.path]), out, tol))
             st.seconds = time.perf_counter() - t
@@ -375,6 +380,14 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
         t = time.perf_counter()
         say(f"port: train forward + backward (step {k + 1}/{n_steps})")
         acts, loss, agrads = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.loss, want_acts=(k == 0))
+        if ts.error:  # the port cannot run a training batch: report what was tapped, stop training stages
+            st = StageResult("forward_train", errors=[ts.error])
+            _compare_acts(st, taps, ref.train_acts, acts, spec.tolerance.for_stage(dtype, "forward_train"), ts)
+            result.stages.append(st)
+            for name in ("gradients", "step"):
+                if name in stage_set:
+                    result.stages.append(StageResult(name, errors=[f"not run: {ts.error}"]))
+            return
         port_losses.append(loss)
         if k == 0:
             if "forward_train" in stage_set:

@@ -135,6 +135,8 @@ class TorchSide:
         self.modules = dict(self.module.named_modules())
         self.missing = [t for t in taps if t.port not in self.modules]
         self.records: dict[str, TapRecord] = {}
+        #: the last forward's exception, as one line (a port that cannot run a batch is a finding, not a crash)
+        self.error: str | None = None
 
     # -- weights -----------------------------------------------------------------------------------------
     def expected_state(self) -> dict[str, tuple]:
@@ -199,11 +201,16 @@ class TorchSide:
     def forward_eval(self, x_nhwc: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
         torch = self.torch
         self.module.eval()
+        self.error = None
+        out = None
         with torch.no_grad(), self.tapping() as recs:
-            out = self.module(self.to_input(x_nhwc))
+            try:
+                out = self.module(self.to_input(x_nhwc))
+            except Exception as exc:  # a broken port: keep what was tapped before it failed
+                self.error = f"port forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         acts = {t.path: self.tap_value(t, recs[t.path]) for t in self.taps if t.path in recs}
         calls = {p: r.calls for p, r in recs.items()}
-        return acts, out.detach().cpu().numpy(), calls
+        return acts, (out.detach().cpu().numpy() if out is not None else None), calls
 
     def train_forward_backward(self, x_nhwc, y, loss_spec: LossSpec, want_acts: bool = True):
         """One train-mode forward + backward. Returns (acts, loss, act_grads); param grads stay on .grad."""
@@ -212,8 +219,14 @@ class TorchSide:
 
         self.module.train()
         self.module.zero_grad(set_to_none=True)
+        self.error = None
         with self.tapping(retain_grad=want_acts) as recs:
-            out = self.module(self.to_input(x_nhwc))
+            try:
+                out = self.module(self.to_input(x_nhwc))
+            except Exception as exc:
+                self.error = f"port forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                acts = {t.path: self.tap_value(t, recs[t.path]) for t in self.taps if t.path in recs}
+                return acts, None, {}
         yt = torch.as_tensor(y).to(device=self.device, dtype=self.dtype)
         loss = torch_loss(F, loss_spec, out, yt)
         loss.backward()
@@ -247,7 +260,11 @@ class TorchSide:
             xs.append(self.to_input(a))
         self.module.eval()
         with torch.no_grad():
-            out = mod(*xs)
+            try:
+                out = mod(*xs)
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                return None
         return apply_transform(tap.port_transform, out).cpu().numpy()
 
 

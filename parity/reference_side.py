@@ -22,7 +22,8 @@ from weight_converters.keras import LAYER_VARS
 #: get_config keys copied into the structure description of a Keras layer
 CONFIG_KEYS = ("kernel_size", "strides", "padding", "use_bias", "epsilon", "momentum", "activation", "pool_size",
                "depth_multiplier", "groups", "dilation_rate", "center", "scale", "rate", "axis", "units",
-               "filters", "data_format", "alpha", "beta", "bias", "depth_radius", "negative_slope", "max_value")
+               "filters", "data_format", "alpha", "beta", "bias", "depth_radius", "negative_slope", "max_value",
+               "size", "k", "ceil_mode", "kernel_initializer", "bias_initializer")
 
 
 @dataclass
@@ -204,13 +205,17 @@ def run_reference(spec: PairSpec, *, config: dict, dtype: str, seed: int, batch:
     old_floatx = keras.config.floatx()
     # floatx stays at the check's dtype for the whole run: Keras creates optimizer variables (the learning
     # rate too) in floatx, and a float32 lr of 0.01 is off by 2.2e-8 relative.
+    old_policy = keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
+    # Keras 3.15: once any layer exists, new layers follow the global dtype *policy*, not floatx alone
+    keras.config.set_dtype_policy(dtype)
     try:
         return _run_reference(spec, keras, tf, ops, model, config=config, dtype=dtype, seed=seed, batch=batch,
                               optimizer=optimizer, steps=steps, stages=stages, weights=weights,
                               weights_file=weights_file, taps=taps, say=say, t0=t0)
     finally:
         keras.config.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)
 
 
 def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, optimizer, steps, stages, weights,

@@ -50,10 +50,17 @@ class TensorDiff:
     note: str = ""
     #: optional extra columns (e.g. ``{"onnx_ort": max_abs}``) shown by renderers
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ||ref - port|| / ||ref|| and, under a norm-wise policy (float32 gradients), its bound
+    norm_rel: float | None = None
+    norm_rtol: float | None = None
 
     @property
     def passed(self) -> bool:
-        return self.mismatched == 0 and not math.isnan(self.max_abs)
+        if math.isnan(self.max_abs):
+            return False
+        if self.norm_rtol is not None:
+            return self.norm_rel is not None and self.norm_rel <= self.norm_rtol
+        return self.mismatched == 0
 
     @property
     def rel(self) -> float:
@@ -73,13 +80,15 @@ class TensorDiff:
         if self.ref_value is not None and self.port_value is not None:
             vals = f" (reference {self.ref_value:.6g}, port {self.port_value:.6g})"
         cos = f"; cosine {self.cosine:.6f}" if self.cosine is not None else ""
+        if self.norm_rtol is not None:
+            cos += f"; norm-wise policy: ||Δ||/||ref|| {self.norm_rel:.3g} (up to {self.norm_rtol:g} allowed)"
         return (f"Mismatched elements: {self.mismatched} / {self.numel}; greatest absolute difference "
                 f"{self.max_abs:.3g}{at}{vals} (up to {self.allowed:.3g} allowed = {self.rtol:g} x scale "
                 f"{self.scale:.3g}){cos}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("max_abs", "scale", "allowed", "rtol", "ref_value", "port_value", "cosine"):
+        for k in ("max_abs", "scale", "allowed", "rtol", "ref_value", "port_value", "cosine", "norm_rel", "norm_rtol"):
             d[k] = _num(d[k])
         d["shape"] = list(self.shape)
         d["index"] = list(self.index) if self.index is not None else None
@@ -92,7 +101,7 @@ class TensorDiff:
         d = dict(d)
         d.pop("rel", None)
         d.pop("passed", None)
-        for k in ("max_abs", "scale", "allowed", "rtol", "ref_value", "port_value", "cosine"):
+        for k in ("max_abs", "scale", "allowed", "rtol", "ref_value", "port_value", "cosine", "norm_rel", "norm_rtol"):
             d[k] = _unnum(d.get(k))
         d["shape"] = tuple(d["shape"])
         d["index"] = tuple(d["index"]) if d.get("index") is not None else None
@@ -250,6 +259,8 @@ class CheckResult:
         if diff is not None:
             cause = self.cause_for(diff.path)
             ctxt = f"; cause: {cause.message}" if cause else ""
+            if diff.note.startswith("shape mismatch"):
+                return f"FAILED: first divergence at {stage.name} {diff.path}: {diff.note}{ctxt}"
             return (f"FAILED: first divergence at {stage.name} {diff.path} max|Δ| {diff.max_abs:.3g} "
                     f"(allowed {diff.allowed:.3g}){ctxt}")
         err = stage.errors[0] if stage and stage.errors else "unknown"

@@ -103,10 +103,19 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class StageTolerance:
-    """Pass when ``max|ref - port| <= atol + rtol * scale``, ``scale = max|ref|`` of that tensor."""
+    """Elementwise (default): a tensor passes when every ``|ref - port| <= atol + rtol * scale``, with
+    ``scale = max|ref|`` of that tensor.
+
+    Norm-wise (``norm_rtol`` set; the float32 policy for gradients and updates): it passes when
+    ``||ref - port||_2 <= norm_rtol * ||ref||_2``. Why: in float32, a max-pool window whose two largest inputs
+    tie within rounding routes its gradient to a different element in each framework, and float32 sums
+    over N*H*W terms differ in order; measured on mini_XCEPTION over seeds 0-7, single elements of input and
+    parameter gradients differ by up to 0.3 x scale while the cosine stays >= 0.99989. No elementwise rtol
+    separates that from a bug; a bug moves the whole tensor. float64 (the default) stays elementwise."""
 
     rtol: float
     atol: float = 0.0
+    norm_rtol: float | None = None
 
     def allowed(self, scale: float) -> float:
         return self.atol + self.rtol * scale
@@ -148,9 +157,9 @@ FLOAT32_POLICY = {
     "forward_train": StageTolerance(rtol=1e-3),
     "bn_stats": StageTolerance(rtol=1e-4),
     "isolated": StageTolerance(rtol=1e-4),
-    "gradients": StageTolerance(rtol=5e-2),
-    "step": StageTolerance(rtol=5e-2),
-    "trajectory": StageTolerance(rtol=5e-2),
+    "gradients": StageTolerance(rtol=1e-2, norm_rtol=5e-2),
+    "step": StageTolerance(rtol=1e-2, norm_rtol=5e-2),
+    "trajectory": StageTolerance(rtol=1e-2, norm_rtol=5e-2),
 }
 DEFAULT_TOLERANCE = TolerancePolicy(float64=FLOAT64_POLICY, float32=FLOAT32_POLICY)
 

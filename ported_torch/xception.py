@@ -197,7 +197,6 @@ class Xception(nn.Module):
         self.exit = ExitFlow(o)
         if pooling not in (None, "avg"):
             raise ValueError(f"Xception port: pooling={pooling!r} is not ported. Expected None or 'avg'.")
-        self.include_top = include_top
         self.avg_pool = GlobalAvgPool2d() if include_top or pooling == "avg" else None
         self.predictions = nn.Linear(EXIT_SEPCONV_FILTERS[-1], num_classes) if include_top else None
         self._drop_bn(missing_bn)

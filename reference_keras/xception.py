@@ -27,11 +27,6 @@ MIN_INPUT_SIZE = 71
 INPUT_NAME = "image"
 #: Name of the optional nearest-neighbour up-sampling layer in front of the stem (CIFAR-10 variant).
 UPSAMPLE_NAME = "upsample"
-#: Blocks whose shortcut is a 1x1/2 conv + BN (the rest of the middle flow adds the identity).
-RESIDUAL_CONV_BLOCKS = (2, 3, 4, 13)
-#: Xception middle flow: blocks 5..12, eight distinct blocks of three separable convs each.
-MIDDLE_BLOCKS = tuple(range(5, 13))
-
 _BLOCK_NAME = re.compile(r"^block(\d+)_")
 #: The top's pooling is named ``avg_pool``; ``include_top=False, pooling="avg"|"max"`` leaves it unnamed.
 _POOLING_NAMES = {"GlobalAveragePooling2D": "avg_pool", "GlobalMaxPooling2D": "max_pool"}

@@ -3,7 +3,7 @@
 The format (nrupatunga/goturn-pytorch and most Caffe -> numpy dumps): one ``np.save`` of a dict
 ``{"conv1": [W, b], ..., "conv5": [W, b]}``, ``W`` in Caffe's blob layout (OIHW for Convolution, (out, in) for
 InnerProduct, in C, H, W order after a flatten), ``b`` (out,). Such a file is a *pickle* inside a ``.npy``:
-``np.load(..., allow_pickle=True)`` would run any code the pickle names. :func:`read_caffe_npy` never does:
+``np.load`` with pickles allowed would run any code the pickle names. :func:`read_caffe_npy` never does:
 it reads the ``.npy`` header with NumPy's format reader and unpickles with :class:`RestrictedUnpickler`,
 which resolves only what arrays and plain containers need and refuses every other global before anything
 runs.
@@ -31,7 +31,6 @@ import importlib.util
 import io
 import math
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -88,9 +87,9 @@ under ``numpy.core``. Pickles name whichever wrote them; both are resolved to th
 class UnsafePickle(ValueError):
     """The pickle names a global outside :data:`SAFE_GLOBALS`; ``.global_name`` is ``module.name``."""
 
-    def __init__(self, global_name: str, path=None):
-        super().__init__(f"{f'{path}: ' if path else ''}expected a .npy holding a dict of numpy arrays. Received: a pickle that references "
-                         f"{global_name}. Re-save the weights with numpy arrays only.")
+    def __init__(self, global_name: str, where: str = ""):
+        super().__init__(f"{where + ': ' if where else ''}expected a .npy holding a dict of numpy arrays. Received: a pickle that "
+                         f"references {global_name}. Re-save the weights with numpy arrays only.")
         self.global_name = global_name
 
 
@@ -109,58 +108,65 @@ class RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _bad(path, received: str, todo: str = "Save the weights with np.save(path, {'conv1': [W, b], ...}).") -> ValueError:
-    return ValueError(f"{path}: {EXPECTED_FORMAT}. Received: {received}. {todo}")
+SAVE_HINT = "Save the weights with np.save(path, {'conv1': [W, b], ...})."
 
 
-def _read_header(f, path):
+def _where(path, label: str) -> str:
+    """Message prefix, as the Keras h5 reader writes it: ``--weights path`` (``label`` empty: the path alone)."""
+    return f"{label} {path}" if label else str(path)
+
+
+def _bad(where: str, received: str, todo: str = SAVE_HINT) -> ValueError:
+    return ValueError(f"{where}: {EXPECTED_FORMAT}. Received: {received}. {todo}")
+
+
+def _read_header(f, where):
     try:
         version = np.lib.format.read_magic(f)
     except ValueError:
         f.seek(0)
         head = f.read(4)
         kind = "a .npz (zip) archive" if head.startswith(b"PK") else "a file without the NumPy .npy signature"
-        raise _bad(path, kind) from None
+        raise _bad(where, kind) from None
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(f)
     if version == (2, 0):
         return np.lib.format.read_array_header_2_0(f)
     reader = getattr(np.lib.format, "_read_array_header", None)
     if reader is None:
-        raise _bad(path, f".npy format version {version}", "Re-save it with a current NumPy.")
+        raise _bad(where, f".npy format version {version}", "Re-save it with a current NumPy.")
     return reader(f, version)
 
 
-def read_caffe_npy(path) -> dict[str, list[np.ndarray]]:
+def read_caffe_npy(path, *, label: str = "--weights") -> dict[str, list[np.ndarray]]:
     """Read a Caffe weight dict from ``path`` without executing pickled code. Returns ``{layer: [W, b]}``
-    (arrays only; a layer with one blob gets ``[W]``). Bad files raise ``ValueError`` (one line)."""
+    (arrays only; a layer with one blob gets ``[W]``). Bad files raise ``ValueError`` (one line, prefixed
+    ``"{label} {path}: "`` like the Keras h5 reader's)."""
     path = Path(path)
+    where = _where(path, label)
     if not path.is_file():
-        raise _bad(path, "no such file", "Check the path.")
+        raise _bad(where, "no such file", "Check the path.")
     with path.open("rb") as f:
-        if zipfile.is_zipfile(f):
-            raise _bad(path, "a .npz (zip) archive")
-        f.seek(0)
-        shape, _, dtype = _read_header(f, path)
+        shape, _, dtype = _read_header(f, where)
         if not dtype.hasobject:
-            raise _bad(path, f"a {dtype} array of shape {tuple(shape)}, not a dict")
+            raise _bad(where, f"a {dtype} array of shape {tuple(shape)}, not a dict")
         try:
             obj = RestrictedUnpickler(f).load()
         except UnsafePickle as exc:
-            raise UnsafePickle(exc.global_name, path) from None
+            raise UnsafePickle(exc.global_name, where) from None
         except Exception as exc:  # truncated / corrupt stream: pickle raises many kinds
-            raise _bad(path, f"a truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
+            raise _bad(where, f"a truncated or corrupt pickle ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, Mapping):
-        raise _bad(path, f"a pickled {type(obj).__name__}, not a dict")
+        raise _bad(where, f"a pickled {type(obj).__name__}, not a dict")
     out = {}
     for name, blobs in obj.items():
         if isinstance(blobs, np.ndarray) and not blobs.dtype.hasobject:
             blobs = [blobs]
         if not isinstance(blobs, (list, tuple)) or not blobs or not all(
                 isinstance(b, np.ndarray) and np.issubdtype(b.dtype, np.number) for b in blobs):
-            raise _bad(path, f"{name!r} holds {type(blobs).__name__} "
+            raise _bad(where, f"{name!r} holds {type(blobs).__name__} "
                        f"{[type(b).__name__ for b in blobs] if isinstance(blobs, (list, tuple)) else ''}".rstrip(),
                        "Each layer must be [weights, bias] as numpy arrays.")
         out[str(name)] = [np.asarray(b) for b in blobs]
@@ -230,6 +236,17 @@ def _infer_flatten_chw(expected, fc6_in: int) -> tuple[int, int, int]:
     return channels, side, side
 
 
+def _caffe_shape(kind: str, var: str, keras_shape):
+    """The Caffe blob shape a reference variable of ``keras_shape`` needs (for checks in the file's terms)."""
+    if keras_shape is None or var == "bias":
+        return keras_shape
+    if kind == "conv":
+        kh, kw, cin, cout = keras_shape
+        return (cout, cin, kh, kw)
+    n_in, n_out = keras_shape
+    return (n_out, n_in)
+
+
 def _check(report, key, arr, want):
     if want is not None and tuple(arr.shape) != tuple(want):
         report.shape_mismatches.append((key, tuple(want), tuple(arr.shape)))
@@ -255,32 +272,33 @@ def goturn_from_caffe(caffe: Mapping[str, list[np.ndarray]], expected: Mapping[s
         if want is None:
             report.unexpected.append(f"{caffe_name} (-> {layer}: not in the reference)")
             return
-        names = ("kernel", "bias")
         if len(blobs) != len(want):
-            report.shape_mismatches.append((f"{caffe_name} blobs", (len(want),), (len(blobs),)))
+            report.shape_mismatches.append((f"{caffe_name} blobs (-> {layer})", (len(want),), (len(blobs),)))
             return
         conv = {}
-        for var, blob in zip(names, blobs):
-            key = f"{caffe_name}/{var} -> {layer}/{var}"
-            if var == "kernel" and kind == "conv":
-                arr = conv_kernel_to_keras(blob) if blob.ndim == 4 else blob
+        for var, blob in zip(("kernel", "bias"), blobs):
+            caffe_var = "weight" if var == "kernel" else "bias"
+            key = f"{caffe_name}/{caffe_var} (-> {layer}/{var})"
+            if not _check(report, key, blob, _caffe_shape(kind, var, want.get(var))):
+                continue
+            if var == "bias":
+                arr = np.array(blob, copy=True)
+            elif kind == "conv":
+                arr = conv_kernel_to_keras(blob)
                 report.convention(CONV_OIHW_TO_HWIO)
-            elif var == "kernel":
+            else:
                 chw = None
                 if layer == "fc6":
-                    chw = flatten_chw or _infer_flatten_chw(expected, blob.shape[1] if blob.ndim == 2 else 0)
+                    chw = flatten_chw or _infer_flatten_chw(expected, blob.shape[1])
                     report.convention(f"{IP_FLATTEN} (C,H,W)={tuple(chw)}")
                 evidence = looks_reshaped(blob)
                 if evidence:
                     report.suspicious.append(f"{layer} weight looks reshaped, not transposed ({caffe_name}: "
                                              f"{evidence}); convert an (in,out) kernel with .T, not np.reshape")
-                arr = dense_kernel_to_keras(blob, chw) if blob.ndim == 2 else blob
+                arr = dense_kernel_to_keras(blob, chw)
                 report.convention(IP_TO_DENSE)
-            else:
-                arr = np.array(blob, copy=True)
-            if _check(report, key, arr, want.get(var)):
-                conv[var] = arr
-                report.mapped.append((caffe_name + "/" + var, f"{layer}/{var}", ""))
+            conv[var] = arr
+            report.mapped.append((f"{caffe_name}/{caffe_var}", f"{layer}/{var}", ""))
         if conv:
             out[layer] = conv
 
@@ -296,7 +314,7 @@ def goturn_from_caffe(caffe: Mapping[str, list[np.ndarray]], expected: Mapping[s
                 report.assume(BOTH_STREAMS)
             elif layer in expected:
                 report.missing += [f"{layer}/{v} (<- {name})" for v in expected[layer]]
-        used.update(CONV_NAMES)
+    used.update(CONV_NAMES)
     absent = []
     for layer, caffe_name in FC_CAFFE_NAMES.items():
         if caffe_name in caffe:
@@ -355,17 +373,17 @@ def goturn_caffe_to_torch(caffe: Mapping[str, list[np.ndarray]], expected: Mappi
 
 # --- PairSpec.weights_loader --------------------------------------------------------------------------------
 def load_goturn_weights(path, expected: Mapping[str, Mapping[str, tuple]], *, strict: bool = True,
-                        flatten_chw: tuple[int, int, int] | None = None,
+                        flatten_chw: tuple[int, int, int] | None = None, label: str = "--weights",
                         ) -> tuple[dict[str, dict[str, np.ndarray]], CaffeConversionReport]:
     """``PairSpec.weights_loader`` of the GOTURN pair: read ``path`` safely (:func:`read_caffe_npy`), map it to
     the Keras reference (``expected`` = its ``{layer: {var: shape}}``). Strict (default) raises
     :class:`ConversionError` (a ``ValueError``, with ``.report``) on missing convs, unknown layers, shape
     mismatches, non-finite values or a suspicious layer; fc layers absent from the file are allowed."""
-    weights, report = goturn_from_caffe(read_caffe_npy(path), expected, flatten_chw=flatten_chw)
+    weights, report = goturn_from_caffe(read_caffe_npy(path, label=label), expected, flatten_chw=flatten_chw)
     if strict and not report.ok:
         probs = report.problems()
         more = f" (+{len(probs) - 3} more)" if len(probs) > 3 else ""
-        raise ConversionError(f"{path}: {report.summary()}: {'; '.join(probs[:3])}{more}", report)
+        raise ConversionError(f"{_where(path, label)}: {report.summary()}: {'; '.join(probs[:3])}{more}", report)
     return weights, report
 
 

@@ -23,8 +23,6 @@ Caffe facts the two sides must agree on (../shared/reference-facts.md, Caffe sou
 """
 from __future__ import annotations
 
-import math
-
 import parity.optim_caffe  # noqa: F401  (registers the "caffe_sgd" optimizer adapter)
 from parity.registry import register
 from parity.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
@@ -126,12 +124,12 @@ WEIGHT_DECAY_MULT = 1.0
 """Every weight: ``decay_mult: 1``; every bias: ``decay_mult: 0`` (``BIAS_DECAY_MULT``)."""
 BIAS_DECAY_MULT = 0.0
 GOTURN_BATCH = 50
-"""GOTURN's training batch (solver / train.cpp); ASUM makes the gradient scale with it."""
+"""GOTURN's training batch (../shared/reference-facts.md); ASUM makes the gradient scale with it."""
 
 # --- Data ---------------------------------------------------------------------------------------------------
 GOTURN_INPUT_RANGE = (-128.0, 128.0)
-"""GOTURN feeds 8-bit BGR crops minus the ImageNet mean (104, 117, 123), unscaled (src/network/regressor.cpp
-``Preprocess``): values within about +-128. Generated parity inputs are uniform in this range, so the LRN
+"""GOTURN feeds 8-bit BGR crops minus the mean (104, 117, 123), unscaled (src/network/regressor.cpp ``SetMean``
+and ``Preprocess``): values within about +-150. Generated parity inputs are uniform in this range, so the LRN
 term ``alpha / n * sum(a^2)`` is far from negligible and an alpha mistake shows."""
 
 

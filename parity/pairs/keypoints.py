@@ -29,14 +29,6 @@ KERAS_NESTEROV_RULE = (
     "the old lr, torch's buffer does not."
 )
 """Named convention for the keypoints optimizer (checked in tests/ported_torch/test_keypoints_optim.py)."""
-KERAS_FLOAT32_HYPERPARAMETERS = (
-    "Keras 3 (TF backend) applies python-float hyperparameters through ops.cast(x, variable.dtype), which "
-    "makes a float32 tensor first: SGD momentum 0.9 acts as 0.8999999761581421 (and SGD(weight_decay=1e-6) "
-    "as 9.999999974752427e-07) even on float64 variables; the learning rate is a floatx variable, exact in "
-    "float64. One Nesterov step then differs from torch's exact momentum by (mu - f32(mu)) * lr * g, "
-    "2.4e-8 relative on the momentum term."
-)
-"""Measured in tests/ported_torch/test_keypoints_optim.py (keras/src/optimizers/sgd.py ``update_step``)."""
 
 
 def _side(config: dict) -> int:

@@ -32,12 +32,17 @@ def randomize_bn(model, rng) -> None:
 def build_float64(spec: PairSpec, config: dict, **port_kwargs):
     import keras
 
-    old = keras.config.floatx()
+    # Both: Keras caches its global dtype policy at the first layer built in the process, after which
+    # set_floatx alone no longer changes the dtype of new layers (keras.src.dtype_policies.dtype_policy).
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     try:
         ref = resolve(spec.reference)(**config)
     finally:
-        keras.config.set_floatx(old)
+        keras.config.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)
+    assert {w.dtype for w in ref.weights} == {"float64"}
     port = resolve(spec.port)(**config, **port_kwargs).double().eval()
     return ref, port
 
@@ -64,10 +69,15 @@ def tap_diffs(spec: PairSpec, config: dict, ref, port, x_nhwc: np.ndarray) -> di
     acts: dict[str, torch.Tensor] = {}
     hooks = [port.get_submodule(t.port).register_forward_hook(
         lambda m, i, o, p=t.path: acts.setdefault(p, o)) for t in taps]
+    # One intra-op thread: on the shared 2-core CI machine (load ~3.5) the 75x75 float64 Xception forward
+    # measured 4-20 s with torch's 2 threads (threads waiting on a descheduled peer), 0.4 s with 1.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         with torch.no_grad():
             port(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
     finally:
+        torch.set_num_threads(threads)
         for h in hooks:
             h.remove()
     diffs = {}

@@ -16,7 +16,7 @@ from ported_torch.keypoints import keypoints_cnn
 from tests.ported_torch.pair_forward import build_float64, copy_weights, tap_diffs
 
 CFG = SPEC.default_config
-#: float64 after an exact weight copy: measured max |diff| 7.1e-16 (fc1) over the 16 taps.
+#: float64 after an exact weight copy: measured max |diff| 5.9e-16 (fc1) over the 16 taps, 1.3e-15 with Tanh.
 FLOAT64_ATOL = 1e-12
 
 

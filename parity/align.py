@@ -1,0 +1,901 @@
+"""Automatic alignment of a user's Keras model with a user's torch port: which reference layer is which port
+module, without a hand-written tap list.
+
+1. Trace the reference: ``model.layers`` in topological order, each with its class, config, weight shapes
+   converted to torch layout by the converter's rules (HWIO -> OIHW, Dense (in, out) -> (out, in), depthwise
+   (kh, kw, in, m) -> (in*m, 1, kh, kw)) and its output shape in NCHW.
+2. Trace the port: the modules that compute something (leaf modules, plus ``depthwise``+``pointwise`` units)
+   in call order, via forward hooks on one example input in eval mode, with their parameter shapes and
+   output shapes; functional ops that matter (add, cat, relu, softmax, flatten, pooling) join the sequence
+   from a ``torch.fx`` trace when the model is traceable (they cannot be tapped, but they hold their place).
+3. Map both to tap kinds (:data:`parity.spec.TAP_KINDS`).
+4. Align the two sequences with Needleman-Wunsch: a match scores kind agreement, equal converted parameter
+   shapes, equal output shapes and equal activation functions; a gap (an extra or missing layer on either
+   side) costs a little, more for a layer with weights. Pins (``ref_layer=port.path``) are fixed first.
+   Same-kind layers left over on both sides are then paired when their shapes agree uniquely (the two
+   graphs may visit branches in different orders).
+5. Every layer ends in the table with a status: ``aligned``, ``pinned``, ``fused`` (a port activation folded
+   into the reference layer's ``activation=``), ``functional`` (a port op that is not a module: no tap),
+   ``unaligned-ref`` or ``unaligned-port``. Nothing is dropped silently.
+
+Frameworks are imported inside the functions (TensorFlow for the reference trace, torch for the port's).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from parity.spec import Tap
+
+#: Keras layer class -> tap kind (custom layers fall back to name heuristics, see :func:`_kind_from_name`).
+KERAS_KINDS = {
+    "Conv2D": "conv2d", "Convolution2D": "conv2d", "DepthwiseConv2D": "depthwise_conv2d",
+    "SeparableConv2D": "separable_conv2d", "SeparableConvolution2D": "separable_conv2d", "Dense": "dense",
+    "BatchNormalization": "batchnorm", "Activation": "activation", "ReLU": "activation",
+    "LeakyReLU": "activation", "ELU": "activation", "PReLU": "other", "Softmax": "softmax",
+    "MaxPooling2D": "maxpool", "MaxPool2D": "maxpool", "AveragePooling2D": "avgpool", "AvgPool2D": "avgpool",
+    "GlobalAveragePooling2D": "gap", "GlobalAvgPool2D": "gap", "GlobalMaxPooling2D": "other",
+    "Add": "add", "Concatenate": "concat", "Flatten": "flatten", "Dropout": "dropout",
+    "SpatialDropout2D": "dropout", "GaussianDropout": "dropout", "Reshape": "reshape",
+}
+#: Reference layers that ports usually express without a module (padding inside the conv, a view): skipping
+#: them costs little.
+CHEAP_REF = {"ZeroPadding2D", "Reshape", "InputLayer", "Permute"}
+#: torch activation classes -> Keras activation name
+TORCH_ACTIVATIONS = {
+    "ReLU": "relu", "ReLU6": "relu6", "LeakyReLU": "leaky_relu", "ELU": "elu", "GELU": "gelu", "SiLU": "swish",
+    "Sigmoid": "sigmoid", "Tanh": "tanh", "Hardsigmoid": "hard_sigmoid", "Hardswish": "hard_swish",
+    "Softplus": "softplus", "Identity": "linear", "Mish": "mish", "SELU": "selu",
+}
+#: functional torch ops (fx ``call_function`` / ``call_method`` targets, by name) -> (kind, activation)
+FUNCTIONAL_OPS = {
+    "add": ("add", None), "iadd": ("add", None), "cat": ("concat", None), "concat": ("concat", None),
+    "relu": ("activation", "relu"), "relu6": ("activation", "relu6"), "sigmoid": ("activation", "sigmoid"),
+    "tanh": ("activation", "tanh"), "gelu": ("activation", "gelu"), "elu": ("activation", "elu"),
+    "leaky_relu": ("activation", "leaky_relu"), "silu": ("activation", "swish"),
+    "softmax": ("softmax", None), "flatten": ("flatten", None), "view": ("flatten", None),
+    "reshape": ("flatten", None), "max_pool2d": ("maxpool", None), "avg_pool2d": ("avgpool", None),
+    "adaptive_avg_pool2d": ("gap", None), "mean": ("gap", None), "dropout": ("dropout", None),
+}
+#: kinds that may be matched although they differ (score 1 instead of 3)
+COMPATIBLE = {frozenset(("conv2d", "depthwise_conv2d")), frozenset(("gap", "avgpool")),
+              frozenset(("reshape", "flatten"))}
+
+MATCH_SAME_KIND = 3.0
+MATCH_COMPATIBLE = 1.0
+MATCH_FUNCTIONAL = 1.5
+GAP_WEIGHTED = -3.0
+GAP_PLAIN = -1.0
+GAP_CHEAP = -0.2
+
+
+@dataclass
+class Node:
+    """One layer of either side. ``params``: torch-layout parameter shapes keyed by the torch suffix
+    (``weight``, ``pointwise.weight``, ``running_var``...); ``out_shape``: per-sample, NCHW."""
+
+    name: str
+    cls: str
+    kind: str
+    act: str | None = None
+    params: dict[str, tuple] = field(default_factory=dict)
+    out_shape: tuple | None = None
+    in_shapes: list[tuple] = field(default_factory=list)
+    functional: bool = False
+    cheap: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    #: indices (same side) of the nodes whose outputs feed this one; -1 = the model input
+    producers: list[int] = field(default_factory=list)
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.params)
+
+
+@dataclass
+class Row:
+    """One line of the alignment table."""
+
+    ref: str | None
+    port: str | None
+    kind: str
+    score: float | None
+    status: str
+    ref_class: str = ""
+    port_class: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"ref": self.ref, "port": self.port, "kind": self.kind,
+                "score": None if self.score is None else round(self.score, 3), "status": self.status,
+                "ref_class": self.ref_class, "port_class": self.port_class, "note": self.note}
+
+
+@dataclass
+class Alignment:
+    taps: list[Tap]
+    rows: list[Row]
+    ref_nodes: list[Node]
+    port_nodes: list[Node]
+    traced_with: str = "hooks"
+
+    def table(self) -> list[dict]:
+        return [r.to_dict() for r in self.rows]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
+
+    def format(self) -> str:
+        """A plain-text table (the CLI and error messages use it)."""
+        lines = [f"{'reference layer':<28} {'port module':<30} {'kind':<17} {'score':>5}  status"]
+        for r in self.rows:
+            sc = "" if r.score is None else f"{r.score:.2f}"
+            note = f"  ({r.note})" if r.note else ""
+            lines.append(f"{(r.ref or '-'):<28} {(r.port if r.port is not None else '-') or '<output>':<30} "
+                         f"{r.kind:<17} {sc:>5}  {r.status}{note}")
+        return "\n".join(lines)
+
+
+class AlignmentError(ValueError):
+    """Bad pins or models that cannot be aligned; the message says what to do (the CLI exits 2)."""
+
+
+# --- reference side ------------------------------------------------------------------------------------------
+def _kind_from_name(cls: str) -> str:
+    c = cls.lower()
+    if "lrn" in c or "localresponse" in c:
+        return "lrn"
+    if "pool" in c and "global" in c:
+        return "gap" if "avg" in c or "average" in c else "other"
+    if "maxpool" in c or ("max" in c and "pool" in c):
+        return "maxpool"
+    if "avgpool" in c or ("pool" in c and ("avg" in c or "average" in c)):
+        return "avgpool"
+    if "flatten" in c:
+        return "flatten"
+    if "concat" in c:
+        return "concat"
+    if c in ("add", "sum") or c.endswith("add"):
+        return "add"
+    if "softmax" in c:
+        return "softmax"
+    if "dropout" in c:
+        return "dropout"
+    return "other"
+
+
+def _keras_activation(cls: str, cfg: dict) -> str | None:
+    if cls == "Activation":
+        a = cfg.get("activation")
+        return a if isinstance(a, str) else None
+    if cls == "ReLU":
+        mv = cfg.get("max_value")
+        if mv is not None and abs(float(mv) - 6.0) < 1e-12:
+            return "relu6"
+        if cfg.get("negative_slope"):
+            return "leaky_relu"
+        return "relu"
+    if cls == "LeakyReLU":
+        return "leaky_relu"
+    if cls == "ELU":
+        return "elu"
+    if cls == "Softmax":
+        return "softmax"
+    a = cfg.get("activation")
+    if isinstance(a, str) and a != "linear":
+        return a  # fused activation of a Conv2D / Dense
+    return None
+
+
+def _nchw(shape) -> tuple | None:
+    try:
+        s = tuple(None if d is None else int(d) for d in shape[1:])
+    except (TypeError, ValueError):
+        return None
+    if len(s) == 3:
+        return (s[2], s[0], s[1])
+    return s
+
+
+def keras_param_shapes(kind: str, var_shapes: dict[str, tuple]) -> dict[str, tuple]:
+    """Keras variable shapes -> the torch parameter shapes the converter produces (same rules as
+    :mod:`weight_converters.keras`, on shapes only)."""
+    from weight_converters.keras import LAYER_VARS
+
+    table = LAYER_VARS.get(kind, {})
+    out = {}
+    for var, shp in var_shapes.items():
+        if var not in table:
+            continue
+        s = tuple(shp)
+        if var == "pointwise_kernel" or (kind == "conv2d" and var == "kernel"):
+            s = (s[3], s[2], s[0], s[1]) if len(s) == 4 else s
+        elif var == "depthwise_kernel" or (kind == "depthwise_conv2d" and var == "kernel"):
+            s = (s[2] * s[3], 1, s[0], s[1]) if len(s) == 4 else s
+        elif kind == "dense" and var == "kernel":
+            s = (s[1], s[0]) if len(s) == 2 else s
+        out[table[var]] = s
+    return out
+
+
+def trace_keras(model) -> list[Node]:
+    """The reference's layers in topological order (``model.layers``), InputLayer excluded."""
+    nodes = []
+    index: dict[str, int] = {}
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls == "InputLayer":
+            index[layer.name] = -1
+            continue
+        cfg = layer.get_config()
+        kind = KERAS_KINDS.get(cls) or _kind_from_name(cls)
+        act = _keras_activation(cls, cfg)
+        if cls == "Activation" and act == "softmax":
+            kind = "softmax"
+        var_shapes = {w.name.split("/")[-1].split(":")[0]: tuple(int(d) for d in w.shape) for w in layer.weights}
+        params = keras_param_shapes(kind, var_shapes)
+        if var_shapes and not params:
+            kind = "other"  # weights the converter has no rule for (nested model, custom layer)
+        try:
+            out_shape = _nchw(layer.output.shape)
+            inp = layer.input
+            ins = [_nchw(t.shape) for t in (inp if isinstance(inp, (list, tuple)) else [inp])]
+        except (AttributeError, ValueError):
+            out_shape, ins = None, []
+        try:
+            parents = [pn.operation.name for pn in layer._inbound_nodes[0].parent_nodes]
+        except (AttributeError, IndexError):
+            parents = []
+        index[layer.name] = len(nodes)
+        nodes.append(Node(name=layer.name, cls=cls, kind=kind, act=act, params=params, out_shape=out_shape,
+                          in_shapes=ins, producers=[index.get(pn, -1) for pn in parents],
+                          cheap=cls in CHEAP_REF or (cls == "Activation" and act == "linear"),
+                          info={"var_shapes": var_shapes, "config": {k: cfg.get(k) for k in (
+                              "use_bias", "padding", "strides", "kernel_size", "pool_size", "rate", "units",
+                              "filters") if k in cfg}}))
+    return nodes
+
+
+# --- port side -------------------------------------------------------------------------------------------------
+def _is_unit(m) -> bool:
+    return hasattr(m, "depthwise") and hasattr(m, "pointwise")
+
+
+def torch_kind(m) -> tuple[str, str | None]:
+    from torch import nn
+
+    cls = type(m).__name__
+    if _is_unit(m):
+        return "separable_conv2d", None
+    if isinstance(m, nn.Conv2d):
+        if m.groups > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0:
+            return "depthwise_conv2d", None
+        return "conv2d", None
+    if isinstance(m, nn.Linear):
+        return "dense", None
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+        return "batchnorm", None
+    if isinstance(m, nn.Softmax):
+        return "softmax", None
+    for base in type(m).__mro__:
+        if base.__module__.startswith("torch.nn") and base.__name__ in TORCH_ACTIVATIONS:
+            return "activation", TORCH_ACTIVATIONS[base.__name__]
+    if isinstance(m, nn.MaxPool2d):
+        return "maxpool", None
+    if isinstance(m, nn.AvgPool2d):
+        return "avgpool", None
+    if isinstance(m, (nn.AdaptiveAvgPool2d,)):
+        return "gap", None
+    if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.AlphaDropout)):
+        return "dropout", None
+    if isinstance(m, nn.Flatten):
+        return "flatten", None
+    if isinstance(m, nn.LocalResponseNorm):
+        return "lrn", None
+    return _kind_from_name(cls), None
+
+
+def _shape(t) -> tuple | None:
+    return tuple(int(d) for d in t.shape[1:]) if hasattr(t, "shape") else None
+
+
+def _units(module) -> dict[str, Any]:
+    """Modules that compute something: leaves, and depthwise+pointwise units (whose children are skipped)."""
+    units = {}
+    skip_prefixes: list[str] = []
+    for path, m in module.named_modules():
+        if path == "":
+            if _is_unit(m):
+                units[path] = m
+            continue
+        if any(path.startswith(p + ".") for p in skip_prefixes):
+            continue
+        if _is_unit(m):
+            units[path] = m
+            skip_prefixes.append(path)
+        elif not any(True for _ in m.children()):
+            units[path] = m
+    return units
+
+
+@dataclass
+class PortTrace:
+    nodes: list[Node]
+    calls: list[dict]           # hook records in call order: path, inputs, output (tensors of the example run)
+    traced_with: str
+
+
+def trace_torch(module, example) -> PortTrace:
+    """Run ``module`` once (eval, no grad) on ``example`` (NCHW tensor) with hooks on every unit; return the
+    call sequence as nodes. The module's mode is restored; its weights are not touched."""
+    import torch
+
+    units = _units(module)
+    calls: list[dict] = []
+    handles = []
+    for path, m in units.items():
+        def hook(mod, inp, out, path=path):
+            calls.append({"path": path, "inputs": [t for t in inp if torch.is_tensor(t)],
+                          "output": out if torch.is_tensor(out) else None})
+        handles.append(m.register_forward_hook(hook))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    nodes = []
+    seen_count: dict[str, int] = {}
+    made_by = {id(example): -1}
+    for k, c in enumerate(calls):
+        if c["output"] is not None:
+            made_by.setdefault(id(c["output"]), k)
+    for c in calls:
+        m = units[c["path"]]
+        kind, act = torch_kind(m)
+        seen_count[c["path"]] = seen_count.get(c["path"], 0) + 1
+        params = {k: tuple(v.shape) for k, v in m.named_parameters()}
+        params.update({k: tuple(v.shape) for k, v in m.named_buffers() if not k.endswith("num_batches_tracked")})
+        nodes.append(Node(name=c["path"], cls=type(m).__name__, kind=kind, act=act,
+                          params=params if kind in ("conv2d", "depthwise_conv2d", "separable_conv2d", "dense",
+                                                    "batchnorm") else {},
+                          out_shape=_shape(c["output"]) if c["output"] is not None else None,
+                          in_shapes=[_shape(t) for t in c["inputs"]],
+                          producers=[made_by[id(t)] for t in c["inputs"] if id(t) in made_by],
+                          info={"call": seen_count[c["path"]]}))
+    traced = "hooks"
+    fx_nodes = _fx_sequence(module, units)
+    if fx_nodes is not None:
+        merged = _merge_fx(nodes, fx_nodes)
+        if merged is not None:
+            nodes, traced = merged, "torch.fx + hooks"
+    return PortTrace(nodes=nodes, calls=calls, traced_with=traced)
+
+
+def _fx_sequence(module, units) -> list[tuple[str, str, str | None]] | None:
+    """``[(op, name, kind/act)]`` in program order from a torch.fx trace whose leaves are the units; None when
+    the model is not symbolically traceable (data-dependent control flow...)."""
+    try:
+        import torch.fx as fx
+
+        unit_ids = {id(m) for m in units.values()}
+
+        class _Tracer(fx.Tracer):
+            def is_leaf_module(self, m, qualname):
+                return id(m) in unit_ids or super().is_leaf_module(m, qualname)
+
+        graph = _Tracer().trace(module)
+    except Exception:  # noqa: BLE001  (any tracing failure means: use the hook order alone)
+        return None
+    seq = []
+    for n in graph.nodes:
+        if n.op == "call_module":
+            seq.append(("module", str(n.target), None))
+        elif n.op in ("call_function", "call_method"):
+            name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+            if name in FUNCTIONAL_OPS:
+                seq.append(("function", name, None))
+    return seq
+
+
+def _merge_fx(nodes: list[Node], fx_seq) -> list[Node] | None:
+    """Insert the functional ops of the fx trace between the hooked module calls (same program order)."""
+    out: list[Node] = []
+    i = 0
+    for op, name, _ in fx_seq:
+        if op == "module":
+            if i >= len(nodes) or nodes[i].name != name:
+                return None  # the fx program order disagrees with the real call order: trust the hooks
+            out.append(nodes[i])
+            i += 1
+        else:
+            kind, act = FUNCTIONAL_OPS[name]
+            out.append(Node(name=f"<{name}>", cls=name, kind=kind, act=act, functional=True))
+    if i != len(nodes):
+        return None
+    pos = {id(n): k for k, n in enumerate(out)}
+    call_to_node = [pos[id(n)] for n in nodes]
+    for n in nodes:
+        n.producers = [call_to_node[q] if q >= 0 else -1 for q in n.producers]
+    # a view/reshape/flatten/mean is a "flatten"/"gap" only where it changes rank: drop the rest
+    keep = []
+    for k, n in enumerate(out):
+        if n.functional and n.kind in ("flatten", "gap"):
+            prev = next((p for p in reversed(out[:k]) if not p.functional and p.out_shape), None)
+            if prev is None or len(prev.out_shape) != 3:
+                continue
+        keep.append(n)
+    new_pos = {id(n): k for k, n in enumerate(keep)}
+    for n in keep:
+        n.producers = [new_pos.get(id(out[q]), -2) if q >= 0 else -1 for q in n.producers]
+        n.producers = [q for q in n.producers if q != -2]
+    return keep
+
+
+# --- scoring and alignment --------------------------------------------------------------------------------
+def _act_norm(a: str | None) -> str | None:
+    return {"swish": "silu"}.get(a, a) if a else a
+
+
+def score(r: Node, p: Node) -> float:
+    """How well reference node ``r`` matches port node ``p``; ``-inf`` when they cannot match."""
+    if r.kind == p.kind:
+        s = MATCH_FUNCTIONAL if p.functional else MATCH_SAME_KIND
+    elif frozenset((r.kind, p.kind)) in COMPATIBLE:
+        s = MATCH_COMPATIBLE
+    else:
+        return -math.inf
+    if p.functional:
+        return s
+    if r.params or p.params:
+        for key, shp in r.params.items():
+            if key not in p.params:
+                s -= 0.5
+            elif tuple(p.params[key]) == tuple(shp):
+                s += 1.0
+            else:
+                s -= 0.5
+        s -= 0.25 * sum(1 for k in p.params if k not in r.params)
+    if r.out_shape is not None and p.out_shape is not None and None not in r.out_shape:
+        s += 1.0 if tuple(r.out_shape) == tuple(p.out_shape) else -0.5
+    if r.kind == "activation" and r.act is not None and p.act is not None:
+        s += 1.0 if _act_norm(r.act) == _act_norm(p.act) else 0.0
+    return s
+
+
+def _max_score(r: Node) -> float:
+    return MATCH_SAME_KIND + len(r.params) + (1.0 if r.out_shape else 0.0) + (1.0 if r.kind == "activation" else 0.0)
+
+
+def _gap(n: Node) -> float:
+    if n.functional or n.cheap:
+        return GAP_CHEAP
+    return GAP_WEIGHTED if n.weighted else GAP_PLAIN
+
+
+def needleman_wunsch(ref: list[Node], port: list[Node], sc: list[list[float]] | None = None
+                     ) -> list[tuple[int | None, int | None, float | None]]:
+    """Global alignment of the two sequences; returns (ref index | None, port index | None, score).
+    ``sc``: the match scores (``score`` of every pair when not given)."""
+    n, m = len(ref), len(port)
+    neg = -math.inf
+    if sc is None:
+        sc = [[score(r, p) for p in port] for r in ref]
+    dp = [[neg] * (m + 1) for _ in range(n + 1)]
+    bt = [[0] * (m + 1) for _ in range(n + 1)]
+    dp[0][0] = 0.0
+    for i in range(1, n + 1):
+        dp[i][0], bt[i][0] = dp[i - 1][0] + _gap(ref[i - 1]), 1
+    for j in range(1, m + 1):
+        dp[0][j], bt[0][j] = dp[0][j - 1] + _gap(port[j - 1]), 2
+    for i in range(1, n + 1):
+        gi = _gap(ref[i - 1])
+        for j in range(1, m + 1):
+            best, how = dp[i - 1][j] + gi, 1
+            v = dp[i][j - 1] + _gap(port[j - 1])
+            if v > best:
+                best, how = v, 2
+            s = sc[i - 1][j - 1]
+            if s > neg and dp[i - 1][j - 1] + s >= best:
+                best, how = dp[i - 1][j - 1] + s, 0
+            dp[i][j], bt[i][j] = best, how
+    out = []
+    i, j = n, m
+    while i > 0 or j > 0:
+        how = bt[i][j] if i > 0 and j > 0 else (1 if i > 0 else 2)
+        if how == 0:
+            out.append((i - 1, j - 1, sc[i - 1][j - 1]))
+            i, j = i - 1, j - 1
+        elif how == 1:
+            out.append((i - 1, None, None))
+            i -= 1
+        else:
+            out.append((None, j - 1, None))
+            j -= 1
+    return out[::-1]
+
+
+def _signature(n: Node):
+    return (n.kind, tuple(sorted(n.params.items())), n.out_shape)
+
+
+def anchors(ref: list[Node], port: list[Node], exclude_r=(), exclude_p=()) -> dict[int, int]:
+    """Weighted layers whose (kind, converted parameter shapes, output shape) signature occurs as often on
+    both sides: the k-th occurrence in the reference is the k-th in the port. Branch order may differ
+    between the two graphs (Keras lists a residual branch after the main path, a port may run it first);
+    these matches do not depend on it."""
+    by_sig_r: dict[Any, list[int]] = {}
+    by_sig_p: dict[Any, list[int]] = {}
+    for i, r in enumerate(ref):
+        if r.weighted and i not in exclude_r and r.out_shape is not None:
+            by_sig_r.setdefault(_signature(r), []).append(i)
+    for j, p in enumerate(port):
+        if p.weighted and not p.functional and j not in exclude_p and p.out_shape is not None:
+            by_sig_p.setdefault(_signature(p), []).append(j)
+    out = {}
+    for sig, rs in by_sig_r.items():
+        ps = by_sig_p.get(sig, [])
+        if len(ps) == len(rs):
+            out.update(zip(rs, ps))
+    return out
+
+
+CONTEXT_BONUS = 1.5
+#: nodes a data-flow walk passes through when they have no partner (an extra Identity / Dropout)
+TRANSPARENT = {("activation", "linear"), ("dropout", None)}
+
+
+def _effective_producers(nodes: list[Node], i: int, matched: set[int]) -> set[int]:
+    """Producers of node ``i``, looking through unmatched identity-like nodes (extra Identity / Dropout)."""
+    out: set[int] = set()
+    stack = list(nodes[i].producers)
+    seen = set()
+    while stack:
+        q = stack.pop()
+        if q in seen:
+            continue
+        seen.add(q)
+        if q >= 0 and q not in matched and (nodes[q].kind, nodes[q].act) in TRANSPARENT and nodes[q].producers:
+            stack.extend(nodes[q].producers)
+        else:
+            out.add(q)
+    return out
+
+
+def follow_dataflow(ref: list[Node], port: list[Node], fixed: dict[int, int]) -> dict[int, int]:
+    """Grow the matched set along the data flow: a reference node whose producers are all matched pairs with
+    the best-scoring free port node of a compatible kind fed by exactly their partners (looking through an
+    unmatched Identity / Dropout on either side). Independent of the order the graphs list their layers in
+    (two parallel streams, branches), which a sequence alignment cannot cross."""
+    matched = dict(fixed)
+    taken = set(matched.values())
+    found: dict[int, int] = {}
+    changed = True
+    while changed:
+        changed = False
+        for i, r in enumerate(ref):
+            if i in matched or not r.producers:
+                continue
+            prods = _effective_producers(ref, i, set(matched))
+            if any(q >= 0 and q not in matched for q in prods):
+                continue
+            want = {matched[q] if q >= 0 else -1 for q in prods}
+            best, best_j = -math.inf, None
+            for j, p in enumerate(port):
+                if j in taken or p.functional or not p.producers:
+                    continue
+                if _effective_producers(port, j, taken) != want:
+                    continue
+                v = score(r, p)
+                if v > best:
+                    best, best_j = v, j
+            if best_j is not None:
+                matched[i] = best_j
+                taken.add(best_j)
+                found[i] = best_j
+                changed = True
+    return found
+
+
+def align_nodes(ref: list[Node], port: list[Node], pins: dict[str, str] | None = None
+                ) -> list[tuple[int | None, int | None, float | None, str]]:
+    """Align node lists; returns (ref index | None, port index | None, score, status) in reference order.
+
+    Pins first, then anchors (:func:`anchors`), then Needleman-Wunsch over the rest, where a pair whose
+    inputs come from an already matched pair scores :data:`CONTEXT_BONUS` more (data flow, not position),
+    then a last pass pairs same-kind leftovers whose shapes agree uniquely."""
+    pins = pins or {}
+    ref_names = [r.name for r in ref]
+    port_names = [p.name for p in port if not p.functional]
+    pinned: dict[int, int] = {}
+    for rname, pname in pins.items():
+        if rname not in ref_names:
+            raise AlignmentError(f"--align {rname}={pname}: expected a layer of the reference model. Received: "
+                                 f"{rname!r}, which it does not have.{_close_names(rname, ref_names)}")
+        if pname not in port_names:
+            raise AlignmentError(f"--align {rname}={pname}: expected a module path of the port that runs in "
+                                 f"forward. Received: {pname!r}.{_close_names(pname, port_names)}")
+        pinned[ref_names.index(rname)] = next(j for j, p in enumerate(port) if p.name == pname)
+    anchored = anchors(ref, port, exclude_r=set(pinned), exclude_p=set(pinned.values()))
+    fixed = dict(anchored)
+    fixed.update(pinned)
+    anchored.update(follow_dataflow(ref, port, fixed))
+    fixed.update(anchored)
+    free_r = [i for i in range(len(ref)) if i not in fixed]
+    taken = set(fixed.values())
+    free_p = [j for j in range(len(port)) if j not in taken]
+
+    def scores(matched: dict[int, int]) -> list[list[float]]:
+        sc = []
+        for i in free_r:
+            r = ref[i]
+            want = {matched.get(q, -1) if q >= 0 else -1 for q in r.producers}
+            row = []
+            for j in free_p:
+                v = score(r, port[j])
+                if v > -math.inf and r.producers and port[j].producers and want & set(port[j].producers):
+                    v += CONTEXT_BONUS
+                row.append(v)
+            sc.append(row)
+        return sc
+
+    pairs = needleman_wunsch([ref[i] for i in free_r], [port[j] for j in free_p], scores(fixed))
+    result: list[tuple[int | None, int | None, float | None, str]] = []
+    for a, b, s in pairs:
+        ri = free_r[a] if a is not None else None
+        pj = free_p[b] if b is not None else None
+        if ri is not None and pj is not None:
+            result.append((ri, pj, score(ref[ri], port[pj]),
+                           "functional" if port[pj].functional else "aligned"))
+        elif ri is not None:
+            result.append((ri, None, None, "unaligned-ref"))
+        else:
+            result.append((None, pj, None, "unaligned-port"))
+    # leftovers of one kind on both sides whose shapes pair them uniquely (graphs visited in another order)
+    left_r = [k for k, r in enumerate(result) if r[3] == "unaligned-ref"]
+    left_p = [k for k, r in enumerate(result) if r[3] == "unaligned-port" and not port[r[1]].functional]
+    used: set[int] = set()
+    for kr in left_r:
+        ri = result[kr][0]
+        if ref[ri].out_shape is None or ref[ri].kind in ("activation", "dropout"):
+            continue
+        cands = [kp for kp in left_p if kp not in used
+                 and score(ref[ri], port[result[kp][1]]) >= _max_score(ref[ri]) - 0.01]
+        if len(cands) == 1:
+            kp = cands[0]
+            used.add(kp)
+            result[kr] = (ri, result[kp][1], score(ref[ri], port[result[kp][1]]), "aligned")
+            result[kp] = (None, None, None, "dropped")
+    result = [r for r in result if r[3] != "dropped"]
+    for ri, pj in anchored.items():
+        result.append((ri, pj, score(ref[ri], port[pj]), "aligned"))
+    for ri, pj in pinned.items():
+        result.append((ri, pj, score(ref[ri], port[pj]), "pinned"))
+    # table order: the reference's; a port-only row goes right after the port row it follows
+    port_pos = {r[1]: r[0] for r in result if r[0] is not None and r[1] is not None}
+    keyed = []
+    for k, r in enumerate(result):
+        if r[0] is not None:
+            keyed.append((float(r[0]), 0, k, r))
+        else:
+            before = [port_pos[q] for q in range(r[1] - 1, -1, -1) if q in port_pos]
+            keyed.append(((before[0] if before else -1) + 0.5, r[1], k, r))
+    keyed.sort(key=lambda t: (t[0], t[1], t[2]))
+    return [r for *_, r in keyed]
+
+
+def parse_pins(pins) -> dict[str, str]:
+    """``["ref=port.path", ...]`` (or a dict) -> ``{ref: port}``."""
+    if not pins:
+        return {}
+    if isinstance(pins, dict):
+        return {str(k): str(v) for k, v in pins.items()}
+    out = {}
+    for item in pins:
+        ref, sep, port = str(item).partition("=")
+        if not sep or not ref.strip():
+            raise AlignmentError(f"--align: expected REF_LAYER=PORT.MODULE.PATH (e.g. conv1=features.0). "
+                                 f"Received: {item!r}.")
+        out[ref.strip()] = port.strip()
+    return out
+
+
+def _close_names(name: str, names: list[str], k: int = 3) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(name, names, n=k, cutoff=0.4)
+    return f" Did you mean {', '.join(near)}?" if near else ""
+
+
+# --- the public entry point --------------------------------------------------------------------------------
+def supported_transforms() -> set[str]:
+    """Activation names ``parity.port_side.apply_transform`` accepts (feature-detected)."""
+    import torch
+
+    from parity.port_side import apply_transform
+
+    ok = set()
+    for name in ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "gelu", "swish", "silu", "linear"):
+        try:
+            apply_transform(name, torch.zeros(1, 2))
+            ok.add(name)
+        except (ValueError, KeyError, TypeError):
+            pass
+    return ok
+
+
+def _flatten_order(calls: list[dict], k: int, flat) -> str | None:
+    """Probe the port: is ``flat`` (a flatten's output or a Linear's input at call ``k``) a CHW or an HWC
+    flattening of the latest 4-D tensor seen up to that call? Returns "chw", "hwc" or None."""
+    import torch
+
+    if flat is None or flat.dim() != 2:
+        return None
+    for prev in reversed(calls[:k + 1]):
+        for t in ([prev["output"]] if prev["output"] is not None else []) + list(prev["inputs"]):
+            if t is None or t.dim() != 4 or t[0].numel() != flat.shape[1]:
+                continue
+            if torch.equal(t.flatten(1), flat):
+                return "chw"
+            if torch.equal(t.permute(0, 2, 3, 1).flatten(1), flat):
+                return "hwc"
+    return None
+
+
+def example_input(input_shape, dtype, seed: int = 0):
+    """A (2, C, H, W) torch tensor for an NHWC ``input_shape`` (uniform in [-1, 1], fixed seed)."""
+    import numpy as np
+    import torch
+
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3:
+        shape = (shape[2], shape[0], shape[1])
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.uniform(-1, 1, size=(2,) + shape)).to(dtype)
+
+
+def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int = 0) -> Alignment:
+    """Align a Keras model with a torch module and build the taps (reference order). ``input_shape``: the
+    (H, W, C) of one input when the Keras model does not define it. Raises :class:`AlignmentError` with what
+    to do when pins are wrong or a layer cannot be compared."""
+    import torch
+
+    ref = trace_keras(keras_model)
+    if input_shape is None:
+        input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
+    dtype = next((p.dtype for p in torch_module.parameters()), torch.float32)
+    trace = trace_torch(torch_module, example_input(input_shape, dtype, seed))
+    port = trace.nodes
+    pairs = align_nodes(ref, port, parse_pins(pins))
+    supported = supported_transforms()
+    call_index, k = {}, 0
+    for j, p in enumerate(port):
+        if not p.functional:
+            call_index[j] = k
+            k += 1
+    matched_port = {pj for ri, pj, _, _ in pairs if ri is not None and pj is not None}
+    last_ref = ref[-1].name if ref else None
+    ends_in_softmax = bool(ref) and (ref[-1].kind == "softmax" or ref[-1].act == "softmax")
+
+    input_only: set[int] = set()
+    for i, r in enumerate(ref):
+        if not r.weighted and r.producers and all(q == -1 or q in input_only for q in r.producers):
+            input_only.add(i)
+    rows: list[Row] = []
+    taps: list[Tap] = []
+    fused_port: set[int] = set()
+    pending_chw: tuple[int, int, int] | None = None  # a flatten's (C, H, W) until the Dense that reads it
+    for ri, pj, s, status in pairs:
+        r = ref[ri] if ri is not None else None
+        p = port[pj] if pj is not None else None
+        if r is None:
+            if pj not in fused_port:
+                rows.append(Row(None, p.name, p.kind, None, status, port_class=p.cls,
+                                note="functional op in the port's forward" if p.functional else _port_only_note(p)))
+            continue
+        row = Row(r.name, p.name if p is not None else None, r.kind,
+                  (s / _max_score(r)) if s is not None else None, status, ref_class=r.cls,
+                  port_class=p.cls if p is not None else "")
+        rows.append(row)
+        flatten_chw = None
+        if r.kind == "flatten":
+            chw = r.in_shapes[0] if r.in_shapes and r.in_shapes[0] and len(r.in_shapes[0]) == 3 else None
+            order = None
+            if p is not None and not p.functional:
+                kc = call_index[pj]
+                order = _flatten_order(trace.calls, kc, trace.calls[kc]["output"])
+            if chw is not None and None not in chw and order != "hwc":
+                flatten_chw = tuple(chw)
+                if order is None:
+                    row.note = "flatten order not observable: assumed torch's CHW"
+            pending_chw = flatten_chw if chw is not None else None
+        elif r.kind == "dense" and pending_chw is not None:
+            order = None
+            if p is not None and not p.functional:
+                kc = call_index[pj]
+                ins = trace.calls[kc]["inputs"]
+                order = _flatten_order(trace.calls[:kc], kc - 1, ins[0] if ins else None)
+            flatten_chw = pending_chw if order != "hwc" else None
+            pending_chw = None
+        elif r.kind not in ("dropout", "activation"):
+            pending_chw = None
+        if p is None:
+            if r.name == last_ref and r.kind == "softmax":
+                # the reference's softmax belongs to the port's loss (F.cross_entropy): compare softmax(logits)
+                row.port, row.status = "", "aligned"
+                row.note = "model output: softmax applied to the port's logits (softmax inside the loss)"
+                taps.append(Tap(r.name, r.name, "", "softmax", port_transform="softmax"))
+            else:
+                row.note = _ref_only_note(r)
+            continue
+        if p.functional:
+            row.note = "the port computes this with a functional op (not a module): no tap here"
+            continue
+        transform = None
+        fused = r.act if (r.kind not in ("activation", "softmax") and r.act and r.act != "linear") else None
+        nxt = pj + 1
+        nxt_node = port[nxt] if nxt < len(port) else None
+        if fused is not None:
+            follows = (nxt_node is not None and not nxt_node.functional and nxt not in matched_port
+                       and _act_norm(nxt_node.act or ("softmax" if nxt_node.kind == "softmax" else None))
+                       == _act_norm(fused))
+            if fused == "softmax" and r.name == last_ref:
+                transform = "softmax"
+                row.note = "softmax fused in the reference's last layer: compared as softmax(port logits)"
+            elif fused in supported:
+                transform = fused
+                row.note = f"activation={fused!r} fused in the reference: compared as {fused}(port output)"
+                if follows:
+                    fused_port.add(nxt)
+                    rows.append(Row(None, nxt_node.name, nxt_node.kind, None, "fused", port_class=nxt_node.cls,
+                                    note=f"the port's {fused} after {p.name}: folded into {r.name}"))
+            else:
+                raise AlignmentError(
+                    f"reference layer {r.name!r} ({r.cls}) has activation={fused!r} fused into it, which the port "
+                    f"side cannot apply to {p.name!r} (supported: {', '.join(sorted(supported))}). Expected a "
+                    f"separate activation layer: build it as {r.cls}(..., activation=None) followed by "
+                    f"Activation({fused!r}).")
+        if r.kind == "gap" and p.out_shape is not None and len(p.out_shape) == 3 and nxt_node is not None \
+                and nxt_node.kind == "flatten" and not nxt_node.functional and nxt not in matched_port:
+            # AdaptiveAvgPool2d(1) + Flatten in the port == GlobalAveragePooling2D: compare after the flatten
+            fused_port.add(nxt)
+            row.note = f"{p.name} + {nxt_node.name} (flatten) == global average pooling"
+            rows.append(Row(None, nxt_node.name, nxt_node.kind, None, "fused", port_class=nxt_node.cls,
+                            note=f"folded into {r.name}"))
+            p = nxt_node
+            row.port = p.name
+        if p.info.get("call", 1) > 1:
+            row.note = (row.note + "; " if row.note else "") + f"call {p.info['call']} of a module called repeatedly"
+        if not r.weighted and ri in input_only:
+            # a parameter-free op on the raw input (a channel split): the port's tensor has no gradient
+            row.note = (row.note + "; " if row.note else "") + "computed from the input alone: not tapped"
+            continue
+        taps.append(Tap(r.name, r.name, p.name, r.kind, port_transform=transform, flatten_chw=flatten_chw))
+    return Alignment(taps=taps, rows=rows, ref_nodes=ref, port_nodes=port, traced_with=trace.traced_with)
+
+
+def _ref_only_note(r: Node) -> str:
+    if r.cls == "ZeroPadding2D":
+        return "padding: in the port usually part of the next conv (padding=...)"
+    if r.kind == "reshape" or r.cheap:
+        return "no port module (a view or no-op in the port)"
+    if r.weighted:
+        return "has weights but no port counterpart: its weights cannot be transferred (pin it with --align)"
+    return "no port counterpart"
+
+
+def _port_only_note(p: Node) -> str:
+    if p.kind == "dropout":
+        return "dropout only in the port: identity in eval, random in training"
+    if p.kind == "activation" and p.act == "linear":
+        return "identity"
+    if p.weighted:
+        return "has parameters but no reference counterpart: they keep their initial values"
+    return "only in the port"

@@ -1,0 +1,385 @@
+"""Your own models: a :class:`parity.spec.PairSpec` built from a Keras model and a torch port that parity has
+never seen, aligned automatically (:mod:`parity.align`), so that every stage of the check runs on them.
+
+Two entry points:
+
+- ``parity check --reference mymod:build_keras --port mymod:build_torch [--input-shape H,W,C] [--loss mse]
+  [--align keras_layer=port.module.path ...]`` -> :func:`spec_from_user_models`;
+- ``parity.compare(keras_model, torch_module, **check_kwargs)`` -> :func:`compare`, on live objects.
+
+What is inferred: the taps (alignment), the loss (a reference that ends in softmax is trained with
+categorical cross-entropy, the port's logits going through ``F.cross_entropy``; anything else with MSE),
+the target (one-hot classes or regression values of the output's width) and the input shape. The
+alignment table is kept on the spec (:func:`alignment_of`) and added to the result: the structure stage's
+``info["alignment"]`` and, for every layer left without a partner, a finding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+from parity.results import CheckResult, Finding
+from parity.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap, resolve
+
+#: Optimizers offered for user pairs (``--optimizer``): plain SGD with momentum by default, Adam with Keras 3's
+#: epsilon (the harness converts it to torch's per-step equivalent).
+USER_SGD = OptimizerSpec(kind="sgd", lr=0.01, momentum=0.9)
+USER_ADAM = OptimizerSpec(kind="adam", lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+LOSSES = ("categorical_crossentropy", "mse", "l1_sum")
+
+#: alignment of every user spec built in this process, by spec name (read by the diagnosis)
+ALIGNMENTS: dict[str, "UserTaps"] = {}
+
+
+class UserPairError(ValueError):
+    """A problem with the user's models or options; one line that says what to do (the CLI exits 2)."""
+
+
+def _usage_error(msg: str):
+    try:
+        from parity.harness import UsageError
+
+        return UsageError(msg)
+    except ImportError:  # pragma: no cover
+        return UserPairError(msg)
+
+
+def parse_input_shape(text) -> tuple[int, ...] | None:
+    """``"64,64,1"`` / ``(64, 64, 1)`` -> ``(64, 64, 1)`` (H, W, C)."""
+    if text is None:
+        return None
+    if isinstance(text, (tuple, list)):
+        vals = list(text)
+    else:
+        vals = [v for v in re.split(r"[,x ]+", str(text).strip()) if v]
+    try:
+        shape = tuple(int(v) for v in vals)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise _usage_error(f"--input-shape: expected H,W,C (three positive integers, e.g. 64,64,1). "
+                           f"Received: {text!r}.")
+    return shape
+
+
+def _resolve_builder(target, option: str, what: str) -> Callable:
+    if callable(target):
+        return target
+    try:
+        return resolve(target)
+    except ValueError:
+        raise _usage_error(f"{option}: expected MODULE:FUNCTION building {what}. Received: {target!r}.") from None
+    except (ImportError, AttributeError) as exc:
+        raise _usage_error(f"{option} {target}: expected an importable MODULE:FUNCTION building {what}. "
+                           f"Received: {type(exc).__name__}: {exc}. Check the module path (run from its "
+                           "directory or install it).") from None
+
+
+def _is_keras_model(obj) -> bool:
+    return hasattr(obj, "layers") and hasattr(obj, "get_layer") and hasattr(obj, "inputs")
+
+
+def _is_torch_module(obj) -> bool:
+    return hasattr(obj, "named_modules") and hasattr(obj, "state_dict") and callable(obj)
+
+
+def _with_input_shape(model, input_shape):
+    """A model whose input shape is fully defined: builds an unbuilt Sequential, or clones a model with
+    ``None`` spatial dimensions onto ``keras.Input(input_shape)`` (same layer names, same weights)."""
+    import keras
+
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        if input_shape is None:
+            raise _usage_error(f"--input-shape: expected H,W,C for the reference model {model.name!r}, which was "
+                               "built without an input shape. Received: none. Pass --input-shape (or input_shape=).")
+        model.build((None,) + tuple(input_shape))
+        return model
+    dims = tuple(inputs[0].shape[1:])
+    if all(d is not None for d in dims):
+        if input_shape is not None and tuple(int(d) for d in dims) != tuple(input_shape):
+            raise _usage_error(f"--input-shape: expected the reference model's own input shape "
+                               f"{tuple(int(d) for d in dims)}. Received: {tuple(input_shape)}. Drop the option or "
+                               "build the model for that shape.")
+        return model
+    if input_shape is None:
+        raise _usage_error(f"--input-shape: expected H,W,C: the reference model's input shape is {dims}. "
+                           "Received: none. Pass --input-shape (or input_shape=).")
+    clone = keras.models.clone_model(model, input_tensors=keras.Input(tuple(input_shape)))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _output_width(model) -> int:
+    shape = tuple(model.outputs[0].shape)
+    if len(shape) != 2 or shape[1] is None:
+        raise _usage_error(f"reference model {model.name!r}: expected one (batch, D) output (classes or values). "
+                           f"Received: output shape {shape}. Add the head the port is trained with.")
+    return int(shape[1])
+
+
+def _ends_in_softmax(model) -> bool:
+    from parity.align import trace_keras
+
+    nodes = trace_keras(model)
+    return bool(nodes) and (nodes[-1].kind == "softmax" or nodes[-1].act == "softmax")
+
+
+def infer_loss(model, loss: str | None = None) -> LossSpec:
+    """Reference ends in softmax -> categorical cross-entropy (port logits into ``F.cross_entropy``); else MSE.
+    ``loss`` overrides (``categorical_crossentropy`` on a model without softmax = from logits)."""
+    softmax = _ends_in_softmax(model)
+    if loss is None:
+        return LossSpec("categorical_crossentropy", "mean") if softmax else LossSpec("mse", "mean")
+    if loss not in LOSSES:
+        raise _usage_error(f"--loss: expected one of {', '.join(LOSSES)}. Received: {loss!r}.")
+    if loss == "categorical_crossentropy":
+        return LossSpec(loss, "mean", reference_from_logits=not softmax)
+    return LossSpec(loss, "sum" if loss == "l1_sum" else "mean")
+
+
+class UserTaps:
+    """``spec.taps``: aligns the reference model the harness just built (recorded by the reference builder)
+    with a port instance, once per config; keeps the :class:`parity.align.Alignment`."""
+
+    def __init__(self, port_builder, pins, input_shape, port_object=None):
+        self.port_builder = port_builder
+        self.pins = pins
+        self.input_shape = input_shape
+        self.port_object = port_object
+        self.model = None          # the reference model the harness built last
+        self.alignment = None
+        self.spec: PairSpec | None = None
+
+    def __call__(self, config: dict) -> list[Tap]:
+        from parity.align import AlignmentError, align
+
+        model = self.model
+        if model is None:
+            raise _usage_error("user pair: the reference model was not built before the taps were asked for")
+        port = self.port_object if self.port_object is not None else self.port_builder(**config)
+        try:
+            self.alignment = align(model, port, pins=self.pins, input_shape=self.input_shape)
+        except AlignmentError as exc:
+            raise _usage_error(str(exc)) from None
+        if self.spec is not None:
+            self.spec.conventions = tuple(c for c in self.spec.conventions if c.name != "alignment") + (
+                _alignment_convention(self.alignment),)
+        if not self.alignment.taps:
+            raise _usage_error("user pair: expected at least one reference layer with a port counterpart. "
+                               "Received: none aligned. Pin layers with --align REF=PORT.\n"
+                               + self.alignment.format())
+        return self.alignment.taps
+
+
+def _alignment_convention(al) -> Convention:
+    c = al.counts()
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+    return Convention("alignment", f"{len(al.ref_nodes)} reference layers",
+                      f"{sum(1 for n in al.port_nodes if not n.functional)} port module calls",
+                      f"automatic ({al.traced_with}): {parts}")
+
+
+def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss, input_shape,
+          port_object=None) -> PairSpec:
+    width = _output_width(model)
+    target = ("onehot", width) if loss.name == "categorical_crossentropy" else ("regression", width)
+    spec = PairSpec(
+        name=name, summary=summary, reference=ref_builder, port=port_builder, taps=taps,
+        input_shape=lambda c, s=tuple(input_shape): s, target=lambda c, t=target: t, loss=loss,
+        optimizer=USER_SGD, optimizers={"adam": USER_ADAM},
+        conventions=(Convention("loss", f"{loss.name} ({loss.reduction})" + (
+            ", inferred: the model ends in softmax" if loss.name == "categorical_crossentropy" and not
+            loss.reference_from_logits else ""), "F.cross_entropy on logits" if loss.name ==
+            "categorical_crossentropy" else loss.name, "parity.user_pair.infer_loss"),),
+        default_config={}, fast_config={}, default_batch=4)
+    taps.spec = spec
+    ALIGNMENTS[name] = taps
+    return spec
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "user"
+
+
+def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None = None, pins=None,
+                          name: str | None = None) -> PairSpec:
+    """A :class:`PairSpec` for your own models: ``reference`` / ``port`` are ``"module:function"`` (or
+    callables) returning a Keras model / a torch module; ``input_shape`` ``"H,W,C"`` or a tuple (needed when
+    the Keras model does not fix it); ``loss`` overrides the inferred one; ``pins``
+    ``["keras_layer=port.module.path", ...]`` override the automatic alignment."""
+    from parity.env import import_tensorflow
+
+    ref_fn = _resolve_builder(reference, "--reference", "a Keras model")
+    port_fn = _resolve_builder(port, "--port", "a torch.nn.Module")
+    shape = parse_input_shape(input_shape)
+    from parity.align import parse_pins, AlignmentError
+
+    try:
+        pin_map = parse_pins(pins)
+    except AlignmentError as exc:
+        raise _usage_error(str(exc)) from None
+    import_tensorflow()
+    probe = ref_fn()
+    if not _is_keras_model(probe):
+        raise _usage_error(f"--reference {reference}: expected a function returning a keras.Model. Received: "
+                           f"{type(probe).__name__}.")
+    probe = _with_input_shape(probe, shape)
+    shape = tuple(int(d) for d in probe.inputs[0].shape[1:])
+    loss_spec = infer_loss(probe, loss)
+    taps = UserTaps(port_fn, pin_map, shape)
+
+    def build_reference(**config):
+        model = _with_input_shape(ref_fn(**config), shape)
+        taps.model = model
+        return model
+
+    def build_port(**config):
+        module = port_fn(**config)
+        if not _is_torch_module(module):
+            raise _usage_error(f"--port {port}: expected a function returning a torch.nn.Module. Received: "
+                               f"{type(module).__name__}.")
+        return module
+
+    rname = getattr(ref_fn, "__name__", "reference")
+    pname = getattr(port_fn, "__name__", "port")
+    spec_name = name or _safe_name(f"{rname}-vs-{pname}")
+    return _spec(spec_name, f"user models {reference} <-> {port}", build_reference, build_port, taps, probe,
+                 loss_spec, shape)
+
+
+def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None, pins=None,
+                      name: str | None = None) -> PairSpec:
+    """A :class:`PairSpec` whose builders return the given objects as they are."""
+    if not _is_keras_model(keras_model):
+        raise _usage_error(f"compare: expected a keras.Model as the reference. Received: {type(keras_model).__name__}.")
+    if not _is_torch_module(torch_module):
+        raise _usage_error(f"compare: expected a torch.nn.Module as the port. Received: {type(torch_module).__name__}.")
+    from parity.align import AlignmentError, parse_pins
+
+    try:
+        pin_map = parse_pins(pins)
+    except AlignmentError as exc:
+        raise _usage_error(str(exc)) from None
+    shape = parse_input_shape(input_shape)
+    model = _with_input_shape(keras_model, shape)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    taps = UserTaps(None, pin_map, shape, port_object=torch_module)
+    taps.model = model
+
+    def build_reference(**config):
+        return model
+
+    def build_port(**config):
+        return torch_module
+
+    spec_name = name or _safe_name(f"{model.name}-vs-{type(torch_module).__name__}")
+    return _spec(spec_name, f"user models {model.name} <-> {type(torch_module).__name__}", build_reference,
+                 build_port, taps, model, infer_loss(model, loss), shape)
+
+
+def _keras_dtype(model) -> str:
+    ws = getattr(model, "weights", None) or []
+    for w in ws:
+        d = str(getattr(w, "dtype", "float32"))
+        if "float64" in d:
+            return "float64"
+        if "float" in d:
+            return "float32"
+    return "float32"
+
+
+def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = None, pins=None,
+            **check_kwargs) -> CheckResult:
+    """Check a live Keras model against a live torch module: every stage of :func:`parity.harness.check`
+    (structure, forward, backward, optimizer step, isolated layers), aligned automatically.
+
+    Both objects are used as they are and left as found (weights, dtype, device, train/eval mode). ``dtype``
+    defaults to the Keras model's own (build it under ``keras.config.set_floatx("float64")`` for the exact
+    comparison); the rest of ``check_kwargs`` go to :func:`parity.harness.check` (``stages``, ``batch``,
+    ``seed``, ``optimizer``, ``steps``...)."""
+    from parity.env import import_tensorflow
+    from parity.harness import check
+
+    import_tensorflow()
+    kdtype = _keras_dtype(keras_model)
+    dtype = check_kwargs.pop("dtype", None) or kdtype
+    if dtype != kdtype:
+        raise _usage_error(f"compare(dtype={dtype!r}): expected the Keras model's own dtype ({kdtype}): Keras "
+                           "computes in its variables' dtype. Build the model under keras.config.set_floatx("
+                           f"{dtype!r}) or pass dtype={kdtype!r}.")
+    spec = spec_from_objects(keras_model, torch_module, input_shape=input_shape, loss=loss, pins=pins,
+                             name=check_kwargs.pop("name", None))
+    saved = _torch_snapshot(torch_module)
+    try:
+        result = check(spec, dtype=dtype, **check_kwargs)
+    finally:
+        _torch_restore(torch_module, saved)
+    annotate(result, spec)
+    return result
+
+
+def _torch_snapshot(module) -> dict[str, Any]:
+    params = list(module.parameters()) + list(module.buffers())
+    floating = [p for p in params if p.is_floating_point()]
+    return {"state": {k: v.detach().clone() for k, v in module.state_dict().items()},
+            "dtype": floating[0].dtype if floating else None,
+            "device": params[0].device if params else None,
+            "training": {name: m.training for name, m in module.named_modules()}}
+
+
+def _torch_restore(module, saved) -> None:
+    if saved["dtype"] is not None:
+        module.to(dtype=saved["dtype"])
+    if saved["device"] is not None:
+        module.to(device=saved["device"])
+    module.load_state_dict(saved["state"])
+    for name, m in module.named_modules():
+        m.training = saved["training"].get(name, m.training)
+
+
+def alignment_of(spec_or_name) -> Any:
+    """The :class:`parity.align.Alignment` of a user pair (after its check ran), else None."""
+    name = spec_or_name if isinstance(spec_or_name, str) else getattr(spec_or_name, "name", None)
+    taps = ALIGNMENTS.get(name)
+    return taps.alignment if taps is not None else None
+
+
+def alignment_findings(al) -> list[Finding]:
+    """One finding per layer without a partner (warning when it has weights, info otherwise)."""
+    out = []
+    for r in al.rows:
+        if r.status == "unaligned-ref":
+            weighted = any(n.name == r.ref and n.weighted for n in al.ref_nodes)
+            out.append(Finding(
+                "unaligned", r.ref, f"reference layer {r.ref} ({r.ref_class}) has no counterpart in the port"
+                + (f": {r.note}" if r.note else ""),
+                f"pin it with --align {r.ref}=<port.module.path>" if weighted else "",
+                stage="structure", severity="warning" if weighted else "info"))
+        elif r.status == "unaligned-port":
+            out.append(Finding(
+                "unaligned", r.port, f"port module {r.port} ({r.port_class}) has no counterpart in the reference"
+                + (f": {r.note}" if r.note else ""), "", stage="structure",
+                severity="warning" if r.kind in ("dropout",) or "parameters" in r.note else "info"))
+    return out
+
+
+def annotate(result: CheckResult, spec=None) -> CheckResult:
+    """Put the alignment table into the structure stage's ``info["alignment"]`` and its unaligned layers into
+    the findings (idempotent). The harness does the same once it calls this (see the module docstring)."""
+    al = alignment_of(spec if spec is not None else result.pair)
+    if al is None:
+        return result
+    st = result.stage("structure")
+    if st is not None and "alignment" not in st.info:
+        st.info["alignment"] = al.table()
+        st.info["alignment_traced_with"] = al.traced_with
+    have = {(f.cause, f.path) for f in result.findings}
+    for f in alignment_findings(al):
+        if (f.cause, f.path) not in have:
+            result.findings.append(f)
+    return result
