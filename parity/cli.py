@@ -86,19 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="add onnxruntime as a third leg of the forward comparison")
     _add_run_options(p)
     p = sub.add_parser("record", help="run only the reference side and store a trace (safetensors + JSON)")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--reference", metavar="MOD:FN")
-    p.add_argument("--weights", metavar="FILE")
+    p.add_argument("name", nargs="?", help="registered pair (see `parity list`)")
+    p.add_argument("--reference", metavar="MOD:FN", help="Keras model builder (your own model)")
+    p.add_argument("--port", metavar="MOD:FN",
+                   help="torch module builder stored in the trace as replay's default port (needed with --reference)")
+    p.add_argument("--weights", metavar="FILE", help="Keras .h5 / .weights.h5, or Caffe .npy, for the reference")
+    p.add_argument("--input-shape", help="H,W,C of one reference input (your own models)")
+    p.add_argument("--loss", help="categorical_crossentropy | mse | l1_sum (your own models)")
+    p.add_argument("--align", action="append", metavar="REF=PORT",
+                   help="pin a reference layer to a port module path (your own models; repeatable)")
     p.add_argument("-o", "--output", required=True, help="trace file (.safetensors)")
     _add_run_options(p)
     p = sub.add_parser("replay", help="check a port against a recorded trace (PyTorch only, no TensorFlow)")
-    p.add_argument("trace")
-    p.add_argument("--port", metavar="MOD:FN")
-    p.add_argument("--stages")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("trace", help="trace file written by `parity record`")
+    p.add_argument("--port", metavar="MOD:FN", help="torch module builder (default: the one the trace names)")
+    p.add_argument("--stages", help="comma list among the recorded stages (default: all recorded)")
+    p.add_argument("--device", default="cpu", help="torch device for the port: cpu (default) or cuda[:N]")
+    p.add_argument("--out", help="report directory (default: parity-report/<pair>-replay)")
+    p.add_argument("--json", action="store_true", help="print the JSON report to stdout before the last line")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p = sub.add_parser("convert", help="convert reference weights to a torch state_dict, with self-checks")
     p.add_argument("weights", help="Keras .h5 / .weights.h5 or Caffe .npy")
     p.add_argument("--pair", required=True)
@@ -213,7 +219,8 @@ def cmd_record(args) -> int:
     spec, cfg = _check_args(args)
     path, summary = record(spec, args.output, stages=args.stages, dtype=args.dtype, batch=args.batch, seed=args.seed,
                            optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,
-                           reference=(args.reference if args.name else None), progress=_progress(not args.quiet))
+                           reference=(args.reference if args.name else None), port=args.port,
+                           progress=_progress(not args.quiet))
     print(summary)
     return EXIT_OK
 

@@ -1,14 +1,37 @@
 """Name the cause of a divergence: rules over the structure/config of each aligned layer pair, over the
 weight conversion, and over the numeric results. Each rule returns :class:`parity.results.Finding` objects
-with the layer path, the evidence and a one-line fix."""
+with the layer path, the stage where it shows, the evidence (figures) and a one-line fix.
+
+Three entry points, called by :mod:`parity.harness`:
+
+- :func:`structure_findings` ``(tap, ref_info, port_info)``: config rules per aligned pair (eps, momentum,
+  affine, missing BatchNorm, bias, kernel, stride, groups, dilation, padding, pooling, LRN, activation,
+  dropout rate);
+- :func:`numeric_findings` ``(result, port_outputs)``: rules that read where and how the stages diverged.
+  They name a cause from the divergence pattern alone (which stage first, which tensors, which ratio), and
+  confirm it with a numeric probe when ``port_outputs`` carries the run (``reference_run``, ``torch_side``,
+  ``taps``, ``spec``): two eval forwards that disagree (dropout left on), the input a module really
+  receives (layer order), a permuted comparison (flatten order), the loaded weights against the converted
+  ones (reshaped-not-transposed kernels, re-initialised layers), the running-variance factor n/(n-1), the
+  implied weight decay of an L2 mismatch, the update torch Adam makes with a plain epsilon;
+- :func:`attach_stages` ``(result)``: a structural finding gets the first stage where its layer diverged.
+"""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from parity.conventions import (KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT, torch_bn_momentum_from_keras)
-from parity.results import CheckResult, Finding
+import numpy as np
+
+from parity.conventions import (KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT, torch_adam_eps_from_keras,
+                                torch_bn_momentum_from_keras, torch_weight_decay_from_keras_l2)
+from parity.results import CheckResult, Finding, TensorDiff
 from parity.spec import Tap
+
+#: activation functions tried when a module receives an input other than the reference's
+PROBE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "tanh")
+#: relative agreement that counts as "this explains it" in a numeric probe (float32 runs are ~1e-7 noisy)
+PROBE_RTOL = 1e-5
 
 
 def _close(a, b, rel=1e-9) -> bool:
@@ -29,6 +52,15 @@ def _tf_same_pads(n, k, s):
     return total // 2, total - total // 2
 
 
+def _pool_out(n, k, s, p, ceil):
+    span = n + 2 * p - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and p and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+# ==== structure rules =====================================================================================
 def structure_findings(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     """Config rules for one aligned pair. ``ref`` from reference_side.layer_info, ``port`` from
     port_side.module_info."""
@@ -39,6 +71,15 @@ def structure_findings(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> l
         out.append(Finding(cause=cause, path=p, message=message, fix=fix, evidence=evidence, stage="structure"))
 
     if tap.kind == "batchnorm":
+        if "eps" not in port and "running_mean" not in str(port.get("class", "")) and not port.get("buffers"):
+            add("missing_bn", f"BatchNorm missing in the port: the module is a {port.get('class', '?')} (no "
+                "running statistics, no gamma/beta)",
+                f"use nn.BatchNorm2d(C, eps={ref.get('epsilon', KERAS_BN_EPSILON):g}, momentum="
+                f"{torch_bn_momentum_from_keras(ref.get('momentum', 0.99)):g}) here",
+                f"reference {ref.get('class', 'BatchNormalization')} with {ref.get('trainable_params', '?')} + "
+                f"{ref.get('non_trainable_params', '?')} parameters; port {port.get('params', 0)} + "
+                f"{port.get('buffers', 0)}")
+            return out
         keps, teps = ref.get("epsilon"), port.get("eps")
         if keps is not None and teps is not None and not _close(keps, teps):
             add("bn_eps", f"BatchNorm eps {teps:g} in the port, {keps:g} in the reference",
@@ -59,20 +100,23 @@ def structure_findings(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> l
                 else:
                     msg = f"BN momentum {tm:g} in the port; Keras momentum {km:g} means torch {want:g}"
                 add("bn_momentum", msg, f"set momentum={want:g} (torch m = 1 - Keras m)",
-                    "running statistics drift apart after each training step")
+                    f"running statistics move {tm / want:.3g}x as fast; they drift apart after each training step")
         ref_affine = bool(ref.get("center", True) or ref.get("scale", True))
         if "affine" in port and bool(port["affine"]) != ref_affine:
             add("bn_affine", f"BatchNorm affine={port['affine']} in the port, reference center/scale="
-                f"{ref.get('center')}/{ref.get('scale')}", f"set affine={ref_affine}")
+                f"{ref.get('center')}/{ref.get('scale')}", f"set affine={ref_affine}",
+                f"port has {port.get('params', 0)} parameters, the reference {ref.get('trainable_params', '?')}")
     if tap.kind in ("conv2d", "separable_conv2d", "depthwise_conv2d", "dense"):
         rb = ref.get("use_bias")
         pb = port.get("has_bias")
+        noun = "Linear" if tap.kind == "dense" else tap.kind
         if rb is not None and pb is not None and bool(rb) != bool(pb):
             if pb:
-                add("conv_bias", f"{tap.kind} bias present in the port only", "construct it with bias=False")
+                add("conv_bias", f"{noun} bias present in the port only (use_bias=False in the reference)",
+                    "construct it with bias=False", "the port's bias keeps its random initial value")
             else:
-                add("conv_bias", f"{tap.kind} bias missing in the port (the reference has one)",
-                    "construct it with bias=True")
+                add("conv_bias", f"{noun} bias missing in the port (the reference has one)",
+                    "construct it with bias=True", "the reference's bias is not transferred")
         if tap.kind == "separable_conv2d":
             pk = _pair((port.get("depthwise") or {}).get("kernel_size"))
             ps = _pair((port.get("depthwise") or {}).get("stride"))
@@ -82,13 +126,16 @@ def structure_findings(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> l
         if rk and pk and rk != pk:
             add("kernel_size", f"kernel {pk} in the port, {rk} in the reference", f"use kernel_size={rk}")
         if rs and ps and rs != ps:
-            add("stride", f"stride {ps} in the port, {rs} in the reference", f"use stride={rs}")
+            add("stride", f"stride {ps} in the port, {rs} in the reference", f"use stride={rs}",
+                _shape_evidence(ref))
         rg, pg = ref.get("groups"), port.get("groups")
         if tap.kind == "conv2d" and rg is not None and pg is not None and int(rg) != int(pg):
-            add("groups", f"groups={pg} in the port, {rg} in the reference", f"use groups={rg}")
+            add("groups", f"groups={pg} in the port, {rg} in the reference", f"use groups={rg}",
+                "the kernel shapes differ, so the reference's weights cannot be loaded")
         rd, pd = _pair(ref.get("dilation_rate")), _pair(port.get("dilation"))
         if rd and pd and rd != pd:
-            add("dilation", f"dilation {pd} in the port, {rd} in the reference", f"use dilation={rd}")
+            add("dilation", f"dilation {pd} in the port, {rd} in the reference", f"use dilation={rd}",
+                _shape_evidence(ref))
         if tap.kind == "conv2d" and ref.get("padding") == "same" and not port.get("tf_padding"):
             pad = _pair(port.get("padding")) if not isinstance(port.get("padding"), str) else None
             inp = ref.get("input_shape")
@@ -97,9 +144,11 @@ def structure_findings(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> l
                 if any(w[0] != w[1] or w[0] != pad[i] for i, w in enumerate(want)):
                     add("conv_padding", f"conv padding={pad} (symmetric) where TF 'same' pads {want} "
                         f"(before, after) on a {inp[0]}x{inp[1]} input",
-                        "use ported_torch.layers.Conv2dSame (extra pixel bottom/right)")
+                        "use ported_torch.layers.Conv2dSame (extra pixel bottom/right)",
+                        "every output window is shifted by one pixel")
         if ref.get("padding") == "valid" and _pair(port.get("padding")) not in (None, (0, 0)):
-            add("conv_padding", f"padding={port.get('padding')} in the port, 'valid' in the reference", "use padding=0")
+            add("conv_padding", f"padding={port.get('padding')} in the port, 'valid' in the reference", "use padding=0",
+                _shape_evidence(ref))
     if tap.kind in ("maxpool", "avgpool"):
         rk, rs = _pair(ref.get("pool_size")), _pair(ref.get("strides"))
         inp = ref.get("input_shape")
@@ -117,20 +166,88 @@ def structure_findings(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> l
             add("kernel_size", f"pool size {pk} in the port, {rk} in the reference", f"use kernel_size={rk}")
         if rs and ps and rs != ps:
             add("stride", f"pool stride {ps} in the port, {rs} in the reference", f"use stride={rs}")
-        if "ceil_mode" in ref and "ceil_mode" in port and bool(ref["ceil_mode"]) != bool(port["ceil_mode"]):
-            add("pool_rounding", f"pool output rounding ceil_mode={port['ceil_mode']} in the port, "
-                f"{'ceil' if ref['ceil_mode'] else 'floor'} in the reference (Caffe rounds up)",
-                f"use ceil_mode={bool(ref['ceil_mode'])}")
+        if "ceil_mode" in port and rk and rs and pk and ps and rk == pk and rs == ps:
+            rounding = _pool_rounding(ref, port, rk, rs)
+            if rounding:
+                add("pool_rounding", *rounding)
+    if tap.kind == "lrn":
+        f = _lrn_rule(ref, port)
+        if f:
+            add("lrn", *f)
     if tap.kind == "activation":
         ra = _ref_activation(ref)
         pa = port.get("activation")
         if ra and pa and ra != pa:
-            add("activation", f"activation {pa} in the port, {ra} in the reference", f"use {ra}")
+            add("activation", f"activation {pa} in the port, {ra} in the reference",
+                f"use {_torch_activation_name(ra)}")
     if tap.kind == "dropout":
         rr, pr = ref.get("rate"), port.get("p")
         if rr is not None and pr is not None and not _close(rr, pr):
-            add("dropout_rate", f"dropout p={pr:g} in the port, rate {rr:g} in the reference", f"use p={rr:g}")
+            add("dropout_rate", f"dropout p={pr:g} in the port, rate {rr:g} in the reference", f"use p={rr:g}",
+                "identical in eval mode; in training the masks and the 1/(1-p) scale differ")
     return out
+
+
+def _shape_evidence(ref: dict) -> str:
+    if ref.get("output_shape"):
+        return f"reference output {tuple(ref['output_shape'])} (H, W, C)"
+    return ""
+
+
+def _pool_rounding(ref, port, rk, rs):
+    """Floor vs ceil pooling (Caffe rounds up), from the reference's output size."""
+    inp, outp = ref.get("input_shape"), ref.get("output_shape")
+    if "ceil_mode" in ref:
+        if bool(ref["ceil_mode"]) != bool(port["ceil_mode"]):
+            return (f"pool output rounding ceil_mode={port['ceil_mode']} in the port, "
+                    f"{'ceil' if ref['ceil_mode'] else 'floor'} in the reference (Caffe rounds up)",
+                    f"use ceil_mode={bool(ref['ceil_mode'])}")
+        return None
+    if not (inp and outp and isinstance(inp[0], int) and isinstance(outp[0], int)):
+        return None
+    pad = _pair(port.get("padding")) if not isinstance(port.get("padding"), str) else (0, 0)
+    pad = pad or (0, 0)
+    ceil = bool(port["ceil_mode"])
+    got = [_pool_out(inp[i], rk[i], rs[i], pad[i], ceil) for i in (0, 1)]
+    other = [_pool_out(inp[i], rk[i], rs[i], pad[i], not ceil) for i in (0, 1)]
+    if got != list(outp[:2]) and other == list(outp[:2]):
+        return (f"pool output size {got[0]}x{got[1]} in the port ({'ceil' if ceil else 'floor'} rounding), "
+                f"{outp[0]}x{outp[1]} in the reference on a {inp[0]}x{inp[1]} input "
+                f"({'floor' if ceil else 'ceil (Caffe)'} rounding)", f"use ceil_mode={not ceil}",
+                f"(n - k) / s = ({inp[0]} - {rk[0]}) / {rs[0]} is not an integer here")
+    return None
+
+
+def _lrn_rule(ref, port):
+    """LRN: Caffe / torch divide alpha by the window size; TF's depth_radius/alpha is per element."""
+    ra, pa = ref.get("alpha"), port.get("alpha")
+    if ra is None or pa is None:
+        return None
+    size = port.get("size") or ref.get("size")
+    if "depth_radius" in ref and ref.get("depth_radius") is not None:
+        n = 2 * int(ref["depth_radius"]) + 1
+        want = float(ra) * n
+    else:
+        n = int(ref.get("size") or size or 1)
+        want = float(ra)
+    msgs = []
+    if not _close(float(pa), want, 1e-6):
+        hint = ""
+        if size and _close(float(pa), want * int(size), 1e-6):
+            hint = f" (= alpha x size {size}: torch divides alpha by size already)"
+        elif size and _close(float(pa), want / int(size), 1e-6):
+            hint = f" (= alpha / size {size}: TF's per-element alpha given to torch)"
+        msgs.append(f"LRN alpha {pa:g} in the port, {want:g} expected{hint}")
+    for key_r, key_p in (("beta", "beta"), ("k", "k"), ("bias", "k")):
+        if ref.get(key_r) is not None and port.get(key_p) is not None and not _close(float(ref[key_r]),
+                                                                                      float(port[key_p]), 1e-6):
+            msgs.append(f"LRN {key_p} {port[key_p]:g} in the port, {ref[key_r]:g} in the reference")
+    if ref.get("size") is not None and port.get("size") is not None and int(ref["size"]) != int(port["size"]):
+        msgs.append(f"LRN size {port['size']} in the port, {ref['size']} in the reference")
+    if not msgs:
+        return None
+    return ("; ".join(msgs), f"nn.LocalResponseNorm(size={size or n}, alpha={want:g}, beta={ref.get('beta')}, "
+            f"k={ref.get('k', ref.get('bias', 1))})", "Caffe lrn_layer.cpp and torch: scale = k + alpha/size * sum(x^2)")
 
 
 def _ref_activation(ref: dict[str, Any]) -> str | None:
@@ -144,52 +261,695 @@ def _ref_activation(ref: dict[str, Any]) -> str | None:
         return "relu"
     if cls == "Activation":
         return ref.get("activation")
+    if cls == "LeakyReLU":
+        return "leaky_relu"
     return None
 
 
+def _torch_activation_name(a: str) -> str:
+    return {"relu": "nn.ReLU()", "relu6": "nn.ReLU6()", "linear": "nn.Identity()", "sigmoid": "nn.Sigmoid()",
+            "tanh": "nn.Tanh()", "leaky_relu": "nn.LeakyReLU(negative_slope=<Keras' value>)",
+            "softmax": "no module (softmax belongs to F.cross_entropy)"}.get(a, a)
+
+
+# ==== numeric rules =========================================================================================
+class _Run:
+    """What the numeric rules may read: the result always; the reference run, the port side, the taps and
+    the spec when the harness passes them in ``port_outputs``."""
+
+    def __init__(self, result: CheckResult, port_outputs: dict[str, Any]):
+        self.result = result
+        self.po = port_outputs or {}
+        self.ref = self.po.get("reference_run")
+        self.ts = self.po.get("torch_side")
+        self.spec = self.po.get("spec")
+        self.taps: list[Tap] = list(self.po.get("taps") or (self.ref.taps if self.ref is not None else []))
+        self.tap_by_path = {t.path: t for t in self.taps}
+        rows = result.stage("structure").rows if result.stage("structure") is not None else []
+        self.row_by_path = {r.get("path"): r for r in rows}
+
+    @property
+    def arrays(self) -> bool:
+        return self.ref is not None and self.ts is not None
+
+    def ref_layer(self, path: str) -> str | None:
+        t = self.tap_by_path.get(path)
+        if t is not None:
+            return t.ref
+        row = self.row_by_path.get(path)
+        if row and row.get("reference"):
+            return str(row["reference"]).rsplit(" (", 1)[0]
+        return None
+
+    def kind(self, path: str) -> str | None:
+        t = self.tap_by_path.get(path)
+        if t is not None:
+            return t.kind
+        row = self.row_by_path.get(path)
+        return row.get("kind") if row else None
+
+    def tap_paths(self) -> list[str]:
+        if self.taps:
+            return [t.path for t in self.taps]
+        return list(self.row_by_path)
+
+    def errors_at(self, path: str) -> list[Finding]:
+        return [f for f in self.result.findings if f.severity == "error" and f.path == path]
+
+
+def _base(path: str) -> str:
+    return path.split(":")[0].split("@")[0]
+
+
+def _finding(cause, path, message, fix, stage, evidence="", severity="error") -> Finding:
+    return Finding(cause=cause, path=path, message=message, fix=fix, stage=stage, evidence=evidence,
+                   severity=severity)
+
+
 def numeric_findings(result: CheckResult, port_outputs: dict[str, Any]) -> list[Finding]:
-    """Rules that read the numeric results (after every stage ran)."""
+    """Rules that read the numeric results (after every stage ran). Returns new findings; also consolidates
+    the harness's per-tap ``shared_module`` findings and adds a user pair's alignment findings in place."""
+    run = _Run(result, port_outputs)
+    _annotate_user_pair(result)
+    _consolidate_shared(run)
     out: list[Finding] = []
     fd = result.first_divergence()
     if fd is None or fd[1] is None:
         return out
     stage, diff = fd
-    known = {f.path for f in result.findings if f.severity == "error"}
-    final = port_outputs.get("final")
-    if final is not None and port_outputs.get("loss") == "categorical_crossentropy":
-        import numpy as np
-
-        rows = np.asarray(final)
-        if rows.ndim == 2 and rows.size and (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-6):
-            out.append(Finding(
-                cause="double_softmax", path=port_outputs.get("output_path", diff.path),
-                message="softmax applied before CrossEntropyLoss (double softmax): the port's outputs are "
-                        "probabilities (rows sum to 1) and F.cross_entropy applies softmax again",
-                fix="return logits from the model; CrossEntropyLoss applies log-softmax itself",
-                stage=stage.name, evidence=f"port output row sums {rows.sum(axis=1)[:3].round(6).tolist()}"))
-    if stage.name == "step":
-        grads = result.stage("gradients")
-        if grads is not None and grads.passed and not grads.skipped:
-            kind = result.optimizer.get("kind")
-            if kind == "adam":
-                msg = ("gradients agree but the Adam update differs: epsilon placement (Keras adds eps to the "
-                       "uncorrected sqrt(v); torch to the corrected one) or beta/eps values")
-                fix = "torch eps = keras_eps / sqrt(1 - beta_2**t) (parity.conventions.torch_adam_eps_from_keras)"
-            else:
-                msg = ("gradients agree but the optimizer update differs: weight decay / L2 (Keras l2(lam) == "
-                       "torch weight_decay 2*lam), momentum convention, lr_mult, or lr schedule")
-                fix = "configure the torch optimizer with the named rules in parity.optimizers"
-            out.append(Finding("optimizer", diff.path, msg, fix, stage="step",
-                               evidence=diff.describe()))
-    if not known and not out:
-        base = diff.path.split(":")[0]
-        out.append(Finding("unexplained", base,
-                           f"first divergence here in {stage.name}; no configuration difference found",
-                           "compare this layer's weights and code by hand (see the isolated stage)",
-                           stage=stage.name, evidence=diff.describe(), severity="warning"))
+    base = _base(diff.path)
+    explained = bool(run.errors_at(base))
+    f = _double_softmax(run, stage.name, diff)
+    if f is not None:
+        out.append(f)
+    rules = {
+        "forward_eval": _forward_eval_rules, "isolated": _forward_eval_rules,
+        "forward_train": _forward_train_rules, "gradients": _gradient_rules, "step": _step_rules,
+        "trajectory": _step_rules,
+    }.get(stage.name)
+    if rules is not None and not explained and not out:
+        try:
+            out += rules(run, stage, diff)
+        except Exception as exc:  # noqa: BLE001  (a failing probe must never hide the result)
+            out.append(_finding("unexplained", base, f"diagnosis probe failed ({type(exc).__name__}: {exc})",
+                                "compare this layer by hand", stage.name, severity="warning"))
+    known = {f.path for f in result.findings if f.severity == "error"} | {f.path for f in out if f.severity == "error"}
+    if not known:
+        out.append(_finding("unexplained", base,
+                            f"first divergence here in {stage.name}; no configuration difference found",
+                            "compare this layer's weights and code by hand (see the isolated stage)",
+                            stage.name, evidence=diff.describe(), severity="warning"))
     return out
 
 
+def _annotate_user_pair(result: CheckResult) -> None:
+    try:
+        from parity.user_pair import annotate
+    except ImportError:  # pragma: no cover
+        return
+    annotate(result)
+
+
+# ---- shared modules ------------------------------------------------------------------------------------
+def _consolidate_shared(run: _Run) -> None:
+    """The harness reports every tap whose module ran more than once; keep one finding per shared module
+    (the outermost), saying which module, how often, and how it came about."""
+    res = run.result
+    shared = [f for f in res.findings if f.cause == "shared_module"]
+    if not shared:
+        return
+    calls = {}
+    for f in shared:
+        try:
+            calls[f.path] = int(f.message.split(" called ")[1].split("x")[0])
+        except (IndexError, ValueError):
+            calls[f.path] = 0
+    groups: dict[str, list[str]] = {}
+    for path in calls:
+        port = run.tap_by_path[path].port if path in run.tap_by_path else path
+        owner = port.rsplit(".", 1)[0] if "." in port else port
+        groups.setdefault(owner, []).append(path)
+    aliases = _aliases(run)
+    new = []
+    for owner, paths in groups.items():
+        n = max(calls[p] for p in paths)
+        first = paths[0]
+        outer = owner
+        names = aliases.get(outer) or []
+        while "." in outer and not names:
+            outer = outer.rsplit(".", 1)[0]
+            names = aliases.get(outer) or []
+        alias_txt = ""
+        if len(names) > 1:
+            alias_txt = (f"; the same object is registered as {', '.join(names[:3])}"
+                         f"{' ...' if len(names) > 3 else ''} ({len(names)} names, e.g. "
+                         f"nn.ModuleList([block] * {len(names)}))")
+        missing = [f.path for f in res.findings if f.cause == "missing_module"]
+        ev = f"{len(paths)} tapped layers inside {owner} ran {n}x in one forward"
+        if missing:
+            ev += f"; {len(missing)} reference layers have no module of their own in the port"
+        new.append(Finding(
+            "shared_module", first,
+            f"port module {owner} runs {n}x in one forward: {n} positions share one set of weights{alias_txt}; "
+            f"the reference has {n} distinct layers there",
+            f"create one module per position: nn.ModuleList([Block() for _ in range({n})]) (not [Block()] * {n})",
+            stage="structure", evidence=ev))
+    keep = [f for f in res.findings if f.cause != "shared_module"]
+    # the shared-module finding explains the 'not found' modules of the later positions
+    res.findings[:] = new + keep
+    st = res.stage("structure")
+    if st is not None:
+        st.findings = [f for f in st.findings if f.cause != "shared_module"] + new
+
+
+def _aliases(run: _Run) -> dict[str, list[str]]:
+    if run.ts is None:
+        return {}
+    by_id: dict[int, list[str]] = {}
+    for path, m in run.ts.module.named_modules(remove_duplicate=False):
+        by_id.setdefault(id(m), []).append(path)
+    out = {}
+    for names in by_id.values():
+        for n in names:
+            out[n] = names
+    return out
+
+
+# ---- softmax ---------------------------------------------------------------------------------------------
+def _double_softmax(run: _Run, stage: str, diff: TensorDiff) -> Finding | None:
+    final = run.po.get("final")
+    if final is None or run.po.get("loss") != "categorical_crossentropy":
+        return None
+    rows = np.asarray(final)
+    if rows.ndim == 2 and rows.size and (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-6):
+        return _finding(
+            "double_softmax", run.po.get("output_path", diff.path),
+            "softmax applied before CrossEntropyLoss (double softmax): the port's outputs are probabilities "
+            "(rows sum to 1) and F.cross_entropy applies softmax again",
+            "return logits from the model; CrossEntropyLoss applies log-softmax itself", stage,
+            evidence=f"port output row sums {rows.sum(axis=1)[:3].round(6).tolist()}")
+    return None
+
+
+# ---- forward (eval) ----------------------------------------------------------------------------------------
+def _forward_eval_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
+    path = _base(diff.path)
+    kind = run.kind(path)
+    res = run.result
+    fe = res.stage("forward_eval")
+    iso = res.stage("isolated")
+    iso_t = next((t for t in iso.tensors if t.path == path), None) if iso is not None else None
+    earlier_ok = True
+    if fe is not None:
+        for t in fe.tensors:
+            if t.path == path:
+                break
+            if not t.passed:
+                earlier_ok = False
+    out: list[Finding] = []
+    if run.arrays:
+        f = _probe_eval_randomness(run, path)
+        if f is not None:
+            return [f]
+    if kind == "flatten" or (kind == "dense" and _after_flatten(run, path)):
+        f = _flatten_rule(run, path, kind, stage.name, diff)
+        if f is not None:
+            return [f]
+    if iso_t is not None and iso_t.passed and earlier_ok:
+        return [_wiring_rule(run, path, stage.name, diff)]
+    if run.arrays and kind in ("conv2d", "dense", "separable_conv2d", "depthwise_conv2d", "batchnorm"):
+        f = _weights_rule(run, path, kind, stage.name)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _after_flatten(run: _Run, path: str) -> bool:
+    paths = run.tap_paths()
+    if path not in paths:
+        return False
+    i = paths.index(path)
+    prev = [p for p in paths[:i] if run.kind(p) not in ("dropout",)]
+    return bool(prev) and run.kind(prev[-1]) == "flatten"
+
+
+def _port_acts(run: _Run):
+    """The port's eval activations on the reference's input (NCHW numpy) and the calls count."""
+    acts, _, _ = run.ts.forward_eval(run.ref.inputs[0])
+    return acts
+
+
+def _probe_eval_randomness(run: _Run, path: str) -> Finding | None:
+    """Two eval forwards on the same input must agree; where they do not, something random is on in eval."""
+    a = _port_acts(run)
+    b = _port_acts(run)
+    for t in run.taps:
+        if t.path in a and t.path in b and not np.array_equal(a[t.path], b[t.path]):
+            diffmax = float(np.max(np.abs(a[t.path] - b[t.path])))
+            drops = _dropout_modules(run)
+            where = f" (port has {', '.join(drops)})" if drops else ""
+            return _finding(
+                "train_eval_mode", path,
+                f"the port is random in eval mode: two eval forwards on the same input differ from {t.path} on "
+                f"(dropout left on in eval{where}; F.dropout(x, p) defaults to training=True)",
+                "use nn.Dropout, or F.dropout(x, p, training=self.training)", "forward_eval",
+                evidence=f"max |run1 - run2| = {diffmax:.3g} at {t.path}")
+    return None
+
+
+def _dropout_modules(run: _Run) -> list[str]:
+    if run.ts is None:
+        return []
+    tapped = {t.port for t in run.taps}
+    out = []
+    for name, m in run.ts.module.named_modules():
+        if "Dropout" in type(m).__name__ and name not in tapped and getattr(m, "p", 0):
+            out.append(f"{name} ({type(m).__name__}(p={m.p:g}))")
+    return out
+
+
+def _flatten_rule(run: _Run, path, kind, stage, diff) -> Finding | None:
+    tap = run.tap_by_path.get(path)
+    ev = ""
+    confirmed = None
+    if run.arrays and tap is not None:
+        ref_act = run.ref.eval_acts.get(path)
+        acts = _port_acts(run)
+        port_act = acts.get(path)
+        if kind == "flatten" and ref_act is not None and port_act is not None:
+            from parity.compare import hwc_flat_to_chw_flat
+
+            if tap.flatten_chw is not None and np.allclose(port_act, ref_act, rtol=PROBE_RTOL, atol=0):
+                confirmed = ("the port flattens in Keras' HWC order while the weights and taps assume torch's "
+                             f"CHW (C, H, W)={tap.flatten_chw}")
+                ev = "the port's flatten output equals the reference's without reordering"
+            elif tap.flatten_chw is None and ref_act.ndim == 2:
+                chw = _guess_chw(run, path)
+                if chw and np.allclose(port_act, hwc_flat_to_chw_flat(ref_act, chw), rtol=PROBE_RTOL, atol=0):
+                    confirmed = "the port flattens in torch's CHW order while the reference flattens HWC"
+                    ev = f"the port's flatten output equals the reference's reordered HWC -> CHW, (C, H, W)={chw}"
+        if confirmed is None and kind == "flatten":
+            return None
+    msg = confirmed or ("flatten order: the values entering this layer match, their order does not (Keras "
+                        "flattens H, W, C; nn.Flatten C, H, W)")
+    fix = ("flatten as the pair assumes: nn.Flatten (CHW) with the Dense rows reordered by the converter, or "
+           "x.permute(0, 2, 3, 1).flatten(1) (HWC) with a plain transpose")
+    return _finding("flatten_order", path, msg, fix, stage, evidence=ev or diff.describe())
+
+
+def _guess_chw(run: _Run, path):
+    paths = run.tap_paths()
+    i = paths.index(path)
+    for p in reversed(paths[:i]):
+        a = run.ref.eval_acts.get(p)
+        if a is not None and a.ndim == 4:
+            return (a.shape[3], a.shape[1], a.shape[2])
+    return None
+
+
+def _wiring_rule(run: _Run, path, stage, diff) -> Finding:
+    """The module is right in isolation, its input is not: something between the previous layer and this
+    one differs in the port's forward (order, an extra op, a wrong source)."""
+    paths = run.tap_paths()
+    prev = paths[paths.index(path) - 1] if path in paths and paths.index(path) > 0 else None
+    if run.arrays:
+        f = _probe_input(run, path, prev, stage)
+        if f is not None:
+            return f
+    return _finding(
+        "forward_wiring", path,
+        f"{path} computes correctly in isolation but receives a different input in the port's forward"
+        + (f" than {prev}'s output" if prev else "") + ": an operation is added, missing or reordered before it",
+        "compare the port's forward() with the reference's layer order around this layer", stage,
+        evidence=diff.describe())
+
+
+def _probe_input(run: _Run, path, prev, stage) -> Finding | None:
+    from parity.compare import nhwc_to_nchw
+
+    tap = run.tap_by_path[path]
+    mod = run.ts.modules.get(tap.port)
+    ref_ins = run.ref.eval_inputs.get(path)
+    if mod is None or not ref_ins:
+        return None
+    got = []
+    torch = run.ts.torch
+    h = mod.register_forward_hook(lambda m, i, o: got.append([t.detach().cpu().numpy() for t in i
+                                                               if torch.is_tensor(t)]))
+    try:
+        run.ts.forward_eval(run.ref.inputs[0])
+    finally:
+        h.remove()
+    if not got:
+        return None
+    port_ins = got[0]
+    refs = [nhwc_to_nchw(np.asarray(a)) for a in ref_ins]
+    for k, (r, pin) in enumerate(zip(refs, port_ins)):
+        if r.shape != pin.shape or np.allclose(pin, r, rtol=PROBE_RTOL, atol=1e-12 * max(1, np.abs(r).max())):
+            continue
+        for act in PROBE_ACTIVATIONS:
+            cand = _apply_np(act, r)
+            if np.allclose(pin, cand, rtol=PROBE_RTOL, atol=1e-12 * max(1, np.abs(r).max())):
+                later = _next_activation(run, path, act)
+                which = f" input {k + 1} of" if len(refs) > 1 else ""
+                if later is not None:
+                    return _finding(
+                        "layer_order", path,
+                        f"layer order: the port applies {act} before {path} (the reference applies it after, at "
+                        f"{later}): {path} receives {act}(x)",
+                        f"call {path} first and {act} after it, as in the reference", stage,
+                        evidence=f"the port's{which} input to {path} equals {act}(reference input) "
+                                 f"(max |Δ| {float(np.max(np.abs(pin - r))):.3g} vs the reference input)")
+                return _finding(
+                    "forward_wiring", path,
+                    f"extra {act} in the port's forward before {path}:{which} {path} receives {act}(x) where the "
+                    "reference has no activation", f"remove the {act} before {path}", stage,
+                    evidence=f"the port's input to {path} equals {act}(reference input)")
+        for other in run.taps:
+            a = run.ref.eval_acts.get(other.path)
+            if other.path != path and a is not None:
+                a2 = nhwc_to_nchw(np.asarray(a))
+                if a2.shape == pin.shape and np.allclose(pin, a2, rtol=PROBE_RTOL, atol=0):
+                    return _finding(
+                        "forward_wiring", path, f"{path} is fed {other.path}'s output in the port (the reference "
+                        f"feeds it {prev or 'another layer'})", "fix the port's forward() wiring", stage,
+                        evidence=f"port input to {path} equals the reference's {other.path} output")
+    return None
+
+
+def _apply_np(act, x):
+    if act == "relu":
+        return np.maximum(x, 0)
+    if act == "relu6":
+        return np.clip(x, 0, 6)
+    if act == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if act == "tanh":
+        return np.tanh(x)
+    return x
+
+
+def _next_activation(run: _Run, path, act) -> str | None:
+    paths = run.tap_paths()
+    i = paths.index(path)
+    for p in paths[i + 1:i + 4]:
+        if run.kind(p) == "activation":
+            info = run.ref.structure.get(run.ref_layer(p), {}) if run.ref is not None else {}
+            if _ref_activation(info) == act:
+                return p
+    return None
+
+
+def _converted(run: _Run, tap: Tap) -> dict[str, np.ndarray]:
+    from weight_converters.keras import LayerMap, keras_to_torch
+
+    st, _ = keras_to_torch({tap.ref: run.ref.weights.get(tap.ref, {})},
+                           [LayerMap(tap.ref, tap.port, tap.kind, tap.flatten_chw)], strict=False)
+    return st
+
+
+def _weights_rule(run: _Run, path, kind, stage) -> Finding | None:
+    """Compare the port's loaded weights with the converted reference weights."""
+    tap = run.tap_by_path.get(path)
+    if tap is None or tap.port not in run.ts.modules:
+        return None
+    want = _converted(run, tap)
+    state = {k: v.detach().cpu().numpy() for k, v in run.ts.module.state_dict().items()}
+    for key, w in want.items():
+        got = state.get(key)
+        if got is None or got.shape != w.shape or np.issubdtype(w.dtype, np.integer):
+            continue
+        if np.allclose(got, w, rtol=PROBE_RTOL, atol=0):
+            continue
+        kernel = run.ref.weights.get(tap.ref, {}).get("kernel")
+        if kind == "dense" and kernel is not None and key.endswith("weight"):
+            k = np.asarray(kernel)
+            if got.size == k.size and np.allclose(got.reshape(k.shape), k, rtol=PROBE_RTOL, atol=0):
+                return _finding(
+                    "dense_layout", path,
+                    f"{path} weight looks reshaped, not transposed: the port holds kernel.reshape{tuple(got.shape)} "
+                    f"of the Keras (in, out) = {tuple(k.shape)} kernel",
+                    "convert with kernel.T (transpose), not reshape", stage,
+                    evidence=f"port weight reshaped back to {tuple(k.shape)} equals the Keras kernel exactly; "
+                             f"max |Δ| to the transposed kernel {float(np.max(np.abs(got - w))):.3g}")
+        if kind == "conv2d" and kernel is not None and key.endswith("weight"):
+            k = np.asarray(kernel)
+            if got.size == k.size and np.allclose(got.reshape(k.shape), k, rtol=PROBE_RTOL, atol=0):
+                return _finding(
+                    "conv_layout", path, f"{path} kernel looks reshaped, not permuted: HWIO {tuple(k.shape)} "
+                    f"reshaped to {tuple(got.shape)}", "convert with kernel.transpose(3, 2, 0, 1)", stage,
+                    evidence="port weight reshaped back equals the Keras kernel")
+        fresh = _looks_fresh(got)
+        return _finding(
+            "init_after_load", path,
+            f"{path}: the port's {key.rsplit('.', 1)[-1]} differs from the converted reference weight after "
+            "load_state_dict: something re-initialises or overwrites it after loading"
+            + (f" ({fresh})" if fresh else ""),
+            "initialise in __init__ only; do not call reset_parameters / nn.init after loading weights", stage,
+            evidence=f"{key}: max |port - converted| {float(np.max(np.abs(got - w))):.3g}; std port "
+                     f"{float(np.std(got)):.3g}, converted {float(np.std(w)):.3g}")
+    return None
+
+
+def _looks_fresh(w: np.ndarray) -> str:
+    if w.ndim < 2:
+        return ""
+    fan_in = int(np.prod(w.shape[1:]))
+    bound = 1.0 / math.sqrt(fan_in)
+    if np.abs(w).max() <= bound * (1 + 1e-6) and np.abs(w).max() > 0.8 * bound:
+        return f"values within +-1/sqrt(fan_in) = {bound:.3g}: torch's default kaiming_uniform(a=sqrt(5)) init"
+    return ""
+
+
+# ---- forward (train) ------------------------------------------------------------------------------------
+def _forward_train_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
+    path = _base(diff.path)
+    kind = run.kind(path)
+    failing = [t for t in stage.tensors if not t.passed]
+    stats_only = all(":running_" in t.path for t in failing)
+    if stats_only and all(t.path.endswith(":running_var") for t in failing):
+        return [_running_var_rule(run, path, diff)]
+    if ":running_" in diff.path:
+        return []
+    if kind == "batchnorm":
+        ev = ""
+        if run.ts is not None and path in run.tap_by_path:
+            mod = run.ts.modules.get(run.tap_by_path[path].port)
+            if mod is not None:
+                was = run.ts.module.training
+                run.ts.module.train()
+                stays = not mod.training
+                run.ts.module.train(was)
+                if stays:
+                    ev = f"after module.train(), {run.tap_by_path[path].port}.training is still False"
+        return [_finding(
+            "train_eval_mode", path,
+            f"BatchNorm {path} normalises with its running statistics during training (eval forward agrees, "
+            "train forward does not): it stays in eval mode (a train() override, bn.eval(), "
+            "track_running_stats / F.batch_norm(training=False))",
+            "let module.train() reach the BatchNorm (do not freeze it) when training like the reference",
+            stage.name, evidence=ev or diff.describe())]
+    drops = _dropout_modules(run)
+    return [_finding(
+        "train_eval_mode", path,
+        f"a train-mode-only difference before {path}: the eval forward agrees, the train forward does not "
+        "(dropout or another train-only op that the reference lacks or has with another rate)"
+        + (f"; port modules: {', '.join(drops)}" if drops else ""),
+        "remove the extra dropout or give it the reference's rate", stage.name, evidence=diff.describe())]
+
+
+def _running_var_rule(run: _Run, path, diff: TensorDiff) -> Finding:
+    ev = diff.describe()
+    factor = None
+    if run.ref is not None and diff.index is not None:
+        layer = run.ref_layer(path)
+        info = run.ref.structure.get(layer, {})
+        old = run.ref.weights.get(layer, {}).get("moving_variance")
+        km = info.get("momentum")
+        n = run.ref.bn_n.get(layer)
+        if old is not None and km is not None and n:
+            m = torch_bn_momentum_from_keras(float(km))
+            i = diff.index
+            o = float(np.asarray(old)[i])
+            b_ref = (diff.ref_value - (1 - m) * o) / m
+            b_port = (diff.port_value - (1 - m) * o) / m
+            if b_ref:
+                factor = b_port / b_ref
+                ev = (f"batch part of the update: port / reference = {factor:.8f}; (n-1)/n = {(n - 1) / n:.8f} for "
+                      f"n = {n} (N*H*W)")
+    return _finding(
+        "running_var_bias", path,
+        "running_var differs by the factor n/(n-1) on the batch part: the port's BatchNorm updates running_var "
+        "with the biased batch variance (Keras' convention), torch's nn.BatchNorm2d with the unbiased one, which "
+        "is what parity converts from",
+        "use nn.BatchNorm2d (unbiased running_var update) in the port, or x.var(unbiased=True) in a hand-written "
+        "BatchNorm's running-statistics update", "forward_train", evidence=ev)
+
+
+# ---- gradients -------------------------------------------------------------------------------------------------
+def _gradient_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
+    res = run.result
+    loss_t = next((t for t in stage.tensors if t.path == "loss"), None)
+    if loss_t is not None and not loss_t.passed and loss_t.ref_value:
+        r = loss_t.port_value / loss_t.ref_value
+        b = res.batch
+        if _close(r, b, 1e-6) or _close(r, 1.0 / b, 1e-6):
+            port_red, ref_red = ("sum", "mean") if _close(r, b, 1e-6) else ("mean", "sum")
+            return [_finding("loss_reduction", "loss",
+                             f"loss reduction: the port's loss is {r:g}x the reference's = the batch size {b}: "
+                             f"the port reduces with {port_red} over the batch, the reference with {ref_red}",
+                             f"use reduction='{ref_red}' in the port's loss", stage.name,
+                             evidence=f"loss reference {loss_t.ref_value:.6g}, port {loss_t.port_value:.6g}")]
+        f = _label_smoothing(run, loss_t)
+        if f is not None:
+            return [f]
+        return [_finding("loss", "loss", f"the loss differs ({loss_t.port_value:.6g} in the port, "
+                         f"{loss_t.ref_value:.6g} in the reference) while every forward activation agrees: the two "
+                         "sides compute a different loss", "configure the port's loss like the reference's "
+                         "(reduction, label smoothing, from_logits, class weights)", stage.name,
+                         evidence=loss_t.describe())]
+    failing = [t for t in stage.tensors if not t.passed and t.ref_value]
+    ratios = [t.port_value / t.ref_value for t in failing if t.ref_value]
+    if len(ratios) >= 3 and all(_close(x, ratios[0], 1e-4) for x in ratios):
+        return [_finding("loss_reduction", _base(diff.path),
+                         f"every gradient is {ratios[0]:.6g}x the reference's while the forward and the loss agree: "
+                         "the port scales its loss or gradients", "use the reference's loss reduction / scale",
+                         stage.name, evidence=f"{len(ratios)} gradients with the same ratio")]
+    return []
+
+
+def _label_smoothing(run: _Run, loss_t: TensorDiff) -> Finding | None:
+    if run.ref is None or run.po.get("loss") != "categorical_crossentropy":
+        return None
+    out_path = run.po.get("output_path")
+    probs = run.ref.train_acts.get(out_path) if out_path else None
+    if probs is None:
+        return None
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(run.ref.labels[0], dtype=np.float64)
+    ce = float(np.mean(-np.sum(y * np.log(p), axis=1)))
+    uni = float(np.mean(-np.mean(np.log(p), axis=1)))
+    if abs(uni - ce) < 1e-12:
+        return None
+    eps_port = (loss_t.port_value - ce) / (uni - ce)
+    eps_ref = (loss_t.ref_value - ce) / (uni - ce)
+    if 0 < eps_port < 1 and abs(eps_port - round(eps_port, 3)) < 1e-4 and abs(eps_ref) < 1e-4:
+        return _finding("label_smoothing", "loss",
+                        f"label smoothing {round(eps_port, 3):g} in the port's loss, none in the reference's",
+                        f"F.cross_entropy(..., label_smoothing=0) (or give the reference label_smoothing="
+                        f"{round(eps_port, 3):g})", "gradients",
+                        evidence=f"port loss {loss_t.port_value:.6g} = (1-e)*CE + e*mean(-log p) with e = "
+                                 f"{eps_port:.6f}")
+    if 0 < eps_ref < 1 and abs(eps_ref - round(eps_ref, 3)) < 1e-4 and abs(eps_port) < 1e-4:
+        return _finding("label_smoothing", "loss",
+                        f"label smoothing {round(eps_ref, 3):g} in the reference's loss, none in the port's",
+                        f"F.cross_entropy(..., label_smoothing={round(eps_ref, 3):g})", "gradients",
+                        evidence=f"reference loss {loss_t.ref_value:.6g} = (1-e)*CE + e*mean(-log p), e = {eps_ref:.6f}")
+    return None
+
+
+# ---- optimizer step -----------------------------------------------------------------------------------------
+def _step_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
+    res = run.result
+    grads = res.stage("gradients")
+    if grads is not None and not grads.skipped and not grads.passed:
+        return []
+    opt = res.optimizer or {}
+    kind = str(opt.get("kind", ""))
+    path = _base(diff.path)
+    failing = [t for t in stage.tensors if not t.passed]
+    l2 = opt.get("l2") or {}
+    if l2 and failing:
+        layers = {_base(t.path): run.ref_layer(_base(t.path)) for t in failing}
+        if all(layer in l2 for layer in layers.values()) and all(
+                "weight" in t.path.split(":")[1] for t in failing if ":" in t.path):
+            return [_l2_rule(run, path, diff, l2, layers, opt)]
+    if kind.startswith("adam"):
+        f = _adam_eps_rule(run, path, diff, opt)
+        if f is not None:
+            return [f]
+    if kind.startswith("adam"):
+        msg = ("gradients agree but the Adam update differs: epsilon placement (Keras adds eps to the "
+               "uncorrected sqrt(v); torch to the corrected one) or beta/eps values")
+        fix = "torch eps = keras_eps / sqrt(1 - beta_2**t) (parity.conventions.torch_adam_eps_from_keras)"
+    else:
+        msg = ("gradients agree but the optimizer update differs: weight decay / L2 (Keras l2(lam) == "
+               "torch weight_decay 2*lam), momentum convention, lr_mult, or lr schedule")
+        fix = "configure the torch optimizer with the named rules in parity.optimizers"
+    return [_finding("optimizer", path, msg, fix, stage.name, evidence=diff.describe())]
+
+
+def _l2_rule(run: _Run, path, diff, l2, layers, opt) -> Finding:
+    names = sorted(set(layers.values()))
+    lam = float(l2[names[0]])
+    want = torch_weight_decay_from_keras_l2(lam)
+    ev = f"only the kernels with a Keras l2 regulariser differ ({', '.join(names)})"
+    implied = None
+    if run.ref is not None and diff.index is not None and ":" in diff.path and diff.path.split(":")[1].startswith("weight.update"):
+        from weight_converters.keras import var_to_torch
+
+        tap = run.tap_by_path.get(path)
+        w = run.ref.weights.get(tap.ref, {}).get("kernel") if tap is not None else None
+        if w is not None:
+            w_t = var_to_torch(tap.kind, "kernel", w, flatten_chw=tap.flatten_chw)
+            wi = float(w_t[diff.index])
+            lr = float(opt.get("lr", 0.0))
+            if wi and lr:
+                # torch update = -lr (g + wd w); reference = -lr (g + 2 lam w)
+                implied = want - (diff.port_value - diff.ref_value) / (lr * wi)
+                ev += (f"; port - reference update = {diff.port_value - diff.ref_value:.3g} = lr*(2*lam - wd)*w "
+                       f"with w = {wi:.4g}: implied port weight_decay {implied:.4g}, needed {want:.4g}")
+    if implied is not None and abs(implied) < 1e-3 * want:
+        what = "the port has no weight decay on them"
+    elif implied is not None and _close(implied, lam, 1e-3):
+        what = f"the port uses weight_decay={lam:g} (= lam, not 2*lam)"
+    elif implied is not None:
+        what = f"the port's effective weight_decay is {implied:.4g}"
+    else:
+        what = "the port's weight decay on them differs"
+    return _finding("l2_weight_decay", path,
+                    f"Keras l2({lam:g}) on {', '.join(names)} adds 2*lam*w = {want:g}*w to the gradient; {what}",
+                    f"torch weight_decay={want:g} on exactly those kernels (parity.conventions."
+                    "torch_weight_decay_from_keras_l2)", "step", evidence=ev)
+
+
+def _adam_eps_rule(run: _Run, path, diff, opt) -> Finding | None:
+    """Step 1: the torch update with a plain eps is -lr * g / (|g| + eps); Keras' is -lr * g / (|g| + eps/sqrt(1-b2))."""
+    if run.ref is None or diff.index is None or ":" not in diff.path or ".update" not in diff.path:
+        return None
+    tap = run.tap_by_path.get(path)
+    if tap is None:
+        return None
+    suffix = diff.path.split(":")[1].split(".update")[0]
+    key = f"{tap.port}.{suffix}" if tap.port else suffix
+    from weight_converters.keras import LAYER_VARS, var_to_torch
+
+    var = next((v for v, s in LAYER_VARS.get(tap.kind, {}).items() if s == suffix and v in
+                run.ref.param_grads.get(tap.ref, {})), None)
+    g_ref = run.ref.param_grads.get(tap.ref, {}).get(var) if var else None
+    if g_ref is None:
+        return None
+    g = float(var_to_torch(tap.kind, var, g_ref, flatten_chw=tap.flatten_chw)[diff.index])
+    lr, eps, b2 = float(opt.get("lr", 0)), float(opt.get("epsilon", 0)), float(opt.get("beta_2", 0.999))
+    wd = 0.0
+    if g == 0 or not lr:
+        return None
+    plain = -lr * g / (abs(g) + eps)
+    if _close(diff.port_value, plain, 1e-6):
+        good = torch_adam_eps_from_keras(eps, b2, 1)
+        return _finding(
+            "adam_epsilon", path,
+            f"Adam epsilon: the port uses torch.optim.Adam(eps={eps:g}) as given to Keras; Keras adds eps to the "
+            f"uncorrected sqrt(v), torch to the bias-corrected one, so torch needs eps/sqrt(1-beta_2**t) "
+            f"({good:.3g} at step 1)",
+            "set group['eps'] = keras_eps / sqrt(1 - beta_2**t) every step "
+            "(parity.conventions.torch_adam_eps_from_keras)", "step",
+            evidence=f"{key} at {diff.index}: gradient {g:.4g}; port update {diff.port_value:.6g} = -lr*g/(|g|+eps) "
+                     f"= {plain:.6g}; reference {diff.ref_value:.6g}" + ("" if not wd else ""))
+    return None
+
+
+# ==== stage attachment ========================================================================================
 def attach_stages(result: CheckResult) -> None:
     """Set each structural finding's ``stage`` to the first numeric stage where its layer diverged."""
     order = [s for s in result.stages if s.name != "structure" and not s.skipped]
@@ -197,8 +957,8 @@ def attach_stages(result: CheckResult) -> None:
         if f.stage not in (None, "structure"):
             continue
         for s in order:
-            if any(not t.passed and t.path.split(":")[0].split("@")[0] == f.path for t in s.tensors):
+            hit = next((t for t in s.tensors if not t.passed and _base(t.path) == f.path), None)
+            if hit is not None:
                 f.stage = s.name
-                t = next(t for t in s.tensors if not t.passed and t.path.split(":")[0].split("@")[0] == f.path)
-                f.evidence = (f.evidence + "; " if f.evidence else "") + f"{s.name}: max|Δ| {t.max_abs:.3g}"
+                f.evidence = (f.evidence + "; " if f.evidence else "") + f"{s.name}: max|Δ| {hit.max_abs:.3g}"
                 break

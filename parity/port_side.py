@@ -132,7 +132,8 @@ class TorchSide:
         self.dtype = getattr(torch, dtype)
         self.module = module.to(device=self.device, dtype=self.dtype)
         self.taps = taps
-        self.modules = dict(self.module.named_modules())
+        # remove_duplicate=False: a block shared by several paths (one module called 8x) answers all of them
+        self.modules = dict(self.module.named_modules(remove_duplicate=False))
         self.missing = [t for t in taps if t.port not in self.modules]
         self.records: dict[str, TapRecord] = {}
         #: the last forward's exception, as one line (a port that cannot run a batch is a finding, not a crash)

@@ -184,7 +184,11 @@ class KerasSide:
             v.assign(a)
 
     def forward_eval(self, x):
-        outs = self.tap_model([x], training=False)
+        import tensorflow as tf
+
+        # an explicit float64 tensor: a raw numpy float64 array handed to TF ops was measured coming back
+        # float32-rounded on a later call in the same process (tf.nn.max_pool2d)
+        outs = self.tap_model([tf.constant(x)], training=False)
         acts = {p: np.asarray(outs[i]) for p, i in self.out_idx.items()}
         inputs = {p: [np.asarray(outs[i]) for i in idx] for p, idx in self.in_idx.items()}
         return acts, inputs

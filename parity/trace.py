@@ -1,0 +1,328 @@
+"""Reference traces: ``parity record`` runs the Keras side once and stores the whole
+:class:`parity.reference_side.ReferenceRun` in one safetensors file; ``parity replay`` checks a port against
+it with PyTorch alone (a GPU box, a CI job without TensorFlow).
+
+The file format (``parity.trace/1``):
+
+- every numpy array of the run is a safetensors tensor under a path-like key: ``inputs/0``,
+  ``eval_acts/<tap path>``, ``eval_inputs/<tap path>/0``, ``weights/<layer>/<var>``,
+  ``param_grads/<layer>/<var>``, ``steps/0/params/<layer>/<var>``, ``steps/0/slots/<torch key>/<slot>``...
+  An array equal (dtype, shape, bytes) to one stored earlier is stored once: the JSON refers to the first key
+  (a layer's input is usually the previous layer's output);
+- everything else is JSON in the safetensors metadata (``str -> str``): ``parity.trace`` holds the run with
+  each array replaced by ``{"__array__": key}``, plus ``meta`` (pair, config, dtype, seed, batch, steps,
+  optimizer, recorded stages, versions, conventions, the port builder), the taps and the parameter refs.
+
+No pickle anywhere: safetensors holds raw little-endian buffers and a JSON header; this module reads it with
+``safetensors.numpy.load_file`` and ``safe_open(...).metadata()``. The replay path imports neither
+TensorFlow nor Keras (``tests/parity/test_trace.py`` runs it with both imports blocked).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from parity.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+
+SCHEMA = "parity.trace/1"
+#: safetensors metadata keys
+META_KEY = "parity.trace"
+SCHEMA_KEY = "schema"
+ARRAY_REF = "__array__"
+
+
+# -- packing: nested dicts/lists of arrays <-> (tensors, JSON) ----------------------------------------------
+def _pack(obj, key: str, tensors: dict[str, np.ndarray], seen: dict) -> Any:
+    if isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        if a.dtype == object:
+            raise TypeError(f"trace: {key}: expected a numeric array. Received: dtype object.")
+        digest = (a.dtype.str, a.shape, hashlib.blake2b(a.reshape(-1).view(np.uint8)).digest())
+        if digest in seen:
+            return {ARRAY_REF: seen[digest]}
+        seen[digest] = key
+        tensors[key] = a
+        return {ARRAY_REF: key}
+    if isinstance(obj, np.generic):  # numpy scalar
+        return obj.item()
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"trace: {key}: expected string keys. Received: {k!r}.")
+            out[k] = _pack(v, f"{key}/{k}" if key else k, tensors, seen)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, f"{key}/{i}" if key else str(i), tensors, seen) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def _unpack(obj, tensors: dict[str, np.ndarray]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {ARRAY_REF}:
+            return tensors[obj[ARRAY_REF]]
+        return {k: _unpack(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    return obj
+
+
+def _tap_dict(t: Tap) -> dict:
+    d = dataclasses.asdict(t)
+    d["flatten_chw"] = list(t.flatten_chw) if t.flatten_chw is not None else None
+    return d
+
+
+def _tap_from(d: dict) -> Tap:
+    d = dict(d)
+    d["flatten_chw"] = tuple(d["flatten_chw"]) if d.get("flatten_chw") is not None else None
+    return Tap(**d)
+
+
+def optimizer_to_dict(opt: OptimizerSpec) -> dict:
+    d = dataclasses.asdict(opt)
+    d["lr_schedule"] = list(opt.lr_schedule)
+    return d
+
+
+def optimizer_from_dict(d: dict) -> OptimizerSpec:
+    names = {f.name for f in dataclasses.fields(OptimizerSpec)}
+    d = {k: v for k, v in d.items() if k in names}
+    d["lr_schedule"] = tuple(d.get("lr_schedule") or ())
+    return OptimizerSpec(**d)
+
+
+# -- record ---------------------------------------------------------------------------------------------------
+def _builder_string(target) -> str | None:
+    """A ``module:function`` string for a builder (what replay needs to rebuild the port), if there is one."""
+    if isinstance(target, str):
+        return target
+    mod, name = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
+    if mod and name and "<" not in name and mod != "__main__":
+        return f"{mod}:{name}"
+    return None
+
+
+def _versions() -> dict[str, str]:
+    import sys
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
+    for mod in ("tensorflow", "keras", "torch", "h5py"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = getattr(m, "__version__", "?")
+    try:
+        from importlib.metadata import version
+
+        out["parity"] = version("parity")
+        out["safetensors"] = version("safetensors")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        pass
+    return out
+
+
+def run_to_trace(run, *, extra_meta: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A :class:`ReferenceRun` as (safetensors tensors, safetensors metadata)."""
+    tensors: dict[str, np.ndarray] = {}
+    seen: dict = {}
+    meta = dict(run.meta)
+    meta.update(extra_meta or {})
+    body = {
+        "meta": _pack(meta, "meta", tensors, seen),
+        "taps": [_tap_dict(t) for t in run.taps],
+        "param_refs": [{"key": r.key, "layer": r.layer, "var": r.var, "kind": r.kind} for r in run.param_refs],
+        "structure": _pack(run.structure, "structure", tensors, seen),
+        "model_params": dict(run.model_params),
+        "l2": {k: float(v) for k, v in run.l2.items()},
+        "bn_n": {k: int(v) for k, v in run.bn_n.items()},
+        "loss": None if run.loss is None else float(run.loss),
+        "seconds": {k: float(v) for k, v in run.seconds.items()},
+    }
+    for name in ("inputs", "labels", "weights", "eval_acts", "eval_inputs", "train_acts", "bn_stats", "act_grads",
+                 "param_grads", "steps"):
+        body[name] = _pack(getattr(run, name), name, tensors, seen)
+    metadata = {SCHEMA_KEY: SCHEMA, META_KEY: json.dumps(body, allow_nan=True)}
+    return tensors, metadata
+
+
+def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", batch: int | None = None,
+           seed: int = 0, optimizer=None, steps: int = 1, weights: str | None = None, config: dict | None = None,
+           reference=None, port=None, progress: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Run the reference side only and store the run at ``path`` (safetensors). Returns (path, summary line).
+
+    ``port``: the port builder ``module:function`` that ``replay`` uses by default (your own models;
+    registered pairs default to the pair's port)."""
+    from parity.harness import UsageError, _optimizer_spec, load_weight_file, parse_stages
+
+    t0 = time.perf_counter()
+    say = progress or (lambda msg: None)
+    if reference is not None:
+        spec = dataclasses.replace(spec, reference=reference)
+    if dtype not in ("float32", "float64"):
+        raise UsageError(f"--dtype: expected float32 or float64. Received: {dtype!r}.")
+    if steps < 1:
+        raise UsageError(f"--steps: expected an integer >= 1. Received: {steps}.")
+    stage_list = parse_stages(stages) if isinstance(stages, (str, type(None))) else tuple(stages)
+    stage_set = set(stage_list)
+    cfg = spec.config(**(config or {}))
+    batch = batch or spec.default_batch
+    if batch < 2 and stage_set & {"forward_train", "gradients", "step"}:
+        raise UsageError(f"--batch: expected >= 2 for train-mode stages (BatchNorm needs a batch). Received: {batch}.")
+    opt = _optimizer_spec(spec, optimizer)
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"--output {path}: expected a file in an existing directory. Received: no directory "
+                         f"{out_dir}. Create it first.")
+    port_builder = port if isinstance(port, str) else _builder_string(port if port is not None else spec.port)
+
+    from parity.reference_side import run_reference
+
+    wfile = None
+    if weights is not None:
+        wfile = (lambda expected: load_weight_file(spec, weights, expected))
+    run = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
+                        stages=stage_set, weights_file=wfile, progress=say)
+    say(f"record: write {path}")
+    extra = {
+        "stages": list(stage_list),
+        "optimizer": optimizer_to_dict(opt),
+        "port": port_builder,
+        "registered": _is_registered(spec),
+        "summary": spec.summary,
+        "conventions": [dataclasses.asdict(c) for c in spec.conventions],
+        "weights_file": os.path.abspath(weights) if weights else None,
+        "versions": _versions(),
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "schema": SCHEMA,
+    }
+    tensors, metadata = run_to_trace(run, extra_meta=extra)
+    from safetensors.numpy import save_file
+
+    save_file(tensors, path, metadata=metadata)
+    size = os.path.getsize(path)
+    secs = time.perf_counter() - t0
+    summary = (f"PASSED record {spec.name} [{dtype}, batch {batch}, {len(stage_list)} stages]: {len(tensors)} arrays, "
+               f"{size / 1e6:.1f} MB -> {path} ({secs:.1f} s)")
+    return path, summary
+
+
+def _is_registered(spec: PairSpec) -> bool:
+    from parity import registry
+
+    try:
+        return registry.get(spec.name) is spec or registry.get(spec.name).port == spec.port
+    except KeyError:
+        return False
+
+
+# -- load / replay ---------------------------------------------------------------------------------------------
+def load_trace(path: str):
+    """Read a trace: the :class:`ReferenceRun` (``meta["trace_path"]`` set) and the raw JSON body.
+    A missing or foreign file is a :class:`parity.harness.UsageError` (one line)."""
+    from parity.harness import UsageError
+    from parity.optimizers import ParamRef
+    from parity.reference_side import ReferenceRun
+
+    if not os.path.isfile(path):
+        raise UsageError(f"replay {path}: expected a trace file written by `parity record`. Received: no such file. "
+                         "Check the path.")
+    try:
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+        if metadata.get(SCHEMA_KEY) != SCHEMA or META_KEY not in metadata:
+            raise UsageError(f"replay {path}: expected a parity trace ({SCHEMA}). Received: a safetensors file "
+                             f"with schema {metadata.get(SCHEMA_KEY)!r}. Record one with `parity record`.")
+        body = json.loads(metadata[META_KEY])
+        tensors = load_file(path)
+    except UsageError:
+        raise
+    except Exception as exc:
+        what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"replay {path}: expected a safetensors trace written by `parity record`. Received: "
+                         f"a file that does not read as one ({type(exc).__name__}: {what}). Record it again.") from None
+    try:
+        meta = _unpack(body["meta"], tensors)
+        meta["trace_path"] = path
+        run = ReferenceRun(
+            meta=meta, taps=[_tap_from(t) for t in body["taps"]],
+            inputs=_unpack(body["inputs"], tensors), labels=_unpack(body["labels"], tensors),
+            weights=_unpack(body["weights"], tensors), structure=_unpack(body["structure"], tensors),
+            model_params=body["model_params"], l2=body["l2"],
+            param_refs=[ParamRef(r["key"], r["layer"], r["var"], r["kind"]) for r in body["param_refs"]],
+            eval_acts=_unpack(body["eval_acts"], tensors), eval_inputs=_unpack(body["eval_inputs"], tensors),
+            train_acts=_unpack(body["train_acts"], tensors), bn_stats=_unpack(body["bn_stats"], tensors),
+            bn_n=body["bn_n"], loss=body["loss"], act_grads=_unpack(body["act_grads"], tensors),
+            param_grads=_unpack(body["param_grads"], tensors), steps=_unpack(body["steps"], tensors),
+            seconds=body["seconds"])
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"replay {path}: expected a complete {SCHEMA} trace. Received: missing or malformed "
+                         f"entry {exc}. Record it again with this version of parity.") from None
+    return run, body
+
+
+def spec_for_trace(run, port: str | None = None) -> PairSpec:
+    """The pair a trace was recorded for: the registered spec by name, or (your own models) a spec rebuilt
+    from the trace (taps, loss, optimizer, conventions) whose port is the recorded (or given) builder."""
+    from parity import registry
+    from parity.harness import UsageError
+
+    meta = run.meta
+    name = meta["pair"]
+    if meta.get("registered", True):
+        try:
+            return registry.get(name)
+        except registry.UnknownPair:
+            if not (port or meta.get("port")):
+                raise
+    builder = port or meta.get("port")
+    if not builder:
+        raise UsageError(f"replay {meta.get('trace_path')}: expected a port builder for pair {name!r} (your own "
+                         "models). Received: none recorded. Pass --port MODULE:FUNCTION.")
+    loss = meta.get("loss") or {}
+    opt = optimizer_from_dict(meta["optimizer"]) if meta.get("optimizer") else OptimizerSpec()
+    taps = list(run.taps)
+    shape = tuple(meta.get("input_shape") or ())
+    return PairSpec(name=name, summary=meta.get("summary", f"trace of {name}"), reference="<trace>", port=builder,
+                    taps=lambda c, t=taps: t, input_shape=lambda c, s=shape: s,
+                    target=lambda c: ("unknown", 0),
+                    loss=LossSpec(loss.get("name", "categorical_crossentropy"), loss.get("reduction", "mean")),
+                    optimizer=opt,
+                    conventions=tuple(Convention(**c) for c in meta.get("conventions") or ()),
+                    default_config=dict(meta.get("config") or {}), default_batch=int(meta["batch"]))
+
+
+def replay(trace_path: str, *, port: str | None = None, stages=None, device: str = "cpu",
+           progress: Callable[[str], None] | None = None):
+    """Check a port against a recorded trace (PyTorch only). ``port`` overrides the pair's (or the recorded)
+    port builder; ``stages`` must be among the recorded ones (default: all recorded). Returns the
+    :class:`parity.results.CheckResult`."""
+    from parity.harness import UsageError, check, parse_stages
+
+    say = progress or (lambda msg: None)
+    say(f"replay: read {trace_path}")
+    run, _ = load_trace(trace_path)
+    meta = run.meta
+    recorded = tuple(meta.get("stages") or ())
+    wanted = parse_stages(stages) if isinstance(stages, (str, type(None))) and stages else (
+        tuple(stages) if stages else recorded)
+    missing = [s for s in wanted if s not in recorded]
+    if missing:
+        raise UsageError(f"--stages: expected stages recorded in the trace ({', '.join(recorded)}). Received: "
+                         f"{', '.join(missing)}. Record them with `parity record --stages ...`.")
+    spec = spec_for_trace(run, port)
+    opt = optimizer_from_dict(meta["optimizer"])
+    return check(spec, stages=wanted, dtype=meta["dtype"], device=device, batch=int(meta["batch"]),
+                 seed=int(meta["seed"]), optimizer=opt, steps=int(meta["steps"]), config=None,
+                 port=port or meta.get("port"), reference_run=run, progress=say)

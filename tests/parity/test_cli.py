@@ -1,0 +1,149 @@
+"""The command line as users run it: `parity list`, `parity check NAME`, reports, exit codes, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from parity.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_names_every_registered_pair_without_importing_frameworks():
+    import subprocess
+    import sys
+
+    code = ("import sys; from parity.cli import main; rc = main(['list']); "
+            "assert not {'torch', 'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert any(line.startswith("minixception") and "58,423" in line for line in lines)
+    assert lines[-1].startswith("PASSED list:")
+
+
+def test_check_minixception_passes_and_writes_three_reports(tmp_path, capsys):
+    code, out, err = run(capsys, "check", "minixception", "--out", str(tmp_path))
+    last = out.strip().splitlines()[-1]
+    assert code == 0, out + err
+    assert last.startswith("PASSED minixception [float64, cpu, batch 8]: 6 stages")
+    assert "forward (eval)" in err  # progress on stderr
+    for name in ("report.json", "report.md", "report.html"):
+        assert (tmp_path / name).stat().st_size > 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["schema"] == "parity.report/1" and rep["passed"] is True
+    stages = {s["name"]: s for s in rep["stages"]}
+    assert set(stages) == {"structure", "forward_eval", "forward_train", "gradients", "step", "isolated"}
+    # measured worst error per stage, under a policy no looser than 1e-8 relative to each tensor's scale
+    for name, s in stages.items():
+        if name == "structure":
+            continue
+        assert s["worst_rel"] is not None and s["worst_rel"] <= 1e-8, (name, s["worst_rel"], s["worst_path"])
+        assert all(t["rtol"] <= 1e-8 for t in s["tensors"])
+    recon = stages["structure"]["info"]["param_reconciliation"]
+    assert (recon["reference_total"], recon["reference_trainable"], recon["reference_non_trainable"]) == (
+        58_423, 56_951, 1_472)
+    assert (recon["port_parameters"], recon["port_buffers"], recon["port_num_batches_tracked"]) == (56_951, 1_472, 14)
+    html = (tmp_path / "report.html").read_text()
+    assert "<svg" in html and "minixception" in html
+
+
+def test_check_json_mode_prints_the_report_then_the_last_line(tmp_path, capsys):
+    code, out, _ = run(capsys, "check", "minixception", "--stages", "structure,forward_eval", "--json", "-q",
+                       "--out", str(tmp_path))
+    body, last = out.rsplit("\n", 2)[0], out.strip().splitlines()[-1]
+    assert code == 0 and last.startswith("PASSED")
+    assert json.loads(body)["pair"] == "minixception"
+
+
+# -- bad input: exit 2, one line on stderr, no traceback ------------------------------------------------------
+def _one_line_error(code, out, err):
+    assert code == 2, (out, err)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("parity: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_pair(capsys):
+    msg = _one_line_error(*run(capsys, "check", "nosuchpair"))
+    assert "unknown pair 'nosuchpair'. Expected one of:" in msg and "minixception" in msg
+
+
+def test_bad_stage_name(capsys):
+    msg = _one_line_error(*run(capsys, "check", "minixception", "--stages", "forward,gradients"))
+    assert msg == ("parity: error: --stages: expected a comma list of structure, forward_eval, forward_train, "
+                   "gradients, step, isolated. Received: forward.")
+
+
+def test_batch_of_one_is_refused_for_train_stages(capsys):
+    msg = _one_line_error(*run(capsys, "check", "minixception", "--batch", "1"))
+    assert "--batch: expected >= 2" in msg
+
+
+def test_no_pair_and_no_models(capsys):
+    _one_line_error(*run(capsys, "check"))
+
+
+def test_corrupt_h5(tmp_path, capsys):
+    f = tmp_path / "model.h5"
+    f.write_bytes(np.random.default_rng(0).bytes(4096))
+    msg = _one_line_error(*run(capsys, "check", "minixception", "--weights", str(f), "-q"))
+    assert msg.startswith(f"parity: error: --weights {f}: expected an HDF5 file")
+
+
+def test_missing_weights_file(tmp_path, capsys):
+    msg = _one_line_error(*run(capsys, "check", "minixception", "--weights", str(tmp_path / "nope.h5"), "-q"))
+    assert "expected an existing file" in msg
+
+
+@pytest.fixture(scope="module")
+def keras_weight_files(tmp_path_factory):
+    """A Keras 3 .weights.h5 of mini_XCEPTION with 7 classes and one with 2 classes (wrong head shape)."""
+    import keras
+
+    from reference_keras.minixception import mini_xception
+
+    d = tmp_path_factory.mktemp("weights")
+    keras.utils.set_random_seed(1)
+    paths = {}
+    for nc in (7, 2):
+        m = mini_xception(num_classes=nc)
+        paths[nc] = d / f"mini_{nc}.weights.h5"
+        m.save_weights(paths[nc])
+    return paths
+
+
+def test_weights_file_passes(keras_weight_files, tmp_path, capsys):
+    code, out, err = run(capsys, "check", "minixception", "--weights", str(keras_weight_files[7]), "-q",
+                         "--stages", "structure,forward_eval,isolated", "--out", str(tmp_path))
+    assert code == 0, out + err
+    assert out.strip().splitlines()[-1].startswith("PASSED")
+
+
+def test_h5_with_wrong_shape(keras_weight_files, capsys):
+    msg = _one_line_error(*run(capsys, "check", "minixception", "--weights", str(keras_weight_files[2]), "-q"))
+    assert "head_conv" in msg and "(3, 3, 128, 7)" in msg and "(3, 3, 128, 2)" in msg
+
+
+def test_nan_in_weights(keras_weight_files, tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    f = tmp_path / "nan.weights.h5"
+    shutil.copy(keras_weight_files[7], f)
+    with h5py.File(f, "r+") as h:
+        def poison(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 4 and not getattr(poison, "done", False):
+                a = obj[...]
+                a.flat[0] = np.nan
+                obj[...] = a
+                poison.done = True
+        h.visititems(poison)
+    msg = _one_line_error(*run(capsys, "check", "minixception", "--weights", str(f), "-q"))
+    assert "non-finite" in msg
