@@ -327,11 +327,7 @@ def _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info, r
         pub = spec.published_params
         if pub.get("total") not in (None, mp["total"]):
             st.errors.append(f"reference model: {mp['total']:,} parameters, published {pub['total']:,}")
-    calls = {p: c for p, c in (ts_calls(ts) or {}).items() if c > 1}
-    if calls:
-        for p, c in calls.items():
-            findings.append(Finding("shared_module", p, f"port module for {p} called {c}x in one forward "
-                                    "(shared weights)", "create one module per block", stage="structure"))
+    findings += _shared_module_findings(ts, taps, ref)
     for prob in conv_report.problems():
         st.errors.append(f"weights: {prob}")
     st.info["conversion"] = conv_report.summary()
@@ -346,8 +342,28 @@ def _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info, r
     return st
 
 
-def ts_calls(ts):
-    return {p: r.calls for p, r in ts.records.items()} if ts.records else None
+def _shared_module_findings(ts, taps, ref) -> list[Finding]:
+    """A port module with parameters called more than once in one forward (e.g. one middle-flow block called
+    8x): shared weights where the reference has distinct layers. Reported at the first tap where the reuse
+    shows (the second alias), with the parameter gap it explains."""
+    from ported_torch.inspect import find_shared_modules
+
+    ts.module.eval()
+    try:
+        shared = find_shared_modules(ts.module, ts.to_input(ref.inputs[0][:1]))
+    except Exception:  # a port that cannot run is reported by the forward stages
+        return []
+    out = []
+    for f in shared:
+        later = f["aliases"][1:] or [f["path"]]
+        tap = next((t for a in later for t in taps if t.port == a or t.port.startswith(a + ".")), None)
+        path = tap.path if tap is not None else f["path"]
+        gap = f["params"] * (f["calls"] - 1)
+        out.append(Finding("shared_module", path, f"{f['note']}; the reference has {f['calls']} distinct "
+                           f"layers: {gap:,} parameters fewer in the port",
+                           f"create one module per block (e.g. nn.ModuleList([Block() for _ in range({f['calls']})]))",
+                           stage="structure", evidence=f"aliases: {', '.join(f['aliases'][:8])}"))
+    return out
 
 
 def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say) -> None:

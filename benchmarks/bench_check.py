@@ -1,0 +1,138 @@
+"""Benchmark: what a parity check costs compared with the bare work it must do, measured in one run.
+
+For each pair, in separate fresh processes (so imports and peak memory are counted honestly):
+
+- ``check``: a full ``parity check NAME`` (all stages, float64), wall time including imports, and the
+  check's own compute time (excluding imports and model builds);
+- ``bare``: both frameworks, same batch, same dtype: one train-mode forward + backward in Keras
+  (GradientTape) and one in torch, after building the models; wall time including imports too.
+
+Ratios: check compute / bare fwd+bwd (target <= 2: a check needs about 1.7 such units: train fwd+bwd, an
+eval forward, an isolated forward), and end-to-end wall / bare end-to-end wall. Peak RSS per process.
+
+Usage: python benchmarks/bench_check.py [--pairs minixception,keypoints,xception,goturn] [--fast] [--batch N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def child_check(name: str, fast: bool, batch: int | None) -> dict:
+    t0 = time.perf_counter()
+    import parity  # noqa: F401
+    from parity import registry
+    from parity.harness import check
+
+    spec = registry.get(name)
+    t_import = time.perf_counter()
+    result = check(name, config=spec.fast_config if fast else None, batch=batch)
+    t1 = time.perf_counter()
+    rs = result.environment.get("reference_seconds", {})
+    return {"passed": bool(result), "summary": result.summary_line(), "wall": t1 - t0,
+            "check_seconds": result.seconds, "reference_build": rs.get("build", 0.0), "import": t_import - t0}
+
+
+def child_bare(name: str, fast: bool, batch: int | None) -> dict:
+    t0 = time.perf_counter()
+    import parity  # noqa: F401
+    from parity.env import import_tensorflow
+
+    keras = import_tensorflow()
+    import numpy as np
+    import tensorflow as tf
+    import torch
+    import torch.nn.functional as F
+
+    from parity import registry
+    from parity.data import make_batch
+    from parity.port_side import torch_loss
+    from parity.reference_side import keras_loss
+    from parity.spec import resolve
+
+    spec = registry.get(name)
+    cfg = spec.config(**(spec.fast_config if fast else {}))
+    batch = batch or spec.default_batch
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    kmodel = resolve(spec.reference)(**cfg)
+    tmodel = resolve(spec.port)(**cfg).double()
+    x, y = make_batch(0, 0, batch, spec.input_shape(cfg), spec.target(cfg), spec.input_range, "float64")
+    t_built = time.perf_counter()
+    xt, yt = tf.constant(x), tf.constant(y)
+    src = [v.value for v in kmodel.trainable_weights]
+    t = time.perf_counter()
+    with tf.GradientTape() as tape:
+        loss = keras_loss(keras.ops, keras, spec.loss, yt, kmodel(xt, training=True))
+    tape.gradient(loss, src)
+    t_keras = time.perf_counter() - t
+    xp = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))
+    tmodel.train()
+    t = time.perf_counter()
+    torch_loss(F, spec.loss, tmodel(xp), torch.from_numpy(y)).backward()
+    t_torch = time.perf_counter() - t
+    return {"wall": time.perf_counter() - t0, "keras_fwd_bwd": t_keras, "torch_fwd_bwd": t_torch,
+            "fwd_bwd": t_keras + t_torch, "build": t_built - t0}
+
+
+def _child(mode: str, name: str, fast: bool, batch: int | None) -> dict:
+    import resource
+
+    out = (child_check if mode == "check" else child_bare)(name, fast, batch)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run_child(mode: str, name: str, fast: bool, batch: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--pairs", name] + (["--fast"] if fast else []) + (
+        ["--batch", str(batch)] if batch else [])
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"{mode} {name} failed:\n{p.stderr[-3000:]}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["process_wall"] = time.perf_counter() - t
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", default="minixception")
+    ap.add_argument("--fast", action="store_true", help="use each pair's reduced CI configuration")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--child", choices=["check", "bare"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args.pairs, args.fast, args.batch)))
+        return
+    from parity import registry
+
+    names = registry.names() if args.pairs == "all" else args.pairs.split(",")
+    rows = []
+    for name in names:
+        c = run_child("check", name, args.fast, args.batch)
+        b = run_child("bare", name, args.fast, args.batch)
+        compute = c["check_seconds"] - c["reference_build"]
+        rows.append((name, registry.get(name).published_params.get("total", 0), c, b, compute))
+        print(f"{name}: {c['summary']}", flush=True)
+    print()
+    print(f"{'pair':<13} {'params':>12} {'check wall':>10} {'check cmp':>9} {'bare f+b':>8} {'ratio':>6} "
+          f"{'bare wall':>9} {'e2e ratio':>9} {'check RSS':>10} {'bare RSS':>9}")
+    for name, n, c, b, compute in rows:
+        print(f"{name:<13} {n:>12,} {c['process_wall']:>9.1f}s {compute:>8.1f}s {b['fwd_bwd']:>7.2f}s "
+              f"{compute / b['fwd_bwd']:>6.2f} {b['process_wall']:>8.1f}s {c['process_wall'] / b['process_wall']:>9.2f} "
+              f"{c['peak_rss_mb']:>8.0f}MB {b['peak_rss_mb']:>7.0f}MB")
+    print("\ncheck wall: `parity check` in a fresh process incl. imports; check cmp: check time minus imports and "
+          "the reference build; bare f+b: one train fwd+bwd in Keras + one in torch (same batch, float64); "
+          "ratio = check cmp / bare f+b (target <= 2); e2e ratio = check wall / bare process wall.")
+
+
+if __name__ == "__main__":
+    main()

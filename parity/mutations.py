@@ -1,0 +1,713 @@
+"""A catalogue of planted bugs: how well does parity detect a port's mistake, find the first divergent layer
+and name the cause?
+
+Each :class:`Mutation` is a mistake a user makes, built the way the user would make it: through the port's
+public constructor (``mini_xception(bn_eps=1e-5)``), a small subclass or an attribute swapped after
+construction (``model.block1.sepconv1_bn = nn.Identity()``), a load hook standing in for the user's own
+weight-loading code, an optimizer configured the user's way (registered with
+:func:`parity.optimizers.register_adapter`), or a loss configured differently on the port side. Nothing
+here reaches into the harness. Each carries the expected ``(stage, first layer path, cause)``.
+
+Every builder is a ``"parity.mutations:NAME"`` string, so a mutation also runs from the CLI:
+``parity check minixception --port parity.mutations:mx_relu_before_bn``.
+
+:func:`run_mutation` runs one through :func:`parity.harness.check` (the code the CLI runs) and scores it;
+``benchmarks/mutation_suite.py`` runs the catalogue and the false-alarm sweep. Frameworks are imported
+inside the builders only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from parity.conventions import KERAS_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT
+from parity.optimizers import AdamAdapter, SGDAdapter, _torch_groups, register_adapter
+from parity.results import CheckResult
+from parity.spec import LossSpec, OptimizerSpec, PairSpec
+
+MOD = "parity.mutations"
+
+
+# ==== port builders: minixception ============================================================================
+def _mx(**cfg):
+    from ported_torch.minixception import mini_xception
+
+    return mini_xception(**cfg)
+
+
+def mx_bn_eps_1e5(**cfg):
+    """torch's default BatchNorm eps everywhere."""
+    from ported_torch.minixception import mini_xception
+
+    return mini_xception(**cfg, bn_eps=TORCH_BN_EPSILON)
+
+
+def mx_bn_eps_one_layer(**cfg):
+    """One BatchNorm left at torch's default eps (a layer added by hand later)."""
+    m = _mx(**cfg)
+    m.block2.sepconv1_bn.eps = TORCH_BN_EPSILON
+    return m
+
+
+def mx_bn_momentum_keras_value(**cfg):
+    """Keras' 0.99 passed to torch as is."""
+    from ported_torch.minixception import mini_xception
+
+    return mini_xception(**cfg, bn_momentum=KERAS_BN_MOMENTUM)
+
+
+def mx_bn_momentum_torch_default(**cfg):
+    from ported_torch.minixception import mini_xception
+
+    return mini_xception(**cfg, bn_momentum=TORCH_BN_MOMENTUM_DEFAULT)
+
+
+def mx_symmetric_pool(**cfg):
+    from ported_torch.minixception import mini_xception
+
+    return mini_xception(**cfg, symmetric_pool=True)
+
+
+def mx_softmax_output(**cfg):
+    from ported_torch.minixception import mini_xception
+
+    return mini_xception(**cfg, softmax_output=True)
+
+
+def mx_conv_bias(**cfg):
+    from ported_torch.minixception import mini_xception
+
+    return mini_xception(**cfg, conv_bias=True)
+
+
+def mx_bn_affine_off(**cfg):
+    """``nn.BatchNorm2d(affine=False)`` where Keras has center/scale."""
+    from torch import nn
+
+    m = _mx(**cfg)
+    m.base.bn1 = nn.BatchNorm2d(m.base.bn1.num_features, eps=m.base.bn1.eps, momentum=m.base.bn1.momentum,
+                                affine=False)
+    return m
+
+
+def mx_missing_bn(**cfg):
+    from torch import nn
+
+    m = _mx(**cfg)
+    m.block1.sepconv1_bn = nn.Identity()
+    return m
+
+
+def mx_relu_before_bn(**cfg):
+    """The user's forward applies ReLU before BatchNorm in the stem (conv -> relu -> bn)."""
+    from ported_torch.minixception import MODULE_FILTERS, MiniXception
+
+    class ReluFirst(MiniXception):
+        def forward(self, x):
+            b = self.base
+            x = b.bn1(b.relu1(b.conv1(x)))  # the bug: reference is conv -> bn -> relu
+            x = b.relu2(b.bn2(b.conv2(x)))
+            for i in range(len(MODULE_FILTERS)):
+                x = getattr(self, f"block{i + 1}")(x)
+            return self.head_gap(self.head_conv(x))
+
+    return ReluFirst(num_classes=cfg.get("num_classes", 7), in_channels=tuple(cfg.get("input_shape", (64, 64, 1)))[-1])
+
+
+def mx_extra_relu_on_shortcut(**cfg):
+    """An extra ReLU on block1's shortcut branch."""
+    import torch.nn.functional as F
+
+    from ported_torch.minixception import MODULE_FILTERS, MiniXception
+
+    class ExtraRelu(MiniXception):
+        def forward(self, x):
+            x = self.base(x)
+            b = self.block1
+            residual = F.relu(b.residual_bn(b.residual_conv(x)))  # the bug
+            y = b.sepconv1_relu(b.sepconv1_bn(b.sepconv1(x)))
+            y = b.pool(b.sepconv2_bn(b.sepconv2(y)))
+            x = b.add(y, residual)
+            for i in range(1, len(MODULE_FILTERS)):
+                x = getattr(self, f"block{i + 1}")(x)
+            return self.head_gap(self.head_conv(x))
+
+    return ExtraRelu(num_classes=cfg.get("num_classes", 7), in_channels=tuple(cfg.get("input_shape", (64, 64, 1)))[-1])
+
+
+def mx_relu6(**cfg):
+    """``nn.ReLU6`` where the reference has a plain ReLU (block4's activations exceed 6)."""
+    from torch import nn
+
+    m = _mx(**cfg)
+    m.block4.sepconv1_relu = nn.ReLU6()
+    return m
+
+
+def mx_leaky_relu(**cfg):
+    from torch import nn
+
+    m = _mx(**cfg)
+    m.base.relu1 = nn.LeakyReLU(0.01)
+    return m
+
+
+def mx_missing_relu(**cfg):
+    from torch import nn
+
+    m = _mx(**cfg)
+    m.block1.sepconv1_relu = nn.Identity()
+    return m
+
+
+def mx_head_stride2(**cfg):
+    from ported_torch.layers import Conv2dSame
+
+    m = _mx(**cfg)
+    hc = m.head_conv
+    m.head_conv = Conv2dSame(hc.in_channels, hc.out_channels, 3, stride=2, bias=True)
+    return m
+
+
+def mx_dilation2(**cfg):
+    from torch import nn
+
+    m = _mx(**cfg)
+    c = m.base.conv2
+    m.base.conv2 = nn.Conv2d(c.in_channels, c.out_channels, 3, dilation=2, bias=False)
+    return m
+
+
+def mx_pool_kernel2(**cfg):
+    from ported_torch.layers import MaxPool2dSame
+
+    m = _mx(**cfg)
+    m.block2.pool = MaxPool2dSame(2, 2)
+    return m
+
+
+def mx_head_kernel1(**cfg):
+    from ported_torch.layers import Conv2dSame
+
+    m = _mx(**cfg)
+    hc = m.head_conv
+    m.head_conv = Conv2dSame(hc.in_channels, hc.out_channels, 1, bias=True)
+    return m
+
+
+def mx_dropout_in_eval(**cfg):
+    """``F.dropout(x, 0.5)`` in forward: the functional form defaults to ``training=True``, so it is on in eval."""
+    import torch.nn.functional as F
+
+    from ported_torch.minixception import MODULE_FILTERS, MiniXception
+
+    class DropoutAlwaysOn(MiniXception):
+        def forward(self, x):
+            x = self.base(x)
+            for i in range(len(MODULE_FILTERS)):
+                x = getattr(self, f"block{i + 1}")(x)
+            x = F.dropout(x, 0.5)  # the bug: training=True by default
+            return self.head_gap(self.head_conv(x))
+
+    return DropoutAlwaysOn(num_classes=cfg.get("num_classes", 7),
+                           in_channels=tuple(cfg.get("input_shape", (64, 64, 1)))[-1])
+
+
+def mx_bn_frozen_in_train(**cfg):
+    """The common "freeze BatchNorm" snippet: ``train()`` puts every BatchNorm back in eval mode."""
+    from torch import nn
+
+    from ported_torch.minixception import MiniXception
+
+    class FrozenBN(MiniXception):
+        def train(self, mode: bool = True):
+            super().train(mode)
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+            return self
+
+    return FrozenBN(num_classes=cfg.get("num_classes", 7), in_channels=tuple(cfg.get("input_shape", (64, 64, 1)))[-1])
+
+
+def mx_init_after_load(**cfg):
+    """``reset_parameters()`` on one layer after the weights were loaded (once, like a user's training script
+    that initialises after ``load_state_dict``)."""
+    m = _mx(**cfg)
+    state = {"done": False}
+
+    def reinit(module, incompatible):
+        if not state["done"]:
+            state["done"] = True
+            module.base.conv2.reset_parameters()
+
+    m.register_load_state_dict_post_hook(reinit)
+    return m
+
+
+def mx_running_var_biased(**cfg):
+    """A hand-written BatchNorm that updates running_var with the biased batch variance."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class BiasedVarBatchNorm2d(nn.BatchNorm2d):
+        def forward(self, x):
+            if not self.training:
+                return super().forward(x)
+            mean = x.mean(dim=(0, 2, 3))
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var)
+                self.num_batches_tracked += 1
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+    m = _mx(**cfg)
+    _replace(m, lambda mod: type(mod) is nn.BatchNorm2d,
+             lambda bn: BiasedVarBatchNorm2d(bn.num_features, eps=bn.eps, momentum=bn.momentum))
+    return m
+
+
+def _replace(model, predicate, factory) -> None:
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if predicate(child):
+                setattr(mod, child_name, factory(child))
+
+
+def _reshape_not_transpose_on_load(linear) -> None:
+    """Stand-in for a user's loader that turns a Keras (in, out) kernel into (out, in) with reshape: applied
+    once, on the first load."""
+    state = {"done": False}
+
+    def hook(module, state_dict, prefix, *args):
+        key = prefix + "weight"
+        if key in state_dict and not state["done"]:
+            state["done"] = True
+            w = state_dict[key]
+            state_dict[key] = w.t().reshape(w.shape).contiguous()  # kernel (in, out) reshaped, not transposed
+
+    linear.register_load_state_dict_pre_hook(hook)
+
+
+# ==== keypoints ==================================================================================================
+def _kp(**cfg):
+    from ported_torch.keypoints import keypoints_cnn
+
+    return keypoints_cnn(**cfg)
+
+
+def kp_flatten_hwc(**cfg):
+    """A flatten written "like Keras" (HWC) in a port whose fc1 weights are converted for nn.Flatten's CHW."""
+    from ported_torch.layers import FlattenHWC
+
+    m = _kp(**cfg)
+    m.flatten = FlattenHWC()
+    return m
+
+
+def kp_fc2_reshaped(**cfg):
+    m = _kp(**cfg)
+    _reshape_not_transpose_on_load(m.fc2)
+    return m
+
+
+def kp_fc2_no_bias(**cfg):
+    from torch import nn
+
+    m = _kp(**cfg)
+    m.fc2 = nn.Linear(m.fc2.in_features, m.fc2.out_features, bias=False)
+    return m
+
+
+# ==== goturn =====================================================================================================
+def gt_lrn_alpha_times_size(**cfg):
+    """``nn.LocalResponseNorm(5, alpha=5e-4)``: alpha multiplied by the size (torch divides it already)."""
+    from parity.pairs.goturn import CAFFE_LRN_ALPHA, CAFFE_LRN_SIZE
+    from ported_torch.goturn import goturn
+
+    return goturn(**cfg, lrn_alpha=CAFFE_LRN_ALPHA * CAFFE_LRN_SIZE)
+
+
+def gt_floor_pool(**cfg):
+    from ported_torch.goturn import goturn
+
+    return goturn(**cfg, ceil_mode=False)
+
+
+def gt_conv2_groups1(**cfg):
+    from torch import nn
+
+    from ported_torch.goturn import goturn
+
+    m = goturn(**cfg)
+    c = m.target.conv2
+    m.target.conv2 = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, stride=c.stride, padding=c.padding,
+                               groups=1)
+    return m
+
+
+def gt_dropout_rate(**cfg):
+    """Caffe's dropout_ratio 0.5 kept in the port while the (parity) reference uses 0."""
+    from parity.pairs.goturn import GOTURN_DROPOUT_RATIO
+    from ported_torch.goturn import goturn
+
+    return goturn(**dict(cfg, dropout=GOTURN_DROPOUT_RATIO))
+
+
+def gt_fc6_reshaped(**cfg):
+    from ported_torch.goturn import goturn
+
+    m = goturn(**cfg)
+    _reshape_not_transpose_on_load(m.fc6)
+    return m
+
+
+# ==== xception =====================================================================================================
+def xc_shared_middle(**cfg):
+    from ported_torch.xception import xception
+
+    return xception(**cfg, shared_middle=True)
+
+
+def xc_symmetric_pool(**cfg):
+    from ported_torch.xception import xception
+
+    return xception(**cfg, symmetric_pool=True)
+
+
+def xc_missing_bn(**cfg):
+    from ported_torch.xception import xception
+
+    return xception(**cfg, missing_bn=True)
+
+
+# ==== optimizers configured the user's way ==========================================================================
+class PlainEpsAdam(AdamAdapter):
+    """``torch.optim.Adam(params, lr, betas, eps=<the Keras epsilon>)``: eps added to the bias-corrected
+    sqrt(v), where Keras adds it to the uncorrected one."""
+
+    kind = "adam_plain_eps"
+    rules = ("torch.optim.Adam(eps=keras epsilon) as is (a user's port)",)
+
+    def torch_optimizer(self, spec, refs, l2):
+        import torch
+
+        return torch.optim.Adam(_torch_groups(spec, refs, l2), lr=spec.lr, betas=(spec.beta_1, spec.beta_2),
+                                eps=spec.epsilon)
+
+    def torch_prepare(self, spec, step, opt):
+        for group in opt.param_groups:
+            group["lr"] = spec.lr_at(step) * group.get("lr_mult", 1.0)
+            group["eps"] = spec.epsilon
+
+
+class L2AsLambdaSGD(SGDAdapter):
+    """Keras ``l2(0.01)`` given to torch as ``weight_decay=0.01`` (should be 2 * 0.01)."""
+
+    kind = "sgd_l2_as_lambda"
+
+    def torch_optimizer(self, spec, refs, l2):
+        halved = {k: v / 2.0 for k, v in l2.items()}  # _torch_groups doubles: lam/2 * 2 = lam
+        return super().torch_optimizer(spec, refs, halved)
+
+
+class NoL2SGD(SGDAdapter):
+    """The port's optimizer forgets the Keras kernel regularisers."""
+
+    kind = "sgd_without_l2"
+
+    def torch_optimizer(self, spec, refs, l2):
+        return super().torch_optimizer(spec, refs, {})
+
+
+for _adapter in (PlainEpsAdam(), L2AsLambdaSGD(), NoL2SGD()):
+    register_adapter(_adapter)
+
+
+def _optimizer_variant(kind: str, base: str | None = None) -> Callable[[PairSpec], OptimizerSpec]:
+    def make(spec: PairSpec) -> OptimizerSpec:
+        return dataclasses.replace(spec.optimizer_for(base), kind=kind)
+
+    return make
+
+
+def _port_loss(**kw) -> Callable[[PairSpec], PairSpec]:
+    """The port trains with another loss configuration (needs ``PairSpec.port_loss``)."""
+
+    def change(spec: PairSpec) -> PairSpec:
+        return dataclasses.replace(spec, port_loss=dataclasses.replace(spec.loss, **kw))
+
+    return change
+
+
+def _has_port_loss() -> bool:
+    return "port_loss" in {f.name for f in dataclasses.fields(PairSpec)} and \
+        "label_smoothing" in {f.name for f in dataclasses.fields(LossSpec)}
+
+
+# ==== the catalogue ================================================================================================
+@dataclass(frozen=True)
+class Mutation:
+    """One planted bug and what parity should say about it."""
+
+    name: str
+    pair: str
+    summary: str
+    stage: str            # expected first stage
+    path: str             # expected first divergent layer (tap path, or "loss")
+    cause: str            # expected Finding.cause
+    port: str | None = None
+    optimizer: Callable[[PairSpec], OptimizerSpec] | None = None
+    spec_change: Callable[[PairSpec], PairSpec] | None = None
+    #: a user pair: (reference builder, port builder) as "module:function"
+    user: tuple[str, str] | None = None
+    #: stages a fast CI run may limit itself to (None: all)
+    ci_stages: tuple[str, ...] | None = None
+    needs: tuple[str, ...] = ()
+
+
+def _m(name, pair, summary, stage, path, cause, port=True, **kw) -> Mutation:
+    return Mutation(name, pair, summary, stage, path, cause,
+                    port=f"{MOD}:{name}" if port is True else port, **kw)
+
+
+EVAL = ("structure", "forward_eval", "isolated")
+TRAIN = ("structure", "forward_eval", "forward_train")
+STEP = ("structure", "forward_eval", "forward_train", "gradients", "step")
+GRADS = ("structure", "forward_eval", "forward_train", "gradients")
+
+CATALOGUE: tuple[Mutation, ...] = (
+    # --- minixception: BatchNorm --------------------------------------------------------------------------------
+    _m("mx_bn_eps_1e5", "minixception", "BatchNorm eps 1e-5 (torch default) everywhere", "forward_eval", "base/bn1",
+       "bn_eps", ci_stages=EVAL),
+    _m("mx_bn_eps_one_layer", "minixception", "one BatchNorm left at eps 1e-5", "forward_eval",
+       "block2/sepconv1/bn", "bn_eps", ci_stages=EVAL),
+    _m("mx_bn_momentum_keras_value", "minixception", "BN momentum 0.99 passed to torch as is", "forward_train",
+       "base/bn1", "bn_momentum", ci_stages=TRAIN),
+    _m("mx_bn_momentum_torch_default", "minixception", "torch default BN momentum 0.1", "forward_train",
+       "base/bn1", "bn_momentum", ci_stages=TRAIN),
+    _m("mx_bn_affine_off", "minixception", "BatchNorm2d(affine=False)", "forward_eval", "base/bn1", "bn_affine",
+       ci_stages=EVAL),
+    _m("mx_missing_bn", "minixception", "a BatchNorm replaced by nn.Identity", "forward_eval", "block1/sepconv1/bn",
+       "missing_bn", ci_stages=EVAL),
+    _m("mx_running_var_biased", "minixception", "hand-written BN storing the biased batch variance",
+       "forward_train", "base/bn1", "running_var_bias", ci_stages=TRAIN),
+    _m("mx_bn_frozen_in_train", "minixception", "train() keeps every BatchNorm in eval mode", "forward_train",
+       "base/bn1", "train_eval_mode", ci_stages=TRAIN),
+    # --- minixception: layers and wiring --------------------------------------------------------------------------
+    _m("mx_symmetric_pool", "minixception", "nn.MaxPool2d(3, 2, padding=1) for TF 'same'", "forward_eval",
+       "block1/pool", "symmetric_pool", ci_stages=EVAL),
+    _m("mx_conv_bias", "minixception", "conv bias in the port only", "forward_eval", "base/conv1", "conv_bias",
+       ci_stages=EVAL),
+    _m("mx_relu_before_bn", "minixception", "ReLU before BatchNorm (wrong layer order)", "forward_eval", "base/bn1",
+       "layer_order", ci_stages=EVAL),
+    _m("mx_extra_relu_on_shortcut", "minixception", "an extra ReLU on a residual branch", "forward_eval",
+       "block1/add", "forward_wiring", ci_stages=EVAL),
+    _m("mx_relu6", "minixception", "ReLU6 where the reference has ReLU", "forward_eval", "block4/sepconv1/relu",
+       "activation", ci_stages=EVAL),
+    _m("mx_leaky_relu", "minixception", "LeakyReLU(0.01) where the reference has ReLU", "forward_eval",
+       "base/relu1", "activation", ci_stages=EVAL),
+    _m("mx_missing_relu", "minixception", "a ReLU replaced by nn.Identity", "forward_eval",
+       "block1/sepconv1/relu", "activation", ci_stages=EVAL),
+    _m("mx_head_stride2", "minixception", "stride 2 on the head conv", "forward_eval", "head/conv", "stride",
+       ci_stages=EVAL),
+    _m("mx_dilation2", "minixception", "dilation 2 on a base conv", "forward_eval", "base/conv2", "dilation",
+       ci_stages=EVAL),
+    _m("mx_pool_kernel2", "minixception", "max-pool 2x2 where the reference pools 3x3", "forward_eval",
+       "block2/pool", "kernel_size", ci_stages=EVAL),
+    _m("mx_head_kernel1", "minixception", "1x1 head conv where the reference has 3x3", "forward_eval", "head/conv",
+       "kernel_size", ci_stages=EVAL),
+    _m("mx_softmax_output", "minixception", "softmax in the model and in CrossEntropyLoss", "forward_eval",
+       "predictions", "double_softmax", ci_stages=EVAL),
+    _m("mx_dropout_in_eval", "minixception", "F.dropout(x, 0.5) left on in eval", "forward_eval", "head/conv",
+       "train_eval_mode", ci_stages=EVAL),
+    _m("mx_init_after_load", "minixception", "reset_parameters() after the weights were loaded", "forward_eval",
+       "base/conv2", "init_after_load", ci_stages=EVAL),
+    # --- minixception: optimizer and loss --------------------------------------------------------------------------
+    _m("mx_l2_as_lambda", "minixception", "Keras l2(0.01) as torch weight_decay=0.01 (should be 0.02)", "step",
+       "base/conv1", "l2_weight_decay", port=None, optimizer=_optimizer_variant("sgd_l2_as_lambda"), ci_stages=STEP),
+    _m("mx_l2_dropped", "minixception", "Keras l2 regularisers not carried over to torch", "step", "base/conv1",
+       "l2_weight_decay", port=None, optimizer=_optimizer_variant("sgd_without_l2"), ci_stages=STEP),
+    _m("mx_adam_plain_eps", "minixception", "torch.optim.Adam(eps=Keras epsilon) as is", "step", "base/conv1",
+       "adam_epsilon", port=None, optimizer=_optimizer_variant("adam_plain_eps", "adam"), ci_stages=STEP),
+    _m("mx_loss_sum", "minixception", "the port's loss sums over the batch (reduction='sum')", "gradients", "loss",
+       "loss_reduction", port=None, spec_change=_port_loss(reduction="sum"), ci_stages=GRADS, needs=("port_loss",)),
+    _m("mx_label_smoothing", "minixception", "label_smoothing=0.1 in the port's loss only", "gradients", "loss",
+       "label_smoothing", port=None, spec_change=_port_loss(label_smoothing=0.1), ci_stages=GRADS,
+       needs=("port_loss",)),
+    # --- keypoints -----------------------------------------------------------------------------------------------------
+    _m("kp_flatten_hwc", "keypoints", "HWC flatten in a port converted for nn.Flatten's CHW", "forward_eval",
+       "flatten", "flatten_order", ci_stages=EVAL),
+    _m("kp_fc2_reshaped", "keypoints", "Dense kernel reshaped, not transposed, by the loader", "forward_eval", "fc2",
+       "dense_layout", ci_stages=EVAL),
+    _m("kp_fc2_no_bias", "keypoints", "nn.Linear(bias=False) where Dense has a bias", "forward_eval", "fc2",
+       "conv_bias", ci_stages=EVAL),
+    # --- goturn -------------------------------------------------------------------------------------------------------
+    _m("gt_lrn_alpha_times_size", "goturn", "LRN alpha multiplied by the window size", "forward_eval",
+       "target/norm1", "lrn", ci_stages=EVAL),
+    _m("gt_floor_pool", "goturn", "floor pooling (ceil_mode=False) where Caffe rounds up", "forward_eval",
+       "target/pool1", "pool_rounding", ci_stages=EVAL),
+    _m("gt_conv2_groups1", "goturn", "conv2 with groups=1 (Caffe group: 2)", "forward_eval", "target/conv2",
+       "groups", ci_stages=EVAL),
+    _m("gt_dropout_rate", "goturn", "dropout 0.5 in the port, 0 in the reference", "forward_train", "drop6",
+       "dropout_rate", ci_stages=TRAIN),
+    _m("gt_fc6_reshaped", "goturn", "fc6 kernel reshaped, not transposed, by the loader", "forward_eval", "fc6",
+       "dense_layout", ci_stages=EVAL),
+    # --- xception -------------------------------------------------------------------------------------------------------
+    _m("xc_shared_middle", "xception", "middle flow as nn.ModuleList([MiddleBlock()] * 8)", "forward_eval",
+       "middle/block5/sepconv1", "shared_module", ci_stages=EVAL),
+    _m("xc_symmetric_pool", "xception", "nn.MaxPool2d(3, 2, padding=1) for TF 'same'", "forward_eval",
+       "entry/block3/pool", "symmetric_pool", ci_stages=EVAL),
+    _m("xc_missing_bn", "xception", "a BatchNorm missing after a separable conv", "forward_eval",
+       "entry/block3/sepconv2/bn", "missing_bn", ci_stages=EVAL),
+    # --- a user's own pair (automatic alignment) ----------------------------------------------------------------------
+    _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
+       "forward_eval", "conv2", "conv_padding", port=None,
+       user=("tests.user_models:keras_cnn", "tests.user_models:torch_cnn_symmetric_pad"), ci_stages=EVAL),
+    _m("user_extra_dropout", "user", "an extra nn.Dropout(0.25) in the port only", "forward_train", "fc1",
+       "train_eval_mode", port=None, user=("tests.user_models:keras_cnn", "tests.user_models:torch_cnn_extra_dropout"),
+       ci_stages=TRAIN),
+)
+
+#: correct pairs for the false-alarm sweep: (pair, user builders or None)
+CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
+    ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None),
+    ("user", ("tests.user_models:keras_cnn", "tests.user_models:torch_cnn")),
+)
+
+
+def catalogue(pairs=None, names=None) -> list[Mutation]:
+    out = []
+    for m in CATALOGUE:
+        if pairs and m.pair not in pairs:
+            continue
+        if names and m.name not in names:
+            continue
+        out.append(m)
+    return out
+
+
+def unavailable(m: Mutation) -> str | None:
+    """Why a mutation cannot run here (a harness feature it needs is absent), else None."""
+    if "port_loss" in m.needs and not _has_port_loss():
+        return "needs PairSpec.port_loss / LossSpec.label_smoothing (per-side loss) in the harness"
+    if m.pair not in ("user",):
+        from parity import registry
+
+        if m.pair not in registry.names():
+            return f"pair {m.pair!r} is not registered"
+    return None
+
+
+# ==== running and scoring ==========================================================================================
+@dataclass
+class Outcome:
+    mutation: str
+    pair: str
+    expected: tuple[str, str, str]
+    detected: bool
+    stage: str | None
+    path: str | None
+    cause: str | None
+    seconds: float
+    error: str | None = None
+    cause_message: str = ""
+
+    @property
+    def layer_ok(self) -> bool:
+        return self.detected and (self.stage, self.path) == self.expected[:2]
+
+    @property
+    def cause_ok(self) -> bool:
+        return self.detected and self.cause == self.expected[2]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(layer_ok=self.layer_ok, cause_ok=self.cause_ok)
+        return d
+
+
+def first_failure(result: CheckResult) -> tuple[str | None, str | None, Any]:
+    """(stage, layer path, cause finding) of the first divergence as the CLI reports it."""
+    fd = result.first_divergence()
+    if fd is None:
+        return None, None, None
+    stage, diff = fd
+    if diff is not None:
+        path = diff.path.split(":")[0].split("@")[0]
+        return stage.name, path, result.cause_for(diff.path)
+    errors = [f for f in result.findings if f.severity == "error"]
+    path = errors[0].path if errors else None
+    return stage.name, path, result.cause_for(path)
+
+
+def spec_for(pair: str, user: tuple[str, str] | None = None) -> PairSpec:
+    if pair == "user":
+        from parity.user_pair import spec_from_user_models
+
+        return spec_from_user_models(user[0], user[1], name="user-" + user[1].rsplit(":", 1)[-1])
+    from parity import registry
+
+    return registry.get(pair)
+
+
+def run_mutation(m: Mutation, *, dtype: str = "float64", seed: int = 0, stages=None, fast: bool = True,
+                 **check_kwargs) -> Outcome:
+    """Run one mutation through :func:`parity.harness.check` and score it. ``stages``: ``"ci"`` for the
+    mutation's reduced stage list, None for every stage (what the CLI runs)."""
+    from parity.harness import check
+
+    t0 = time.perf_counter()
+    try:
+        spec = spec_for(m.pair, m.user)
+        if m.spec_change is not None:
+            spec = m.spec_change(spec)
+        opt = m.optimizer(spec) if m.optimizer is not None else None
+        cfg = dict(spec.fast_config) if fast else {}
+        st = m.ci_stages if stages == "ci" else stages
+        result = check(spec, port=m.port, optimizer=opt, config=cfg, dtype=dtype, seed=seed, stages=st,
+                       **check_kwargs)
+    except Exception as exc:  # noqa: BLE001  (a crash is scored as not detected, with the reason)
+        return Outcome(m.name, m.pair, (m.stage, m.path, m.cause), False, None, None, None,
+                       time.perf_counter() - t0, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    stage, path, cause = first_failure(result)
+    return Outcome(m.name, m.pair, (m.stage, m.path, m.cause), not result.passed, stage, path,
+                   cause.cause if cause is not None else None, time.perf_counter() - t0,
+                   cause_message=cause.message if cause is not None else "")
+
+
+def run_correct(pair: str, user=None, *, dtype: str = "float64", seed: int = 0, fast: bool = True,
+                **check_kwargs) -> tuple[bool, str, float]:
+    """One false-alarm probe: the correct port of ``pair``. Returns (passed, summary line, seconds)."""
+    from parity.harness import check
+
+    t0 = time.perf_counter()
+    try:
+        spec = spec_for(pair, user)
+        cfg = dict(spec.fast_config) if fast else {}
+        result = check(spec, config=cfg, dtype=dtype, seed=seed, **check_kwargs)
+    except Exception as exc:  # noqa: BLE001
+        return False, f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", time.perf_counter() - t0
+    return result.passed, result.summary_line(), time.perf_counter() - t0
+
+
+def totals(outcomes: list[Outcome]) -> dict[str, Any]:
+    n = len(outcomes)
+
+    def pct(k):
+        return 100.0 * k / n if n else math.nan
+
+    d = sum(o.detected for o in outcomes)
+    lay = sum(o.layer_ok for o in outcomes)
+    cau = sum(o.cause_ok for o in outcomes)
+    return {"mutations": n, "detected": d, "layer_ok": lay, "cause_ok": cau, "detected_pct": pct(d),
+            "layer_pct": pct(lay), "cause_pct": pct(cau)}
+
+
+__all__ = ["CATALOGUE", "CORRECT_PAIRS", "Mutation", "Outcome", "catalogue", "first_failure", "run_correct",
+           "run_mutation", "totals", "unavailable"]
