@@ -882,6 +882,9 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
 
 
 def _ref_only_note(r: Node) -> str:
+    if r.kind == "separable_conv2d":
+        return ("a Keras SeparableConv2D needs one port module with .depthwise and .pointwise children "
+                "(ported_torch.layers.SeparableConv2d); two separate convs cannot take its weights")
     if r.cls == "ZeroPadding2D":
         return "padding: in the port usually part of the next conv (padding=...)"
     if r.kind == "reshape" or r.cheap:

@@ -453,6 +453,8 @@ def _double_softmax(run: _Run, stage: str, diff: TensorDiff) -> Finding | None:
 
 # ---- forward (eval) ----------------------------------------------------------------------------------------
 def _forward_eval_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
+    """A module that is wrong on its own (the isolated stage fails there too) has wrong weights or a wrong
+    op; a module that is right on its own but diverges in the forward gets a different input."""
     path = _base(diff.path)
     kind = run.kind(path)
     res = run.result
@@ -466,22 +468,37 @@ def _forward_eval_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
                 break
             if not t.passed:
                 earlier_ok = False
-    out: list[Finding] = []
+    weighted = kind in ("conv2d", "dense", "separable_conv2d", "depthwise_conv2d", "batchnorm")
     if run.arrays:
         f = _probe_eval_randomness(run, path)
         if f is not None:
             return [f]
-    if kind == "flatten" or (kind == "dense" and _after_flatten(run, path)):
+    if kind == "flatten":
         f = _flatten_rule(run, path, kind, stage.name, diff)
         if f is not None:
             return [f]
-    if iso_t is not None and iso_t.passed and earlier_ok:
+    if iso_t is not None and not iso_t.passed:
+        if run.arrays and weighted:
+            f = _weights_rule(run, path, kind, stage.name)
+            if f is not None:
+                return [f]
+        if kind == "dense" and not run.arrays:
+            return [_finding("dense_weights", path, f"{path} is wrong in isolation too (fed the reference's own "
+                             "input): its weights or layout differ from the converted reference kernel",
+                             "convert a Dense kernel with a transpose (kernel.T), never a reshape", stage.name,
+                             evidence=iso_t.describe())]
+        return []
+    if earlier_ok:
+        if kind == "dense" and _after_flatten(run, path):
+            f = _flatten_rule(run, path, kind, stage.name, diff)
+            if f is not None:
+                return [f]
         return [_wiring_rule(run, path, stage.name, diff)]
-    if run.arrays and kind in ("conv2d", "dense", "separable_conv2d", "depthwise_conv2d", "batchnorm"):
+    if run.arrays and weighted:
         f = _weights_rule(run, path, kind, stage.name)
         if f is not None:
-            out.append(f)
-    return out
+            return [f]
+    return []
 
 
 def _after_flatten(run: _Run, path: str) -> bool:
@@ -548,7 +565,17 @@ def _flatten_rule(run: _Run, path, kind, stage, diff) -> Finding | None:
                 if chw and np.allclose(port_act, hwc_flat_to_chw_flat(ref_act, chw), rtol=PROBE_RTOL, atol=0):
                     confirmed = "the port flattens in torch's CHW order while the reference flattens HWC"
                     ev = f"the port's flatten output equals the reference's reordered HWC -> CHW, (C, H, W)={chw}"
-        if confirmed is None and kind == "flatten":
+        if kind == "dense":
+            port_in = _module_input(run, tap)
+            ref_in = run.ref.eval_inputs.get(path)
+            if port_in is not None and ref_in:
+                r = np.asarray(ref_in[0])
+                if tap.flatten_chw is not None and r.shape == port_in.shape and np.allclose(
+                        port_in, r, rtol=PROBE_RTOL, atol=0):
+                    confirmed = ("the port feeds this Dense an HWC-ordered flatten while its weights were converted "
+                                 f"for torch's CHW order (C, H, W)={tap.flatten_chw}")
+                    ev = f"the port's input to {path} equals the reference's (HWC) input without reordering"
+        if confirmed is None:
             return None
     msg = confirmed or ("flatten order: the values entering this layer match, their order does not (Keras "
                         "flattens H, W, C; nn.Flatten C, H, W)")
@@ -582,6 +609,22 @@ def _wiring_rule(run: _Run, path, stage, diff) -> Finding:
         + (f" than {prev}'s output" if prev else "") + ": an operation is added, missing or reordered before it",
         "compare the port's forward() with the reference's layer order around this layer", stage,
         evidence=diff.describe())
+
+
+def _module_input(run: _Run, tap: Tap, k: int = 0):
+    """The first input the port's module for ``tap`` receives in an eval forward on the reference's input."""
+    mod = run.ts.modules.get(tap.port)
+    if mod is None:
+        return None
+    torch = run.ts.torch
+    got = []
+    h = mod.register_forward_hook(lambda m, i, o: got.append([t.detach().cpu().numpy() for t in i
+                                                               if torch.is_tensor(t)]))
+    try:
+        run.ts.forward_eval(run.ref.inputs[0])
+    finally:
+        h.remove()
+    return got[0][k] if got and len(got[0]) > k else None
 
 
 def _probe_input(run: _Run, path, prev, stage) -> Finding | None:
@@ -683,8 +726,10 @@ def _weights_rule(run: _Run, path, kind, stage) -> Finding | None:
             continue
         kernel = run.ref.weights.get(tap.ref, {}).get("kernel")
         if kind == "dense" and kernel is not None and key.endswith("weight"):
-            k = np.asarray(kernel)
-            if got.size == k.size and np.allclose(got.reshape(k.shape), k, rtol=PROBE_RTOL, atol=0):
+            # the Keras kernel as read, or with its rows already in torch's flatten order
+            k = next((c for c in (np.asarray(kernel), w.T) if got.size == c.size and np.allclose(
+                got.reshape(c.shape), c, rtol=PROBE_RTOL, atol=0)), None)
+            if k is not None:
                 return _finding(
                     "dense_layout", path,
                     f"{path} weight looks reshaped, not transposed: the port holds kernel.reshape{tuple(got.shape)} "

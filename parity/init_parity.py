@@ -33,6 +33,8 @@ TRUNC_STD_CORRECTION = 0.87962566103423978
 #: relative band in which a measured std counts as the theoretical one (tensors of >= 64 elements)
 STD_TOLERANCE = 0.15
 MIN_ELEMENTS = 64
+#: below this many elements the kurtosis / max-to-std ratio cannot tell uniform, truncated and normal apart
+SHAPE_MIN_ELEMENTS = 256
 
 #: Keras layer class -> {variable: default initializer class name}
 KERAS_DEFAULTS = {
@@ -171,7 +173,8 @@ def identify_torch(w: np.ndarray) -> tuple[str, dict]:
         return f"{s['dist']} (std {s['std']:.3g})", s
     best, err = None, math.inf
     for c in torch_candidates(w.shape):
-        if (c["dist"] == "uniform") != (s["dist"] == "uniform"):
+        # the shape of the distribution is only readable from enough samples
+        if s["n"] >= SHAPE_MIN_ELEMENTS and c["dist"] != s["dist"]:
             continue
         e = abs(math.log(s["std"] / c["std"]))
         if e < err:
@@ -235,7 +238,7 @@ def compare_tensor(path: str, var: str, keras_init, keras_shape, torch_w: np.nda
                        _fix_for(dist, keras_shape, torch_w.shape, var).replace("(w", f"(m.{_torch_attr(var)}"),
                        stage="structure", severity="warning")
     ratio = s["std"] / dist["std"] if dist["std"] else math.inf
-    shape_ok = (dist["dist"] == "uniform") == (s["dist"] == "uniform")
+    shape_ok = s["n"] < SHAPE_MIN_ELEMENTS or dist["dist"] == s["dist"]
     if abs(math.log(ratio)) < STD_TOLERANCE and shape_ok:
         return None
     want = (f"U(+-{dist['bound']:.3g})" if dist["dist"] == "uniform" else

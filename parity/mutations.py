@@ -163,6 +163,15 @@ def mx_missing_relu(**cfg):
     return m
 
 
+def mx_head_no_bias(**cfg):
+    from ported_torch.layers import Conv2dSame
+
+    m = _mx(**cfg)
+    hc = m.head_conv
+    m.head_conv = Conv2dSame(hc.in_channels, hc.out_channels, 3, bias=False)
+    return m
+
+
 def mx_head_stride2(**cfg):
     from ported_torch.layers import Conv2dSame
 
@@ -331,6 +340,16 @@ def gt_lrn_alpha_times_size(**cfg):
     from ported_torch.goturn import goturn
 
     return goturn(**cfg, lrn_alpha=CAFFE_LRN_ALPHA * CAFFE_LRN_SIZE)
+
+
+def gt_relu6(**cfg):
+    from torch import nn
+
+    from ported_torch.goturn import goturn
+
+    m = goturn(**cfg)
+    m.target.relu1 = nn.ReLU6()
+    return m
 
 
 def gt_floor_pool(**cfg):
@@ -508,12 +527,15 @@ CATALOGUE: tuple[Mutation, ...] = (
        "layer_order", ci_stages=EVAL),
     _m("mx_extra_relu_on_shortcut", "minixception", "an extra ReLU on a residual branch", "forward_eval",
        "block1/add", "forward_wiring", ci_stages=EVAL),
-    _m("mx_relu6", "minixception", "ReLU6 where the reference has ReLU", "forward_eval", "block4/sepconv1/relu",
-       "activation", ci_stages=EVAL),
+    # activations stay below 6 here (max 1.0 at block4/sepconv1/relu): caught by the structure stage alone
+    _m("mx_relu6", "minixception", "ReLU6 where the reference has ReLU (never clips on this data)", "structure",
+       "block4/sepconv1/relu", "activation", ci_stages=EVAL),
     _m("mx_leaky_relu", "minixception", "LeakyReLU(0.01) where the reference has ReLU", "forward_eval",
        "base/relu1", "activation", ci_stages=EVAL),
     _m("mx_missing_relu", "minixception", "a ReLU replaced by nn.Identity", "forward_eval",
        "block1/sepconv1/relu", "activation", ci_stages=EVAL),
+    _m("mx_head_no_bias", "minixception", "head conv without its bias", "forward_eval", "head/conv", "conv_bias",
+       ci_stages=EVAL),
     _m("mx_head_stride2", "minixception", "stride 2 on the head conv", "forward_eval", "head/conv", "stride",
        ci_stages=EVAL),
     _m("mx_dilation2", "minixception", "dilation 2 on a base conv", "forward_eval", "base/conv2", "dilation",
@@ -545,11 +567,14 @@ CATALOGUE: tuple[Mutation, ...] = (
        "flatten", "flatten_order", ci_stages=EVAL),
     _m("kp_fc2_reshaped", "keypoints", "Dense kernel reshaped, not transposed, by the loader", "forward_eval", "fc2",
        "dense_layout", ci_stages=EVAL),
-    _m("kp_fc2_no_bias", "keypoints", "nn.Linear(bias=False) where Dense has a bias", "forward_eval", "fc2",
+    # keypoints keeps Keras' zero biases (randomize_bn=False): a missing bias is invisible in the numbers
+    _m("kp_fc2_no_bias", "keypoints", "nn.Linear(bias=False) where Dense has a (zero) bias", "structure", "fc2",
        "conv_bias", ci_stages=EVAL),
     # --- goturn -------------------------------------------------------------------------------------------------------
     _m("gt_lrn_alpha_times_size", "goturn", "LRN alpha multiplied by the window size", "forward_eval",
        "target/norm1", "lrn", ci_stages=EVAL),
+    _m("gt_relu6", "goturn", "ReLU6 where the reference has ReLU (clips: conv1 outputs reach the hundreds)",
+       "forward_eval", "target/relu1", "activation", ci_stages=EVAL),
     _m("gt_floor_pool", "goturn", "floor pooling (ceil_mode=False) where Caffe rounds up", "forward_eval",
        "target/pool1", "pool_rounding", ci_stages=EVAL),
     _m("gt_conv2_groups1", "goturn", "conv2 with groups=1 (Caffe group: 2)", "forward_eval", "target/conv2",

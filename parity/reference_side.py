@@ -7,6 +7,7 @@ moving statistics and weights, so every weight is snapshot before and restored a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -206,17 +207,26 @@ def run_reference(spec: PairSpec, *, config: dict, dtype: str, seed: int, batch:
 
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
-    old_floatx = keras.config.floatx()
-    # floatx stays at the check's dtype for the whole run: Keras creates optimizer variables (the learning
-    # rate too) in floatx, and a float32 lr of 0.01 is off by 2.2e-8 relative.
-    old_policy = keras.config.dtype_policy()
-    keras.config.set_floatx(dtype)
-    # Keras 3.15: once any layer exists, new layers follow the global dtype *policy*, not floatx alone
-    keras.config.set_dtype_policy(dtype)
-    try:
+    # The dtype stays the check's for the whole run: Keras creates optimizer variables (the learning rate
+    # too) in floatx, and a float32 lr of 0.01 is off by 2.2e-8 relative.
+    with keras_dtype(dtype):
         return _run_reference(spec, keras, tf, ops, model, config=config, dtype=dtype, seed=seed, batch=batch,
                               optimizer=optimizer, steps=steps, stages=stages, weights=weights,
                               weights_file=weights_file, taps=taps, say=say, t0=t0)
+
+
+@contextlib.contextmanager
+def keras_dtype(dtype: str):
+    """Build and run Keras models in ``dtype``, then restore the previous settings. Sets both floatx and the
+    global dtype policy: in Keras 3.15, once any layer exists, new layers follow the policy, not floatx alone
+    (a float64 check silently built float32 layers before this was set)."""
+    import keras
+
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
     finally:
         keras.config.set_floatx(old_floatx)
         keras.config.set_dtype_policy(old_policy)

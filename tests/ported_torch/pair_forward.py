@@ -30,18 +30,10 @@ def randomize_bn(model, rng) -> None:
 
 
 def build_float64(spec: PairSpec, config: dict, **port_kwargs):
-    import keras
+    from parity.reference_side import keras_dtype
 
-    # Both: Keras caches its global dtype policy at the first layer built in the process, after which
-    # set_floatx alone no longer changes the dtype of new layers (keras.src.dtype_policies.dtype_policy).
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
+    with keras_dtype("float64"):
         ref = resolve(spec.reference)(**config)
-    finally:
-        keras.config.set_floatx(old_floatx)
-        keras.config.set_dtype_policy(old_policy)
     assert {w.dtype for w in ref.weights} == {"float64"}
     port = resolve(spec.port)(**config, **port_kwargs).double().eval()
     return ref, port

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import parity.env  # noqa: F401  (environment before the frameworks)
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -94,16 +93,10 @@ def test_lrn_is_caffes_formula_and_alpha_times_n_is_not():
     assert np.abs(buggy(torch.from_numpy(x)).numpy() - got).max() > 1.0
 
 
-@contextlib.contextmanager
 def keras_float64(keras):
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(old_floatx)
-        keras.config.set_dtype_policy(old_policy)
+    from parity.reference_side import keras_dtype
+
+    return keras_dtype("float64")
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 
 def _build_reference():
-    previous = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    try:
+    from parity.reference_side import keras_dtype
+
+    with keras_dtype("float64"):
         return reference_builder(**CONFIG)
-    finally:
-        keras.config.set_floatx(previous)
 
 
 def _weights(model) -> dict[str, dict[str, np.ndarray]]:

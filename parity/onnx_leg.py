@@ -1,0 +1,266 @@
+"""The ONNX third leg (``parity check --onnx``): both models exported to ONNX and run by onnxruntime, an
+implementation that is neither TensorFlow nor PyTorch.
+
+- the port: ``torch.onnx.export(..., dynamo=True)`` (needs onnxscript). Not the legacy exporter: its graph of a
+  port with TF-'same' asymmetric ``F.pad`` fails to load in onnxruntime (ShapeInferenceError at the residual
+  Add; ../shared/reference-facts.md);
+- the reference: the Keras model rebuilt from the pair's builder with the run's initial weights
+  (``ref.weights``; ``ReferenceRun`` holds no model object) and ``model.export(path, format="onnx")`` (tf2onnx).
+  Needs TensorFlow: on a replayed trace without it, only the port's export runs.
+
+Compared on the final output (the tap whose port module is the whole model), one row per output: the
+reference's Keras output against the port's ONNX export run by onnxruntime, with every other figure as an
+extra column (``TensorDiff.extra``): torch vs Keras, ORT(torch export) vs Keras, ORT(Keras export) vs Keras,
+each export vs its own framework and the two exports against each other. Intermediate activations are not
+compared: both exporters fold BatchNorm into the preceding convolution, so the graphs have no tensor that
+matches a tap.
+
+onnxruntime's CPU provider has no float64 Conv: a float64 check whose float64 graph does not load is run in
+float32 (both exports, both inputs rounded to float32) and compared under the float32 forward policy
+(``stage.info["ort_dtype"]`` and ``info["why_float32"]`` say so).
+
+A difference that only one export shows (the framework it came from agrees with the other side) is an
+exporter issue, not a port issue: a ``Finding(cause="exporter", severity="warning")``; the row then compares
+the port itself and its note says why. Nothing here prints.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from parity.compare import nhwc_to_nchw, tensor_diff
+from parity.results import Finding, StageResult
+
+#: loggers the exporters chatter on (warnings about torchvision ops, tf2onnx progress)
+_NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "tf2onnx", "absl")
+
+
+class OnnxUnavailable(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Exporters print progress to stdout/stderr and warn through logging: keep all of it out of the CLI."""
+    import warnings
+
+    levels = {}
+    for name in _NOISY_LOGGERS:
+        lg = logging.getLogger(name)
+        levels[name] = lg.level
+        lg.setLevel(logging.ERROR)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.simplefilter("ignore")
+            yield out
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0][:300] if msg else ''}"
+
+
+def _session(model_bytes_or_path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes_or_path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _run(sess, x: np.ndarray) -> np.ndarray:
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+
+
+# -- the port -------------------------------------------------------------------------------------------------
+def export_torch(module, x_nchw: np.ndarray, dtype: str, workdir: str) -> str:
+    """The port (a CPU copy, eval mode, in ``dtype``) exported with the dynamo exporter; returns the path."""
+    import torch
+
+    m = copy.deepcopy(module).to(device="cpu", dtype=getattr(torch, dtype)).eval()
+    x = torch.from_numpy(np.ascontiguousarray(x_nchw, dtype=dtype))
+    path = os.path.join(workdir, f"port_{dtype}.onnx")
+    with _quiet(), torch.no_grad():
+        prog = torch.onnx.export(m, (x,), dynamo=True, verbose=False, external_data=False)
+        prog.save(path)
+    return path
+
+
+def torch_forward(module, x_nchw: np.ndarray, dtype: str) -> np.ndarray:
+    import torch
+
+    m = copy.deepcopy(module).to(device="cpu", dtype=getattr(torch, dtype)).eval()
+    with torch.no_grad():
+        return m(torch.from_numpy(np.ascontiguousarray(x_nchw, dtype=dtype))).numpy()
+
+
+# -- the reference --------------------------------------------------------------------------------------------
+def export_keras(spec, ref, dtype: str, x_nhwc: np.ndarray, workdir: str) -> tuple[str, np.ndarray]:
+    """The reference rebuilt in ``dtype`` with the run's initial weights and exported with
+    ``model.export(format="onnx")``. Returns (path, the rebuilt model's own output on ``x_nhwc``). The Keras
+    global dtype state and the weights of a model the builder returns as is are restored."""
+    from parity.env import import_tensorflow
+    from parity.reference_side import set_keras_weights
+    from parity.spec import resolve
+
+    keras = import_tensorflow()
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        keras.utils.set_random_seed(int(ref.meta.get("seed", 0)))
+        model = resolve(spec.reference)(**dict(ref.meta.get("config") or {}))
+        got = str(model.weights[0].dtype) if model.weights else dtype
+        if dtype not in got:
+            raise OnnxUnavailable(f"the reference builder returned a {got} model, not {dtype}")
+        saved = [v.numpy().copy() for v in model.weights]
+        try:
+            set_keras_weights(model, ref.weights)
+            out = np.asarray(model(x_nhwc, training=False))
+            path = os.path.join(workdir, f"reference_{dtype}.onnx")
+            with _quiet():
+                model.export(path, format="onnx", verbose=False)
+        finally:
+            for v, a in zip(model.weights, saved):
+                v.assign(a)
+    finally:
+        keras.config.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)
+    return path, out
+
+
+def _output_tap(taps):
+    return next((t for t in reversed(taps) if t.port == ""), taps[-1] if taps else None)
+
+
+def _transform(tap, a: np.ndarray) -> np.ndarray:
+    """The tap's ``port_transform`` (softmax of the port's logits) in numpy."""
+    if tap.port_transform is None:
+        return a
+    if tap.port_transform == "softmax":
+        z = a - a.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+    raise ValueError(f"expected port_transform None or 'softmax'. Received: {tap.port_transform!r}")
+
+
+def _max_abs(a, b) -> float | None:
+    if a is None or b is None or np.shape(a) != np.shape(b):
+        return None
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
+
+
+def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
+    """The ``onnx`` stage (see the module docstring)."""
+    t0 = time.perf_counter()
+    st = StageResult("onnx", info={"what": "both models exported to ONNX and run by onnxruntime (CPU)",
+                                   "compared": "final output (exports fold BatchNorm into convs: no per-layer taps)"})
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        st.skipped = (f"needs onnx, onnxruntime and onnxscript ({_one_line(exc)}): "
+                      "pip install -e .[onnx]")
+        return st
+    st.info["onnxruntime"] = onnxruntime.__version__
+    tap = _output_tap(taps)
+    keras_out = ref.eval_acts.get(tap.path) if tap is not None else None
+    if keras_out is None:
+        st.skipped = "needs the reference's eval-mode forward: add forward_eval to --stages"
+        return st
+    x_nhwc = np.asarray(ref.inputs[0])
+    x_nchw = nhwc_to_nchw(x_nhwc)
+    torch_out = _transform(tap, torch_forward(ts.module, x_nchw, dtype))
+
+    with tempfile.TemporaryDirectory(prefix="parity-onnx-") as workdir:
+        # -- the port's export: the check's dtype first; float32 where onnxruntime has no kernel for it -------
+        ort_dtype, ort_torch, why32 = dtype, None, None
+        for attempt in ((dtype, "float32") if dtype != "float32" else ("float32",)):
+            ort_dtype = attempt
+            try:
+                path = export_torch(ts.module, x_nchw, attempt, workdir)
+            except Exception as exc:  # the exporter cannot trace the port: a finding, not a crash
+                st.findings.append(Finding("exporter", tap.path, f"torch.onnx.export of the port failed: "
+                                           f"{_one_line(exc)}", "export with a simpler forward (no data-dependent "
+                                           "control flow) or report it to PyTorch", stage="onnx",
+                                           severity="warning"))
+                st.skipped = f"the port's ONNX export failed ({_one_line(exc)})"
+                st.seconds = time.perf_counter() - t0
+                return st
+            try:
+                sess = _session(path)
+                ort_torch = _transform(tap, _run(sess, np.ascontiguousarray(x_nchw, dtype=attempt)))
+                break
+            except Exception as exc:
+                if attempt == "float32":
+                    st.skipped = f"onnxruntime cannot run the port's export: {_one_line(exc)}"
+                    st.findings.append(Finding("exporter", tap.path, st.skipped, "", stage="onnx",
+                                               severity="warning"))
+                    st.seconds = time.perf_counter() - t0
+                    return st
+                why32 = (f"onnxruntime cannot run the {attempt} graph ({_one_line(exc)}); ran both exports in "
+                         "float32, compared under the float32 forward tolerance")
+        st.info["ort_dtype"] = ort_dtype
+        if why32:
+            st.info["why_float32"] = why32
+        st.info["torch_exporter"] = "torch.onnx.export(dynamo=True)"
+
+        # -- the reference's export -------------------------------------------------------------------------
+        ort_keras = keras_rebuilt = None
+        try:
+            kpath, keras_rebuilt = export_keras(spec, ref, ort_dtype, np.asarray(x_nhwc, dtype=ort_dtype), workdir)
+            ort_keras = _run(_session(kpath), np.ascontiguousarray(x_nhwc, dtype=ort_dtype))
+            st.info["keras_exporter"] = "keras Model.export(format='onnx') (tf2onnx)"
+        except Exception as exc:  # no TensorFlow (replay), no tf2onnx, or the export failed
+            st.info["keras_export"] = f"not run: {_one_line(exc)}"
+
+    tol = spec.tolerance.for_stage(ort_dtype, "forward_eval")
+    ftol = spec.tolerance.for_stage(dtype, "forward_eval")
+    keras_ref = np.asarray(keras_out)
+    extra: dict[str, Any] = {
+        "torch_max_abs": _max_abs(torch_out, keras_ref),
+        "ort_torch_max_abs": _max_abs(ort_torch, keras_ref),
+        "ort_keras_max_abs": _max_abs(ort_keras, keras_ref),
+        "ort_torch_vs_torch": _max_abs(ort_torch, torch_out),
+        "ort_keras_vs_keras": _max_abs(ort_keras, keras_rebuilt),
+        "ort_torch_vs_ort_keras": _max_abs(ort_torch, ort_keras),
+        "ort_dtype": ort_dtype,
+    }
+    port_ok = tensor_diff(tap.path, keras_ref, torch_out, ftol).passed
+    row = tensor_diff(tap.path, keras_ref, ort_torch, tol, note=f"ORT(port export, {ort_dtype}) vs Keras")
+    if not row.passed and port_ok:
+        st.findings.append(Finding(
+            "exporter", tap.path,
+            f"onnxruntime on the port's ONNX export differs from the port itself (max|Δ| "
+            f"{extra['ort_torch_vs_torch']:.3g}) while the port matches the reference: an exporter issue, not a "
+            "port issue", "check the exported graph (torch.onnx.export dynamo=True) or report it to PyTorch",
+            stage="onnx", evidence=row.describe(), severity="warning"))
+        row = tensor_diff(tap.path, keras_ref, torch_out, ftol,
+                          note="the port (torch); its ONNX export differs: exporter issue, see findings")
+    if ort_keras is not None:
+        kd = tensor_diff(f"{tap.path}@keras-export", keras_ref, ort_keras, tol)
+        st.info["keras_export_rel"] = kd.rel
+        if not kd.passed:
+            st.findings.append(Finding(
+                "exporter", tap.path,
+                f"onnxruntime on the reference's ONNX export (tf2onnx) differs from Keras (max|Δ| {kd.max_abs:.3g}, "
+                f"allowed {kd.allowed:.3g}): an exporter issue, not a port issue",
+                "check the tf2onnx conversion of the reference", stage="onnx", evidence=kd.describe(),
+                severity="warning"))
+    row.extra = extra
+    st.tensors.append(row)
+    st.seconds = time.perf_counter() - t0
+    return st

@@ -1,0 +1,152 @@
+"""``parity record`` / ``parity replay``: a reference trace in safetensors, replayed with PyTorch alone."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from parity.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FAST_STAGES = "structure,forward_eval"
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    """minixception recorded once for this module (all stages, one SGD step)."""
+    path = str(tmp_path_factory.mktemp("trace") / "minixception.safetensors")
+    assert main(["record", "minixception", "-o", path, "-q"]) == 0
+    return path
+
+
+def _last_line(capsys) -> tuple[str, str]:
+    out, err = capsys.readouterr()
+    return out.strip().splitlines()[-1], err
+
+
+def test_record_prints_passed_line(tmp_path, capsys):
+    path = str(tmp_path / "t.safetensors")
+    assert main(["record", "minixception", "-o", path, "--stages", FAST_STAGES, "-q"]) == 0
+    last, _ = _last_line(capsys)
+    assert last.startswith("PASSED record minixception [float64, batch 8, 2 stages]")
+    assert os.path.exists(path)
+
+
+def test_replay_passes(trace, tmp_path, capsys):
+    rc = main(["replay", trace, "--out", str(tmp_path / "rep"), "-q"])
+    last, _ = _last_line(capsys)
+    assert rc == 0, last
+    assert last.startswith("PASSED minixception [float64, cpu, batch 8]: 6 stages")
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["reference_source"] == f"trace:{trace}"
+    assert report["environment"]["reference_keras_version"]
+
+
+def test_replay_planted_bug_fails(trace, tmp_path, capsys):
+    rc = main(["replay", trace, "--port", "tests.planted_ports:bn_eps_1e5", "--stages", FAST_STAGES,
+               "--out", str(tmp_path / "rep"), "-q"])
+    last, _ = _last_line(capsys)
+    assert rc == 1
+    assert last.startswith("FAILED: first divergence at forward_eval base/bn1"), last
+    assert "BatchNorm eps 1e-05 in the port, 0.001 in the reference" in last
+
+
+def test_replay_stage_not_recorded(tmp_path, capsys):
+    path = str(tmp_path / "t.safetensors")
+    assert main(["record", "minixception", "-o", path, "--stages", FAST_STAGES, "-q"]) == 0
+    capsys.readouterr()
+    assert main(["replay", path, "--stages", "gradients", "-q"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("parity: error: --stages: expected stages recorded in the trace (structure, "
+                          "forward_eval). Received: gradients.")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", [b"not a trace at all", b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"],
+                         ids=["text", "truncated-header"])
+def test_corrupt_trace_exit_2_one_line(tmp_path, capsys, content):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(content)
+    assert main(["replay", str(bad), "-q"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"parity: error: replay {bad}: expected a"), err
+    assert "Traceback" not in err
+
+
+def test_foreign_safetensors_exit_2(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "weights.safetensors")
+    save_file({"w": np.zeros(3)}, path)
+    assert main(["replay", path, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"parity: error: replay {path}: expected a parity trace (parity.trace/1). Received: a "
+                   "safetensors file with schema None. Record one with `parity record`.\n")
+
+
+def test_missing_trace_exit_2(tmp_path, capsys):
+    assert main(["replay", str(tmp_path / "nope.safetensors"), "-q"]) == 2
+    assert "expected a trace file written by `parity record`. Received: no such file." in capsys.readouterr().err
+
+
+def test_trace_is_safetensors_without_pickle(trace):
+    """The file is a safetensors header (JSON) + raw buffers; loading it runs no pickle."""
+    from safetensors import safe_open
+
+    with open(trace, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little")
+        header = json.loads(f.read(n))
+    assert header["__metadata__"]["schema"] == "parity.trace/1"
+    with open(trace, "rb") as f:
+        data = f.read()
+    # pickle protocol 2+ streams start with 0x80 <proto>; torch zip checkpoints with 'PK'
+    assert b"\x80\x04\x95" not in data[:8 + n] and not data.startswith(b"PK")
+    with safe_open(trace, framework="numpy") as f:
+        keys = set(f.keys())
+        meta = json.loads(f.metadata()["parity.trace"])
+    assert {"inputs/0", "labels/0", "weights/base_conv1/kernel", "eval_acts/base/bn1",
+            "steps/0/params/base_conv1/kernel", "steps/0/slots/base.conv1.weight/momentum"} <= keys
+    assert meta["meta"]["pair"] == "minixception" and meta["meta"]["optimizer"]["kind"] == "sgd"
+    assert meta["meta"]["port"] == "ported_torch.minixception:mini_xception"
+    assert meta["taps"][0] == {"path": "base/conv1", "ref": "base_conv1", "port": "base.conv1", "kind": "conv2d",
+                               "port_transform": None, "flatten_chw": None}
+
+
+def test_roundtrip_run_is_identical(trace):
+    """Every array and field of the ReferenceRun comes back as recorded."""
+    from parity.trace import load_trace, run_to_trace
+
+    run, _ = load_trace(trace)
+    tensors, metadata = run_to_trace(run)
+    with __import__("safetensors").safe_open(trace, framework="numpy") as f:
+        for k in f.keys():
+            assert np.array_equal(f.get_tensor(k), tensors[k]), k
+    assert run.meta["trace_path"] == trace
+    assert run.param_refs[0].key == "base.conv1.weight" and run.param_refs[0].param is None
+    assert run.eval_inputs["base/bn1"][0] is run.eval_acts["base/conv1"]  # stored once, shared on load
+
+
+def test_replay_imports_no_tensorflow(trace, tmp_path):
+    """The replay path on a machine without TensorFlow/Keras: both made unimportable before parity loads."""
+    code = (
+        "import sys\n"
+        "for name in ('tensorflow', 'keras', 'tf2onnx', 'tf_keras'):\n"
+        "    sys.modules[name] = None  # import -> ModuleNotFoundError; importlib.util.find_spec -> None\n"
+        "from parity.cli import main\n"
+        f"rc = main(['replay', {trace!r}, '--stages', 'structure,forward_eval,gradients,step', '-q', "
+        f"'--out', {str(tmp_path / 'rep')!r}])\n"
+        "loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split('.')[0] in "
+        "('tensorflow', 'keras'))\n"
+        "print('LOADED', loaded)\n"
+        "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert lines[-1] == "LOADED []"
+    assert lines[-2].startswith("PASSED minixception [float64, cpu, batch 8]: 4 stages")
