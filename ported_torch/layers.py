@@ -30,6 +30,13 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def same_pads_2d(x, kernel_size, stride, dilation=(1, 1)) -> tuple[int, int, int, int]:
+    """``F.pad`` order (left, right, top, bottom) of TF 'same' for an NCHW input."""
+    top, bottom = tf_same_pads(x.shape[-2], kernel_size[0], stride[0], dilation[0])
+    left, right = tf_same_pads(x.shape[-1], kernel_size[1], stride[1], dilation[1])
+    return left, right, top, bottom
+
+
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TF 'same' padding computed from the input size (asymmetric when needed).
 
@@ -42,9 +49,7 @@ class Conv2dSame(nn.Conv2d):
         self.tf_padding = "same"
 
     def forward(self, x):
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        top, bottom = tf_same_pads(x.shape[-2], kh, sh, dh)
-        left, right = tf_same_pads(x.shape[-1], kw, sw, dw)
+        left, right, top, bottom = same_pads_2d(x, self.kernel_size, self.stride, self.dilation)
         if top == bottom and left == right:
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         x = F.pad(x, (left, right, top, bottom))
@@ -61,10 +66,7 @@ class MaxPool2dSame(nn.Module):
         self.tf_padding = "same"
 
     def forward(self, x):
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        top, bottom = tf_same_pads(x.shape[-2], kh, sh)
-        left, right = tf_same_pads(x.shape[-1], kw, sw)
-        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        x = F.pad(x, same_pads_2d(x, self.kernel_size, self.stride), value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
     def extra_repr(self):
@@ -81,12 +83,10 @@ class AvgPool2dSame(nn.Module):
         self.tf_padding = "same"
 
     def forward(self, x):
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        top, bottom = tf_same_pads(x.shape[-2], kh, sh)
-        left, right = tf_same_pads(x.shape[-1], kw, sw)
+        pads = same_pads_2d(x, self.kernel_size, self.stride)
         ones = torch.ones_like(x[:1, :1])
-        xs = F.avg_pool2d(F.pad(x, (left, right, top, bottom)), self.kernel_size, self.stride, divisor_override=1)
-        ns = F.avg_pool2d(F.pad(ones, (left, right, top, bottom)), self.kernel_size, self.stride, divisor_override=1)
+        xs = F.avg_pool2d(F.pad(x, pads), self.kernel_size, self.stride, divisor_override=1)
+        ns = F.avg_pool2d(F.pad(ones, pads), self.kernel_size, self.stride, divisor_override=1)
         return xs / ns
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import parity.env  # noqa: F401  (environment before TensorFlow)
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -18,21 +17,9 @@ from parity.pairs.goturn import (CAFFE_LRN_ALPHA, CAFFE_LRN_BETA, CAFFE_LRN_K, C
                                  TF_LRN_DEPTH_RADIUS, pool_remainders, stream_sizes)
 from reference_keras.goturn import CaffeLRN, CaffeMaxPool2D, goturn  # noqa: E402
 
+from parity.reference_side import keras_dtype  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
-
-@contextlib.contextmanager
-def keras_dtype(dtype: str):
-    """floatx *and* the global dtype policy: once any layer exists the policy is fixed, and set_floatx alone
-    no longer changes new layers (Keras 3.15)."""
-    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx(dtype)
-    keras.config.set_dtype_policy(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(old_floatx)
-        keras.config.set_dtype_policy(old_policy)
 
 
 def caffe_max_pool(x: np.ndarray, k: int = 3, s: int = 2) -> np.ndarray:
