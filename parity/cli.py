@@ -216,6 +216,10 @@ def cmd_check(args) -> int:
 def cmd_record(args) -> int:
     from parity.trace import record
 
+    if not args.name and not (args.reference and args.port):
+        raise CliError("record: expected a pair NAME (see `parity list`) or both --reference MOD:FN and --port MOD:FN "
+                       "(the port replay will check). Received: "
+                       + ("--reference only." if args.reference else "--port only." if args.port else "neither."))
     spec, cfg = _check_args(args)
     path, summary = record(spec, args.output, stages=args.stages, dtype=args.dtype, batch=args.batch, seed=args.seed,
                            optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,

@@ -308,6 +308,15 @@ class _Run:
         row = self.row_by_path.get(path)
         return row.get("kind") if row else None
 
+    def port_path(self, path: str) -> str | None:
+        t = self.tap_by_path.get(path)
+        if t is not None:
+            return t.port
+        row = self.row_by_path.get(path)
+        if row and row.get("port"):
+            return str(row["port"]).rsplit(" (", 1)[0]
+        return None
+
     def tap_paths(self) -> list[str]:
         if self.taps:
             return [t.path for t in self.taps]
@@ -386,14 +395,16 @@ def _consolidate_shared(run: _Run) -> None:
             calls[f.path] = 0
     groups: dict[str, list[str]] = {}
     for path in calls:
-        port = run.tap_by_path[path].port if path in run.tap_by_path else path
+        port = run.port_path(path) or path
         owner = port.rsplit(".", 1)[0] if "." in port else port
         groups.setdefault(owner, []).append(path)
     aliases = _aliases(run)
+    diverged = [_base(t.path) for st in res.stages if st.name != "structure" for t in st.tensors if not t.passed]
     new = []
     for owner, paths in groups.items():
         n = max(calls[p] for p in paths)
-        first = paths[0]
+        # the finding sits where the sharing first shows in the numbers (else on the first shared layer)
+        first = next((d for d in diverged if d in paths), paths[0])
         outer = owner
         names = aliases.get(outer) or []
         while "." in outer and not names:
@@ -488,7 +499,7 @@ def _forward_eval_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
                              "convert a Dense kernel with a transpose (kernel.T), never a reshape", stage.name,
                              evidence=iso_t.describe())]
         return []
-    if earlier_ok:
+    if earlier_ok and iso_t is not None:  # right in isolation (fed the reference's input), wrong in the forward
         if kind == "dense" and _after_flatten(run, path):
             f = _flatten_rule(run, path, kind, stage.name, diff)
             if f is not None:

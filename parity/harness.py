@@ -224,7 +224,9 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
             from parity.onnx_leg import onnx_stage
 
             say("onnx: export both sides, run onnxruntime")
-            result.stages.append(onnx_stage(spec, ref, ts, taps, dtype=dtype))
+            st = onnx_stage(spec, ref, ts, taps, dtype=dtype)
+            result.stages.append(st)
+            result.findings += st.findings
     finally:
         ts.restore(snap)
 

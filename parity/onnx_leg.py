@@ -162,6 +162,14 @@ def _max_abs(a, b) -> float | None:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
 
 
+def _not_run(st: StageResult, t0: float, tap, message: str, fix: str) -> StageResult:
+    """The port's export cannot be run: an exporter finding (warning), the stage skipped with the reason."""
+    st.findings.append(Finding("exporter", tap.path, message, fix, stage="onnx", severity="warning"))
+    st.skipped = message
+    st.seconds = time.perf_counter() - t0
+    return st
+
+
 def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
     """The ``onnx`` stage (see the module docstring)."""
     t0 = time.perf_counter()
@@ -183,34 +191,34 @@ def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
         return st
     x_nhwc = np.asarray(ref.inputs[0])
     x_nchw = nhwc_to_nchw(x_nhwc)
-    torch_out = _transform(tap, torch_forward(ts.module, x_nchw, dtype))
+    try:
+        torch_out = _transform(tap, torch_forward(ts.module, x_nchw, dtype))
+    except Exception as exc:  # forward_eval reports the broken port already
+        st.skipped = f"the port's forward raised {_one_line(exc)}"
+        return st
 
     with tempfile.TemporaryDirectory(prefix="parity-onnx-") as workdir:
         # -- the port's export: the check's dtype first; float32 where onnxruntime has no kernel for it -------
         ort_dtype, ort_torch, why32 = dtype, None, None
-        for attempt in ((dtype, "float32") if dtype != "float32" else ("float32",)):
-            ort_dtype = attempt
+        attempts = (dtype, "float32") if dtype != "float32" else ("float32",)
+        for attempt in attempts:
+            ort_dtype, last = attempt, attempt == attempts[-1]
             try:
                 path = export_torch(ts.module, x_nchw, attempt, workdir)
             except Exception as exc:  # the exporter cannot trace the port: a finding, not a crash
-                st.findings.append(Finding("exporter", tap.path, f"torch.onnx.export of the port failed: "
-                                           f"{_one_line(exc)}", "export with a simpler forward (no data-dependent "
-                                           "control flow) or report it to PyTorch", stage="onnx",
-                                           severity="warning"))
-                st.skipped = f"the port's ONNX export failed ({_one_line(exc)})"
-                st.seconds = time.perf_counter() - t0
-                return st
+                if not last:
+                    why32 = (f"torch.onnx.export failed in {attempt} ({_one_line(exc)}); ran both exports in "
+                             "float32, compared under the float32 forward tolerance")
+                    continue
+                return _not_run(st, t0, tap, f"torch.onnx.export of the port failed: {_one_line(exc)}",
+                                "export a forward without data-dependent control flow, or report it to PyTorch")
             try:
                 sess = _session(path)
                 ort_torch = _transform(tap, _run(sess, np.ascontiguousarray(x_nchw, dtype=attempt)))
                 break
             except Exception as exc:
-                if attempt == "float32":
-                    st.skipped = f"onnxruntime cannot run the port's export: {_one_line(exc)}"
-                    st.findings.append(Finding("exporter", tap.path, st.skipped, "", stage="onnx",
-                                               severity="warning"))
-                    st.seconds = time.perf_counter() - t0
-                    return st
+                if last:
+                    return _not_run(st, t0, tap, f"onnxruntime cannot run the port's export: {_one_line(exc)}", "")
                 why32 = (f"onnxruntime cannot run the {attempt} graph ({_one_line(exc)}); ran both exports in "
                          "float32, compared under the float32 forward tolerance")
         st.info["ort_dtype"] = ort_dtype

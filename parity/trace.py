@@ -315,8 +315,10 @@ def replay(trace_path: str, *, port: str | None = None, stages=None, device: str
     run, _ = load_trace(trace_path)
     meta = run.meta
     recorded = tuple(meta.get("stages") or ())
-    wanted = parse_stages(stages) if isinstance(stages, (str, type(None))) and stages else (
-        tuple(stages) if stages else recorded)
+    if not stages:
+        wanted = recorded
+    else:
+        wanted = parse_stages(stages) if isinstance(stages, str) else tuple(stages)
     missing = [s for s in wanted if s not in recorded]
     if missing:
         raise UsageError(f"--stages: expected stages recorded in the trace ({', '.join(recorded)}). Received: "

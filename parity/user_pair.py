@@ -299,8 +299,8 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
     (structure, forward, backward, optimizer step, isolated layers), aligned automatically.
 
     Both objects are used as they are and left as found (weights, dtype, device, train/eval mode). ``dtype``
-    defaults to the Keras model's own (build it under ``keras.config.set_floatx("float64")`` for the exact
-    comparison); the rest of ``check_kwargs`` go to :func:`parity.harness.check` (``stages``, ``batch``,
+    defaults to the Keras model's own (build it under ``keras.config.set_floatx("float64")`` and
+    ``keras.config.set_dtype_policy("float64")`` for the exact comparison); the rest of ``check_kwargs`` go to :func:`parity.harness.check` (``stages``, ``batch``,
     ``seed``, ``optimizer``, ``steps``...)."""
     from parity.env import import_tensorflow
     from parity.harness import check
@@ -311,7 +311,7 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
     if dtype != kdtype:
         raise _usage_error(f"compare(dtype={dtype!r}): expected the Keras model's own dtype ({kdtype}): Keras "
                            "computes in its variables' dtype. Build the model under keras.config.set_floatx("
-                           f"{dtype!r}) or pass dtype={kdtype!r}.")
+                           f"{dtype!r}) and keras.config.set_dtype_policy({dtype!r}), or pass dtype={kdtype!r}.")
     spec = spec_from_objects(keras_model, torch_module, input_shape=input_shape, loss=loss, pins=pins,
                              name=check_kwargs.pop("name", None))
     saved = _torch_snapshot(torch_module)

@@ -29,10 +29,10 @@ def test_check_on_cuda_float64():
 @pytest.mark.gpu
 @needs_cuda
 def test_replay_cpu_trace_on_cuda(tmp_path):
+    from parity import registry
     from parity.trace import record, replay
 
-    path, _ = record(__import__("parity.registry", fromlist=["get"]).get("minixception"),
-                     str(tmp_path / "t.safetensors"))
+    path, _ = record(registry.get("minixception"), str(tmp_path / "t.safetensors"))
     result = replay(path, device="cuda")
     assert result.passed, result.summary_line()
     assert result.device == "cuda" and result.reference_source == f"trace:{path}"

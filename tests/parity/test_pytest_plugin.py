@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _frameworks_imported_once():
+    """pytester's in-process runs remove the modules first imported inside them from sys.modules: TensorFlow
+    imported a second time into the same process aborts it. Import both frameworks out here, once."""
+    from parity.env import import_tensorflow, import_torch
+
+    import_tensorflow()
+    import_torch()
 
 FAST = "structure,forward_eval"
 
@@ -36,6 +48,20 @@ def test_marker_defaults_and_overrides(parity):
     result = parity.check(stages="structure")               # marker's name and dtype, the call's stages
     assert [s.name for s in result.stages] == ["structure"] and result.dtype == "float64"
     assert parity.results == [result] and len(parity.report_dirs) == 1
+
+
+@pytest.mark.parity(reference="tests.user_models:keras_cnn", port="tests.user_models:torch_cnn", stages="{FAST}")
+def test_marker_user_models(parity):
+    pass
+
+
+def test_fixture_replay(parity, tmp_path):
+    from parity import registry
+    from parity.trace import record
+
+    path, _ = record(registry.get("minixception"), str(tmp_path / "t.safetensors"), stages="{FAST}")
+    result = parity.replay(path)
+    assert result.reference_source == "trace:" + path
 '''
 
 
@@ -44,7 +70,7 @@ def test_fixture_marker_and_options(pytester):
     reports = pytester.path / "parity-reports"
     res = pytester.runpytest("-p", "parity", "--parity-dtype", "float32", "--parity-report-dir", str(reports),
                              "-p", "no:cacheprovider")
-    res.assert_outcomes(passed=3, failed=2)
+    res.assert_outcomes(passed=5, failed=2)
     text = res.stdout.str()
 
     # torch.testing-style failure: first divergent tensor, greatest difference, allowed tolerance, cause, report
@@ -62,9 +88,11 @@ def test_fixture_marker_and_options(pytester):
     written = sorted(p.parent.parent.name + "/" + p.parent.name for p in reports.glob("*/*/report.json"))
     assert written == ["test_inner.py_test_fixture_passes/minixception",
                        "test_inner.py_test_fixture_planted_bug/minixception",
+                       "test_inner.py_test_fixture_replay/minixception-replay",
                        "test_inner.py_test_marker_defaults_and_overrides/minixception",
                        "test_inner.py_test_marker_planted_bug/minixception",
-                       "test_inner.py_test_marker_runs_the_check/minixception"]
+                       "test_inner.py_test_marker_runs_the_check/minixception",
+                       "test_inner.py_test_marker_user_models/keras_cnn-vs-torch_cnn"]
     auto = json.loads((reports / "test_inner.py_test_marker_runs_the_check" / "minixception" / "report.json")
                       .read_text())
     assert auto["passed"] and auto["dtype"] == "float64"    # the marker's dtype beats --parity-dtype

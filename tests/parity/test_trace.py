@@ -120,11 +120,13 @@ def test_trace_is_safetensors_without_pickle(trace):
 
 def test_roundtrip_run_is_identical(trace):
     """Every array and field of the ReferenceRun comes back as recorded."""
+    from safetensors import safe_open
+
     from parity.trace import load_trace, run_to_trace
 
     run, _ = load_trace(trace)
     tensors, metadata = run_to_trace(run)
-    with __import__("safetensors").safe_open(trace, framework="numpy") as f:
+    with safe_open(trace, framework="numpy") as f:
         for k in f.keys():
             assert np.array_equal(f.get_tensor(k), tensors[k]), k
     assert run.meta["trace_path"] == trace
@@ -150,3 +152,36 @@ def test_replay_imports_no_tensorflow(trace, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert lines[-1] == "LOADED []"
     assert lines[-2].startswith("PASSED minixception [float64, cpu, batch 8]: 4 stages")
+
+
+def test_user_models_trace_replays_with_its_recorded_port(tmp_path, capsys):
+    """Your own models: the trace names the port builder, so replay needs neither the reference nor --port."""
+    path = str(tmp_path / "user.safetensors")
+    assert main(["record", "--reference", "tests.user_models:keras_cnn", "--port", "tests.user_models:torch_cnn",
+                 "-o", path, "--stages", FAST_STAGES, "-q"]) == 0
+    capsys.readouterr()
+    assert main(["replay", path, "--out", str(tmp_path / "r1"), "-q"]) == 0
+    assert _last_line(capsys)[0].startswith("PASSED keras_cnn-vs-torch_cnn [float64, cpu, batch 4]: 2 stages")
+    assert main(["replay", path, "--port", "tests.user_models:torch_cnn_symmetric_pad", "--out",
+                 str(tmp_path / "r2"), "-q"]) == 1
+    assert _last_line(capsys)[0].startswith("FAILED: first divergence at forward_eval conv2")
+
+
+def test_record_user_models_needs_port(tmp_path, capsys):
+    assert main(["record", "--reference", "tests.user_models:keras_cnn", "-o", str(tmp_path / "t.safetensors"),
+                 "-q"]) == 2
+    assert capsys.readouterr().err == ("parity: error: record: expected a pair NAME (see `parity list`) or both "
+                                       "--reference MOD:FN and --port MOD:FN (the port replay will check). "
+                                       "Received: --reference only.\n")
+
+
+def test_replay_gives_the_numbers_of_a_live_check(trace):
+    """Same seed, same inputs, same weights: every compared tensor's difference is identical."""
+    from parity.harness import check
+    from parity.trace import replay
+
+    live = check("minixception", stages="forward_eval,gradients")
+    replayed = replay(trace, stages="forward_eval,gradients")
+    assert [s.name for s in live.stages] == [s.name for s in replayed.stages]
+    for a, b in zip(live.stages, replayed.stages):
+        assert [(t.path, t.max_abs) for t in a.tensors] == [(t.path, t.max_abs) for t in b.tensors], a.name
