@@ -90,8 +90,9 @@ def main(argv=None) -> int:
     print(f"total time {time.perf_counter() - t_all:.0f} s", flush=True)
     if outcomes:
         t = M.totals(outcomes)
-        print(f"TOTALS detected {t['detected_pct']:.1f} % | layer {t['layer_pct']:.1f} % | cause {t['cause_pct']:.1f} % | "
-              f"false alarms {sum(not a['passed'] for a in alarms)}/{len(alarms)}", flush=True)
+        n_alarm = sum(not a["passed"] for a in alarms)
+        print(f"TOTALS detected {t['detected_pct']:.1f} % | layer {t['layer_pct']:.1f} % | "
+              f"cause {t['cause_pct']:.1f} % | false alarms {n_alarm}/{len(alarms)}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"mutations": [o.to_dict() for o in outcomes], "skipped": skipped,

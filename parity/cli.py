@@ -26,12 +26,21 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message}. Run `{self.prog} --help` for the options.")
 
 
+def _rss_mb() -> str:
+    """Current resident memory (Linux /proc; empty elsewhere): big float64 checks are memory-bound."""
+    try:
+        with open("/proc/self/statm") as f:
+            return f" rss {int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20:,.0f} MB"
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
 def _progress(enabled: bool):
     start = time.perf_counter()
 
     def say(msg: str) -> None:
         if enabled:
-            print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            print(f"[{time.perf_counter() - start:6.1f}s{_rss_mb()}] {msg}", file=sys.stderr, flush=True)
 
     return say
 

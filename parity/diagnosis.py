@@ -247,7 +247,8 @@ def _lrn_rule(ref, port):
     if not msgs:
         return None
     return ("; ".join(msgs), f"nn.LocalResponseNorm(size={size or n}, alpha={want:g}, beta={ref.get('beta')}, "
-            f"k={ref.get('k', ref.get('bias', 1))})", "Caffe lrn_layer.cpp and torch: scale = k + alpha/size * sum(x^2)")
+            f"k={ref.get('k', ref.get('bias', 1))})",
+            "Caffe lrn_layer.cpp and torch: scale = k + alpha/size * sum(x^2)")
 
 
 def _ref_activation(ref: dict[str, Any]) -> str | None:
@@ -381,53 +382,62 @@ def _annotate_user_pair(result: CheckResult) -> None:
 
 # ---- shared modules ------------------------------------------------------------------------------------
 def _consolidate_shared(run: _Run) -> None:
-    """The harness reports every tap whose module ran more than once; keep one finding per shared module
-    (the outermost), saying which module, how often, and how it came about."""
+    """One finding per shared module, placed at the first layer where the sharing shows in the numbers
+    (a ``[Block()] * 8`` list loads the *last* position's weights into the one block, so the first position
+    already diverges), saying which module, how often, under which names, and the fix. Accepts the harness's
+    findings whether it reports one per tap or one per outermost shared module."""
+    import re
+
     res = run.result
     shared = [f for f in res.findings if f.cause == "shared_module"]
     if not shared:
         return
-    calls = {}
-    for f in shared:
-        try:
-            calls[f.path] = int(f.message.split(" called ")[1].split("x")[0])
-        except (IndexError, ValueError):
-            calls[f.path] = 0
-    groups: dict[str, list[str]] = {}
-    for path in calls:
-        port = run.port_path(path) or path
-        owner = port.rsplit(".", 1)[0] if "." in port else port
-        groups.setdefault(owner, []).append(path)
-    aliases = _aliases(run)
+    aliases_of = _aliases(run)
     diverged = [_base(t.path) for st in res.stages if st.name != "structure" for t in st.tensors if not t.passed]
+    groups: dict[frozenset, dict] = {}
+    for f in shared:
+        m = re.search(r"called (\d+)x", f.message)
+        n = int(m.group(1)) if m else 0
+        m = re.search(r"module `([^`]+)`", f.message)
+        port = run.port_path(f.path) or f.path
+        owner = m.group(1) if m else (port.rsplit(".", 1)[0] if "." in port else port)
+        names = set(aliases_of.get(owner) or [owner])
+        m = re.search(r"aliases: (.*)", f.evidence or "")
+        if m:
+            names |= {a.strip() for a in m.group(1).split(",") if a.strip()}
+        key = frozenset(names)
+        g = groups.setdefault(key, {"owner": owner, "calls": n, "paths": [], "evidence": []})
+        g["calls"] = max(g["calls"], n)
+        g["paths"].append(f.path)
+        if f.evidence and f.evidence not in g["evidence"]:
+            g["evidence"].append(f.evidence)
+        gap = re.search(r"([\d,]+) parameters fewer in the port", f.message)
+        if gap and gap.group(0) not in g["evidence"]:
+            g["evidence"].append(gap.group(0))
     new = []
-    for owner, paths in groups.items():
-        n = max(calls[p] for p in paths)
-        # the finding sits where the sharing first shows in the numbers (else on the first shared layer)
-        first = next((d for d in diverged if d in paths), paths[0])
-        outer = owner
-        names = aliases.get(outer) or []
-        while "." in outer and not names:
-            outer = outer.rsplit(".", 1)[0]
-            names = aliases.get(outer) or []
+    for names, g in groups.items():
+        n, owner = g["calls"], g["owner"]
+        def under(p):
+            port = run.port_path(p) or ""
+            return any(port == a or port.startswith(a + ".") for a in names)
+
+        in_group = [p for p in run.tap_paths() if under(p)]
+        members = set(in_group) | set(g["paths"])
+        first = next((d for d in diverged if d in members), None) or (in_group[0] if in_group else g["paths"][0])
+        ordered = sorted(names, key=lambda a: (len(a), a))
         alias_txt = ""
-        if len(names) > 1:
-            alias_txt = (f"; the same object is registered as {', '.join(names[:3])}"
-                         f"{' ...' if len(names) > 3 else ''} ({len(names)} names, e.g. "
-                         f"nn.ModuleList([block] * {len(names)}))")
-        missing = [f.path for f in res.findings if f.cause == "missing_module"]
-        ev = f"{len(paths)} tapped layers inside {owner} ran {n}x in one forward"
-        if missing:
-            ev += f"; {len(missing)} reference layers have no module of their own in the port"
+        if len(ordered) > 1:
+            more = " ..." if len(ordered) > 3 else ""
+            alias_txt = (f"; the same object is registered as {', '.join(ordered[:3])}{more} "
+                         f"({len(ordered)} names, e.g. nn.ModuleList([block] * {len(ordered)}))")
+        ev = [f"{len(in_group) or len(g['paths'])} tapped layers run on the shared weights"] + g["evidence"]
         new.append(Finding(
             "shared_module", first,
             f"port module {owner} runs {n}x in one forward: {n} positions share one set of weights{alias_txt}; "
             f"the reference has {n} distinct layers there",
             f"create one module per position: nn.ModuleList([Block() for _ in range({n})]) (not [Block()] * {n})",
-            stage="structure", evidence=ev))
-    keep = [f for f in res.findings if f.cause != "shared_module"]
-    # the shared-module finding explains the 'not found' modules of the later positions
-    res.findings[:] = new + keep
+            stage="structure", evidence="; ".join(ev)))
+    res.findings[:] = new + [f for f in res.findings if f.cause != "shared_module"]
     st = res.stage("structure")
     if st is not None:
         st.findings = [f for f in st.findings if f.cause != "shared_module"] + new
@@ -562,9 +572,8 @@ def _flatten_rule(run: _Run, path, kind, stage, diff) -> Finding | None:
     confirmed = None
     if run.arrays and tap is not None:
         ref_act = run.ref.eval_acts.get(path)
-        acts = _port_acts(run)
-        port_act = acts.get(path)
-        if kind == "flatten" and ref_act is not None and port_act is not None:
+        port_act = _port_acts(run).get(path) if kind == "flatten" else None
+        if ref_act is not None and port_act is not None:
             from parity.compare import hwc_flat_to_chw_flat
 
             if tap.flatten_chw is not None and np.allclose(port_act, ref_act, rtol=PROBE_RTOL, atol=0):
@@ -900,7 +909,8 @@ def _label_smoothing(run: _Run, loss_t: TensorDiff) -> Finding | None:
         return _finding("label_smoothing", "loss",
                         f"label smoothing {round(eps_ref, 3):g} in the reference's loss, none in the port's",
                         f"F.cross_entropy(..., label_smoothing={round(eps_ref, 3):g})", "gradients",
-                        evidence=f"reference loss {loss_t.ref_value:.6g} = (1-e)*CE + e*mean(-log p), e = {eps_ref:.6f}")
+                        evidence=f"reference loss {loss_t.ref_value:.6g} = (1-e)*CE + e*mean(-log p), "
+                                 f"e = {eps_ref:.6f}")
     return None
 
 
@@ -941,7 +951,7 @@ def _l2_rule(run: _Run, path, diff, l2, layers, opt) -> Finding:
     want = torch_weight_decay_from_keras_l2(lam)
     ev = f"only the kernels with a Keras l2 regulariser differ ({', '.join(names)})"
     implied = None
-    if run.ref is not None and diff.index is not None and ":" in diff.path and diff.path.split(":")[1].startswith("weight.update"):
+    if run.ref is not None and diff.index is not None and diff.path.split(":")[-1].startswith("weight.update"):
         from weight_converters.keras import var_to_torch
 
         tap = run.tap_by_path.get(path)
@@ -970,7 +980,7 @@ def _l2_rule(run: _Run, path, diff, l2, layers, opt) -> Finding:
 
 
 def _adam_eps_rule(run: _Run, path, diff, opt) -> Finding | None:
-    """Step 1: the torch update with a plain eps is -lr * g / (|g| + eps); Keras' is -lr * g / (|g| + eps/sqrt(1-b2))."""
+    """Step 1: torch's update with a plain eps is -lr * g / (|g| + eps); Keras' -lr * g / (|g| + eps / sqrt(1 - b2))."""
     if run.ref is None or diff.index is None or ":" not in diff.path or ".update" not in diff.path:
         return None
     tap = run.tap_by_path.get(path)
@@ -987,7 +997,6 @@ def _adam_eps_rule(run: _Run, path, diff, opt) -> Finding | None:
         return None
     g = float(var_to_torch(tap.kind, var, g_ref, flatten_chw=tap.flatten_chw)[diff.index])
     lr, eps, b2 = float(opt.get("lr", 0)), float(opt.get("epsilon", 0)), float(opt.get("beta_2", 0.999))
-    wd = 0.0
     if g == 0 or not lr:
         return None
     plain = -lr * g / (abs(g) + eps)
@@ -1001,7 +1010,7 @@ def _adam_eps_rule(run: _Run, path, diff, opt) -> Finding | None:
             "set group['eps'] = keras_eps / sqrt(1 - beta_2**t) every step "
             "(parity.conventions.torch_adam_eps_from_keras)", "step",
             evidence=f"{key} at {diff.index}: gradient {g:.4g}; port update {diff.port_value:.6g} = -lr*g/(|g|+eps) "
-                     f"= {plain:.6g}; reference {diff.ref_value:.6g}" + ("" if not wd else ""))
+                     f"= {plain:.6g}; reference {diff.ref_value:.6g}")
     return None
 
 

@@ -16,6 +16,7 @@ Stages, in order (the order decides "first divergence"):
 """
 from __future__ import annotations
 
+import gc
 import platform
 import time
 from typing import Any, Callable
@@ -25,7 +26,7 @@ import numpy as np
 from parity import diagnosis
 from parity.compare import hwc_flat_to_chw_flat, nhwc_to_nchw, tensor_diff
 from parity.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
-from parity.results import CheckResult, Finding, StageResult
+from parity.results import STAGE_ORDER, CheckResult, Finding, StageResult
 from parity.spec import OptimizerSpec, PairSpec, Tap, resolve
 
 ALL_STAGES = ("structure", "forward_eval", "forward_train", "gradients", "step", "isolated")
@@ -157,7 +158,9 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         ref = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
                             stages=stage_set, weights_file=wfile, progress=say)
         source = "keras"
+        owned = True
     else:
+        owned = False
         ref = reference_run
         dtype, seed = ref.meta["dtype"], ref.meta["seed"]
         source = f"trace:{ref.meta.get('trace_path', '?')}"
@@ -199,9 +202,6 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         if "structure" in stage_set:
             result.stages.insert(0, _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info,
                                                      result))
-        if stage_set & {"forward_train", "gradients", "step"}:
-            _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say)
-            ts.restore(snap)  # isolated layers run on the loaded weights, not the stepped ones
         if "isolated" in stage_set:
             t = time.perf_counter()
             say("port: isolated layers")
@@ -220,6 +220,12 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
                 st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref.eval_acts[tap.path]), out, tol))
             st.seconds = time.perf_counter() - t
             result.stages.append(st)
+        del eval_acts
+        if owned:  # a check that ran the reference itself frees what no later stage reads (peak memory)
+            ref.eval_inputs = {}
+            gc.collect()
+        if stage_set & {"forward_train", "gradients", "step"}:
+            _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say, owned)
         if onnx:
             from parity.onnx_leg import onnx_stage
 
@@ -230,6 +236,7 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     finally:
         ts.restore(snap)
 
+    result.stages.sort(key=lambda st: STAGE_ORDER.index(st.name) if st.name in STAGE_ORDER else len(STAGE_ORDER))
     port_outputs["output_path"] = next((t.path for t in reversed(taps) if t.port == ""), taps[-1].path)
     result.findings += diagnosis.numeric_findings(result, port_outputs)
     diagnosis.attach_stages(result)
@@ -368,7 +375,7 @@ def _shared_module_findings(ts, taps, ref) -> list[Finding]:
     return out
 
 
-def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say) -> None:
+def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say, owned) -> None:
     torch = ts.torch
     from weight_converters.keras import var_to_torch
 
@@ -457,6 +464,10 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
                 st.seconds = time.perf_counter() - t + ref.seconds.get("train", 0.0)
                 result.stages.append(st)
             del acts, agrads
+            ts.records = {}  # the tapped outputs hold the graph's activations and retained grads
+            if owned:
+                ref.train_acts, ref.act_grads = {}, {}
+            gc.collect()
         if adapter is None:
             break
         t = time.perf_counter()

@@ -501,7 +501,7 @@ STEP = ("structure", "forward_eval", "forward_train", "gradients", "step")
 GRADS = ("structure", "forward_eval", "forward_train", "gradients")
 
 CATALOGUE: tuple[Mutation, ...] = (
-    # --- minixception: BatchNorm --------------------------------------------------------------------------------
+    # --- minixception: BatchNorm ----------------------------------------------------------------------------------
     _m("mx_bn_eps_1e5", "minixception", "BatchNorm eps 1e-5 (torch default) everywhere", "forward_eval", "base/bn1",
        "bn_eps", ci_stages=EVAL),
     _m("mx_bn_eps_one_layer", "minixception", "one BatchNorm left at eps 1e-5", "forward_eval",
@@ -550,7 +550,7 @@ CATALOGUE: tuple[Mutation, ...] = (
        "train_eval_mode", ci_stages=EVAL),
     _m("mx_init_after_load", "minixception", "reset_parameters() after the weights were loaded", "forward_eval",
        "base/conv2", "init_after_load", ci_stages=EVAL),
-    # --- minixception: optimizer and loss --------------------------------------------------------------------------
+    # --- minixception: optimizer and loss -------------------------------------------------------------------------
     _m("mx_l2_as_lambda", "minixception", "Keras l2(0.01) as torch weight_decay=0.01 (should be 0.02)", "step",
        "base/conv1", "l2_weight_decay", port=None, optimizer=_optimizer_variant("sgd_l2_as_lambda"), ci_stages=STEP),
     _m("mx_l2_dropped", "minixception", "Keras l2 regularisers not carried over to torch", "step", "base/conv1",
@@ -562,7 +562,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     _m("mx_label_smoothing", "minixception", "label_smoothing=0.1 in the port's loss only", "gradients", "loss",
        "label_smoothing", port=None, spec_change=_port_loss(label_smoothing=0.1), ci_stages=GRADS,
        needs=("port_loss",)),
-    # --- keypoints -----------------------------------------------------------------------------------------------------
+    # --- keypoints ------------------------------------------------------------------------------------------------
     _m("kp_flatten_hwc", "keypoints", "HWC flatten in a port converted for nn.Flatten's CHW", "forward_eval",
        "flatten", "flatten_order", ci_stages=EVAL),
     _m("kp_fc2_reshaped", "keypoints", "Dense kernel reshaped, not transposed, by the loader", "forward_eval", "fc2",
@@ -570,7 +570,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     # keypoints keeps Keras' zero biases (randomize_bn=False): a missing bias is invisible in the numbers
     _m("kp_fc2_no_bias", "keypoints", "nn.Linear(bias=False) where Dense has a (zero) bias", "structure", "fc2",
        "conv_bias", ci_stages=EVAL),
-    # --- goturn -------------------------------------------------------------------------------------------------------
+    # --- goturn ---------------------------------------------------------------------------------------------------
     _m("gt_lrn_alpha_times_size", "goturn", "LRN alpha multiplied by the window size", "forward_eval",
        "target/norm1", "lrn", ci_stages=EVAL),
     _m("gt_relu6", "goturn", "ReLU6 where the reference has ReLU (clips: conv1 outputs reach the hundreds)",
@@ -583,14 +583,14 @@ CATALOGUE: tuple[Mutation, ...] = (
        "dropout_rate", ci_stages=TRAIN),
     _m("gt_fc6_reshaped", "goturn", "fc6 kernel reshaped, not transposed, by the loader", "forward_eval", "fc6",
        "dense_layout", ci_stages=EVAL),
-    # --- xception -------------------------------------------------------------------------------------------------------
+    # --- xception -------------------------------------------------------------------------------------------------
     _m("xc_shared_middle", "xception", "middle flow as nn.ModuleList([MiddleBlock()] * 8)", "forward_eval",
        "middle/block5/sepconv1", "shared_module", ci_stages=EVAL),
     _m("xc_symmetric_pool", "xception", "nn.MaxPool2d(3, 2, padding=1) for TF 'same'", "forward_eval",
        "entry/block3/pool", "symmetric_pool", ci_stages=EVAL),
     _m("xc_missing_bn", "xception", "a BatchNorm missing after a separable conv", "forward_eval",
        "entry/block3/sepconv2/bn", "missing_bn", ci_stages=EVAL),
-    # --- a user's own pair (automatic alignment) ----------------------------------------------------------------------
+    # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
        user=("tests.user_models:keras_cnn", "tests.user_models:torch_cnn_symmetric_pad"), ci_stages=EVAL),

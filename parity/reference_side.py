@@ -190,8 +190,10 @@ class KerasSide:
         # an explicit float64 tensor: a raw numpy float64 array handed to TF ops was measured coming back
         # float32-rounded on a later call in the same process (tf.nn.max_pool2d)
         outs = self.tap_model([tf.constant(x)], training=False)
-        acts = {p: np.asarray(outs[i]) for p, i in self.out_idx.items()}
-        inputs = {p: [np.asarray(outs[i]) for i in idx] for p, idx in self.in_idx.items()}
+        arrays = [np.array(o) for o in outs]  # one numpy copy per distinct tensor, shared by acts and inputs
+        del outs
+        acts = {p: arrays[i] for p, i in self.out_idx.items()}
+        inputs = {p: [arrays[i] for i in idx] for p, idx in self.in_idx.items()}
         return acts, inputs
 
 
@@ -326,9 +328,11 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
             run.param_grads = {}
             for r, g in zip(var_refs, gparams):
                 run.param_grads.setdefault(r.layer, {})[r.var] = np.asarray(g)
+            del targets, grads
             run.seconds["train"] = time.perf_counter() - t
         else:
             gparams = tape.gradient(data_loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        del outs
         if adapter is None:
             del tape
             break

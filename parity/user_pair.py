@@ -15,7 +15,6 @@ alignment table is kept on the spec (:func:`alignment_of`) and added to the resu
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Callable
 
@@ -300,8 +299,8 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
 
     Both objects are used as they are and left as found (weights, dtype, device, train/eval mode). ``dtype``
     defaults to the Keras model's own (build it under ``keras.config.set_floatx("float64")`` and
-    ``keras.config.set_dtype_policy("float64")`` for the exact comparison); the rest of ``check_kwargs`` go to :func:`parity.harness.check` (``stages``, ``batch``,
-    ``seed``, ``optimizer``, ``steps``...)."""
+    ``keras.config.set_dtype_policy("float64")`` for the exact comparison); the rest of ``check_kwargs`` go
+    to :func:`parity.harness.check` (``stages``, ``batch``, ``seed``, ``optimizer``, ``steps``...)."""
     from parity.env import import_tensorflow
     from parity.harness import check
 

@@ -125,6 +125,7 @@ def torch_sequential():
     from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4, eps=KERAS_BN_EPSILON, momentum=TORCH_BN_MOMENTUM_FROM_KERAS), nn.ReLU(),
+        nn.Conv2d(1, 4, 3, bias=False),
+        nn.BatchNorm2d(4, eps=KERAS_BN_EPSILON, momentum=TORCH_BN_MOMENTUM_FROM_KERAS), nn.ReLU(),
         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 5 * 5, SEQ_OUTPUTS),
     )

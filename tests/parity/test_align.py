@@ -97,7 +97,8 @@ def test_pins_override_and_bad_pins_say_what_to_do(user):
     row = next(r for r in al.rows if r.ref == "relu2")
     assert (row.port, row.status) == ("hidden_act", "pinned")
     with pytest.raises(AlignmentError, match=r"--align conv9=down: expected a layer of the reference model\. "
-                                             r"Received: 'conv9', which it does not have\. Did you mean conv2, conv1\?"):
+                                             r"Received: 'conv9', which it does not have\. "
+                                             r"Did you mean conv2, conv1\?"):
         align(user.keras_cnn(), user.torch_cnn(), pins=["conv9=down"])
     with pytest.raises(AlignmentError, match=r"expected a module path of the port that runs in forward\. "
                                              r"Received: 'dwn'\. Did you mean down"):

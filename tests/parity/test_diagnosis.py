@@ -46,7 +46,8 @@ def test_missing_batchnorm():
                                            "trainable_params": 32, "non_trainable_params": 32},
                                      {"class": "Identity", "params": 0, "buffers": 0})
     assert [x.cause for x in f] == ["missing_bn"]
-    assert f[0].message == "BatchNorm missing in the port: the module is a Identity (no running statistics, no gamma/beta)"
+    assert f[0].message == ("BatchNorm missing in the port: the module is a Identity (no running statistics, no "
+                            "gamma/beta)")
     assert f[0].fix == "use nn.BatchNorm2d(C, eps=0.001, momentum=0.01) here"
 
 
@@ -97,7 +98,8 @@ def test_loss_reduction_from_the_loss_ratio():
 
 def test_running_var_only():
     r = make([StageResult("forward_eval", [td("bn")]),
-              StageResult("forward_train", [td("bn"), td("bn:running_mean"), td("bn:running_var", False, 1.0, 0.9999)])],
+              StageResult("forward_train", [td("bn"), td("bn:running_mean"),
+                                            td("bn:running_var", False, 1.0, 0.9999)])],
              rows=[row("bn", "batchnorm", "bn", "bn")])
     assert causes(diagnosis.numeric_findings(r, {})) == [("running_var_bias", "bn")]
 

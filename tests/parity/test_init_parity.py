@@ -49,7 +49,8 @@ def test_he_normal_truncated_vs_kaiming_normal_plain():
     s = math.sqrt(2 / 288) / 0.87962566103423978
     assert f.fix == f"nn.init.trunc_normal_(m.weight, std={s:.6g}, a={-2 * s:.6g}, b={2 * s:.6g})"
     nn.init.xavier_uniform_(w)
-    assert compare_tensor("c", "weight", {"class_name": "GlorotUniform", "config": {}}, (3, 3, 32, 64), w.numpy()) is None
+    glorot = {"class_name": "GlorotUniform", "config": {}}
+    assert compare_tensor("c", "weight", glorot, (3, 3, 32, 64), w.numpy()) is None
 
 
 def test_user_cnn_defaults_differ_and_a_keras_style_init_matches():
@@ -80,3 +81,17 @@ def test_bias_message():
     f = compare_tensor("fc", "bias", {"class_name": "Zeros", "config": {}}, (32,), b)
     assert f.message.startswith("bias init: reference zeros, port uniform(+-1/sqrt(fan_in)) (torch default)")
     assert f.fix == "nn.init.zeros_(m.bias)"
+
+
+def test_the_check_reports_init_differences_as_warnings():
+    pytest.importorskip("keras")
+    import inspect
+
+    from parity import harness
+
+    if "init_parity" not in inspect.getsource(harness.check):
+        pytest.skip("the harness does not call parity.init_parity yet")
+    r = harness.check("keypoints", stages="structure")
+    init = [f for f in r.findings if f.cause == "init"]
+    assert r.passed and init and all(f.severity == "warning" for f in init)
+    assert any(f.path == "fc2" and "xavier_normal" in f.message for f in init)

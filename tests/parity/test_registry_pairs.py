@@ -1,17 +1,17 @@
 """Every registered pair: the correct port passes every stage in float64 (parametrized over the registry, so a
-new pair is tested by this file without edits). CI uses each pair's fast_config (reduced input size); the
-full sizes run in `parity check NAME` and the benchmark."""
+new pair is tested by this file without edits), through the project's own pytest plugin (the `parity`
+fixture a user's CI would use). CI uses each pair's fast_config (reduced input size); the full sizes run in
+`parity check NAME` and the benchmark."""
 import pytest
 
 from parity import registry
-from parity.harness import check
 from parity.spec import FLOAT64_POLICY
 
 
 @pytest.mark.parametrize("name", registry.names())
-def test_correct_port_passes_every_stage_float64(name):
+def test_correct_port_passes_every_stage_float64(parity, name):
     spec = registry.get(name)
-    result = check(name, config=spec.fast_config)
+    result = parity.check(name, fast=True)  # raises a torch.testing-style AssertionError on a divergence
     assert result, result.summary_line()
     assert {s.name for s in result.stages} == {"structure", "forward_eval", "forward_train", "gradients", "step",
                                                "isolated"}

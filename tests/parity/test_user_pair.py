@@ -74,7 +74,8 @@ def test_compare_refuses_a_dtype_the_keras_model_does_not_have():
     from parity.harness import UsageError
 
     km = user_models.keras_cnn()  # float32
-    with pytest.raises(UsageError, match=r"compare\(dtype='float64'\): expected the Keras model's own dtype \(float32\)"):
+    with pytest.raises(UsageError,
+                       match=r"compare\(dtype='float64'\): expected the Keras model's own dtype \(float32\)"):
         compare(km, user_models.torch_cnn(), dtype="float64")
 
 
@@ -173,3 +174,21 @@ def test_conv_bias_before_batchnorm_is_not_a_false_alarm(float64):
                              torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 2))
     result = compare(km, tm, stages="structure,forward_eval,forward_train,gradients")
     assert result.passed, result.summary_line()
+
+
+def test_fused_activation_is_compared_after_the_ports_activation(float64):
+    """``Conv2D(..., activation="relu")`` in Keras, conv + nn.ReLU in the port: the port's ReLU is folded into
+    the Keras layer (compared as relu(conv output))."""
+    from keras import layers
+
+    from parity.align import supported_transforms
+
+    if "relu" not in supported_transforms():
+        pytest.skip("parity.port_side.apply_transform does not apply activations yet")
+    km = keras.Sequential([keras.Input((8, 8, 2)), layers.Conv2D(3, 3, activation="relu", name="c"),
+                           layers.Flatten(name="f"), layers.Dense(4, name="d")])
+    tm = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(108, 4))
+    result = compare(km, tm, stages="structure,forward_eval,forward_train,gradients")
+    assert result.passed, result.summary_line()
+    rows = [(r["ref"], r["port"], r["status"]) for r in result.stage("structure").info["alignment"]]
+    assert ("c", "0", "aligned") in rows and (None, "1", "fused") in rows
