@@ -587,9 +587,13 @@ def _flatten_rule(run: _Run, path, kind, stage, diff) -> Finding | None:
                     ev = f"the port's flatten output equals the reference's reordered HWC -> CHW, (C, H, W)={chw}"
         if kind == "dense":
             port_in = _module_input(run, tap)
-            ref_in = run.ref.eval_inputs.get(path)
+            ref_in = (run.ref.eval_inputs or {}).get(path)
+            if not ref_in:  # the run no longer holds layer inputs: the flatten before it is the Dense's input
+                prev = [a for _, a in _earlier_acts(run, path)[:1]]
+                ref_in = [np.asarray(run.ref.eval_acts[_prev_path(run, path)])] if prev else None
             if port_in is not None and ref_in:
                 r = np.asarray(ref_in[0])
+                r = r.reshape(r.shape[0], -1)  # Keras flattens NHWC: H, W, C order
                 if tap.flatten_chw is not None and r.shape == port_in.shape and np.allclose(
                         port_in, r, rtol=PROBE_RTOL, atol=0):
                     confirmed = ("the port feeds this Dense an HWC-ordered flatten while its weights were converted "
@@ -602,6 +606,12 @@ def _flatten_rule(run: _Run, path, kind, stage, diff) -> Finding | None:
     fix = ("flatten as the pair assumes: nn.Flatten (CHW) with the Dense rows reordered by the converter, or "
            "x.permute(0, 2, 3, 1).flatten(1) (HWC) with a plain transpose")
     return _finding("flatten_order", path, msg, fix, stage, evidence=ev or diff.describe())
+
+
+def _prev_path(run: _Run, path):
+    paths = run.tap_paths()
+    i = paths.index(path)
+    return paths[i - 1] if i > 0 else None
 
 
 def _guess_chw(run: _Run, path):
@@ -647,18 +657,31 @@ def _module_input(run: _Run, tap: Tap, k: int = 0):
     return got[0][k] if got and len(got[0]) > k else None
 
 
+def _earlier_acts(run: _Run, path) -> list[tuple[str, np.ndarray]]:
+    """The reference's eval outputs of the taps before ``path`` (nearest first), in the port's layout."""
+    from parity.compare import nhwc_to_nchw
+
+    paths = run.tap_paths()
+    out = []
+    for p in reversed(paths[:paths.index(path)] if path in paths else []):
+        a = run.ref.eval_acts.get(p)
+        if a is not None:
+            out.append((p, nhwc_to_nchw(np.asarray(a))))
+    return out
+
+
 def _probe_input(run: _Run, path, prev, stage) -> Finding | None:
+    """What does the port's module really receive? Compared with the reference's input to that layer (or, when
+    the run no longer holds it, with the outputs of the layers before it), raw and through an activation."""
     from parity.compare import nhwc_to_nchw
 
     tap = run.tap_by_path[path]
-    mod = run.ts.modules.get(tap.port)
-    ref_ins = run.ref.eval_inputs.get(path)
-    if mod is None or not ref_ins:
+    if run.ts.modules.get(tap.port) is None:
         return None
     got = []
     torch = run.ts.torch
-    h = mod.register_forward_hook(lambda m, i, o: got.append([t.detach().cpu().numpy() for t in i
-                                                               if torch.is_tensor(t)]))
+    h = run.ts.modules[tap.port].register_forward_hook(
+        lambda m, i, o: got.append([t.detach().cpu().numpy() for t in i if torch.is_tensor(t)]))
     try:
         run.ts.forward_eval(run.ref.inputs[0])
     finally:
@@ -666,37 +689,46 @@ def _probe_input(run: _Run, path, prev, stage) -> Finding | None:
     if not got:
         return None
     port_ins = got[0]
-    refs = [nhwc_to_nchw(np.asarray(a)) for a in ref_ins]
-    for k, (r, pin) in enumerate(zip(refs, port_ins)):
-        if r.shape != pin.shape or np.allclose(pin, r, rtol=PROBE_RTOL, atol=1e-12 * max(1, np.abs(r).max())):
+    ref_ins = (run.ref.eval_inputs or {}).get(path)
+    earlier = _earlier_acts(run, path)
+
+    def close(a, b):
+        return a.shape == b.shape and np.allclose(a, b, rtol=PROBE_RTOL, atol=1e-12 * max(1.0, float(np.abs(b).max())))
+
+    for k, pin in enumerate(port_ins):
+        which = f" input {k + 1} of" if len(port_ins) > 1 else ""
+        if ref_ins is not None and k < len(ref_ins):
+            sources = [("reference input", nhwc_to_nchw(np.asarray(ref_ins[k])))]
+        else:  # the input is one of the earlier layers' outputs
+            sources = [(p, a) for p, a in earlier if a.shape == pin.shape]
+        if any(close(pin, a) for _, a in sources):
             continue
         for act in PROBE_ACTIVATIONS:
-            cand = _apply_np(act, r)
-            if np.allclose(pin, cand, rtol=PROBE_RTOL, atol=1e-12 * max(1, np.abs(r).max())):
+            for src, a in sources:
+                if not close(pin, _apply_np(act, a)):
+                    continue
+                x = "reference input" if src == "reference input" else f"{src}'s output"
                 later = _next_activation(run, path, act)
-                which = f" input {k + 1} of" if len(refs) > 1 else ""
                 if later is not None:
                     return _finding(
                         "layer_order", path,
                         f"layer order: the port applies {act} before {path} (the reference applies it after, at "
                         f"{later}): {path} receives {act}(x)",
                         f"call {path} first and {act} after it, as in the reference", stage,
-                        evidence=f"the port's{which} input to {path} equals {act}(reference input) "
-                                 f"(max |Δ| {float(np.max(np.abs(pin - r))):.3g} vs the reference input)")
+                        evidence=f"the port's{which} input to {path} equals {act}({x}) (max |Δ| "
+                                 f"{float(np.max(np.abs(pin - a))):.3g} to {x} itself)")
                 return _finding(
                     "forward_wiring", path,
                     f"extra {act} in the port's forward before {path}:{which} {path} receives {act}(x) where the "
                     "reference has no activation", f"remove the {act} before {path}", stage,
-                    evidence=f"the port's input to {path} equals {act}(reference input)")
-        for other in run.taps:
-            a = run.ref.eval_acts.get(other.path)
-            if other.path != path and a is not None:
-                a2 = nhwc_to_nchw(np.asarray(a))
-                if a2.shape == pin.shape and np.allclose(pin, a2, rtol=PROBE_RTOL, atol=0):
+                    evidence=f"the port's{which} input to {path} equals {act}({x})")
+        if ref_ins is not None:
+            for other, a in earlier:
+                if close(pin, a):
                     return _finding(
-                        "forward_wiring", path, f"{path} is fed {other.path}'s output in the port (the reference "
-                        f"feeds it {prev or 'another layer'})", "fix the port's forward() wiring", stage,
-                        evidence=f"port input to {path} equals the reference's {other.path} output")
+                        "forward_wiring", path, f"{path} is fed {other}'s output in the port (the reference feeds it "
+                        f"{prev or 'another layer'})", "fix the port's forward() wiring", stage,
+                        evidence=f"port input to {path} equals the reference's {other} output")
     return None
 
 
@@ -887,7 +919,9 @@ def _label_smoothing(run: _Run, loss_t: TensorDiff) -> Finding | None:
     if run.ref is None or run.po.get("loss") != "categorical_crossentropy":
         return None
     out_path = run.po.get("output_path")
-    probs = run.ref.train_acts.get(out_path) if out_path else None
+    probs = (run.ref.train_acts or {}).get(out_path) if out_path else None
+    if probs is None and run.ts is not None:
+        probs = _port_train_probabilities(run)
     if probs is None:
         return None
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
@@ -912,6 +946,20 @@ def _label_smoothing(run: _Run, loss_t: TensorDiff) -> Finding | None:
                         evidence=f"reference loss {loss_t.ref_value:.6g} = (1-e)*CE + e*mean(-log p), "
                                  f"e = {eps_ref:.6f}")
     return None
+
+
+def _port_train_probabilities(run: _Run):
+    """softmax of the port's train-mode output on the reference's first batch (the forward stages agreed, so
+    these are the reference's probabilities too); the port's state is restored after."""
+    ts = run.ts
+    snap = ts.snapshot()
+    try:
+        ts.module.train()
+        with ts.torch.no_grad():
+            out = ts.module(ts.to_input(run.ref.inputs[0]))
+        return out.softmax(dim=1).cpu().numpy()
+    finally:
+        ts.restore(snap)
 
 
 # ---- optimizer step -----------------------------------------------------------------------------------------
