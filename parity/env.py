@@ -8,6 +8,11 @@ Why each variable (measured on this project's 2-core CI machine, see ../shared/r
   the ISA at AVX2 made 5/5 runs clean. It must be set before either framework loads oneDNN.
 - ``TF_ENABLE_ONEDNN_OPTS=0``: TF's oneDNN graph rewrites off; also makes TF CPU numerics deterministic.
 - ``TF_CPP_MIN_LOG_LEVEL=2``: TF's C++ info/warning chatter off (errors still print).
+- ``OMP_NUM_THREADS=1``: PyTorch's CPU kernels on one OpenMP thread. Measured on this 2-core machine: one
+  train fwd+bwd of mini_XCEPTION (float64, batch 8) took 0.07 s with 1 thread and 13.6 s with the default 2
+  while one other process was busy (OpenMP barriers spin against a descheduled thread); on an idle machine
+  a full check took 8.6 s with 1 thread vs 10.2 s with 2. TensorFlow's own thread pools are not affected.
+  Export another value to override.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ ENVIRONMENT = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "KERAS_BACKEND": "tensorflow",
     "PYTHONHASHSEED": "0",
+    "OMP_NUM_THREADS": "1",
 }
 
 _FRAMEWORKS = ("tensorflow", "torch", "keras")
