@@ -171,6 +171,11 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     torch.manual_seed(seed)
     port_builder = resolve(port if port is not None else spec.port)
     module = port_builder(**cfg)
+    from parity.init_parity import init_findings_from_run
+
+    # initialisation parity: the freshly built port against the reference's initialisers (warnings only; a
+    # port can match after a weight copy and still train differently from scratch)
+    init_warnings = init_findings_from_run(ref, module, taps) if "structure" in stage_set else []
     ts = TorchSide(module, taps, device=device, dtype=dtype)
     from weight_converters.keras import keras_to_torch
 
@@ -182,6 +187,7 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     result = CheckResult(pair=spec.name, dtype=dtype, device=device, seed=seed, batch=batch,
                          optimizer=_opt_dict(opt, steps), config=ref.meta["config"],
                          conversion=conv_report.to_dict(), reference_source=source)
+    result.findings += init_warnings
     path_of_layer = {t.ref: t.path for t in taps}
     port_outputs: dict[str, Any] = {"loss": spec.loss.name}
     try:

@@ -24,7 +24,8 @@ from weight_converters.keras import LAYER_VARS
 CONFIG_KEYS = ("kernel_size", "strides", "padding", "use_bias", "epsilon", "momentum", "activation", "pool_size",
                "depth_multiplier", "groups", "dilation_rate", "center", "scale", "rate", "axis", "units",
                "filters", "data_format", "alpha", "beta", "bias", "depth_radius", "negative_slope", "max_value",
-               "size", "k", "ceil_mode", "kernel_initializer", "bias_initializer")
+               "size", "k", "ceil_mode", "kernel_initializer", "bias_initializer", "depthwise_initializer",
+               "pointwise_initializer")
 
 
 @dataclass

@@ -48,6 +48,9 @@ def test_check_minixception_passes_and_writes_three_reports(tmp_path, capsys):
     assert (recon["reference_total"], recon["reference_trainable"], recon["reference_non_trainable"]) == (
         58_423, 56_951, 1_472)
     assert (recon["port_parameters"], recon["port_buffers"], recon["port_num_batches_tracked"]) == (56_951, 1_472, 14)
+    # initialisation parity: Keras glorot_uniform vs torch's default kaiming_uniform(a=sqrt(5)), a warning
+    init = [f for f in rep["findings"] if f["cause"] == "init" and f["path"] == "base/conv1"]
+    assert init and init[0]["severity"] == "warning" and "xavier_uniform_" in init[0]["fix"]
     html = (tmp_path / "report.html").read_text()
     assert "<svg" in html and "minixception" in html
 
