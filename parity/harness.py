@@ -246,6 +246,8 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
 
     result.stages.sort(key=lambda st: STAGE_ORDER.index(st.name) if st.name in STAGE_ORDER else len(STAGE_ORDER))
     port_outputs["output_path"] = next((t.path for t in reversed(taps) if t.port == ""), taps[-1].path)
+    # the numeric diagnosis rules probe both sides (e.g. re-run one layer with a transposed weight)
+    port_outputs.update(reference_run=ref, torch_side=ts, spec=spec, taps=taps)
     result.findings += diagnosis.numeric_findings(result, port_outputs)
     diagnosis.attach_stages(result)
     result.environment = _environment(ts)
