@@ -415,7 +415,8 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
     for k in range(n_steps):
         t = time.perf_counter()
         say(f"port: train forward + backward (step {k + 1}/{n_steps})")
-        acts, loss, agrads = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.loss, want_acts=(k == 0))
+        acts, loss, agrads = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.port_loss or spec.loss,
+                                                       want_acts=(k == 0))
         if ts.error:  # the port cannot run a training batch: report what was tapped, stop training stages
             st = StageResult("forward_train", errors=[ts.error])
             _compare_acts(st, taps, ref.train_acts, acts, spec.tolerance.for_stage(dtype, "forward_train"), ts)

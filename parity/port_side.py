@@ -55,7 +55,7 @@ def device_description(dev) -> dict[str, Any]:
 def torch_loss(F, spec: LossSpec, out, y):
     """The port's loss: ``categorical_crossentropy`` -> ``F.cross_entropy`` on logits (softmax inside)."""
     if spec.name == "categorical_crossentropy":
-        return F.cross_entropy(out, y, reduction=spec.reduction)
+        return F.cross_entropy(out, y, reduction=spec.reduction, label_smoothing=spec.label_smoothing)
     if spec.name == "mse":
         per = ((out - y) ** 2).mean(dim=-1)
     elif spec.name == "l1_sum":
@@ -65,12 +65,21 @@ def torch_loss(F, spec: LossSpec, out, y):
     return per.mean() if spec.reduction == "mean" else per.sum()
 
 
+#: activations a Keras layer may carry fused (``Conv2D(..., activation="relu")``), applied to the port module's
+#: output before comparing (the port runs them as separate modules or functional calls)
+PORT_TRANSFORMS = ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear")
+
+
 def apply_transform(name: str | None, t):
-    if name is None:
+    if name is None or name == "linear":
         return t
-    if name == "softmax":
-        return t.softmax(dim=1)
-    raise ValueError(f"expected port_transform None or 'softmax'. Received: {name!r}")
+    import torch.nn.functional as F
+
+    fns = {"softmax": lambda x: x.softmax(dim=1), "relu": F.relu, "relu6": F.relu6, "sigmoid": lambda x: x.sigmoid(),
+           "tanh": lambda x: x.tanh(), "elu": F.elu, "swish": F.silu, "silu": F.silu}
+    if name not in fns:
+        raise ValueError(f"expected port_transform None or one of {', '.join(PORT_TRANSFORMS)}. Received: {name!r}")
+    return fns[name](t)
 
 
 def module_info(m) -> dict[str, Any]:

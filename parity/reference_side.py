@@ -129,7 +129,8 @@ def keras_loss(ops, keras, spec: LossSpec, y, pred, from_logits: bool = False):
     """The reference loss. ``categorical_crossentropy``: Keras' own function (clips probabilities to
     [eps, 1 - eps], eps = keras.config.epsilon()); ``mse``; ``l1_sum`` (Caffe ASUM)."""
     if spec.name == "categorical_crossentropy":
-        per = keras.losses.categorical_crossentropy(y, pred, from_logits=from_logits)
+        per = keras.losses.categorical_crossentropy(y, pred, from_logits=from_logits,
+                                                    label_smoothing=spec.label_smoothing)
     elif spec.name == "mse":
         per = ops.mean(ops.square(pred - y), axis=-1)
     elif spec.name == "l1_sum":

@@ -63,6 +63,8 @@ class LossSpec:
     reduction: str = "mean"
     #: the reference model outputs logits (no softmax layer): Keras loss with from_logits=True
     reference_from_logits: bool = False
+    #: categorical_crossentropy only: Keras ``label_smoothing`` == torch ``F.cross_entropy(label_smoothing=)``
+    label_smoothing: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,8 @@ class PairSpec:
     randomize_bn: bool = True
     #: input range of the generated data (mini_XCEPTION scales images to [-1, 1])
     input_range: tuple[float, float] = (-1.0, 1.0)
+    #: the port's own training loss when it differs from ``loss`` (a user's training script); None = ``loss``
+    port_loss: LossSpec | None = None
 
     def config(self, **overrides) -> dict[str, Any]:
         cfg = dict(self.default_config)
