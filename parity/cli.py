@@ -29,9 +29,13 @@ class _Parser(argparse.ArgumentParser):
 def _rss_mb() -> str:
     """Current resident memory (Linux /proc; empty elsewhere): big float64 checks are memory-bound."""
     try:
+        import resource
+
         with open("/proc/self/statm") as f:
-            return f" rss {int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20:,.0f} MB"
-    except (OSError, ValueError, IndexError):
+            now = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return f" rss {now:,.0f} MB, peak {peak:,.0f} MB"
+    except (OSError, ValueError, IndexError, ImportError):
         return ""
 
 

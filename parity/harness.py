@@ -140,8 +140,8 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     # -- port device first: a missing GPU is a usage error before any slow work ---------------------------
     from parity.env import import_torch
 
-    torch = import_torch()
-    from parity.port_side import DeviceUnavailable, TorchSide, module_info, resolve_device
+    import_torch()
+    from parity.port_side import DeviceUnavailable, resolve_device
 
     try:
         resolve_device(device)
@@ -149,14 +149,22 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         raise UsageError(str(exc)) from None
 
     # -- reference ------------------------------------------------------------------------------------------
+    store = None
     if reference_run is None:
         from parity.reference_side import run_reference
+        from parity.spill import SpillStore
 
         wfile = None
         if weights is not None:
             wfile = (lambda expected: load_weight_file(spec, weights, expected))
-        ref = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
-                            stages=stage_set, weights_file=wfile, progress=say)
+        # the reference's results wait on disk for the port, not in memory (see parity.spill)
+        store = SpillStore()
+        try:
+            ref = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
+                                stages=stage_set, weights_file=wfile, progress=say, spill=store)
+        except BaseException:
+            store.close()
+            raise
         source = "keras"
         owned = True
     else:
@@ -167,6 +175,22 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     taps = ref.taps
 
     # -- port -------------------------------------------------------------------------------------------------
+    try:
+        return _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, opt, steps, port, onnx,
+                           owned, source, say, t_start)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, opt, steps, port, onnx, owned,
+                source, say, t_start) -> CheckResult:
+    from parity.env import import_torch, trim_heap
+
+    torch = import_torch()
+    from parity.port_side import TorchSide, module_info
+
+    taps = ref.taps
     say("port: build and load converted weights")
     torch.manual_seed(seed)
     port_builder = resolve(port if port is not None else spec.port)
@@ -182,7 +206,8 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     state, conv_report = keras_to_torch(ref.weights, layer_maps(taps), expected=ts.expected_state(), strict=False)
     ts.load_state(state)
     del state  # the numpy copy (0.9 GB for GOTURN in float64): the module holds the weights now
-    snap = ts.snapshot()
+    trim_heap()
+    snap = ts.snapshot(store)
 
     result = CheckResult(pair=spec.name, dtype=dtype, device=device, seed=seed, batch=batch,
                          optimizer=_opt_dict(opt, steps), config=ref.meta["config"],
@@ -191,23 +216,24 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     path_of_layer = {t.ref: t.path for t in taps}
     port_outputs: dict[str, Any] = {"loss": spec.loss.name}
     try:
-        eval_acts = None
+        eval_shapes = None
         if stage_set & {"forward_eval", "structure"}:
             t = time.perf_counter()
             say("port: forward (eval)")
-            eval_acts, final, calls = ts.forward_eval(ref.inputs[0])
+            tol = spec.tolerance.for_stage(dtype, "forward_eval")
+            sink, diffs = _diff_sink(ref.eval_acts if "forward_eval" in stage_set else {}, tol)
+            eval_shapes, final, calls = ts.forward_eval(ref.inputs[0], sink=sink)
             port_outputs["final"] = final
             port_outputs["calls"] = calls
             if "forward_eval" in stage_set:
                 st = StageResult("forward_eval")
-                tol = spec.tolerance.for_stage(dtype, "forward_eval")
-                _compare_acts(st, taps, ref.eval_acts, eval_acts, tol, ts)
+                _compare_acts(st, taps, ref.eval_acts, eval_shapes, tol, ts, diffs=diffs)
                 if ts.error:
                     st.errors.insert(0, ts.error)
                 st.seconds = time.perf_counter() - t + ref.seconds.get("forward_eval", 0.0)
                 result.stages.append(st)
         if "structure" in stage_set:
-            result.stages.insert(0, _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info,
+            result.stages.insert(0, _structure_stage(spec, ref, ts, taps, conv_report, eval_shapes, module_info,
                                                      result))
         if "isolated" in stage_set:
             t = time.perf_counter()
@@ -227,13 +253,13 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
                 st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref.eval_acts[tap.path]), out, tol))
             st.seconds = time.perf_counter() - t
             result.stages.append(st)
-        del eval_acts
-        if owned:  # a check that ran the reference itself frees what no later stage reads (peak memory)
+        if owned and store is None:  # reference results held in memory: free what no later stage reads
             ref.eval_inputs = {}
-            gc.collect()
+        gc.collect()
+        trim_heap()
         if stage_set & {"forward_train", "gradients", "step"}:
-            _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say, owned,
-                          snap[0])
+            _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say,
+                          owned and store is None, snap[0])
         if onnx:
             from parity.onnx_leg import onnx_stage
 
@@ -244,6 +270,7 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     finally:
         ts.restore(snap)
 
+    say("diagnosis")
     result.stages.sort(key=lambda st: STAGE_ORDER.index(st.name) if st.name in STAGE_ORDER else len(STAGE_ORDER))
     port_outputs["output_path"] = next((t.path for t in reversed(taps) if t.port == ""), taps[-1].path)
     # the numeric diagnosis rules probe both sides (e.g. re-run one layer with a transposed weight)
@@ -273,7 +300,21 @@ def _opt_dict(opt: OptimizerSpec, steps: int) -> dict:
     return d
 
 
-def _compare_acts(st: StageResult, taps, ref_acts, port_acts, tol, ts) -> None:
+def _diff_sink(ref_acts, tol, suffix: str = ""):
+    """A port-side sink comparing each tap's value with the reference's as soon as the port computes it (see
+    ``TorchSide.tapping``); returns the sink and the dict it fills, ``{path: TensorDiff}``."""
+    diffs: dict[str, Any] = {}
+
+    def sink(tap, value):
+        if tap.path in ref_acts and tap.path not in diffs:
+            diffs[tap.path] = tensor_diff(tap.path + suffix, ref_to_port_layout(tap, ref_acts[tap.path]), value, tol)
+
+    return sink, diffs
+
+
+def _compare_acts(st: StageResult, taps, ref_acts, port_acts, tol, ts, diffs=None) -> None:
+    """One diff per tap, in tap order (``diffs``: already computed by a sink; ``port_acts`` then only tells
+    which taps the port's forward reached)."""
     for tap in taps:
         if tap.path not in ref_acts:
             continue
@@ -281,7 +322,20 @@ def _compare_acts(st: StageResult, taps, ref_acts, port_acts, tol, ts) -> None:
             st.errors.append(f"{tap.path}: port module {tap.port!r} "
                              + ("not found" if tap.port not in ts.modules else "never called in forward"))
             continue
+        if diffs is not None:
+            if tap.path in diffs:
+                st.tensors.append(diffs[tap.path])
+            continue
         st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref_acts[tap.path]), port_acts[tap.path], tol))
+
+
+def _ref_shape(tap: Tap, acts, path) -> tuple:
+    """The shape of a reference activation in the port's layout, without loading a spilled array."""
+    h = acts.handle(path) if hasattr(acts, "handle") else acts[path]
+    shape = tuple(np.shape(h) if not hasattr(h, "shape") else h.shape)
+    if len(shape) == 4:
+        return (shape[0], shape[3], shape[1], shape[2])
+    return shape
 
 
 def _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info, result) -> StageResult:
@@ -314,8 +368,9 @@ def _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info, r
                                         "compare the layer's construction (bias, affine, channels)",
                                         stage="structure", severity="warning"))
         if eval_acts is not None and tap.path in ref.eval_acts and tap.path in eval_acts:
-            rs = tuple(ref_to_port_layout(tap, ref.eval_acts[tap.path]).shape[1:])
-            ps = tuple(eval_acts[tap.path].shape[1:])
+            rs = _ref_shape(tap, ref.eval_acts, tap.path)[1:]
+            pa = eval_acts[tap.path]
+            ps = (tuple(pa) if isinstance(pa, tuple) else tuple(np.shape(pa)))[1:]
             row.update(ref_shape=list(rs), port_shape=list(ps))
             if rs != ps:
                 st.errors.append(f"{tap.path}: output shape {ps} in the port, {rs} in the reference")
@@ -415,11 +470,18 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
     for k in range(n_steps):
         t = time.perf_counter()
         say(f"port: train forward + backward (step {k + 1}/{n_steps})")
-        acts, loss, agrads = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.port_loss or spec.loss,
-                                                       want_acts=(k == 0))
+        # k == 0: activations and their gradients are compared as the port computes them (no full copy held)
+        act_sink, act_diffs = _diff_sink(ref.train_acts if "forward_train" in stage_set else {},
+                                         spec.tolerance.for_stage(dtype, "forward_train"))
+        grad_sink, grad_diffs = _diff_sink(ref.act_grads if "gradients" in stage_set else {},
+                                           spec.tolerance.for_stage(dtype, "gradients"), suffix=":grad")
+        _, loss, _ = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.port_loss or spec.loss,
+                                               want_acts=(k == 0), sink=act_sink, grad_sink=grad_sink)
+        acts = {p: r.output for p, r in ts.records.items()} if k == 0 else {}
         if ts.error:  # the port cannot run a training batch: report what was tapped, stop training stages
             st = StageResult("forward_train", errors=[ts.error])
-            _compare_acts(st, taps, ref.train_acts, acts, spec.tolerance.for_stage(dtype, "forward_train"), ts)
+            _compare_acts(st, taps, ref.train_acts, acts, spec.tolerance.for_stage(dtype, "forward_train"), ts,
+                          diffs=act_diffs)
             result.stages.append(st)
             for name in ("gradients", "step"):
                 if name in stage_set:
@@ -430,7 +492,7 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
             if "forward_train" in stage_set:
                 st = StageResult("forward_train", info={"running_var": RUNNING_VAR_CONVENTION})
                 tol = spec.tolerance.for_stage(dtype, "forward_train")
-                _compare_acts(st, taps, ref.train_acts, acts, tol, ts)
+                _compare_acts(st, taps, ref.train_acts, acts, tol, ts, diffs=act_diffs)
                 btol = spec.tolerance.for_stage(dtype, "bn_stats")
                 for tap in taps:
                     if tap.kind != "batchnorm" or tap.ref not in ref.bn_stats or tap.path not in old_stats:
@@ -456,9 +518,13 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
                 tol = spec.tolerance.for_stage(dtype, "gradients")
                 st.tensors.append(tensor_diff("loss", np.array(ref.loss), np.array(loss), tol))
                 for tap in taps:
-                    if tap.path in ref.act_grads and tap.path in agrads:
+                    if tap.path not in ref.act_grads or tap.path not in acts or tap.port_transform:
+                        continue
+                    if tap.path in grad_diffs:
+                        st.tensors.append(grad_diffs[tap.path])
+                    else:  # no gradient reached this output in the port (it does not feed the loss): zeros
                         st.tensors.append(tensor_diff(f"{tap.path}:grad", ref_to_port_layout(tap, ref.act_grads[tap.path]),
-                                                      agrads[tap.path], tol))
+                                                      np.zeros(acts[tap.path]), tol))
                 for r in ref.param_refs:
                     tap = tap_by_ref.get(r.layer)
                     g_ref = ref.param_grads.get(r.layer, {}).get(r.var)
@@ -475,11 +541,14 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
                     st.tensors.append(tensor_diff(path, g_ref_t, g_port, tol))
                 st.seconds = time.perf_counter() - t + ref.seconds.get("train", 0.0)
                 result.stages.append(st)
-            del acts, agrads
-            ts.records = {}  # the tapped outputs hold the graph's activations and retained grads
+            del acts, act_diffs, grad_diffs
+            ts.records = {}
             if owned:
                 ref.train_acts, ref.act_grads = {}, {}
             gc.collect()
+            from parity.env import trim_heap
+
+            trim_heap()
         if adapter is None:
             break
         t = time.perf_counter()
@@ -487,25 +556,35 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
         opt_torch.step()
         tol = spec.tolerance.for_stage(dtype, "step")
         rstep = ref.steps[k]
-        slots_port = adapter.torch_slots(opt, k, opt_torch, refs)
         at = f"@step{k + 1}" if n_steps > 1 else ""
         for r in refs:
             tap = tap_by_ref.get(r.layer)
             if tap is None:
                 continue
             suffix = r.key[len(tap.port) + 1:] if tap.port else r.key
+            # one loaded array at a time, freed as soon as used (GOTURN's fc6 is 0.6 GB per copy)
             new_ref = var_to_torch(r.kind, r.var, rstep["params"][r.layer][r.var], flatten_chw=tap.flatten_chw)
-            init_ref = var_to_torch(r.kind, r.var, ref.weights[r.layer][r.var], flatten_chw=tap.flatten_chw)
             new_port = r.param.detach().cpu().numpy()
-            d = tensor_diff(f"{tap.path}:{suffix}.update{at}", new_ref - init_ref,
-                            new_port - initial[r.key].cpu().numpy(), tol)
-            st_step.tensors.append(d)
             if n_steps > 1:  # the weights themselves, step by step: how a small difference grows
                 w = tensor_diff(f"{tap.path}:{suffix}", new_ref, new_port, ttol)
                 series.setdefault(w.path, []).append(w.rel)
                 if k == n_steps - 1:
                     traj.tensors.append(w)
-            for slot, val in (rstep["slots"].get(r.key) or {}).items():
+            upd_ref = new_ref - var_to_torch(r.kind, r.var, ref.weights[r.layer][r.var], flatten_chw=tap.flatten_chw)
+            del new_ref
+            init_port = initial[r.key]
+            if isinstance(init_port, np.ndarray):  # a fresh copy from the spill store: reuse its memory
+                upd_port = np.subtract(new_port, init_port, out=init_port)
+            else:
+                upd_port = new_port - init_port.detach().cpu().numpy()
+            del init_port
+            d = tensor_diff(f"{tap.path}:{suffix}.update{at}", upd_ref, upd_port, tol)
+            del upd_ref, upd_port
+            st_step.tensors.append(d)
+            ref_slots = rstep["slots"].get(r.key) or {}
+            # this parameter's slots only (a full copy of GOTURN's momentum is 0.9 GB)
+            slots_port = adapter.torch_slots(opt, k, opt_torch, [r]) if ref_slots else {}
+            for slot, val in ref_slots.items():
                 pv = (slots_port.get(r.key) or {}).get(slot)
                 sref = var_to_torch(r.kind, r.var, val, flatten_chw=tap.flatten_chw)
                 if pv is None:

@@ -191,17 +191,39 @@ class TorchSide:
     def state_numpy(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
 
-    def snapshot(self):
-        return copy.deepcopy(self.module.state_dict()), self.module.training
+    def snapshot(self, store=None):
+        """The module's state and mode. With a :class:`parity.spill.SpillStore` the state goes to disk, one
+        tensor at a time (a second in-memory copy of GOTURN's weights is 0.9 GB in float64)."""
+        if store is None:
+            return copy.deepcopy(self.module.state_dict()), self.module.training
+        from parity.spill import SpillDict
+
+        state = SpillDict(store)
+        for k, v in self.module.state_dict().items():
+            state[k] = v.detach().cpu().numpy()
+        return state, self.module.training
 
     def restore(self, snap) -> None:
         state, training = snap
-        self.module.load_state_dict(state)
+        if hasattr(state, "handle"):  # spilled: load tensor by tensor into the module's own storage
+            torch = self.torch
+            sd = self.module.state_dict()
+            with torch.no_grad():
+                for k in state:
+                    if k in sd:
+                        sd[k].copy_(torch.from_numpy(state[k]))
+        else:
+            self.module.load_state_dict(state)
         self.module.train(training)
 
     # -- taps ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def tapping(self, retain_grad: bool = False):
+    def tapping(self, retain_grad: bool = False, sink=None, grad_sink=None):
+        """Forward hooks on the tapped modules. Without sinks each first call's output tensor is kept in
+        :attr:`records` (and its gradient retained). With ``sink(tap, array)`` each output is handed over as
+        numpy when computed and not kept (the record holds its shape); ``grad_sink(tap, array)`` receives
+        its gradient during backward (a tensor hook, not a retained ``.grad``): a large model is compared
+        tap by tap without a second copy of its activations or gradients."""
         self.records = {}
         handles = []
         for tap in self.taps:
@@ -215,6 +237,12 @@ class TorchSide:
                     rec.calls += 1
                     return
                 t = out
+                if sink is not None:
+                    sink(tap, self.tap_value(tap, TapRecord(t, 1)))
+                    if grad_sink is not None and t.requires_grad and not tap.port_transform:
+                        t.register_hook(lambda g, tap=tap: grad_sink(tap, g.detach().cpu().numpy()))
+                    self.records[tap.path] = TapRecord(tuple(t.shape), 1)
+                    return
                 if retain_grad and t.requires_grad:
                     t.retain_grad()
                 self.records[tap.path] = TapRecord(t, 1)
@@ -235,39 +263,52 @@ class TorchSide:
         t = apply_transform(tap.port_transform, rec.output.detach())
         return t.cpu().numpy()
 
-    def forward_eval(self, x_nhwc: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+    def forward_eval(self, x_nhwc: np.ndarray, sink=None) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
+        """Eval-mode forward. Returns (acts, final output, calls per tap); with ``sink`` the activations go
+        to it as they are computed and ``acts`` holds their shapes instead."""
         torch = self.torch
         self.module.eval()
         self.error = None
         out = None
-        with torch.no_grad(), self.tapping() as recs:
+        with torch.no_grad(), self.tapping(sink=sink) as recs:
             try:
                 out = self.module(self.to_input(x_nhwc))
             except Exception as exc:  # a broken port: keep what was tapped before it failed
                 self.error = f"port forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        acts = {t.path: self.tap_value(t, recs[t.path]) for t in self.taps if t.path in recs}
+        if sink is not None:
+            acts = {t.path: recs[t.path].output for t in self.taps if t.path in recs}
+        else:
+            acts = {t.path: self.tap_value(t, recs[t.path]) for t in self.taps if t.path in recs}
         calls = {p: r.calls for p, r in recs.items()}
         return acts, (out.detach().cpu().numpy() if out is not None else None), calls
 
-    def train_forward_backward(self, x_nhwc, y, loss_spec: LossSpec, want_acts: bool = True):
-        """One train-mode forward + backward. Returns (acts, loss, act_grads); param grads stay on .grad."""
+    def train_forward_backward(self, x_nhwc, y, loss_spec: LossSpec, want_acts: bool = True, sink=None,
+                               grad_sink=None):
+        """One train-mode forward + backward. Returns (acts, loss, act_grads); param grads stay on .grad.
+        With ``sink`` / ``grad_sink`` (see :meth:`tapping`) activations and their gradients are handed over
+        as they are computed, and the returned acts / act_grads are empty."""
         torch = self.torch
         import torch.nn.functional as F
 
         self.module.train()
         self.module.zero_grad(set_to_none=True)
         self.error = None
-        with self.tapping(retain_grad=want_acts) as recs:
+        streaming = want_acts and sink is not None
+        with self.tapping(retain_grad=want_acts and not streaming, sink=sink if streaming else None,
+                          grad_sink=grad_sink if streaming else None) as recs:
             try:
                 out = self.module(self.to_input(x_nhwc))
             except Exception as exc:
                 self.error = f"port forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                if streaming:
+                    return {}, None, {}
                 acts = {t.path: self.tap_value(t, recs[t.path]) for t in self.taps if t.path in recs}
                 return acts, None, {}
         yt = torch.as_tensor(y).to(device=self.device, dtype=self.dtype)
         loss = torch_loss(F, loss_spec, out, yt)
+        del out
         loss.backward()
-        if not want_acts:
+        if not want_acts or streaming:
             return {}, float(loss.detach()), {}
         return _TapValues(self, recs, grad=False), float(loss.detach()), _TapValues(self, recs, grad=True)
 

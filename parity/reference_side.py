@@ -49,15 +49,38 @@ class ReferenceRun:
     param_grads: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: where the large arrays live when the run was made with ``spill`` (see :mod:`parity.spill`); None: memory
+    store: Any = None
 
 
-def keras_weights(model) -> dict[str, dict[str, np.ndarray]]:
-    """``{layer: {var: array}}`` of every layer that has variables (Keras 3 ``variable.name`` is the var)."""
+def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarray]]:
+    """``{layer: {var: array}}`` of every layer that has variables (Keras 3 ``variable.name`` is the var).
+    With a :class:`parity.spill.SpillStore`, each array goes to it as it is read (one array in memory at a
+    time); ``only(layer, var)`` selects variables."""
     out = {}
     for layer in model.layers:
         if layer.weights:
-            out[layer.name] = {w.name.split("/")[-1].split(":")[0]: np.array(w.numpy()) for w in layer.weights}
+            vals = {}
+            for w in layer.weights:
+                var = w.name.split("/")[-1].split(":")[0]
+                if only is None or only(layer.name, var):
+                    vals[var] = store.put(w.numpy()) if store is not None else np.array(w.numpy())
+            if vals:
+                out[layer.name] = vals
+    if store is not None:
+        from parity.spill import SpillDict
+
+        return SpillDict(store, {k: _spill_dict(store, v) for k, v in out.items()})
     return out
+
+
+def _spill_dict(store, handles: dict):
+    from parity.spill import SpillDict
+
+    d = SpillDict(store)
+    for k, h in handles.items():
+        d.set_handle(k, h)
+    return d
 
 
 def expected_weights(model) -> dict[str, dict[str, tuple]]:
@@ -140,8 +163,55 @@ def keras_loss(ops, keras, spec: LossSpec, y, pred, from_logits: bool = False):
     return ops.mean(per) if spec.reduction == "mean" else ops.sum(per)
 
 
+class _Recorder:
+    """Where the tap layers send values: ``forward(path, tensor)`` as each tapped layer's output (or a layer
+    input, path ``"<tap path><in K>"``) is computed, ``backward(path, tensor)`` as its gradient is."""
+
+    def __init__(self):
+        self.forward = None
+        self.backward = None
+
+
+#: suffix of a tap-layer path that records a layer's input (for the isolated stage), not its output
+INPUT_TAP = "<in"
+
+
+def _tap_layer(keras, tf, path: str, recorder: _Recorder, name: str):
+    """An identity layer that hands its value to ``recorder`` in the forward pass and its gradient in the
+    backward pass (``tf.custom_gradient``): activations and their gradients leave TensorFlow one at a time,
+    instead of as one list of every tap output (a persistent tape plus a full set of activation gradients
+    held at once was the peak of an Xception check)."""
+
+    class ParityTap(keras.layers.Layer):
+        def __init__(self):
+            super().__init__(name=name, trainable=False, autocast=False)
+            self.tap_path = path
+
+        def compute_output_spec(self, x):
+            return keras.KerasTensor(x.shape, dtype=x.dtype)
+
+        def call(self, x):
+            @tf.custom_gradient
+            def identity(t):
+                if recorder.forward is not None:
+                    recorder.forward(path, t)
+
+                def grad(dy):
+                    if recorder.backward is not None:
+                        recorder.backward(path, dy)
+                    return dy
+
+                return tf.identity(t), grad
+
+            return identity(x)
+
+    return ParityTap()
+
+
 class KerasSide:
-    """A built Keras reference with tap models; every call leaves the model's weights as they were."""
+    """A built Keras reference with tap layers inserted after every tapped layer (the same layers, so the
+    same weights: ``keras.models.clone_model`` with ``clone_function`` returning each layer itself); every
+    call leaves the model's weights as they were."""
 
     def __init__(self, model, taps: list[Tap]):
         import keras
@@ -153,31 +223,63 @@ class KerasSide:
         missing = [t.ref for t in self.tap_list if t.ref not in {layer.name for layer in model.layers}]
         if missing:
             raise KeyError(f"reference model has no layer(s) {missing[:5]}: check the pair's taps")
+        self.recorder = _Recorder()
         self._build_tap_model()
 
     def _build_tap_model(self):
+        import tensorflow as tf
+
         keras = self.keras
-        outs, index = [], {}
+        by_ref = {t.ref: t for t in self.tap_list}
+        produced: dict[int, str] = {}   # id(symbolic tensor) -> the recorded path that carries its value
+        wrapped: dict[int, Any] = {}    # id(untapped symbolic tensor) -> its input-tap output
+        self.inputs_of: dict[str, list[str]] = {}
+        counter = [0]
 
-        def slot(t):
-            if id(t) not in index:
-                index[id(t)] = len(outs)
-                outs.append(t)
-            return index[id(t)]
+        def tap_layer(path):
+            counter[0] += 1
+            return _tap_layer(keras, tf, path, self.recorder, f"parity_tap_{counter[0]}")
 
-        self.out_idx = {}
-        self.in_idx = {}
-        for tap in self.tap_list:
-            layer = self.model.get_layer(tap.ref)
-            self.out_idx[tap.path] = slot(layer.output)
-            try:
-                inp = layer.input
-            except (AttributeError, ValueError):
-                continue
-            inps = list(inp) if isinstance(inp, (list, tuple)) else [inp]
-            self.in_idx[tap.path] = [slot(i) for i in inps]
-        self.final_idx = slot(self.model.outputs[0])
-        self.tap_model = keras.Model(self.model.inputs, outs)
+        def call_function(layer, *args, **kwargs):
+            tap = by_ref.get(layer.name)
+            if tap is None or tap.path in self.inputs_of:
+                return layer(*args, **kwargs)
+            names: list[str] = []
+
+            def through(a):
+                if not isinstance(a, keras.KerasTensor):
+                    return a
+                if id(a) in produced:
+                    names.append(produced[id(a)])
+                    return a
+                if id(a) not in wrapped:
+                    key = f"{tap.path}{INPUT_TAP}{len(names)}>"
+                    out = tap_layer(key)(a)
+                    wrapped[id(a)] = out
+                    produced[id(out)] = key
+                out = wrapped[id(a)]
+                names.append(produced[id(out)])
+                return out
+
+            args = keras.tree.map_structure(through, args)
+            self.inputs_of[tap.path] = names
+            out = layer(*args, **kwargs)
+            if not isinstance(out, keras.KerasTensor):  # a multi-output layer: not tapped
+                return out
+            out = tap_layer(tap.path)(out)
+            produced[id(out)] = tap.path
+            return out
+
+        if isinstance(self.model, keras.Sequential):  # clone_model takes no call_function for these
+            first = self.model.inputs[0]
+            x = inp = keras.Input(batch_shape=tuple(first.shape), dtype=first.dtype)
+            for layer in self.model.layers:
+                x = call_function(layer, x)
+            self.tap_model = keras.Model(inp, x)
+        else:
+            self.tap_model = keras.models.clone_model(self.model, clone_function=lambda layer: layer,
+                                                      call_function=call_function)
+        self.input_keys = sorted({k for names in self.inputs_of.values() for k in names if INPUT_TAP in k})
 
     def snapshot(self):
         return [v.numpy().copy() for v in self.model.weights]
@@ -186,23 +288,46 @@ class KerasSide:
         for v, a in zip(self.model.weights, snap):
             v.assign(a)
 
-    def forward_eval(self, x):
+    @contextlib.contextmanager
+    def recording(self, forward=None, backward=None):
+        self.recorder.forward, self.recorder.backward = forward, backward
+        try:
+            yield
+        finally:
+            self.recorder.forward = self.recorder.backward = None
+
+    def forward_eval(self, x, store=None):
+        """Every tap's output and every tapped layer's inputs in inference mode: ``(acts, inputs)``, with
+        ``inputs[path]`` sharing the arrays of ``acts`` where a layer's input is another tap's output."""
         import tensorflow as tf
+
+        hold = store.put if store is not None else (lambda a: np.array(a))
+        values: dict[str, Any] = {}
+
+        def forward(path, t):
+            if path not in values:
+                values[path] = hold(t.numpy())
 
         # an explicit float64 tensor: a raw numpy float64 array handed to TF ops was measured coming back
         # float32-rounded on a later call in the same process (tf.nn.max_pool2d)
-        outs = self.tap_model([tf.constant(x)], training=False)
-        arrays = [np.array(o) for o in outs]  # one numpy copy per distinct tensor, shared by acts and inputs
-        del outs
-        acts = {p: arrays[i] for p, i in self.out_idx.items()}
-        inputs = {p: [arrays[i] for i in idx] for p, idx in self.in_idx.items()}
+        with self.recording(forward=forward):
+            out = self.tap_model(tf.constant(x), training=False)
+        del out
+        if store is not None:
+            acts = _spill_dict(store, {t.path: values[t.path] for t in self.tap_list if t.path in values})
+            inputs = _spill_dict(store, {p: [values[k] for k in names] for p, names in self.inputs_of.items()})
+            return acts, inputs
+        acts = {t.path: values[t.path] for t in self.tap_list if t.path in values}
+        inputs = {p: [values[k] for k in names] for p, names in self.inputs_of.items()}
         return acts, inputs
 
 
 def run_reference(spec: PairSpec, *, config: dict, dtype: str, seed: int, batch: int, optimizer: OptimizerSpec,
                   steps: int, stages: set[str], weights: dict | None = None, weights_file=None, model=None,
-                  taps: list[Tap] | None = None, progress=None) -> ReferenceRun:
-    """Build (or take) the Keras model, run every requested stage, return numpy results."""
+                  taps: list[Tap] | None = None, progress=None, spill=None) -> ReferenceRun:
+    """Build (or take) the Keras model, run every requested stage, return numpy results. With ``spill`` (a
+    :class:`parity.spill.SpillStore`) the large arrays go to disk as they are produced; a model built here
+    is released before returning (a model passed in is restored to its weights instead)."""
     from parity.env import import_tensorflow
 
     keras = import_tensorflow()
@@ -216,7 +341,7 @@ def run_reference(spec: PairSpec, *, config: dict, dtype: str, seed: int, batch:
     with keras_dtype(dtype):
         return _run_reference(spec, keras, tf, ops, model, config=config, dtype=dtype, seed=seed, batch=batch,
                               optimizer=optimizer, steps=steps, stages=stages, weights=weights,
-                              weights_file=weights_file, taps=taps, say=say, t0=t0)
+                              weights_file=weights_file, taps=taps, say=say, t0=t0, store=spill)
 
 
 @contextlib.contextmanager
@@ -237,26 +362,31 @@ def keras_dtype(dtype: str):
 
 
 def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, optimizer, steps, stages, weights,
-                   weights_file, taps, say, t0) -> ReferenceRun:
+                   weights_file, taps, say, t0, store=None) -> ReferenceRun:
     from parity.spec import resolve
 
+    owned = model is None and not spec.reference_shared
     if model is None:
         keras.utils.set_random_seed(seed)
         model = resolve(spec.reference)(**config)
     taps = taps if taps is not None else spec.taps(config)
     side = KerasSide(model, taps)
-    original = side.snapshot()
+    # a model passed in is given back as it came; one built here is dropped (no copy of its weights needed)
+    original = None if owned else side.snapshot()
     kinds = {t.ref: t.kind for t in taps}
     weights_report = None
     if weights_file is not None:
         weights, weights_report = weights_file(expected_weights(model))
     if weights is not None:
         set_keras_weights(model, weights)
+        weights = None
     elif spec.randomize_bn:
-        w = keras_weights(model)
+        # only the variables randomize_weights draws for (BatchNorm and biases): not a copy of every kernel
+        w = keras_weights(model, only=lambda layer, var: kinds.get(layer) == "batchnorm" or var == "bias")
         randomize_weights(w, kinds, seed)
         set_keras_weights(model, w)
-    initial = keras_weights(model)
+        del w
+    initial = keras_weights(model, store=store)
     structure = {layer.name: layer_info(layer) for layer in model.layers}
     tr = int(sum(math.prod(w.shape) for w in model.trainable_weights))
     ntr = int(sum(math.prod(w.shape) for w in model.non_trainable_weights))
@@ -275,7 +405,8 @@ def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, o
               "keras_version": keras.__version__, "tensorflow_version": tf.__version__,
               "input_shape": list(input_shape)},
         taps=taps, inputs=inputs, labels=labels, weights=initial, structure=structure,
-        model_params={"total": tr + ntr, "trainable": tr, "non_trainable": ntr}, l2=l2, param_refs=refs)
+        model_params={"total": tr + ntr, "trainable": tr, "non_trainable": ntr}, l2=l2, param_refs=refs,
+        store=store)
     if weights_report is not None:
         run.meta["weights_report"] = weights_report.to_dict()
     run.seconds["build"] = time.perf_counter() - t0
@@ -283,18 +414,49 @@ def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, o
         if stages & {"forward_eval", "isolated", "structure"}:
             t = time.perf_counter()
             say("reference: forward (eval)")
-            run.eval_acts, run.eval_inputs = side.forward_eval(inputs[0])
+            run.eval_acts, run.eval_inputs = side.forward_eval(inputs[0], store=store)
             run.seconds["forward_eval"] = time.perf_counter() - t
         if n_steps:
             _train(run, side, spec, optimizer, n_steps, stages, keras, tf, ops, say)
     finally:
-        side.restore(original)
+        if original is not None:
+            side.restore(original)
+    del side, model, original
+    if owned:
+        _release_keras(keras)
     return run
+
+
+def _release_keras(keras) -> None:
+    """Free a model this run built (its variables, the tap model, the optimizer's slots) before the port runs:
+    the Keras graph holds reference cycles, so it needs a collection; then return freed heap to the OS.
+    (Not ``keras.backend.clear_session()``: it would also reset the caller's Keras settings.)"""
+    import gc
+
+    gc.collect()
+    from parity.env import trim_heap
+
+    trim_heap()
+
+
+def _new_dict(store):
+    """A plain dict, or a :class:`parity.spill.SpillDict` (inner dicts assigned to it become SpillDicts too)."""
+    if store is None:
+        return {}
+    from parity.spill import SpillDict
+
+    return SpillDict(store)
+
+
+def _inner(d, key):
+    """``d[key]`` for writing: the SpillDict itself, not a loaded copy."""
+    return d.handle(key) if hasattr(d, "handle") else d[key]
 
 
 def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: OptimizerSpec, n_steps: int,
            stages: set[str], keras, tf, ops, say) -> None:
     model = side.model
+    store = run.store
     tvars = list(model.trainable_weights)
     sources = [v.value for v in tvars]  # the tf.Variables behind Keras 3 variables (what the tape watches)
     var_refs = run.param_refs
@@ -307,48 +469,67 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
         say(f"reference: train forward + backward (step {k + 1}/{n_steps})")
         x = tf.constant(run.inputs[k])
         y = tf.constant(run.labels[k])
-        with tf.GradientTape(persistent=True) as tape:
-            outs = side.tap_model([x], training=True)
-            data_loss = keras_loss(ops, keras, spec.loss, y, outs[side.final_idx], from_logits)
-            reg = [loss for loss in model.losses]
-            reg_loss = ops.sum(ops.stack(reg)) if reg else None
-        if k == 0:
-            paths = list(side.out_idx)
-            run.train_acts = {p: np.asarray(outs[side.out_idx[p]]) for p in paths}
+        record = k == 0
+        train_acts, act_grads, shapes = _new_dict(store), _new_dict(store), {}
+
+        def forward(path, value):
+            if INPUT_TAP not in path and path not in shapes:
+                shapes[path] = tuple(value.shape)
+                train_acts[path] = value.numpy()
+
+        def backward(path, g):
+            if INPUT_TAP not in path and path not in act_grads:
+                act_grads[path] = g.numpy()
+
+        # activations and their gradients leave TF through the tap layers, one at a time
+        with side.recording(forward=forward if record else None, backward=backward if record else None):
+            with tf.GradientTape() as tape:
+                out = side.tap_model(x, training=True)
+                data_loss = keras_loss(ops, keras, spec.loss, y, out, from_logits)
+            gparams = tape.gradient(data_loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        del tape, out
+        if record:
+            run.train_acts = train_acts
+            for path in shapes:  # a tap whose output does not reach the loss gets no gradient: zeros
+                if path not in act_grads:
+                    act_grads[path] = np.zeros(shapes[path], dtype=run.inputs[0].dtype)
+            run.act_grads = act_grads
             for tap in bn_layers:
                 layer = model.get_layer(tap.ref)
                 run.bn_stats[tap.ref] = {"moving_mean": layer.moving_mean.numpy().copy(),
                                          "moving_variance": layer.moving_variance.numpy().copy()}
-                shp = run.train_acts[tap.path].shape
+                shp = shapes[tap.path]
                 run.bn_n[tap.ref] = int(np.prod(shp) // shp[-1])
             run.loss = float(data_loss)
-            targets = [outs[side.out_idx[p]] for p in paths]
-            grads = tape.gradient(data_loss, targets + sources,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            run.act_grads = {p: np.asarray(g) for p, g in zip(paths, grads[:len(paths)])}
-            gparams = grads[len(paths):]
-            run.param_grads = {}
+            run.param_grads = _new_dict(store)
             for r, g in zip(var_refs, gparams):
-                run.param_grads.setdefault(r.layer, {})[r.var] = np.asarray(g)
-            del targets, grads
+                if r.layer not in run.param_grads:
+                    run.param_grads[r.layer] = {}
+                _inner(run.param_grads, r.layer)[r.var] = np.asarray(g) if store is None else g.numpy()
             run.seconds["train"] = time.perf_counter() - t
-        else:
-            gparams = tape.gradient(data_loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        del outs
+        del train_acts, act_grads
         if adapter is None:
-            del tape
             break
         t = time.perf_counter()
         total = list(gparams)
+        with tf.GradientTape() as tape:  # the regularisation losses, from the weights alone
+            reg = list(model.losses)
+            reg_loss = ops.sum(ops.stack(reg)) if reg else None
         if reg_loss is not None:
             greg = tape.gradient(reg_loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             total = [a + b for a, b in zip(total, greg)]
+            del greg
         del tape
         total = adapter.keras_prepare(optimizer, k, opt, total, tvars, var_refs)
         opt.apply_gradients(zip(total, tvars))
-        params = {}
+        del total, gparams
+        params = _new_dict(store)
         for r, v in zip(var_refs, tvars):
-            params.setdefault(r.layer, {})[r.var] = v.numpy().copy()
+            if r.layer not in params:
+                params[r.layer] = {}
+            _inner(params, r.layer)[r.var] = v.numpy().copy() if store is None else v.numpy()
+        slots = adapter.keras_slots(opt, tvars, var_refs)
         run.steps.append({"lr": optimizer.lr_at(k), "loss": float(data_loss), "params": params,
-                          "slots": adapter.keras_slots(opt, tvars, var_refs)})
+                          "slots": store.hold(slots) if store is not None else slots})
+        del slots
         run.seconds[f"step{k}"] = time.perf_counter() - t

@@ -214,6 +214,10 @@ class PairSpec:
     weights_loader: str | Callable[..., Any] | None = None
     #: randomise BN statistics / gammas after init so eval-mode BN is not the identity (see harness)
     randomize_bn: bool = True
+    #: True when the reference builder returns a model that outlives the check (``parity.compare`` on a live
+    #: model): its weights are snapshot and restored. False: each call builds a fresh model, which the check
+    #: drops after the reference stages (no copy of its weights kept)
+    reference_shared: bool = False
     #: input range of the generated data (mini_XCEPTION scales images to [-1, 1])
     input_range: tuple[float, float] = (-1.0, 1.0)
     #: the port's own training loss when it differs from ``loss`` (a user's training script); None = ``loss``

@@ -184,7 +184,7 @@ def _alignment_convention(al) -> Convention:
 
 
 def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss, input_shape,
-          port_object=None) -> PairSpec:
+          port_object=None, shared: bool = False) -> PairSpec:
     width = _output_width(model)
     target = ("onehot", width) if loss.name == "categorical_crossentropy" else ("regression", width)
     spec = PairSpec(
@@ -195,7 +195,7 @@ def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss,
             ", inferred: the model ends in softmax" if loss.name == "categorical_crossentropy" and not
             loss.reference_from_logits else ""), "F.cross_entropy on logits" if loss.name ==
             "categorical_crossentropy" else loss.name, "parity.user_pair.infer_loss"),),
-        default_config={}, fast_config={}, default_batch=4)
+        default_config={}, fast_config={}, default_batch=4, reference_shared=shared)
     taps.spec = spec
     ALIGNMENTS[name] = taps
     return spec
@@ -278,7 +278,7 @@ def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None,
 
     spec_name = name or _safe_name(f"{model.name}-vs-{type(torch_module).__name__}")
     return _spec(spec_name, f"user models {model.name} <-> {type(torch_module).__name__}", build_reference,
-                 build_port, taps, model, infer_loss(model, loss), shape)
+                 build_port, taps, model, infer_loss(model, loss), shape, shared=True)
 
 
 def _keras_dtype(model) -> str:
