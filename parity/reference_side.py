@@ -203,7 +203,13 @@ def _tap_layer(keras, tf, path: str, recorder: _Recorder, name: str):
 
                 return tf.identity(t), grad
 
-            return identity(x)
+            out = identity(x)
+            # Keras' softmax marks its output with the logits, and crossentropy then works from those (no
+            # probability clipping): keep the mark, or the tap would change the reference's loss
+            logits = getattr(x, "_keras_logits", None)
+            if logits is not None:
+                out._keras_logits = logits
+            return out
 
     return ParityTap()
 
@@ -528,8 +534,10 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
             if r.layer not in params:
                 params[r.layer] = {}
             _inner(params, r.layer)[r.var] = v.numpy().copy() if store is None else v.numpy()
-        slots = adapter.keras_slots(opt, tvars, var_refs)
-        run.steps.append({"lr": optimizer.lr_at(k), "loss": float(data_loss), "params": params,
-                          "slots": store.hold(slots) if store is not None else slots})
+        slots = _new_dict(store)
+        for r, v in zip(var_refs, tvars):  # one variable's slots at a time (GOTURN's momentum: 0.9 GB)
+            for key, val in adapter.keras_slots(opt, [v], [r]).items():
+                slots[key] = val
+        run.steps.append({"lr": optimizer.lr_at(k), "loss": float(data_loss), "params": params, "slots": slots})
         del slots
         run.seconds[f"step{k}"] = time.perf_counter() - t

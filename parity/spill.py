@@ -60,7 +60,7 @@ class SpillStore:
             return np.array(a)  # a copy: the caller's buffer (a TF/torch tensor's memory) may be reused
         self._n += 1
         path = os.path.join(self.dir, f"{self._n:06d}.npy")
-        np.save(path, np.ascontiguousarray(a), allow_pickle=False)
+        np.save(path, a, allow_pickle=False)  # (not ascontiguousarray: it makes a 0-d array 1-d)
         self.bytes_written += a.nbytes
         self.files += 1
         return Spilled(path, a)

@@ -1,0 +1,123 @@
+"""The spill store (parity/spill.py) and the streamed check: results that wait on disk, and activations and
+gradients compared tap by tap, must give exactly the figures of the in-memory path."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from parity import spill
+from parity.spill import SpillDict, Spilled, SpillStore, materialize
+
+
+def test_large_arrays_go_to_disk_small_ones_stay_and_reads_are_copies(tmp_path):
+    store = SpillStore(min_bytes=1024, root=str(tmp_path))
+    d = SpillDict(store)
+    big = np.arange(1000, dtype=np.float64).reshape(10, 100)
+    small = np.arange(4.0)
+    d["big"], d["small"] = big, small
+    assert isinstance(d.handle("big"), Spilled) and isinstance(d.handle("small"), np.ndarray)
+    assert store.files == 1 and store.bytes_written == big.nbytes
+    got = d["big"]
+    np.testing.assert_array_equal(got, big)
+    assert got.dtype == big.dtype and got is not d["big"]
+    s = d["small"]
+    s[0] = 99.0  # a reader may write to what it got: the stored value is untouched
+    assert d["small"][0] == 0.0
+    big[0, 0] = -1.0  # nor does the caller's later write reach the store
+    assert d["big"][0, 0] == 0.0
+
+
+def test_nested_dicts_lists_and_shared_handles(tmp_path):
+    store = SpillStore(min_bytes=0, root=str(tmp_path))
+    a = np.ones((3, 3))
+    h = store.put(a)
+    acts = SpillDict(store)
+    acts.set_handle("conv", h)
+    inputs = SpillDict(store)
+    inputs.set_handle("bn", [h])  # a layer's input is the previous layer's output: stored once
+    assert store.files == 1
+    np.testing.assert_array_equal(inputs["bn"][0], acts["conv"])
+    nested = SpillDict(store, {"layer": {"kernel": np.zeros((2, 2)), "bias": np.ones(2)}})
+    assert isinstance(nested.handle("layer"), SpillDict)
+    plain = materialize(nested)
+    assert set(plain["layer"]) == {"kernel", "bias"} and plain["layer"]["bias"].tolist() == [1.0, 1.0]
+
+
+def test_the_directory_is_removed_on_close_and_on_collection(tmp_path):
+    store = SpillStore(min_bytes=0, root=str(tmp_path))
+    store.put(np.zeros(10))
+    path = store.dir
+    assert os.listdir(path)
+    store.close()
+    assert not os.path.exists(path) and store.closed
+    store2 = SpillStore(min_bytes=0, root=str(tmp_path))
+    path2 = store2.dir
+    del store2
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(path2)
+
+
+def test_spilled_files_are_read_without_pickle(tmp_path):
+    store = SpillStore(min_bytes=0, root=str(tmp_path))
+    h = store.put(np.zeros(4))
+    np.save(h.path, np.array([{"x": 1}], dtype=object), allow_pickle=True)  # a file swapped behind our back
+    with pytest.raises(ValueError):
+        h.load()
+
+
+@pytest.mark.slow
+def test_a_fully_spilled_check_gives_the_in_memory_figures_exactly(monkeypatch, tmp_path):
+    """Every array spilled (threshold 0) vs none spilled (threshold huge): the same tensors, the same
+    max |difference| to the last bit, and no spill directory left behind."""
+    pytest.importorskip("keras")
+    from parity.harness import check
+
+    monkeypatch.setenv(spill.SPILL_DIR_ENV, str(tmp_path))
+    figures = []
+    for threshold in (0, 1 << 62):
+        monkeypatch.setattr(spill, "SPILL_MIN_BYTES", threshold)
+        r = check("minixception", config={"input_shape": (32, 32, 1)}, batch=4)
+        assert r.passed, r.summary_line()
+        figures.append({(st.name, t.path): (t.max_abs, t.numel) for st in r.stages for t in st.tensors})
+        assert os.listdir(tmp_path) == []
+    assert figures[0].keys() == figures[1].keys() and len(figures[0]) > 300
+    assert figures[0] == figures[1]
+
+
+def test_keras_tap_layers_record_the_same_gradients_as_a_tape_on_the_tap_outputs():
+    """The reference's activation gradients leave TensorFlow through identity layers with a custom gradient
+    (no persistent tape): they equal ``tape.gradient(loss, [tap outputs])`` of a plain tap model."""
+    keras = pytest.importorskip("keras")
+    import tensorflow as tf
+
+    from parity import registry
+    from parity.reference_side import keras_dtype, keras_loss, run_reference, set_keras_weights
+    from parity.spec import resolve
+
+    spec = registry.get("minixception")
+    cfg = spec.config(input_shape=(32, 32, 1))
+    with keras_dtype("float64"):
+        keras.utils.set_random_seed(0)
+        model = resolve(spec.reference)(**cfg)
+        run = run_reference(spec, config=cfg, dtype="float64", seed=0, batch=4, optimizer=spec.optimizer, steps=1,
+                            stages={"forward_train", "gradients"}, model=model)
+        set_keras_weights(model, run.weights)  # the run's (randomised BatchNorm) weights; it restored the model
+        taps = [t for t in run.taps if t.ref]
+        plain = keras.Model(model.inputs, [model.get_layer(t.ref).output for t in taps])
+        with tf.GradientTape() as tape:
+            outs = plain(tf.constant(run.inputs[0]), training=True)
+            loss = keras_loss(keras.ops, keras, spec.loss, tf.constant(run.labels[0]), outs[-1],
+                              spec.loss.reference_from_logits)
+        grads = tape.gradient(loss, outs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    assert float(loss) == pytest.approx(run.loss, rel=1e-14)
+    checked = 0
+    for t, g in zip(taps, grads):
+        if t.path in run.act_grads:
+            g = np.asarray(g)  # the same sums in another order: agreement to rounding, relative to the scale
+            np.testing.assert_allclose(run.act_grads[t.path], g, rtol=1e-12, atol=1e-12 * float(np.abs(g).max()))
+            checked += 1
+    assert checked >= 40
