@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity import diagnosis
-from parity.compare import hwc_flat_to_chw_flat, nhwc_to_nchw, tensor_diff
+from parity.compare import hwc_flat_to_chw_flat, layer_scale_floor, nhwc_to_nchw, tensor_diff
 from parity.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
 from parity.results import STAGE_ORDER, CheckResult, Finding, StageResult
 from parity.spec import OptimizerSpec, PairSpec, Tap, resolve
@@ -525,20 +525,29 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
                     else:  # no gradient reached this output in the port (it does not feed the loss): zeros
                         st.tensors.append(tensor_diff(f"{tap.path}:grad", ref_to_port_layout(tap, ref.act_grads[tap.path]),
                                                       np.zeros(acts[tap.path]), tol))
+                pdiffs, where = [], {}
+
+                def grad_diff(r, tap, path, floor=0.0):
+                    g_ref = ref.param_grads.get(r.layer, {}).get(r.var)
+                    g_ref_t = var_to_torch(r.kind, r.var, g_ref, flatten_chw=tap.flatten_chw)
+                    p = params[r.key]
+                    g_port = p.grad.detach().cpu().numpy() if p.grad is not None else np.zeros(tuple(p.shape))
+                    return tensor_diff(path, g_ref_t, g_port, tol, scale_floor=floor)
+
                 for r in ref.param_refs:
                     tap = tap_by_ref.get(r.layer)
-                    g_ref = ref.param_grads.get(r.layer, {}).get(r.var)
                     suffix = r.key[len(tap.port) + 1:] if tap is not None and tap.port else r.key
                     path = f"{tap.path if tap else r.layer}:{suffix}.grad"
-                    p = params.get(r.key)
-                    if g_ref is None or tap is None:
+                    if tap is None or r.var not in ref.param_grads.get(r.layer, {}):
                         continue
-                    if p is None:
+                    if r.key not in params:
                         st.errors.append(f"{path}: port has no parameter {r.key}")
                         continue
-                    g_ref_t = var_to_torch(r.kind, r.var, g_ref, flatten_chw=tap.flatten_chw)
-                    g_port = p.grad.detach().cpu().numpy() if p.grad is not None else np.zeros(tuple(p.shape))
-                    st.tensors.append(tensor_diff(path, g_ref_t, g_port, tol))
+                    d = grad_diff(r, tap, path)
+                    pdiffs.append(d)
+                    where[id(d)] = (r, tap, path)
+                st.tensors += layer_scale_floor(pdiffs, lambda d: where[id(d)][1].path,
+                                                lambda d, floor: grad_diff(*where[id(d)], floor=floor))
                 st.seconds = time.perf_counter() - t + ref.seconds.get("train", 0.0)
                 result.stages.append(st)
             del acts, act_diffs, grad_diffs
@@ -557,40 +566,59 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
         tol = spec.tolerance.for_stage(dtype, "step")
         rstep = ref.steps[k]
         at = f"@step{k + 1}" if n_steps > 1 else ""
-        for r in refs:
-            tap = tap_by_ref.get(r.layer)
-            if tap is None:
-                continue
-            suffix = r.key[len(tap.port) + 1:] if tap.port else r.key
+
+        def update_diff(r, tap, path, floor=0.0):
             # one loaded array at a time, freed as soon as used (GOTURN's fc6 is 0.6 GB per copy)
-            new_ref = var_to_torch(r.kind, r.var, rstep["params"][r.layer][r.var], flatten_chw=tap.flatten_chw)
+            src = rstep["params"][r.layer][r.var]
+            upd_ref = var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)
+            if np.may_share_memory(upd_ref, src):  # the layout change was a no-op: never write to the run's data
+                upd_ref = upd_ref.copy()
+            del src
+            upd_ref -= var_to_torch(r.kind, r.var, ref.weights[r.layer][r.var], flatten_chw=tap.flatten_chw)
             new_port = r.param.detach().cpu().numpy()
-            if n_steps > 1:  # the weights themselves, step by step: how a small difference grows
-                w = tensor_diff(f"{tap.path}:{suffix}", new_ref, new_port, ttol)
-                series.setdefault(w.path, []).append(w.rel)
-                if k == n_steps - 1:
-                    traj.tensors.append(w)
-            upd_ref = new_ref - var_to_torch(r.kind, r.var, ref.weights[r.layer][r.var], flatten_chw=tap.flatten_chw)
-            del new_ref
             init_port = initial[r.key]
             if isinstance(init_port, np.ndarray):  # a fresh copy from the spill store: reuse its memory
                 upd_port = np.subtract(new_port, init_port, out=init_port)
             else:
                 upd_port = new_port - init_port.detach().cpu().numpy()
             del init_port
-            d = tensor_diff(f"{tap.path}:{suffix}.update{at}", upd_ref, upd_port, tol)
-            del upd_ref, upd_port
-            st_step.tensors.append(d)
-            ref_slots = rstep["slots"].get(r.key) or {}
+            return tensor_diff(path, upd_ref, upd_port, tol, scale_floor=floor)
+
+        def slot_diff(r, tap, path, slot, floor=0.0):
+            sref = var_to_torch(r.kind, r.var, rstep["slots"][r.key][slot], flatten_chw=tap.flatten_chw)
             # this parameter's slots only (a full copy of GOTURN's momentum is 0.9 GB)
-            slots_port = adapter.torch_slots(opt, k, opt_torch, [r]) if ref_slots else {}
-            for slot, val in ref_slots.items():
-                pv = (slots_port.get(r.key) or {}).get(slot)
-                sref = var_to_torch(r.kind, r.var, val, flatten_chw=tap.flatten_chw)
-                if pv is None:
+            pv = (adapter.torch_slots(opt, k, opt_torch, [r]).get(r.key) or {}).get(slot)
+            return tensor_diff(path, sref, pv, tol, scale_floor=floor)
+
+        sdiffs, where = [], {}
+        for r in refs:
+            tap = tap_by_ref.get(r.layer)
+            if tap is None:
+                continue
+            suffix = r.key[len(tap.port) + 1:] if tap.port else r.key
+            if n_steps > 1:  # the weights themselves, step by step: how a small difference grows
+                w = tensor_diff(f"{tap.path}:{suffix}", var_to_torch(r.kind, r.var, rstep["params"][r.layer][r.var],
+                                                                    flatten_chw=tap.flatten_chw),
+                                r.param.detach().cpu().numpy(), ttol)
+                series.setdefault(w.path, []).append(w.rel)
+                if k == n_steps - 1:
+                    traj.tensors.append(w)
+            d = update_diff(r, tap, f"{tap.path}:{suffix}.update{at}")
+            sdiffs.append(d)
+            where[id(d)] = (update_diff, (r, tap, d.path), f"{tap.path}|update")
+            ref_slots = rstep["slots"].get(r.key) or {}
+            port_slots = (adapter.torch_slots(opt, k, opt_torch, [r]).get(r.key) or {}) if ref_slots else {}
+            for slot in ref_slots:
+                if slot not in port_slots:
                     st_step.errors.append(f"{tap.path}:{suffix}: port optimizer has no '{slot}' slot")
                     continue
-                st_step.tensors.append(tensor_diff(f"{tap.path}:{suffix}.{slot}{at}", sref, pv, tol))
+                d = slot_diff(r, tap, f"{tap.path}:{suffix}.{slot}{at}", slot)
+                sdiffs.append(d)
+                where[id(d)] = (slot_diff, (r, tap, d.path, slot), f"{tap.path}|{slot}")
+            del port_slots
+        st_step.tensors += layer_scale_floor(sdiffs, lambda d: where[id(d)][2],
+                                             lambda d, floor: where[id(d)][0](*where[id(d)][1], floor=floor),
+                                             what="update")
         st_step.seconds += time.perf_counter() - t + ref.seconds.get(f"step{k}", 0.0)
     if adapter is not None:
         st_step.info["rules"] = list(adapter.rules)
