@@ -34,15 +34,19 @@ RUNNING_VAR_CONVENTION = (
 )
 
 
-def unbiased_to_biased_update(new_running_var, old_running_var, torch_momentum: float, n: int):
+def unbiased_to_biased_update(new_running_var, old_running_var, torch_momentum: float, n: int,
+                              old_keras_var=None):
     """The moving variance Keras would hold after one update, from torch's (unbiased) update.
 
     torch: new = (1 - m) * old + m * var_unbiased, with var_unbiased = var_biased * n / (n - 1).
-    Keras-equivalent: (1 - m) * old + m * var_biased. Works on numpy arrays and torch tensors.
+    Keras-equivalent: (1 - m) * old_keras + m * var_biased, where ``old_keras`` is the Keras-equivalent value
+    before the update (default: ``old_running_var``, equal before the first update; over several steps the
+    two differ and the chain is carried by the caller). Works on numpy arrays and torch tensors.
     """
     batch_unbiased = (new_running_var - (1.0 - torch_momentum) * old_running_var) / torch_momentum
     batch_biased = batch_unbiased * ((n - 1) / n)
-    return (1.0 - torch_momentum) * old_running_var + torch_momentum * batch_biased
+    base = old_running_var if old_keras_var is None else old_keras_var
+    return (1.0 - torch_momentum) * base + torch_momentum * batch_biased
 
 
 # --- Regularisation and optimizers --------------------------------------------------------------------

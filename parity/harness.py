@@ -463,7 +463,9 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
         opt_torch = adapter.torch_optimizer(opt, refs, ref.l2)
         initial = snap_state  # the loaded weights, from the harness's snapshot (no second copy)
         st_step = StageResult("step", info={"optimizer": opt.kind, "steps": n_steps})
-        traj = StageResult("trajectory", info={"what": "per-parameter weight divergence after each step"})
+        traj = StageResult("trajectory", info={"what": "per-parameter weight divergence, and BatchNorm running "
+                                                       "statistics, after each step"})
+        bn_chain: dict[str, tuple] = {}
         ttol = spec.tolerance.for_stage(dtype, "trajectory")
         series: dict[str, list[float]] = {}
     port_losses: list[float] = []
@@ -488,6 +490,8 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
                     result.stages.append(StageResult(name, errors=[f"not run: {ts.error}"]))
             return
         port_losses.append(loss)
+        if adapter is not None and n_steps > 1:
+            _bn_trajectory(ref, ts, taps, k, n_steps, old_stats, bn_chain, series, traj, ttol)
         if k == 0:
             if "forward_train" in stage_set:
                 st = StageResult("forward_train", info={"running_var": RUNNING_VAR_CONVENTION})
@@ -628,3 +632,30 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
                              lr=[opt.lr_at(k) for k in range(n_steps)],
                              losses={"reference": [s["loss"] for s in ref.steps], "port": port_losses})
             result.stages.append(traj)
+
+
+def _bn_trajectory(ref, ts, taps, k, n_steps, old_stats, chain, series, traj, ttol) -> None:
+    """Step ``k``'s BatchNorm running statistics against the reference's moving statistics (a momentum bug
+    changes these, never the weights: train-mode BN normalises with batch statistics). torch's unbiased
+    running variance is carried as the Keras-equivalent biased chain (``chain[path]`` = (torch value, Keras
+    equivalent) after the previous step)."""
+    rstats = ref.steps[k].get("bn_stats") if k < len(ref.steps) else None
+    if not rstats:
+        return
+    for tap in taps:
+        mod = ts.modules.get(tap.port)
+        if tap.kind != "batchnorm" or tap.ref not in rstats or tap.path not in old_stats or mod is None \
+                or getattr(mod, "running_mean", None) is None or tap.ref not in ref.bn_n:
+            continue
+        m = mod.momentum if mod.momentum is not None else 1.0 / float(mod.num_batches_tracked.item())
+        rv = mod.running_var.detach().cpu().double().numpy().copy()  # a copy: the buffer is updated in place
+        prev_rv, prev_kv = chain.get(tap.path) or (old_stats[tap.path]["running_var"].cpu().double().numpy(),) * 2
+        kv = unbiased_to_biased_update(rv, prev_rv, m, ref.bn_n[tap.ref], old_keras_var=prev_kv)
+        chain[tap.path] = (rv, kv)
+        for name, rval, pval in (("running_mean", rstats[tap.ref]["moving_mean"],
+                                  mod.running_mean.detach().cpu().numpy().copy()),
+                                 ("running_var", rstats[tap.ref]["moving_variance"], kv)):
+            w = tensor_diff(f"{tap.path}:{name}", rval, pval, ttol)
+            series.setdefault(w.path, []).append(w.rel)
+            if k == n_steps - 1:
+                traj.tensors.append(w)

@@ -494,6 +494,9 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
                 data_loss = keras_loss(ops, keras, spec.loss, y, out, from_logits)
             gparams = tape.gradient(data_loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         del tape, out
+        step_bn = {tap.ref: {"moving_mean": model.get_layer(tap.ref).moving_mean.numpy().copy(),
+                             "moving_variance": model.get_layer(tap.ref).moving_variance.numpy().copy()}
+                   for tap in bn_layers}  # after this step's train forward (the trajectory tracks them)
         if record:
             run.train_acts = train_acts
             for path in shapes:  # a tap whose output does not reach the loss gets no gradient: zeros
@@ -538,6 +541,7 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
         for r, v in zip(var_refs, tvars):  # one variable's slots at a time (GOTURN's momentum: 0.9 GB)
             for key, val in adapter.keras_slots(opt, [v], [r]).items():
                 slots[key] = val
-        run.steps.append({"lr": optimizer.lr_at(k), "loss": float(data_loss), "params": params, "slots": slots})
+        run.steps.append({"lr": optimizer.lr_at(k), "loss": float(data_loss), "params": params, "slots": slots,
+                          "bn_stats": step_bn})
         del slots
         run.seconds[f"step{k}"] = time.perf_counter() - t
