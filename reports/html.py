@@ -81,6 +81,10 @@ summary { cursor: pointer; margin: .5rem 0; }
 <h2>Structure</h2>
 {{ table(v.structure) }}
 {% endif %}
+{% if v.alignment %}
+<h2>Alignment</h2>
+{{ table(v.alignment) }}
+{% endif %}
 {% if v.conversion %}
 <h2>Weight conversion</h2>
 {{ table(v.conversion) }}

@@ -53,6 +53,8 @@ def render_markdown(d: CheckResult | dict) -> str:
         out += _divergence(v.first_divergence)
     if v.structure:
         out += ["## Structure", ""] + _table(v.structure)
+    if v.alignment:
+        out += ["## Alignment", ""] + _table(v.alignment)
     if v.conversion:
         out += ["## Weight conversion", ""] + _table(v.conversion)
     for s in v.stage_views:

@@ -110,6 +110,8 @@ class ReportView:
     structure: Table
     conversion: Table
     stage_views: list[StageView]
+    #: a user pair's automatic alignment (reference layer <-> port module), empty for registered pairs
+    alignment: Table = None  # type: ignore[assignment]
 
 
 def _settings(d: dict) -> Table:
@@ -172,6 +174,20 @@ def _structure(d: dict) -> Table:
     t = Table(list(columns))
     for r in rows:
         t.add([cell(r.get(c)) for c in columns])
+    return t
+
+
+def _alignment(d: dict) -> Table:
+    """The structure stage's ``info["alignment"]`` (``parity.align``): one row per pair of layers, union of keys."""
+    rows = next(((s.get("info") or {}).get("alignment") or [] for s in d["stages"] if s["name"] == "structure"), [])
+    columns: dict[str, None] = {}
+    for r in rows:
+        if isinstance(r, dict):
+            columns.update(dict.fromkeys(r))
+    t = Table(list(columns))
+    for r in rows:
+        if isinstance(r, dict):
+            t.add([cell(r.get(c)) for c in columns], mark="" if r.get("status") in (None, "aligned", "fused") else "fail")
     return t
 
 
@@ -261,6 +277,8 @@ def _info(s: dict) -> Table:
     """A stage's free-form ``info``, one row per key (a trajectory's steps/series are shown as their own table)."""
     t = Table(["key", "value"])
     shown_elsewhere = ("steps", "series") if trajectory_series(s) else ()
+    if s.get("name") == "structure":
+        shown_elsewhere += ("alignment",)
     for k, v in (s.get("info") or {}).items():
         if k in shown_elsewhere:
             continue
@@ -284,4 +302,4 @@ def build_view(d: dict) -> ReportView:
                       summary=d["summary"], settings=_settings(d), environment=_environment(d),
                       stages=_stage_table(result), findings=_findings(d),
                       first_divergence=_first_divergence(result), structure=_structure(d),
-                      conversion=_conversion(d), stage_views=stage_views)
+                      conversion=_conversion(d), stage_views=stage_views, alignment=_alignment(d))

@@ -231,3 +231,21 @@ def test_structure_failure_conversion_problems_and_stage_findings_are_shown():
     assert md.count("| error | shape | conv1 | structure | kernel shape differs |") == 1
     assert "| shape_mismatches | 1 | conv1.weight: expected [8, 1, 3, 3], received [4, 1, 3, 3] |" in md
     assert "| missing | 1 | conv1.bias |" in md
+
+
+def test_a_user_pairs_alignment_is_a_table_in_markdown_and_html():
+    """``parity.compare`` puts its automatic alignment in the structure stage's info: both reports show it
+    as a table (an unaligned layer marked), not as a truncated blob in the stage's info."""
+    rows = [{"ref": "conv", "port": "0", "kind": "conv2d", "status": "aligned"},
+            {"ref": None, "port": "1", "kind": "relu", "status": "fused"},
+            {"ref": "extra_dense", "port": None, "kind": "dense", "status": "unaligned"}]
+    r = _check([StageResult("structure", info={"alignment": rows}),
+                StageResult("forward_eval", tensors=[_diff("conv", 0.0)])])
+    md = render_markdown(r)
+    assert "## Alignment" in md
+    section = md.split("## Alignment", 1)[1].split("\n## ", 1)[0]
+    assert "| ref | port | kind | status |" in section and "| extra_dense |  | dense | unaligned |" in section
+    html = render_html(r)
+    table = html.split("<h2>Alignment</h2>", 1)[1].split("</table>", 1)[0]
+    assert '<tr class="fail"><td>extra_dense</td>' in table and "<td>fused</td>" in table
+    assert "alignment" not in md.split("## Stage `structure`", 1)[1].split("\n## ", 1)[0]
