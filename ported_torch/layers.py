@@ -56,31 +56,29 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-class MaxPool2dSame(nn.Module):
-    """TF ``MaxPool2D(padding="same")``: pad with -inf (padding never wins), extra pixel bottom/right."""
+class _PoolSame(nn.Module):
+    """A TF ``padding="same"`` pooling window: stride defaults to the window (as in Keras)."""
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride if stride is not None else kernel_size)
         self.tf_padding = "same"
-
-    def forward(self, x):
-        x = F.pad(x, same_pads_2d(x, self.kernel_size, self.stride), value=float("-inf"))
-        return F.max_pool2d(x, self.kernel_size, self.stride)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding='same' (TF)"
 
 
-class AvgPool2dSame(nn.Module):
-    """TF ``AveragePooling2D(padding="same")``: padded cells are excluded from the count."""
+class MaxPool2dSame(_PoolSame):
+    """TF ``MaxPool2D(padding="same")``: pad with -inf (padding never wins), extra pixel bottom/right."""
 
-    def __init__(self, kernel_size, stride=None):
-        super().__init__()
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride if stride is not None else kernel_size)
-        self.tf_padding = "same"
+    def forward(self, x):
+        x = F.pad(x, same_pads_2d(x, self.kernel_size, self.stride), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+class AvgPool2dSame(_PoolSame):
+    """TF ``AveragePooling2D(padding="same")``: padded cells are excluded from the count."""
 
     def forward(self, x):
         pads = same_pads_2d(x, self.kernel_size, self.stride)
