@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="registered pair (see `parity list`)")
     p.add_argument("--reference", metavar="MOD:FN", help="Keras model builder (your own model)")
     p.add_argument("--port", metavar="MOD:FN", help="torch module builder (your own port)")
-    p.add_argument("--weights", metavar="FILE", help="Keras .h5 / .weights.h5, or Caffe .npy, for the reference")
+    p.add_argument("--weights", metavar="FILE",
+                   help="Keras .h5 / .weights.h5, or Caffe .npy / .caffemodel, for the reference")
     p.add_argument("--input-shape", help="H,W,C of one reference input (your own models)")
     p.add_argument("--loss", help="categorical_crossentropy | mse | l1_sum (your own models)")
     p.add_argument("--align", action="append", metavar="REF=PORT",
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="MOD:FN", help="Keras model builder (your own model)")
     p.add_argument("--port", metavar="MOD:FN",
                    help="torch module builder stored in the trace as replay's default port (needed with --reference)")
-    p.add_argument("--weights", metavar="FILE", help="Keras .h5 / .weights.h5, or Caffe .npy, for the reference")
+    p.add_argument("--weights", metavar="FILE",
+                   help="Keras .h5 / .weights.h5, or Caffe .npy / .caffemodel, for the reference")
     p.add_argument("--input-shape", help="H,W,C of one reference input (your own models)")
     p.add_argument("--loss", help="categorical_crossentropy | mse | l1_sum (your own models)")
     p.add_argument("--align", action="append", metavar="REF=PORT",
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout before the last line")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p = sub.add_parser("convert", help="convert reference weights to a torch state_dict, with self-checks")
-    p.add_argument("weights", help="Keras .h5 / .weights.h5 or Caffe .npy")
+    p.add_argument("weights", help="Keras .h5 / .weights.h5 or Caffe .npy / .caffemodel")
     p.add_argument("--pair", required=True)
     p.add_argument("-o", "--output", required=True, help="port.safetensors or port.pt")
     p.add_argument("--config", action="append", metavar="KEY=VALUE")

@@ -1,5 +1,6 @@
 """``parity convert``: reference weights (Keras ``.h5`` / ``.weights.h5``, or the pair's own format such as
-GOTURN's Caffe ``.npy``) -> a torch ``state_dict`` for the pair's port, proven before it is written:
+GOTURN's Caffe ``.npy`` or ``.caffemodel``) -> a torch ``state_dict`` for the pair's port, proven before it is
+written:
 
 1. read the file with the pair's loader (:func:`parity.harness.load_weight_file`), matched against the
    reference model's own layout (the Keras model is built once, in float64, for its ``{layer: {var: shape}}``);

@@ -279,6 +279,8 @@ def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, op
     diagnosis.attach_stages(result)
     result.environment = _environment(ts)
     result.environment["reference_seconds"] = {k: round(v, 4) for k, v in ref.seconds.items()}
+    if store is not None:  # what waited on disk instead of in memory (parity.spill)
+        result.environment["spilled"] = {"files": store.files, "bytes": store.bytes_written}
     for k in ("keras_version", "tensorflow_version"):
         if k in ref.meta:
             result.environment[f"reference_{k}"] = ref.meta[k]
@@ -405,6 +407,8 @@ def _structure_stage(spec, ref, ts, taps, conv_report, eval_acts, module_info, r
     for prob in conv_report.problems():
         st.errors.append(f"weights: {prob}")
     st.info["conversion"] = conv_report.summary()
+    if ref.meta.get("weights_report"):  # how --weights FILE was read (format, assumptions such as squeezes)
+        st.info["weights_file"] = ref.meta["weights_report"]
     st.info["conventions"] = [{"name": c.name, "reference": c.reference, "port": c.port, "origin": c.origin}
                               for c in spec.conventions]
     for f in findings:

@@ -207,7 +207,7 @@ class PairSpec:
     default_batch: int = 4
     #: published parameter counts {"total":…, "trainable":…, "non_trainable":…} for the default config
     published_params: dict[str, int] = field(default_factory=dict)
-    #: how ``--weights`` files are read: "keras" (h5) or "caffe" (npy dict)
+    #: how ``--weights`` files are read: "keras" (h5) or "caffe" (npy dict or .caffemodel)
     weights_format: str = "keras"
     #: ``"module:function"`` ``(path, expected) -> ({keras_layer: {var: array}}, ConversionReport)`` where
     #: ``expected`` is the reference's ``{keras_layer: {var: shape}}``; None = the Keras h5 reader

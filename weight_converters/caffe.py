@@ -1,6 +1,12 @@
-"""Caffe weights as a NumPy ``.npy`` dict -> the GOTURN Keras reference (and torch port) layouts. Pure numpy.
+"""Caffe weights -> the GOTURN Keras reference (and torch port) layouts. Pure numpy.
 
-The format (nrupatunga/goturn-pytorch and most Caffe -> numpy dumps): one ``np.save`` of a dict
+Two file formats, told apart by content (:func:`read_caffe_weights`), neither able to run code:
+
+- a binary Caffe ``.caffemodel`` (davheld/GOTURN's ``tracker.caffemodel``, BVLC's CaffeNet), current or V1
+  format, decoded by :mod:`weight_converters.caffemodel` (a protobuf reader of its own, no Caffe);
+- a NumPy ``.npy`` dict, read with :func:`read_caffe_npy` (below).
+
+The ``.npy`` format (nrupatunga/goturn-pytorch and most Caffe -> numpy dumps): one ``np.save`` of a dict
 ``{"conv1": [W, b], ..., "conv5": [W, b]}``, ``W`` in Caffe's blob layout (OIHW for Convolution, (out, in) for
 InnerProduct, in C, H, W order after a flatten), ``b`` (out,). Such a file is a *pickle* inside a ``.npy``:
 ``np.load`` with pickles allowed would run any code the pickle names. :func:`read_caffe_npy` never does:
@@ -13,6 +19,9 @@ GOTURN names (``parity.pairs.goturn``): the target stream's convs are ``conv1..c
 ``conv1..conv5`` fills both. The fully connected layers are ``fc6-new``, ``fc7-new``, ``fc7-newb``, ``fc8-shapes``;
 when absent (the usual CaffeNet-only file) they keep the reference's initialisation (an assumption in the
 report, not an error). CaffeNet's own ImageNet classifier (``fc6``, ``fc7``, ``fc8``) is ignored, as GOTURN does.
+Legacy (V1) files store InnerProduct weights as (1, 1, out, in) and biases as (1, 1, 1, out); the mapping drops
+those leading 1s (:data:`LEGACY_BLOB_SQUEEZE`, an assumption in the report), as Caffe's ``Blob::ShapeEquals``
+reads legacy shapes right-aligned.
 
 Layouts (Caffe's blobs are torch's layouts, so the torch side is a copy):
 
@@ -62,6 +71,14 @@ IP_FLATTEN = "InnerProduct input order: Caffe CHW flatten -> Keras HWC Flatten (
 CAFFE_IS_TORCH = "Caffe blobs are torch's layouts (OIHW, (out,in) over a CHW flatten): copied as is"
 BOTH_STREAMS = ("image stream (conv1_p..conv5_p) not in file: initialised from conv1..conv5, as GOTURN "
                 "initialises both streams from CaffeNet")
+
+LEGACY_BLOB_SQUEEZE = ("legacy 4-D blobs squeezed to their layer's rank (leading 1s dropped, as Caffe's "
+                       "Blob::ShapeEquals reads legacy shapes): InnerProduct (1,1,out,in) -> (out,in), "
+                       "bias (1,1,1,out) -> (out,)")
+"""Assumption recorded when :func:`squeeze_legacy_blobs` reshapes a blob (V1 files, old Caffe -> numpy dumps)."""
+NUMPY_MAGIC = b"\x93NUMPY"
+"""The first bytes of every ``.npy`` file (``np.lib.format.MAGIC_PREFIX``): such a file goes to
+:func:`read_caffe_npy`, any other to the ``.caffemodel`` reader."""
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 STREAM_SUFFIX = {"target": "", "image": "_p"}
@@ -116,8 +133,8 @@ def _where(path, label: str) -> str:
     return f"{label} {path}" if label else str(path)
 
 
-def _bad(where: str, received: str, todo: str = SAVE_HINT) -> ValueError:
-    return ValueError(f"{where}: {EXPECTED_FORMAT}. Received: {received}. {todo}")
+def _bad(where: str, received: str, todo: str = SAVE_HINT, *, expected: str = EXPECTED_FORMAT) -> ValueError:
+    return ValueError(f"{where}: {expected}. Received: {received}. {todo}")
 
 
 def _read_header(f, where):
@@ -171,6 +188,24 @@ def read_caffe_npy(path, *, label: str = "--weights") -> dict[str, list[np.ndarr
                        "Each layer must be [weights, bias] as numpy arrays.")
         out[str(name)] = [np.asarray(b) for b in blobs]
     return out
+
+
+def read_caffe_weights(path, *, label: str = "--weights") -> dict[str, list[np.ndarray]]:
+    """Read Caffe weights from ``path`` by content: a file that starts with :data:`NUMPY_MAGIC` is a pickled
+    ``.npy`` dict (:func:`read_caffe_npy`), any other a binary ``.caffemodel``
+    (:func:`weight_converters.caffemodel.read_caffemodel`). Neither runs anything from the file. Returns
+    ``{layer: [blobs]}``; bad files raise a one-line ``ValueError`` prefixed ``"{label} {path}: "``."""
+    from weight_converters.caffemodel import read_caffemodel  # it imports this module's message helpers
+
+    path = Path(path)
+    if not path.is_file():
+        raise _bad(_where(path, label), "no such file", "Check the path.",
+                   expected="expected a Caffe .caffemodel or .npy weight dict")
+    with path.open("rb") as f:
+        head = f.read(len(NUMPY_MAGIC))
+    if head == NUMPY_MAGIC:
+        return read_caffe_npy(path, label=label)
+    return read_caffemodel(path, label=label)
 
 
 # --- Reshape-instead-of-transpose guard -------------------------------------------------------------------
@@ -256,6 +291,34 @@ def _check(report, key, arr, want):
     return True
 
 
+def squeeze_legacy_blobs(caffe: Mapping[str, list[np.ndarray]]) -> tuple[dict[str, list[np.ndarray]], list[str]]:
+    """Drop the leading 1s of legacy 4-D blobs of GOTURN's layers: fc weights (1, 1, out, in) -> (out, in), conv
+    and fc biases (1, 1, 1, out) -> (out,). Blobs with other leading dims are left for the shape check to report.
+    Returns the dict (arrays not copied) and ``"layer/blob (old shape)"`` for each squeezed blob."""
+    fc = set(FC_CAFFE_NAMES.values())
+    convs = {c + s for c in CONV_NAMES for s in STREAM_SUFFIX.values()}
+    out, squeezed = dict(caffe), []
+    for name, blobs in caffe.items():
+        if name not in fc and name not in convs:
+            continue
+        new = list(blobs)
+        for i, blob in enumerate(blobs[:2]):
+            rank = 1 if i == 1 else 2 if name in fc else 4
+            lead = blob.shape[:max(blob.ndim - rank, 0)]
+            if lead and all(d == 1 for d in lead):
+                new[i] = blob.reshape(blob.shape[len(lead):])
+                squeezed.append(f"{name}/{'bias' if i else 'weight'} {tuple(blob.shape)}")
+        out[name] = new
+    return out, squeezed
+
+
+def _squeeze_into(caffe, report):
+    caffe, squeezed = squeeze_legacy_blobs(caffe)
+    if squeezed:
+        report.assume(f"{LEGACY_BLOB_SQUEEZE}: {', '.join(squeezed)}")
+    return caffe
+
+
 def goturn_from_caffe(caffe: Mapping[str, list[np.ndarray]], expected: Mapping[str, Mapping[str, tuple]], *,
                       flatten_chw: tuple[int, int, int] | None = None,
                       ) -> tuple[dict[str, dict[str, np.ndarray]], CaffeConversionReport]:
@@ -264,6 +327,7 @@ def goturn_from_caffe(caffe: Mapping[str, list[np.ndarray]], expected: Mapping[s
     ``expected``, 2 x conv5 channels and a square pool5). Problems go to the report; raises only when fc6 is in
     the file and its flatten geometry can be neither inferred nor was given."""
     report = CaffeConversionReport(direction="caffe->keras")
+    caffe = _squeeze_into(caffe, report)
     out: dict[str, dict[str, np.ndarray]] = {}
     used = set()
 
@@ -340,6 +404,7 @@ def goturn_caffe_to_torch(caffe: Mapping[str, list[np.ndarray]], expected: Mappi
     the layouts are Caffe's, so arrays are copied. ``expected``: the port's ``{key: shape}``."""
     report = CaffeConversionReport(direction="caffe->torch")
     report.convention(CAFFE_IS_TORCH)
+    caffe = _squeeze_into(caffe, report)
     out: dict[str, np.ndarray] = {}
     sources = {}
     for stream, suffix in STREAM_SUFFIX.items():
@@ -375,11 +440,12 @@ def goturn_caffe_to_torch(caffe: Mapping[str, list[np.ndarray]], expected: Mappi
 def load_goturn_weights(path, expected: Mapping[str, Mapping[str, tuple]], *, strict: bool = True,
                         flatten_chw: tuple[int, int, int] | None = None, label: str = "--weights",
                         ) -> tuple[dict[str, dict[str, np.ndarray]], CaffeConversionReport]:
-    """``PairSpec.weights_loader`` of the GOTURN pair: read ``path`` safely (:func:`read_caffe_npy`), map it to
-    the Keras reference (``expected`` = its ``{layer: {var: shape}}``). Strict (default) raises
-    :class:`ConversionError` (a ``ValueError``, with ``.report``) on missing convs, unknown layers, shape
-    mismatches, non-finite values or a suspicious layer; fc layers absent from the file are allowed."""
-    weights, report = goturn_from_caffe(read_caffe_npy(path, label=label), expected, flatten_chw=flatten_chw)
+    """``PairSpec.weights_loader`` of the GOTURN pair: read ``path`` safely (:func:`read_caffe_weights`: a
+    ``.caffemodel`` or a ``.npy`` dict), map it to the Keras reference (``expected`` = its
+    ``{layer: {var: shape}}``). Strict (default) raises :class:`ConversionError` (a ``ValueError``, with
+    ``.report``) on missing convs, unknown layers, shape mismatches, non-finite values or a suspicious layer;
+    fc layers absent from the file are allowed."""
+    weights, report = goturn_from_caffe(read_caffe_weights(path, label=label), expected, flatten_chw=flatten_chw)
     if strict and not report.ok:
         probs = report.problems()
         more = f" (+{len(probs) - 3} more)" if len(probs) > 3 else ""
