@@ -149,16 +149,16 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         raise UsageError(str(exc)) from None
 
     # -- reference ------------------------------------------------------------------------------------------
-    store = None
+    from parity.spill import SpillStore
+
+    # the reference's results wait on disk for the port, not in memory; the port's snapshot too (parity.spill)
+    store = SpillStore()
     if reference_run is None:
         from parity.reference_side import run_reference
-        from parity.spill import SpillStore
 
         wfile = None
         if weights is not None:
             wfile = (lambda expected: load_weight_file(spec, weights, expected))
-        # the reference's results wait on disk for the port, not in memory (see parity.spill)
-        store = SpillStore()
         try:
             ref = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
                                 stages=stage_set, weights_file=wfile, progress=say, spill=store)
@@ -179,8 +179,7 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         return _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, opt, steps, port, onnx,
                            owned, source, say, t_start)
     finally:
-        if store is not None:
-            store.close()
+        store.close()
 
 
 def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, opt, steps, port, onnx, owned,
@@ -253,13 +252,13 @@ def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, op
                 st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref.eval_acts[tap.path]), out, tol))
             st.seconds = time.perf_counter() - t
             result.stages.append(st)
-        if owned and store is None:  # reference results held in memory: free what no later stage reads
+        if owned and ref.store is None:  # reference results held in memory: free what no later stage reads
             ref.eval_inputs = {}
         gc.collect()
         trim_heap()
         if stage_set & {"forward_train", "gradients", "step"}:
             _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say,
-                          owned and store is None, snap[0])
+                          owned and ref.store is None, snap[0])
         if onnx:
             from parity.onnx_leg import onnx_stage
 
@@ -279,7 +278,7 @@ def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, op
     diagnosis.attach_stages(result)
     result.environment = _environment(ts)
     result.environment["reference_seconds"] = {k: round(v, 4) for k, v in ref.seconds.items()}
-    if store is not None:  # what waited on disk instead of in memory (parity.spill)
+    if store.files:  # what waited on disk instead of in memory (parity.spill)
         result.environment["spilled"] = {"files": store.files, "bytes": store.bytes_written}
     for k in ("keras_version", "tensorflow_version"):
         if k in ref.meta:

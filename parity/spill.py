@@ -30,10 +30,12 @@ SPILL_DIR_ENV = "PARITY_SPILL_DIR"
 class Spilled:
     """A handle to one array on disk."""
 
-    __slots__ = ("path", "shape", "dtype", "nbytes")
+    __slots__ = ("path", "shape", "dtype", "nbytes", "digest")
 
-    def __init__(self, path: str, a: np.ndarray):
+    def __init__(self, path: str, a: np.ndarray, digest: bytes | None = None):
         self.path, self.shape, self.dtype, self.nbytes = path, a.shape, a.dtype, a.nbytes
+        #: blake2b of the bytes, when the store computes digests (a trace stores equal arrays once)
+        self.digest = digest
 
     def load(self) -> np.ndarray:
         return np.load(self.path, allow_pickle=False)
@@ -46,8 +48,9 @@ class SpillStore:
     """A temporary directory of arrays; :meth:`hold` turns an array (or a list / dict of them) into what a
     :class:`SpillDict` keeps."""
 
-    def __init__(self, min_bytes: int | None = None, root: str | None = None):
+    def __init__(self, min_bytes: int | None = None, root: str | None = None, digests: bool = False):
         self.min_bytes = SPILL_MIN_BYTES if min_bytes is None else min_bytes
+        self.digests = digests
         self.dir = tempfile.mkdtemp(prefix="parity-spill-", dir=root or os.environ.get(SPILL_DIR_ENV) or None)
         self._n = 0
         self.bytes_written = 0
@@ -63,7 +66,12 @@ class SpillStore:
         np.save(path, a, allow_pickle=False)  # (not ascontiguousarray: it makes a 0-d array 1-d)
         self.bytes_written += a.nbytes
         self.files += 1
-        return Spilled(path, a)
+        digest = None
+        if self.digests:
+            import hashlib
+
+            digest = hashlib.blake2b(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
+        return Spilled(path, a, digest)
 
     def hold(self, v):
         if isinstance(v, (Spilled, SpillDict)):
@@ -98,7 +106,7 @@ class SpillDict(MutableMapping):
     """A dict whose large array values live in a :class:`SpillStore`; reading a key loads its array (a fresh
     copy each time: callers hold it only while they compare it)."""
 
-    def __init__(self, store: SpillStore, data: Mapping | None = None):
+    def __init__(self, store: SpillStore | None, data: Mapping | None = None):
         self.store = store
         self._d: dict[str, Any] = {}
         if data:
@@ -106,7 +114,7 @@ class SpillDict(MutableMapping):
                 self[k] = v
 
     def __setitem__(self, key, value) -> None:
-        self._d[key] = self.store.hold(value)
+        self._d[key] = self.store.hold(value) if self.store is not None else value
 
     def set_handle(self, key, handle) -> None:
         """Store an already-held value (a :class:`Spilled` shared by several keys is written once)."""
@@ -131,7 +139,7 @@ class SpillDict(MutableMapping):
         return key in self._d
 
     def __repr__(self) -> str:
-        return f"SpillDict({len(self)} keys in {self.store.dir})"
+        return f"SpillDict({len(self)} keys in {self.store.dir if self.store is not None else 'a trace'})"
 
 
 def materialize(obj):

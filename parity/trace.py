@@ -13,8 +13,10 @@ The file format (``parity.trace/1``):
   each array replaced by ``{"__array__": key}``, plus ``meta`` (pair, config, dtype, seed, batch, steps,
   optimizer, recorded stages, versions, conventions, the port builder), the taps and the parameter refs.
 
-No pickle anywhere: safetensors holds raw little-endian buffers and a JSON header; this module reads it with
-``safetensors.numpy.load_file`` and ``safe_open(...).metadata()``. The replay path imports neither
+No pickle anywhere: safetensors holds raw little-endian buffers and a JSON header. ``parity record`` writes
+that layout itself, one array at a time from the run's spill directory (:func:`write_trace`; the safetensors
+package only writes from a dict held in memory), and this module reads it with ``safetensors.numpy.load_file``
+and ``safe_open``; a trace of :data:`LAZY_TRACE_MIN_BYTES` or more is read lazily, array by array. The replay path imports neither
 TensorFlow nor Keras (``tests/parity/test_trace.py`` runs it with both imports blocked).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -38,13 +41,39 @@ SCHEMA_KEY = "schema"
 ARRAY_REF = "__array__"
 
 
+#: a trace file at least this large is read lazily by ``load_trace``: arrays of ``SPILL_MIN_BYTES`` or more are
+#: read from the file when a stage compares them, one at a time (an Xception or GOTURN trace holds several
+#: GB of float64 activations or weights); smaller traces are read whole
+LAZY_TRACE_MIN_BYTES = 256 << 20
+
+#: numpy dtype -> safetensors dtype name (the header's "dtype" field)
+ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "int16": "I16",
+             "int8": "I8", "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL"}
+
+
 # -- packing: nested dicts/lists of arrays <-> (tensors, JSON) ----------------------------------------------
-def _pack(obj, key: str, tensors: dict[str, np.ndarray], seen: dict) -> Any:
+def _pack(obj, key: str, tensors: dict, seen: dict) -> Any:
+    """``obj`` as JSON with each array replaced by ``{"__array__": key}``; ``tensors[key]`` gets the array, or
+    its :class:`parity.spill.Spilled` handle (not loaded: a spilled run is written one array at a time).
+    Equal arrays are stored once: in-memory ones by content, spilled ones by the digest their store computed
+    (``parity record``) or else by handle (a layer's input is the previous layer's output)."""
+    from parity.spill import Spilled
+
+    if isinstance(obj, Spilled):
+        ident = (obj.dtype.str, tuple(obj.shape), obj.digest) if obj.digest is not None else ("handle", id(obj))
+        if ident in seen:
+            return {ARRAY_REF: seen[ident]}
+        if obj.dtype == object:
+            raise TypeError(f"trace: {key}: expected a numeric array. Received: dtype object.")
+        seen[ident] = key
+        tensors[key] = obj
+        return {ARRAY_REF: key}
     if isinstance(obj, np.ndarray):
-        a = np.ascontiguousarray(obj)
+        a = np.ascontiguousarray(obj) if obj.ndim else obj
         if a.dtype == object:
             raise TypeError(f"trace: {key}: expected a numeric array. Received: dtype object.")
-        digest = (a.dtype.str, a.shape, hashlib.blake2b(a.reshape(-1).view(np.uint8)).digest())
+        digest = (a.dtype.str, tuple(a.shape),
+                  hashlib.blake2b(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest())
         if digest in seen:
             return {ARRAY_REF: seen[digest]}
         seen[digest] = key
@@ -52,11 +81,12 @@ def _pack(obj, key: str, tensors: dict[str, np.ndarray], seen: dict) -> Any:
         return {ARRAY_REF: key}
     if isinstance(obj, np.generic):  # numpy scalar
         return obj.item()
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         out = {}
-        for k, v in obj.items():
+        for k in obj:
             if not isinstance(k, str):
                 raise TypeError(f"trace: {key}: expected string keys. Received: {k!r}.")
+            v = obj.handle(k) if hasattr(obj, "handle") else obj[k]  # a SpillDict's handle, not a load
             out[k] = _pack(v, f"{key}/{k}" if key else k, tensors, seen)
         return out
     if isinstance(obj, (list, tuple)):
@@ -66,14 +96,80 @@ def _pack(obj, key: str, tensors: dict[str, np.ndarray], seen: dict) -> Any:
     return str(obj)
 
 
-def _unpack(obj, tensors: dict[str, np.ndarray]) -> Any:
+def _unpack(obj, tensors, lazy: bool = False) -> Any:
+    """The inverse of :func:`_pack`. ``lazy``: dicts become :class:`parity.spill.SpillDict` views whose large
+    arrays are :class:`TraceArray` handles, read from the file when accessed."""
     if isinstance(obj, dict):
         if set(obj) == {ARRAY_REF}:
             return tensors[obj[ARRAY_REF]]
+        if lazy:
+            from parity.spill import SpillDict
+
+            d = SpillDict(None)
+            for k, v in obj.items():
+                d.set_handle(k, _unpack(v, tensors, lazy))
+            return d
         return {k: _unpack(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_unpack(v, tensors) for v in obj]
+        return [_unpack(v, tensors, lazy) for v in obj]
     return obj
+
+
+def _trace_array_class():
+    from parity.spill import Spilled
+
+    class TraceArray(Spilled):
+        """One array of a lazily read trace: a :class:`parity.spill.Spilled` whose file is the trace, read with
+        plain file I/O at its offset (not a memory map, whose pages would stay resident while the replay runs)."""
+
+        __slots__ = ("offset",)
+
+        def __init__(self, path: str, offset: int, shape, dtype):
+            self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+            self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+            self.digest = None
+
+        def load(self) -> np.ndarray:
+            n = int(np.prod(self.shape, dtype=np.int64))
+            a = np.fromfile(self.path, dtype=self.dtype.newbyteorder("<"), count=n, offset=self.offset)
+            if a.size != n:
+                raise ValueError(f"trace {self.path}: expected {n} values at byte {self.offset}. Received: "
+                                 f"{a.size} (the file was truncated or replaced). Record it again.")
+            return a.astype(self.dtype, copy=False).reshape(self.shape)
+
+    return TraceArray
+
+
+def write_trace(path: str, run, *, extra_meta: dict | None = None) -> int:
+    """Write ``run`` as a safetensors file one array at a time (a spilled run is never loaded whole;
+    ``safetensors.numpy.save_file`` needs every array in memory, and builds the file's bytes at once). The
+    layout is safetensors': an 8-byte little-endian header length, the JSON header (``dtype``, ``shape``,
+    ``data_offsets`` per tensor, ``__metadata__``), padded with spaces to 8 bytes, then the buffers in
+    offset order. Written to ``path + ".tmp"`` and renamed. Returns the number of arrays."""
+    tensors, metadata = _plan(run, extra_meta)
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for key, src in tensors.items():
+        dt = np.dtype(src.dtype)
+        if dt.name not in ST_DTYPES:
+            raise TypeError(f"trace: {key}: expected one of {', '.join(ST_DTYPES)}. Received: dtype {dt}.")
+        nbytes = int(np.prod(src.shape, dtype=np.int64)) * dt.itemsize
+        header[key] = {"dtype": ST_DTYPES[dt.name], "shape": [int(d) for d in src.shape],
+                       "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    head = json.dumps(header, separators=(",", ":"), allow_nan=True).encode("utf-8")
+    head += b" " * (-len(head) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for key, src in tensors.items():
+            a = src.load() if hasattr(src, "load") else src
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+            f.write(memoryview(a.reshape(-1)).cast("B"))
+            del a
+    os.replace(tmp, path)
+    return len(tensors)
 
 
 def _tap_dict(t: Tap) -> dict:
@@ -131,8 +227,14 @@ def _versions() -> dict[str, str]:
 
 
 def run_to_trace(run, *, extra_meta: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """A :class:`ReferenceRun` as (safetensors tensors, safetensors metadata)."""
-    tensors: dict[str, np.ndarray] = {}
+    """A :class:`ReferenceRun` as (safetensors tensors, safetensors metadata), every array in memory."""
+    tensors, metadata = _plan(run, extra_meta)
+    return {k: (v.load() if hasattr(v, "load") else v) for k, v in tensors.items()}, metadata
+
+
+def _plan(run, extra_meta: dict | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """(key -> array or spilled handle, safetensors metadata) of a :class:`ReferenceRun`."""
+    tensors: dict[str, Any] = {}
     seen: dict = {}
     meta = dict(run.meta)
     meta.update(extra_meta or {})
@@ -189,9 +291,25 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
     wfile = None
     if weights is not None:
         wfile = (lambda expected: load_weight_file(spec, weights, expected))
-    run = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
-                        stages=stage_set, weights_file=wfile, progress=say)
-    say(f"record: write {path}")
+    from parity.spill import SpillStore
+
+    # the run waits on disk, and is written to the trace one array at a time; digests: equal arrays once
+    store = SpillStore(digests=True)
+    try:
+        run = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
+                            stages=stage_set, weights_file=wfile, progress=say, spill=store)
+        say(f"record: write {path}")
+        n_arrays = _write_recorded(path, run, spec, stage_list, opt, port_builder, weights)
+    finally:
+        store.close()
+    size = os.path.getsize(path)
+    secs = time.perf_counter() - t0
+    summary = (f"PASSED record {spec.name} [{dtype}, batch {batch}, {len(stage_list)} stages]: {n_arrays} arrays, "
+               f"{size / 1e6:.1f} MB -> {path} ({secs:.1f} s)")
+    return path, summary
+
+
+def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights) -> int:
     extra = {
         "stages": list(stage_list),
         "optimizer": optimizer_to_dict(opt),
@@ -204,15 +322,7 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "schema": SCHEMA,
     }
-    tensors, metadata = run_to_trace(run, extra_meta=extra)
-    from safetensors.numpy import save_file
-
-    save_file(tensors, path, metadata=metadata)
-    size = os.path.getsize(path)
-    secs = time.perf_counter() - t0
-    summary = (f"PASSED record {spec.name} [{dtype}, batch {batch}, {len(stage_list)} stages]: {len(tensors)} arrays, "
-               f"{size / 1e6:.1f} MB -> {path} ({secs:.1f} s)")
-    return path, summary
+    return write_trace(path, run, extra_meta=extra)
 
 
 def _is_registered(spec: PairSpec) -> bool:
@@ -225,9 +335,10 @@ def _is_registered(spec: PairSpec) -> bool:
 
 
 # -- load / replay ---------------------------------------------------------------------------------------------
-def load_trace(path: str):
+def load_trace(path: str, lazy: bool | None = None):
     """Read a trace: the :class:`ReferenceRun` (``meta["trace_path"]`` set) and the raw JSON body.
-    A missing or foreign file is a :class:`parity.harness.UsageError` (one line)."""
+    A missing or foreign file is a :class:`parity.harness.UsageError` (one line). ``lazy`` (default: files of
+    :data:`LAZY_TRACE_MIN_BYTES` or more) keeps the file open and reads each large array when it is compared."""
     from parity.harness import UsageError
     from parity.optimizers import ParamRef
     from parity.reference_side import ReferenceRun
@@ -245,7 +356,9 @@ def load_trace(path: str):
             raise UsageError(f"replay {path}: expected a parity trace ({SCHEMA}). Received: a safetensors file "
                              f"with schema {metadata.get(SCHEMA_KEY)!r}. Record one with `parity record`.")
         body = json.loads(metadata[META_KEY])
-        tensors = load_file(path)
+        if lazy is None:
+            lazy = os.path.getsize(path) >= LAZY_TRACE_MIN_BYTES
+        tensors = _lazy_tensors(path) if lazy else load_file(path)
     except UsageError:
         raise
     except Exception as exc:
@@ -255,21 +368,48 @@ def load_trace(path: str):
     try:
         meta = _unpack(body["meta"], tensors)
         meta["trace_path"] = path
+        def now(name):  # fields read whole (inputs, labels: one batch each)
+            return [a.load() if hasattr(a, "load") else a for a in _unpack(body[name], tensors)]
+
+        def view(name):
+            return _unpack(body[name], tensors, lazy)
+
         run = ReferenceRun(
             meta=meta, taps=[_tap_from(t) for t in body["taps"]],
-            inputs=_unpack(body["inputs"], tensors), labels=_unpack(body["labels"], tensors),
-            weights=_unpack(body["weights"], tensors), structure=_unpack(body["structure"], tensors),
+            inputs=now("inputs"), labels=now("labels"),
+            weights=view("weights"), structure=_unpack(body["structure"], tensors),
             model_params=body["model_params"], l2=body["l2"],
             param_refs=[ParamRef(r["key"], r["layer"], r["var"], r["kind"]) for r in body["param_refs"]],
-            eval_acts=_unpack(body["eval_acts"], tensors), eval_inputs=_unpack(body["eval_inputs"], tensors),
-            train_acts=_unpack(body["train_acts"], tensors), bn_stats=_unpack(body["bn_stats"], tensors),
-            bn_n=body["bn_n"], loss=body["loss"], act_grads=_unpack(body["act_grads"], tensors),
-            param_grads=_unpack(body["param_grads"], tensors), steps=_unpack(body["steps"], tensors),
+            eval_acts=view("eval_acts"), eval_inputs=view("eval_inputs"),
+            train_acts=view("train_acts"), bn_stats=view("bn_stats"),
+            bn_n=body["bn_n"], loss=body["loss"], act_grads=view("act_grads"),
+            param_grads=view("param_grads"), steps=view("steps"),
             seconds=body["seconds"])
     except (KeyError, TypeError) as exc:
         raise UsageError(f"replay {path}: expected a complete {SCHEMA} trace. Received: missing or malformed "
                          f"entry {exc}. Record it again with this version of parity.") from None
     return run, body
+
+
+def _lazy_tensors(path: str) -> dict[str, Any]:
+    """key -> array (small, read now) or :class:`TraceArray` (large, read on access) of a safetensors file
+    that ``safe_open`` has already accepted, from its JSON header (dtype, shape, data offsets)."""
+    from parity.spill import SPILL_MIN_BYTES
+
+    names = {v: k for k, v in ST_DTYPES.items()}
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    base = 8 + n
+    trace_array = _trace_array_class()
+    out: dict[str, Any] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        begin, _ = info["data_offsets"]
+        h = trace_array(path, base + int(begin), info["shape"], names[info["dtype"]])
+        out[key] = h if h.nbytes >= SPILL_MIN_BYTES else h.load()
+    return out
 
 
 def spec_for_trace(run, port: str | None = None) -> PairSpec:
