@@ -972,6 +972,10 @@ def _step_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
     kind = str(opt.get("kind", ""))
     path = _base(diff.path)
     failing = [t for t in stage.tensors if not t.passed]
+    for rule in (_lr_schedule_rule, _lr_mult_rule):
+        f = rule(run, stage, diff, opt)
+        if f is not None:
+            return [f]
     l2 = opt.get("l2") or {}
     if l2 and failing:
         layers = {_base(t.path): run.ref_layer(_base(t.path)) for t in failing}
@@ -991,6 +995,67 @@ def _step_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
                "torch weight_decay 2*lam), momentum convention, lr_mult, or lr schedule")
         fix = "configure the torch optimizer with the named rules in parity.optimizers"
     return [_finding("optimizer", path, msg, fix, stage.name, evidence=diff.describe())]
+
+
+def _step_of(path: str) -> int:
+    """``k`` of a ``...@stepk`` tensor path (1 without a suffix: a one-step check)."""
+    tail = path.rsplit("@step", 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 1
+
+
+def _lr_schedule_rule(run: _Run, stage, diff, opt) -> Finding | None:
+    """Every update agrees until the step where the learning rate changes: the two optimizers put the lr in
+    different places of the momentum recursion (Caffe SGD: ``h = mu*h + lr*g; w -= h``, the old lr stays in
+    the history; torch SGD: ``buf = mu*buf + g; w -= lr*buf``, the new lr scales the whole buffer)."""
+    k = _step_of(diff.path)
+    lrs = [float(x) for x in (opt.get("lr_schedule") or [])]
+    if k < 2 or len(lrs) < k or _close(lrs[k - 1], lrs[k - 2], 1e-12):
+        return None
+    if any(not t.passed for t in stage.tensors if _step_of(t.path) < k):
+        return None
+    return _finding(
+        "lr_in_momentum", _base(diff.path),
+        f"the updates agree until step {k}, where the learning rate changes ({lrs[k - 2]:g} -> {lrs[k - 1]:g}): "
+        "the port's optimizer applies the new lr to its whole momentum buffer (torch SGD: buf = mu*buf + g, "
+        "w -= lr*buf) where the reference keeps each step's lr inside its history (Caffe SGD: h = mu*h + lr*g, "
+        "w -= h)",
+        "use an optimizer with Caffe's rule (ported_torch.optim.CaffeSGD), or rescale the momentum buffers by "
+        "lr_old/lr_new at the lr change", stage.name,
+        evidence=f"{sum(1 for t in stage.tensors if _step_of(t.path) < k)} update/slot tensors of steps < {k} "
+                 f"agree; {diff.describe()}")
+
+
+def _lr_mult_of(opt: dict, layer: str | None, var: str) -> float | None:
+    table = opt.get("lr_mult") or {}
+    if not table or layer is None:
+        return None
+    role = "bias" if var in ("bias", "beta") else "kernel"
+    for key in (f"{layer}:{var}", f"{layer}:{role}", f"{layer}/{var}", layer):
+        if key in table:
+            return float(table[key])
+    return 1.0
+
+
+def _lr_mult_rule(run: _Run, stage, diff, opt) -> Finding | None:
+    """A parameter the reference's solver freezes (``lr_mult: 0``) changes in the port, or its update is the
+    reference's divided by the layer's ``lr_mult``: the port's optimizer lost the per-layer multipliers."""
+    if ".update" not in diff.path or not opt.get("lr_mult"):
+        return None
+    path = _base(diff.path)
+    var = "bias" if ":bias" in diff.path else "kernel"
+    lm = _lr_mult_of(opt, run.ref_layer(path), var)
+    if lm is None or lm == 1.0:
+        return None
+    fix = ("one param group per layer with the solver's multipliers (lr = base_lr * lr_mult, weight_decay = "
+           "wd * decay_mult; lr_mult 0: requires_grad=False): ported_torch.optim.CaffeSGD takes them per group")
+    if lm == 0.0 and diff.scale == 0.0 and diff.max_abs > 0:
+        return _finding("lr_mult", path, f"the reference's solver freezes {path} (lr_mult 0: its update is exactly "
+                        "0) but the port updates it", fix, stage.name, evidence=diff.describe())
+    if lm and diff.ref_value and _close(diff.port_value / diff.ref_value, 1.0 / lm, 1e-3):
+        return _finding("lr_mult", path, f"the port's update of {path} is the reference's divided by {lm:g}: "
+                        f"lr_mult {lm:g} is missing in the port's optimizer", fix, stage.name,
+                        evidence=diff.describe())
+    return None
 
 
 def _l2_rule(run: _Run, path, diff, l2, layers, opt) -> Finding:

@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from parity.conventions import KERAS_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT
+from parity.conventions import (KERAS_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT,
+                                torch_weight_decay_from_keras_l2)
+from parity.optim_caffe import CaffeSGDAdapter
 from parity.optimizers import AdamAdapter, SGDAdapter, _torch_groups, register_adapter
 from parity.results import CheckResult
 from parity.spec import LossSpec, OptimizerSpec, PairSpec
@@ -444,7 +446,50 @@ class NoL2SGD(SGDAdapter):
         return super().torch_optimizer(spec, refs, {})
 
 
-for _adapter in (PlainEpsAdam(), L2AsLambdaSGD(), NoL2SGD()):
+class CaffeSGDWithoutMultipliers(CaffeSGDAdapter):
+    """The port's Caffe SGD lost the solver's per-layer ``lr_mult`` / ``decay_mult`` (frozen convs train, fc
+    layers learn 10-20x too slowly)."""
+
+    kind = "caffe_sgd_no_lr_mult"
+
+    def torch_optimizer(self, spec, refs, l2):
+        return super().torch_optimizer(dataclasses.replace(spec, lr_mult={}, decay_mult={}), refs, l2)
+
+
+class CaffeSGDAsTorchSGD(CaffeSGDAdapter):
+    """The naive GOTURN port: ``torch.optim.SGD`` with one group per layer, ``lr = base_lr * lr_mult`` and
+    ``weight_decay = wd * decay_mult``. Equal to Caffe's SGD while the learning rate is constant; after an lr
+    change torch applies the new lr to the whole momentum buffer (``buf = mu*buf + g; w -= lr*buf``), Caffe
+    keeps each step's lr inside its history (``h = mu*h + lr*g; w -= h``)."""
+
+    kind = "caffe_sgd_as_torch_sgd"
+
+    def torch_optimizer(self, spec, refs, l2):
+        import torch
+
+        from parity.optimizers import _mult, l2_for
+
+        groups = [{"params": [r.param], "lr": spec.lr * _mult(spec.lr_mult, r), "lr_mult": _mult(spec.lr_mult, r),
+                   "weight_decay": spec.weight_decay * _mult(spec.decay_mult, r)
+                   + torch_weight_decay_from_keras_l2(l2_for(spec, l2, r))} for r in refs]
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
+
+    def torch_prepare(self, spec, step, opt):
+        for group in opt.param_groups:
+            group["lr"] = spec.lr_at(step) * group["lr_mult"]
+
+    def torch_slots(self, spec, step, opt, refs):
+        # what such a port would call Caffe's history: lr * buf (equal to it while the lr is constant)
+        out = {}
+        for r in refs:
+            buf = opt.state.get(r.param, {}).get("momentum_buffer")
+            group = next(g for g in opt.param_groups if any(p is r.param for p in g["params"]))
+            if buf is not None:
+                out[r.key] = {"momentum": (group["lr"] * buf).detach().cpu().numpy()}
+        return out
+
+
+for _adapter in (PlainEpsAdam(), L2AsLambdaSGD(), NoL2SGD(), CaffeSGDWithoutMultipliers(), CaffeSGDAsTorchSGD()):
     register_adapter(_adapter)
 
 
@@ -488,6 +533,8 @@ class Mutation:
     #: stages a fast CI run may limit itself to (None: all)
     ci_stages: tuple[str, ...] | None = None
     needs: tuple[str, ...] = ()
+    #: optimizer steps of the check (an lr change needs two)
+    steps: int = 1
 
 
 def _m(name, pair, summary, stage, path, cause, port=True, **kw) -> Mutation:
@@ -583,6 +630,11 @@ CATALOGUE: tuple[Mutation, ...] = (
        "dropout_rate", ci_stages=TRAIN),
     _m("gt_fc6_reshaped", "goturn", "fc6 kernel reshaped, not transposed, by the loader", "forward_eval", "fc6",
        "dense_layout", ci_stages=EVAL),
+    _m("gt_lr_mult_dropped", "goturn", "the port's Caffe SGD without the solver's lr_mult / decay_mult", "step",
+       "target/conv1", "lr_mult", port=None, optimizer=_optimizer_variant("caffe_sgd_no_lr_mult"), ci_stages=STEP),
+    _m("gt_torch_sgd_lr_step", "goturn", "torch.optim.SGD (lr*lr_mult groups) where the solver is Caffe SGD, "
+       "across an lr step", "step", "fc6", "lr_in_momentum", port=None,
+       optimizer=_optimizer_variant("caffe_sgd_as_torch_sgd", "caffe_sgd_lr_step"), ci_stages=STEP, steps=2),
     # --- xception -------------------------------------------------------------------------------------------------
     _m("xc_shared_middle", "xception", "middle flow as nn.ModuleList([MiddleBlock()] * 8)", "forward_eval",
        "middle/block5/sepconv1", "shared_module", ci_stages=EVAL),
@@ -695,6 +747,7 @@ def run_mutation(m: Mutation, *, dtype: str = "float64", seed: int = 0, stages=N
         opt = m.optimizer(spec) if m.optimizer is not None else None
         cfg = dict(spec.fast_config) if fast else {}
         st = m.ci_stages if stages == "ci" else stages
+        check_kwargs.setdefault("steps", m.steps)
         result = check(spec, port=m.port, optimizer=opt, config=cfg, dtype=dtype, seed=seed, stages=st,
                        **check_kwargs)
     except Exception as exc:  # noqa: BLE001  (a crash is scored as not detected, with the reason)

@@ -19,6 +19,7 @@ KNOWN_CAUSES = {
     "conv_bias", "layer_order", "forward_wiring", "activation", "stride", "dilation", "kernel_size", "groups",
     "double_softmax", "init_after_load", "l2_weight_decay", "adam_epsilon", "loss_reduction", "label_smoothing",
     "flatten_order", "dense_layout", "lrn", "pool_rounding", "dropout_rate", "shared_module", "conv_padding",
+    "lr_mult", "lr_in_momentum",
 }
 
 
@@ -90,3 +91,28 @@ def test_trajectory_of_a_momentum_bug_grows():
     r, series = _series("tests.planted_ports:bn_momentum_torch_default")
     worst = max(series.values(), key=lambda v: v[-1])
     assert worst[-1] > 1e-6 and worst[-1] > 2 * worst[0]
+
+
+@pytest.mark.parametrize("name", ["gt_lr_mult_dropped", "gt_torch_sgd_lr_step", "gt_fc6_reshaped"])
+def test_goturn_solver_and_loader_bugs_are_found_where_they_are_and_named(name):
+    """GOTURN's optimizer bugs through the harness: the solver's lr_mult lost (frozen convs train: first
+    divergence at target/conv1's update) and torch SGD for Caffe SGD across an lr step (updates agree at step
+    1 and part at step 2, at fc6: the convs are frozen); and the fc6 kernel reshaped instead of transposed."""
+    pytest.importorskip("keras")
+    m = next(x for x in M.CATALOGUE if x.name == name)
+    o = M.run_mutation(m, stages="ci")
+    assert o.error is None, o.error
+    assert o.detected and (o.stage, o.path, o.cause) == (m.stage, m.path, m.cause), o
+
+
+def test_goturn_caffe_sgd_across_an_lr_step_passes():
+    """The port's own setting (ported_torch.optim.CaffeSGD with the solver's multipliers) agrees across the
+    same lr step where torch SGD parts (the test above)."""
+    pytest.importorskip("keras")
+    from parity.harness import check
+
+    spec = registry.get("goturn")
+    r = check("goturn", config=dict(spec.fast_config), optimizer="caffe_sgd_lr_step", steps=2,
+              stages="structure,forward_eval,forward_train,gradients,step")
+    assert r.passed, r.summary_line()
+    assert any(t.path.endswith("weight.update@step2") for t in r.stage("step").tensors)
