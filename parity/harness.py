@@ -480,8 +480,8 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
                                          spec.tolerance.for_stage(dtype, "forward_train"))
         grad_sink, grad_diffs = _diff_sink(ref.act_grads if "gradients" in stage_set else {},
                                            spec.tolerance.for_stage(dtype, "gradients"), suffix=":grad")
-        _, loss, _ = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.port_loss or spec.loss,
-                                               want_acts=(k == 0), sink=act_sink, grad_sink=grad_sink)
+        loss = ts.train_forward_backward(ref.inputs[k], ref.labels[k], spec.port_loss or spec.loss,
+                                         sink=act_sink if k == 0 else None, grad_sink=grad_sink)
         acts = {p: r.output for p, r in ts.records.items()} if k == 0 else {}
         if ts.error:  # the port cannot run a training batch: report what was tapped, stop training stages
             st = StageResult("forward_train", errors=[ts.error])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,32 +122,6 @@ def _bn_types():
     return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-class _TapValues(Mapping):
-    """Tap outputs (or their gradients) as numpy, converted one at a time when read: comparing a large model
-    tap by tap never holds a second full copy of its activations (Xception at 299x299 in float64: ~1 GB per
-    copy)."""
-
-    def __init__(self, side: "TorchSide", recs: dict, grad: bool):
-        self.side, self.recs, self.grad = side, recs, grad
-        self.paths = [t.path for t in side.taps if t.path in recs and not (grad and t.port_transform)]
-        self.tap = {t.path: t for t in side.taps}
-
-    def __getitem__(self, path):
-        if path not in self.recs or (self.grad and self.tap[path].port_transform):
-            raise KeyError(path)
-        rec = self.recs[path]
-        if not self.grad:
-            return self.side.tap_value(self.tap[path], rec)
-        g = rec.output.grad
-        return g.detach().cpu().numpy() if g is not None else np.zeros(tuple(rec.output.shape))
-
-    def __iter__(self):
-        return iter(self.paths)
-
-    def __len__(self):
-        return len(self.paths)
-
-
 @dataclass
 class TapRecord:
     output: Any
@@ -218,12 +191,12 @@ class TorchSide:
 
     # -- taps ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def tapping(self, retain_grad: bool = False, sink=None, grad_sink=None):
-        """Forward hooks on the tapped modules. Without sinks each first call's output tensor is kept in
-        :attr:`records` (and its gradient retained). With ``sink(tap, array)`` each output is handed over as
-        numpy when computed and not kept (the record holds its shape); ``grad_sink(tap, array)`` receives
-        its gradient during backward (a tensor hook, not a retained ``.grad``): a large model is compared
-        tap by tap without a second copy of its activations or gradients."""
+    def tapping(self, sink=None, grad_sink=None):
+        """Forward hooks on the tapped modules. Without a sink each first call's output tensor is kept in
+        :attr:`records`. With ``sink(tap, array)`` each output is handed over as numpy when computed and not
+        kept (the record holds its shape); ``grad_sink(tap, array)`` receives its gradient during backward (a
+        tensor hook, not a retained ``.grad``): a large model is compared tap by tap without a second copy of
+        its activations or gradients."""
         self.records = {}
         handles = []
         for tap in self.taps:
@@ -243,8 +216,6 @@ class TorchSide:
                         t.register_hook(lambda g, tap=tap: grad_sink(tap, g.detach().cpu().numpy()))
                     self.records[tap.path] = TapRecord(tuple(t.shape), 1)
                     return
-                if retain_grad and t.requires_grad:
-                    t.retain_grad()
                 self.records[tap.path] = TapRecord(t, 1)
 
             handles.append(mod.register_forward_hook(hook))
@@ -282,35 +253,29 @@ class TorchSide:
         calls = {p: r.calls for p, r in recs.items()}
         return acts, (out.detach().cpu().numpy() if out is not None else None), calls
 
-    def train_forward_backward(self, x_nhwc, y, loss_spec: LossSpec, want_acts: bool = True, sink=None,
-                               grad_sink=None):
-        """One train-mode forward + backward. Returns (acts, loss, act_grads); param grads stay on .grad.
-        With ``sink`` / ``grad_sink`` (see :meth:`tapping`) activations and their gradients are handed over
-        as they are computed, and the returned acts / act_grads are empty."""
+    def train_forward_backward(self, x_nhwc, y, loss_spec: LossSpec, sink=None, grad_sink=None):
+        """One train-mode forward + backward; returns the loss (None when the forward raised: see
+        :attr:`error`). Parameter gradients stay on ``.grad``; with ``sink`` / ``grad_sink`` (see
+        :meth:`tapping`) every tap's output and its gradient are handed over as they are computed."""
         torch = self.torch
         import torch.nn.functional as F
 
         self.module.train()
         self.module.zero_grad(set_to_none=True)
         self.error = None
-        streaming = want_acts and sink is not None
-        with self.tapping(retain_grad=want_acts and not streaming, sink=sink if streaming else None,
-                          grad_sink=grad_sink if streaming else None) as recs:
+        # no sink (later steps of a multi-step check): no hooks, so no tap output outlives the backward pass
+        taps = self.tapping(sink=sink, grad_sink=grad_sink) if sink is not None else contextlib.nullcontext()
+        with taps:
             try:
                 out = self.module(self.to_input(x_nhwc))
             except Exception as exc:
                 self.error = f"port forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                if streaming:
-                    return {}, None, {}
-                acts = {t.path: self.tap_value(t, recs[t.path]) for t in self.taps if t.path in recs}
-                return acts, None, {}
+                return None
         yt = torch.as_tensor(y).to(device=self.device, dtype=self.dtype)
         loss = torch_loss(F, loss_spec, out, yt)
         del out
         loss.backward()
-        if not want_acts or streaming:
-            return {}, float(loss.detach()), {}
-        return _TapValues(self, recs, grad=False), float(loss.detach()), _TapValues(self, recs, grad=True)
+        return float(loss.detach())
 
     def param(self, key: str):
         return dict(self.module.named_parameters()).get(key)
