@@ -102,6 +102,30 @@ def run_child(mode: str, name: str, fast: bool, batch: int | None) -> dict:
     return res
 
 
+#: the issues' targets for a full-size float64 check (default batch, all stages) on the 2-core, 24 GiB
+#: machine: wall seconds incl. imports and peak RSS in GB (issue 3: minixception < 15 s; issue 5: Xception
+#: < 60 s and < 4 GB at batch 2; issue 4: GOTURN < 8 GB); and check compute / bare fwd+bwd <= 2 (issue 3)
+TARGETS = {"minixception": {"wall_s": 15.0}, "xception": {"wall_s": 60.0, "rss_gb": 4.0}, "goturn": {"rss_gb": 8.0}}
+RATIO_TARGET = 2.0
+
+
+def target_lines(rows) -> list[str]:
+    """One line per target: the measured figure, the target, met or NOT met."""
+    out = []
+    for name, _, c, b, compute in rows:
+        t = TARGETS.get(name, {})
+        if "wall_s" in t:
+            ok = c["process_wall"] < t["wall_s"]
+            out.append(f"{name}: check wall {c['process_wall']:.1f} s < {t['wall_s']:.0f} s: {'met' if ok else 'NOT met'}")
+        if "rss_gb" in t:
+            gb = c["peak_rss_mb"] / 1024
+            out.append(f"{name}: peak RSS {gb:.2f} GB < {t['rss_gb']:.0f} GB: {'met' if gb < t['rss_gb'] else 'NOT met'}")
+        ratio = compute / b["fwd_bwd"]
+        out.append(f"{name}: check compute / bare fwd+bwd {ratio:.2f} <= {RATIO_TARGET:g}: "
+                   f"{'met' if ratio <= RATIO_TARGET else 'NOT met'}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default="minixception")
@@ -132,6 +156,9 @@ def main() -> None:
     print("\ncheck wall: `parity check` in a fresh process incl. imports; check cmp: check time minus imports and "
           "the reference build; bare f+b: one train fwd+bwd in Keras + one in torch (same batch, float64); "
           "ratio = check cmp / bare f+b (target <= 2); e2e ratio = check wall / bare process wall.")
+    print("\ntargets:")
+    for line in target_lines(rows):
+        print("  " + line)
 
 
 if __name__ == "__main__":
