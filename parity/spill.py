@@ -74,9 +74,11 @@ class SpillStore:
         return Spilled(path, a, digest)
 
     def hold(self, v):
+        """What a :class:`SpillDict` keeps for ``v``: arrays (and array-likes such as tensors) via :meth:`put`,
+        lists element-wise, mappings as nested SpillDicts, anything else as is."""
         if isinstance(v, (Spilled, SpillDict)):
             return v
-        if isinstance(v, np.ndarray) or hasattr(v, "__array__") and not isinstance(v, (list, tuple, dict)):
+        if isinstance(v, np.ndarray) or (hasattr(v, "__array__") and not isinstance(v, (list, tuple, Mapping))):
             return self.put(v)
         if isinstance(v, (list, tuple)):
             return [self.hold(x) for x in v]
