@@ -70,17 +70,8 @@ def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarra
     if store is not None:
         from parity.spill import SpillDict
 
-        return SpillDict(store, {k: _spill_dict(store, v) for k, v in out.items()})
+        return SpillDict.from_handles(store, {k: SpillDict.from_handles(store, v) for k, v in out.items()})
     return out
-
-
-def _spill_dict(store, handles: dict):
-    from parity.spill import SpillDict
-
-    d = SpillDict(store)
-    for k, h in handles.items():
-        d.set_handle(k, h)
-    return d
 
 
 def expected_weights(model) -> dict[str, dict[str, tuple]]:
@@ -320,8 +311,11 @@ class KerasSide:
             out = self.tap_model(tf.constant(x), training=False)
         del out
         if store is not None:
-            acts = _spill_dict(store, {t.path: values[t.path] for t in self.tap_list if t.path in values})
-            inputs = _spill_dict(store, {p: [values[k] for k in names] for p, names in self.inputs_of.items()})
+            from parity.spill import SpillDict
+
+            acts = SpillDict.from_handles(store, {t.path: values[t.path] for t in self.tap_list if t.path in values})
+            inputs = SpillDict.from_handles(store, {p: [values[k] for k in names]
+                                                    for p, names in self.inputs_of.items()})
             return acts, inputs
         acts = {t.path: values[t.path] for t in self.tap_list if t.path in values}
         inputs = {p: [values[k] for k in names] for p, names in self.inputs_of.items()}

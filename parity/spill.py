@@ -118,6 +118,13 @@ class SpillDict(MutableMapping):
     def __setitem__(self, key, value) -> None:
         self._d[key] = self.store.hold(value) if self.store is not None else value
 
+    @classmethod
+    def from_handles(cls, store: SpillStore | None, handles: Mapping) -> "SpillDict":
+        """A SpillDict over values already held (spilled handles, small arrays, nested SpillDicts)."""
+        d = cls(store)
+        d._d.update(handles)
+        return d
+
     def set_handle(self, key, handle) -> None:
         """Store an already-held value (a :class:`Spilled` shared by several keys is written once)."""
         self._d[key] = handle

@@ -105,10 +105,7 @@ def _unpack(obj, tensors, lazy: bool = False) -> Any:
         if lazy:
             from parity.spill import SpillDict
 
-            d = SpillDict(None)
-            for k, v in obj.items():
-                d.set_handle(k, _unpack(v, tensors, lazy))
-            return d
+            return SpillDict.from_handles(None, {k: _unpack(v, tensors, lazy) for k, v in obj.items()})
         return {k: _unpack(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_unpack(v, tensors, lazy) for v in obj]
