@@ -28,7 +28,7 @@ ROOT = os.path.dirname(HERE)
 def child_check(name: str, fast: bool, batch: int | None) -> dict:
     t0 = time.perf_counter()
     import parity  # noqa: F401
-    from parity import registry
+    from parity.pairs import registry
     from parity.harness import check
 
     spec = registry.get(name)
@@ -43,7 +43,7 @@ def child_check(name: str, fast: bool, batch: int | None) -> dict:
 def child_bare(name: str, fast: bool, batch: int | None) -> dict:
     t0 = time.perf_counter()
     import parity  # noqa: F401
-    from parity.env import import_tensorflow
+    from parity.core.env import import_tensorflow
 
     keras = import_tensorflow()
     import numpy as np
@@ -51,11 +51,11 @@ def child_bare(name: str, fast: bool, batch: int | None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from parity import registry
-    from parity.data import make_batch
-    from parity.port_side import torch_loss
-    from parity.reference_side import keras_loss
-    from parity.spec import resolve
+    from parity.pairs import registry
+    from parity.core.data import make_batch
+    from parity.backends.torch_side import torch_loss
+    from parity.backends.keras_side import keras_loss
+    from parity.core.spec import resolve
 
     spec = registry.get(name)
     cfg = spec.config(**(spec.fast_config if fast else {}))
@@ -136,7 +136,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args.child, args.pairs, args.fast, args.batch)))
         return
-    from parity import registry
+    from parity.pairs import registry
 
     names = registry.names() if args.pairs == "all" else args.pairs.split(",")
     rows = []

@@ -1,4 +1,4 @@
-"""The planted-bug suite: run every mutation of :mod:`parity.mutations` through ``parity.harness.check`` (the code
+"""The planted-bug suite: run every mutation of :mod:`benchmarks.mutations` through ``parity.harness.check`` (the code
 the CLI runs, every stage) and measure how often parity detects the bug, finds the first divergent layer and
 names the cause; then run every correct pair over several seeds and both dtypes and count false alarms.
 
@@ -6,7 +6,7 @@ names the cause; then run every correct pair over several seeds and both dtypes 
     .venv/bin/python benchmarks/mutation_suite.py --pairs minixception --no-false-alarms
     .venv/bin/python benchmarks/mutation_suite.py --json mutation-suite.json
 
-Run from the repository root (the user-model mutations import ``tests.user_models``). Pairs use their
+Run from the repository root (the user-model mutations import ``benchmarks.user_models``). Pairs use their
 ``fast_config`` (the CI size); targets: detected 100 %, layer correct >= 95 %, cause named >= 85 %, false
 alarms 0.
 """
@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.getcwd())
 
-import parity.env  # noqa: E402,F401  (environment before any framework import)
+import parity.core.env  # noqa: E402,F401  (environment before any framework import)
 
 
 def _flag(ok: bool) -> str:
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every outcome to this JSON file")
     args = ap.parse_args(argv)
 
-    from parity import mutations as M
+    from benchmarks import mutations as M
 
     pairs = args.pairs.split(",") if args.pairs else None
     names = args.names.split(",") if args.names else None
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             if pairs and pair not in pairs:
                 continue
             if pair != "user":
-                from parity import registry
+                from parity.pairs import registry
 
                 if pair not in registry.names():
                     print(f"{pair:<14} not registered: skipped", flush=True)

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from parity import env as _env  # noqa: F401  (environment before any framework import)
+from parity.core import env as _env  # noqa: F401  (environment before any framework import)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -177,7 +177,7 @@ def _render(result, args, out_default: str) -> int:
 
 
 def cmd_list(args) -> int:
-    from parity import registry
+    from parity.pairs import registry
 
     specs = registry.all_specs()
     if args.json:
@@ -196,12 +196,12 @@ def cmd_list(args) -> int:
 
 
 def _spec_for(args):
-    from parity import registry
+    from parity.pairs import registry
 
     if args.name:
         return registry.get(args.name)
     if getattr(args, "reference", None) and getattr(args, "port", None):
-        from parity.user_pair import spec_from_user_models
+        from parity.user.pair import spec_from_user_models
 
         return spec_from_user_models(args.reference, args.port, input_shape=getattr(args, "input_shape", None),
                                      loss=getattr(args, "loss", None), pins=getattr(args, "align", None))
@@ -229,7 +229,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_record(args) -> int:
-    from parity.trace import record
+    from parity.io.trace import record
 
     if not args.name and not (args.reference and args.port):
         raise CliError("record: expected a pair NAME (see `parity list`) or both --reference MOD:FN and --port MOD:FN "
@@ -245,7 +245,7 @@ def cmd_record(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from parity.trace import replay
+    from parity.io.trace import replay
 
     result = replay(args.trace, port=args.port, stages=args.stages, device=args.device,
                     progress=_progress(not args.quiet))
@@ -253,10 +253,10 @@ def cmd_replay(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from parity.convert import convert
+    from parity.io.convert import convert
 
     cfg = {}
-    from parity import registry
+    from parity.pairs import registry
 
     spec = registry.get(args.pair)
     if args.fast:
@@ -272,9 +272,9 @@ COMMANDS = {"list": cmd_list, "check": cmd_check, "record": cmd_record, "replay"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from parity.env import MissingFramework
-    from parity.harness import UsageError
-    from parity.registry import UnknownPair
+    from parity.core.env import MissingFramework
+    from parity.core.errors import UsageError
+    from parity.pairs.registry import UnknownPair
 
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --port mod:fn resolves against the working directory, like `python -m`

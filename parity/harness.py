@@ -1,5 +1,5 @@
 """The check: run the reference once (or take a recorded trace), run the port, compare at every tap,
-stage by stage, and name causes. Returns a :class:`parity.results.CheckResult`; prints nothing
+stage by stage, and name causes. Returns a :class:`parity.core.results.CheckResult`; prints nothing
 (``progress`` is an optional callback for the CLI's progress display).
 
 Stages, in order (the order decides "first divergence"):
@@ -9,7 +9,7 @@ Stages, in order (the order decides "first divergence"):
   conversion report;
 - ``forward_eval``: every tap's output in inference mode;
 - ``forward_train``: every tap's output with batch statistics, and the BatchNorm running-stat update
-  (torch's unbiased update converted to Keras' biased one, see ``parity.conventions``);
+  (torch's unbiased update converted to Keras' biased one, see ``parity.core.conventions``);
 - ``gradients``: the loss, the gradient w.r.t. every tap output and of every parameter;
 - ``step``: one (or ``--steps``) optimizer update(s): parameter updates and optimizer slots;
 - ``isolated``: each port module fed with the reference's input to that layer.
@@ -24,16 +24,13 @@ from typing import Any, Callable
 import numpy as np
 
 from parity import diagnosis
-from parity.compare import hwc_flat_to_chw_flat, layer_scale_floor, nhwc_to_nchw, tensor_diff
-from parity.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
-from parity.results import STAGE_ORDER, CheckResult, Finding, StageResult
-from parity.spec import OptimizerSpec, PairSpec, Tap, resolve
+from parity.core.tensors import hwc_flat_to_chw_flat, layer_scale_floor, nhwc_to_nchw, tensor_diff
+from parity.core.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
+from parity.core.results import STAGE_ORDER, CheckResult, Finding, StageResult
+from parity.core.errors import UsageError
+from parity.core.spec import OptimizerSpec, PairSpec, Tap, resolve
 
 ALL_STAGES = ("structure", "forward_eval", "forward_train", "gradients", "step", "isolated")
-
-
-class UsageError(ValueError):
-    """Bad input from the user: the CLI prints the message on one line and exits 2."""
 
 
 def parse_stages(text: str | None) -> tuple[str, ...]:
@@ -69,7 +66,7 @@ def _environment(ts=None) -> dict[str, Any]:
         if m is not None:
             env[mod] = getattr(m, "__version__", "?")
     if ts is not None:
-        from parity.port_side import device_description
+        from parity.backends.torch_side import device_description
 
         env["port_device"] = device_description(ts.device)
     import os
@@ -117,7 +114,7 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
           config: dict | None = None, port: str | Callable | None = None, reference: str | Callable | None = None,
           reference_run=None, onnx: bool = False, progress: Callable[[str], None] | None = None) -> CheckResult:
     """Run a parity check of a registered pair (or a :class:`PairSpec`). See the module docstring."""
-    from parity import registry
+    from parity.pairs import registry
 
     t_start = time.perf_counter()
     spec = registry.get(pair) if isinstance(pair, str) else pair
@@ -138,10 +135,10 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     opt = _optimizer_spec(spec, optimizer)
 
     # -- port device first: a missing GPU is a usage error before any slow work ---------------------------
-    from parity.env import import_torch
+    from parity.core.env import import_torch
 
     import_torch()
-    from parity.port_side import DeviceUnavailable, resolve_device
+    from parity.backends.torch_side import DeviceUnavailable, resolve_device
 
     try:
         resolve_device(device)
@@ -149,12 +146,12 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         raise UsageError(str(exc)) from None
 
     # -- reference ------------------------------------------------------------------------------------------
-    from parity.spill import SpillStore
+    from parity.core.spill import SpillStore
 
-    # the reference's results wait on disk for the port, not in memory; the port's snapshot too (parity.spill)
+    # the reference's results wait on disk for the port, not in memory; the port's snapshot too (parity.core.spill)
     store = SpillStore()
     if reference_run is None:
-        from parity.reference_side import run_reference
+        from parity.backends.keras_side import run_reference
 
         wfile = None
         if weights is not None:
@@ -184,17 +181,17 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
 
 def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, opt, steps, port, onnx, owned,
                 source, say, t_start) -> CheckResult:
-    from parity.env import import_torch, trim_heap
+    from parity.core.env import import_torch, trim_heap
 
     torch = import_torch()
-    from parity.port_side import TorchSide, module_info
+    from parity.backends.torch_side import TorchSide, module_info
 
     taps = ref.taps
     say("port: build and load converted weights")
     torch.manual_seed(seed)
     port_builder = resolve(port if port is not None else spec.port)
     module = port_builder(**cfg)
-    from parity.init_parity import init_findings_from_run
+    from parity.diagnosis.initialisation import init_findings_from_run
 
     # initialisation parity: the freshly built port against the reference's initialisers (warnings only; a
     # port can match after a weight copy and still train differently from scratch)
@@ -260,7 +257,7 @@ def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, op
             _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, path_of_layer, say,
                           owned and ref.store is None, snap[0])
         if onnx:
-            from parity.onnx_leg import onnx_stage
+            from parity.stages.onnx import onnx_stage
 
             say("onnx: export both sides, run onnxruntime")
             st = onnx_stage(spec, ref, ts, taps, dtype=dtype)
@@ -278,7 +275,7 @@ def _check_port(spec, ref, store, stage_set, cfg, dtype, device, seed, batch, op
     diagnosis.attach_stages(result)
     result.environment = _environment(ts)
     result.environment["reference_seconds"] = {k: round(v, 4) for k, v in ref.seconds.items()}
-    if store.files:  # what waited on disk instead of in memory (parity.spill)
+    if store.files:  # what waited on disk instead of in memory (parity.core.spill)
         result.environment["spilled"] = {"files": store.files, "bytes": store.bytes_written}
     for k in ("keras_version", "tensorflow_version"):
         if k in ref.meta:
@@ -292,7 +289,7 @@ def _opt_dict(opt: OptimizerSpec, steps: int) -> dict:
 
     d = dataclasses.asdict(opt)
     d["steps"] = steps
-    from parity.optimizers import get_adapter
+    from parity.optim.adapters import get_adapter
 
     try:
         d["rules"] = list(get_adapter(opt.kind).rules)
@@ -460,7 +457,7 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
             refs.append(r2)
     adapter = opt_torch = None
     if "step" in stage_set:
-        from parity.optimizers import get_adapter
+        from parity.optim.adapters import get_adapter
 
         adapter = get_adapter(opt.kind)
         opt_torch = adapter.torch_optimizer(opt, refs, ref.l2)
@@ -562,7 +559,7 @@ def _train_stages(spec, ref, ts, taps, stage_set, opt, steps, dtype, result, pat
             if owned:
                 ref.train_acts, ref.act_grads = {}, {}
             gc.collect(1)
-            from parity.env import trim_heap
+            from parity.core.env import trim_heap
 
             trim_heap()
         if adapter is None:

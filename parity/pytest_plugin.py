@@ -15,7 +15,7 @@ The ``parity`` fixture::
 ``parity.check`` takes :func:`parity.harness.check`'s keyword arguments, plus ``fast=True`` (the pair's CI
 configuration, like ``parity check --fast``) and, for your own models without a registered pair,
 ``reference=``/``port=`` builders with ``input_shape=``, ``loss=``, ``align=``. It writes the reports (JSON,
-Markdown, HTML) of every check to the report directory, returns the :class:`parity.results.CheckResult` when
+Markdown, HTML) of every check to the report directory, returns the :class:`parity.core.results.CheckResult` when
 it passes and raises ``AssertionError`` when it does not, torch.testing style: the first divergent tensor,
 its greatest absolute difference and the allowed tolerance, the named cause and the report's path.
 
@@ -32,7 +32,7 @@ Precedence: the call's arguments, then the marker's, then the command line's ``-
 ``--parity-device``, then the check's own defaults. ``--parity-report-dir DIR`` keeps the reports (one
 folder per test and check); by default they go under pytest's basetemp (``<basetemp>/parity-reports``).
 
-Importing this module sets the environment (:mod:`parity.env`) and imports no framework: every pytest run
+Importing this module sets the environment (:mod:`parity.core.env`) and imports no framework: every pytest run
 in an environment with parity installed loads it.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from parity import env as _env  # noqa: F401  (environment before any framework import)
+from parity.core import env as _env  # noqa: F401  (environment before any framework import)
 
 MARKER = ("parity(name=None, reference=None, port=None, **check_kwargs): a parity check of a model pair; "
           "the arguments become the defaults of the `parity` fixture's check, which runs automatically when "
@@ -135,7 +135,7 @@ class ParityFixture:
     # -- API ------------------------------------------------------------------------------------------------
     def check(self, pair=None, **kwargs):
         """Run :func:`parity.harness.check` (see the module docstring); AssertionError when it fails."""
-        from parity import registry
+        from parity.pairs import registry
         from parity.harness import check
 
         self.called = True
@@ -149,7 +149,7 @@ class ParityFixture:
             if reference is None or port is None:
                 raise TypeError("parity.check: expected a pair name, or both reference= and port= "
                                         "(your own models). Received: neither.")
-            from parity.user_pair import spec_from_user_models
+            from parity.user.pair import spec_from_user_models
 
             spec = spec_from_user_models(reference, port, input_shape=user.get("input_shape"),
                                          loss=user.get("loss"), pins=user.get("align"))
@@ -161,9 +161,9 @@ class ParityFixture:
         return self._finish(result, spec.name)
 
     def replay(self, trace: str, **kwargs):
-        """Run :func:`parity.trace.replay` on a recorded trace (PyTorch only); AssertionError when it fails.
+        """Run :func:`parity.io.trace.replay` on a recorded trace (PyTorch only); AssertionError when it fails.
         Takes ``port``, ``stages``, ``device`` (``--parity-device`` by default)."""
-        from parity.trace import replay
+        from parity.io.trace import replay
 
         self.called = True
         kw = {k: v for k, v in self._kwargs(kwargs).items() if k in ("port", "stages", "device", "progress")}
@@ -171,8 +171,8 @@ class ParityFixture:
         return self._finish(result, f"{result.pair}-replay")
 
     def compare(self, keras_model, torch_module, **kwargs):
-        """Run :func:`parity.user_pair.compare` on live objects; AssertionError when it fails."""
-        from parity.user_pair import compare
+        """Run :func:`parity.user.pair.compare` on live objects; AssertionError when it fails."""
+        from parity.user.pair import compare
 
         self.called = True
         kw = self._kwargs(kwargs)

@@ -1,2 +1,2 @@
-"""PyTorch ports and the TF/Caffe-compatible layers torch lacks. Never imports tensorflow or keras."""
-from parity import env as _env  # noqa: F401  (environment before torch loads oneDNN)
+"""PyTorch ports and the TF/Caffe-compatible layers torch lacks. Never imports tensorflow or keras; imports only
+``parity.core``; sets no environment (the entry points do: ``parity``, its CLI and pytest plugin)."""

@@ -2,7 +2,7 @@
 Keras reference in ``reference_keras/goturn.py``:
 
 - one (N, 6, H, W) input: target = channels 0:3, image = 3:6, split by :class:`ported_torch.layers.ChannelSlice`
-  (``parity.pairs.goturn.STACKED_INPUT_CHANNELS``); two CaffeNet streams with separate weights;
+  (``parity.core.goturn_net.STACKED_INPUT_CHANNELS``); two CaffeNet streams with separate weights;
 - ``nn.MaxPool2d(3, 2, ceil_mode=True)``: Caffe rounds pooled sizes up (``CAFFE_POOL_CEIL``);
 - ``nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1)``: torch divides alpha by size, like Caffe
   (``CAFFE_LRN_ALPHA``);
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from parity.pairs.goturn import (CAFFE_LRN_ALPHA, CAFFE_LRN_BETA, CAFFE_LRN_K, CAFFE_LRN_SIZE, CAFFE_POOL_CEIL,
+from parity.core.goturn_net import (CAFFE_LRN_ALPHA, CAFFE_LRN_BETA, CAFFE_LRN_K, CAFFE_LRN_SIZE, CAFFE_POOL_CEIL,
                                  CAFFE_POOL_KERNEL, CAFFE_POOL_STRIDE, CAFFENET_CONV_WEIGHT_STD, CONV_LAYERS,
                                  GOTURN_FC8_BIAS, GOTURN_FC8_WEIGHT_STD, GOTURN_FC_BIAS, GOTURN_FC_UNITS,
                                  GOTURN_FC_WEIGHT_STD, GOTURN_INPUT_HW, GOTURN_OUTPUTS, LRN_AFTER,

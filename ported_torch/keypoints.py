@@ -3,7 +3,7 @@
 
 ``conv_sandwich`` = ``nn.Conv2d(3x3, stride 1, padding=1)`` -> ``nn.MaxPool2d(2, 2)`` -> ``nn.ReLU``, four times
 (32, 64, 128, 256 filters; 96 -> 48 -> 24 -> 12 -> 6), ``nn.Flatten`` (CHW order, as the published model:
-the converter reorders the Keras fc1 kernel rows from HWC, ``parity.conventions.TORCH_FLATTEN_ORDER``),
+the converter reorders the Keras fc1 kernel rows from HWC, ``parity.core.conventions.TORCH_FLATTEN_ORDER``),
 fc1 256*6*6 -> 256, ReLU, fc2 -> 30, optional Tanh (``final_tanh=True``).
 
 For a 3x3 stride-1 conv, torch ``padding=1`` *is* TF 'same' (pad_total 2, split 1/1), so no ``Conv2dSame``.
@@ -21,7 +21,7 @@ from torch import nn
 SANDWICH_FILTERS = (32, 64, 128, 256)
 NUM_OUTPUTS = 30
 FC1_UNITS = 256
-#: Conv padding that equals TF 'same' for a 3x3 stride-1 kernel (parity.conventions.TF_SAME_PADDING).
+#: Conv padding that equals TF 'same' for a 3x3 stride-1 kernel (parity.core.conventions.TF_SAME_PADDING).
 SAME_PADDING_3X3 = 1
 
 

@@ -3,7 +3,7 @@
 Every port of the project takes these from here (one module for every pair):
 
 - :class:`Conv2dSame` / :class:`MaxPool2dSame` / :class:`AvgPool2dSame`: TF ``padding="same"``, which pads
-  the extra pixel bottom/right (``parity.conventions.TF_SAME_PADDING``). ``nn.MaxPool2d(3, 2, padding=1)``
+  the extra pixel bottom/right (``parity.core.conventions.TF_SAME_PADDING``). ``nn.MaxPool2d(3, 2, padding=1)``
   is *not* this: on an even input it pads top/left too and shifts every window (max |diff| ~3 measured).
 - :class:`SeparableConv2d`: Keras ``SeparableConv2D`` = depthwise (``groups=in``) then 1x1 pointwise; the bias,
   if any, lives on the pointwise conv.
@@ -20,7 +20,7 @@ from torch import nn
 
 
 def tf_same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """(before, after) padding of TF 'same' along one axis (see ``parity.conventions.TF_SAME_PADDING``)."""
+    """(before, after) padding of TF 'same' along one axis (see ``parity.core.conventions.TF_SAME_PADDING``)."""
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
@@ -137,7 +137,7 @@ class GlobalAvgPool2d(nn.Module):
 
 
 class FlattenHWC(nn.Module):
-    """Flatten an NCHW tensor in Keras' HWC order (``parity.conventions.KERAS_FLATTEN_ORDER``), so a Dense
+    """Flatten an NCHW tensor in Keras' HWC order (``parity.core.conventions.KERAS_FLATTEN_ORDER``), so a Dense
     kernel copied with a plain transpose works. The alternative: ``nn.Flatten`` (CHW) and a converter that
     reorders the Dense kernel rows (``weight_converters.keras.dense_kernel_to_torch(..., flatten_chw=...)``)."""
 
@@ -147,7 +147,7 @@ class FlattenHWC(nn.Module):
 
 class ChannelSlice(nn.Module):
     """``x[:, start:stop]`` of an NCHW tensor, as a module (tappable): one stream of a channel-stacked input,
-    e.g. GOTURN's target (0:3) and image (3:6) crops (``parity.pairs.goturn.STACKED_INPUT_CHANNELS``)."""
+    e.g. GOTURN's target (0:3) and image (3:6) crops (``parity.core.goturn_net.STACKED_INPUT_CHANNELS``)."""
 
     def __init__(self, start: int, stop: int):
         super().__init__()

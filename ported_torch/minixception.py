@@ -4,7 +4,7 @@ reference in ``reference_keras/minixception.py``:
 - TF "same" padding for the 1x1/2 residual convs, the separable convs and the 3x3/2 max-pools
   (:mod:`ported_torch.layers`); the base convs are "valid" (64 -> 62 -> 60);
 - BatchNorm with Keras' eps 1e-3 and momentum 0.99 translated to torch's 0.01
-  (``parity.conventions.KERAS_BN_EPSILON``, ``TORCH_BN_MOMENTUM_FROM_KERAS``);
+  (``parity.core.conventions.KERAS_BN_EPSILON``, ``TORCH_BN_MOMENTUM_FROM_KERAS``);
 - no biases except on the head conv, exactly like the reference;
 - the model returns **logits**: the reference's final softmax belongs to ``F.cross_entropy`` here.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 from ported_torch.layers import Add, Conv2dSame, GlobalAvgPool2d, MaxPool2dSame, SeparableConv2d
 
 MODULE_FILTERS = (16, 32, 64, 128)

@@ -9,7 +9,7 @@
   BN + ReLU; top: global average pool + Linear (the reference's Dense + softmax: the softmax belongs to
   ``F.cross_entropy``, the port returns **logits**).
 
-Conventions (named in :mod:`parity.conventions`): no biases on convs (``use_bias=False`` everywhere in the
+Conventions (named in :mod:`parity.core.conventions`): no biases on convs (``use_bias=False`` everywhere in the
 reference); BatchNorm eps ``KERAS_BN_EPSILON`` = 1e-3 and momentum ``TORCH_BN_MOMENTUM_FROM_KERAS`` = 0.01;
 TF 'same' (``TF_SAME_PADDING``) through :mod:`ported_torch.layers`: ``MaxPool2dSame`` pads the extra pixel
 bottom/right (299 -> 147 -> **74** -> 37 in block3 is where ``nn.MaxPool2d(3, 2, padding=1)`` differs),
@@ -31,7 +31,7 @@ from typing import Iterable
 
 from torch import nn
 
-from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 from ported_torch.layers import Add, Conv2dSame, GlobalAvgPool2d, MaxPool2dSame, SeparableConv2d
 
 STEM_FILTERS = (32, 64)

@@ -1,2 +1,2 @@
-"""Keras 3 reference models, as published. Never imports torch."""
-from parity import env as _env  # noqa: F401  (environment before TensorFlow loads)
+"""Keras 3 reference models, as published. Never imports torch; imports only ``parity.core``; sets no environment
+(the entry points do: ``parity``, its CLI and pytest plugin)."""

@@ -13,7 +13,7 @@ fc7b -> relu7b -> drop7b -> fc8 (4 outputs). Names: ``{stream}_{caffe name}`` fo
 image stream's layers ``conv1_p``...), ``fc6``/``fc7``/``fc7b``/``fc8`` for ``fc6-new``/``fc7-new``/``fc7-newb``/
 ``fc8-shapes``. 113,748,740 parameters at 227x227.
 
-Where Keras differs from Caffe, and what this model does about it (conventions in ``parity.pairs.goturn``):
+Where Keras differs from Caffe, and what this model does about it (conventions in ``parity.core.goturn_net``):
 
 - one stacked input (H, W, 6), split by :class:`ChannelSlice` layers (``STACKED_INPUT_CHANNELS``);
 - :class:`CaffeMaxPool2D`: Caffe rounds pooled sizes up (``CAFFE_POOL_CEIL``); Keras pooling rounds down;
@@ -31,7 +31,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from parity.pairs.goturn import (CAFFE_LRN_ALPHA, CAFFE_LRN_BETA, CAFFE_LRN_K, CAFFE_LRN_SIZE, CAFFE_POOL_CEIL,
+from parity.core.goturn_net import (CAFFE_LRN_ALPHA, CAFFE_LRN_BETA, CAFFE_LRN_K, CAFFE_LRN_SIZE, CAFFE_POOL_CEIL,
                                  CAFFE_POOL_KERNEL, CAFFE_POOL_STRIDE, CAFFENET_CONV_WEIGHT_STD, CONV_LAYERS,
                                  GOTURN_FC8_BIAS, GOTURN_FC8_WEIGHT_STD, GOTURN_FC_BIAS, GOTURN_FC_UNITS,
                                  GOTURN_FC_WEIGHT_STD, GOTURN_INPUT_HW, GOTURN_OUTPUTS, LRN_AFTER,

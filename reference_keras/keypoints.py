@@ -8,7 +8,7 @@ fc1 256*6*6 -> 256, ReLU, fc2 256 -> 30, optionally Tanh (``final_tanh=True``). 
 The published model is PyTorch; this is its Keras twin. Two things differ by construction and are handled
 by the pair, not hidden here:
 
-- Keras ``Flatten`` is HWC, torch ``nn.Flatten`` is CHW (``parity.conventions.KERAS_FLATTEN_ORDER``): the
+- Keras ``Flatten`` is HWC, torch ``nn.Flatten`` is CHW (``parity.core.conventions.KERAS_FLATTEN_ORDER``): the
   converter reorders fc1's kernel rows (``Tap(..., flatten_chw=(256, 6, 6))``), and the harness reorders this
   model's flatten output to CHW before comparing.
 - Initialisation: Keras defaults here (``glorot_uniform`` kernels, zero biases); the published torch model

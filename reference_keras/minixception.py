@@ -12,7 +12,7 @@ actual behaviour) only the two base convs carry ``l2(0.01)``.
 """
 from __future__ import annotations
 
-from parity.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, MINIXCEPTION_L2
+from parity.core.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, MINIXCEPTION_L2
 
 #: Filters of the four residual modules (cnn.py: ``for filters in [16, 32, 64, 128]`` unrolled).
 MODULE_FILTERS = (16, 32, 64, 128)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from parity.results import CheckResult
+from parity.core.results import CheckResult
 
 from .html import render_html
 from .json_report import as_dict, load_report, to_json

@@ -10,7 +10,7 @@ from __future__ import annotations
 from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 
-from parity.results import CheckResult
+from parity.core.results import CheckResult
 
 from .json_report import as_dict
 from .view import build_view

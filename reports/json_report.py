@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any
 
-from parity.results import SCHEMA, CheckResult
+from parity.core.results import SCHEMA, CheckResult
 
 _EXPECTED = f"expected a parity report (a JSON object with schema {SCHEMA!r})"
 
@@ -62,7 +62,7 @@ def to_json(result: CheckResult | dict) -> str:
         if where is None:
             raise
         raise ValueError(f"expected finite floats in the report (inf/nan as the strings 'inf'/'nan', as "
-                         f"parity.results encodes them). Received: a non-finite float at {where}.") from e
+                         f"parity.core.results encodes them). Received: a non-finite float at {where}.") from e
 
 
 def load_report(path: str | os.PathLike) -> CheckResult:

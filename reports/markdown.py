@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from parity.results import CheckResult
+from parity.core.results import CheckResult
 
 from .json_report import as_dict
 from .view import Divergence, Table, build_view

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from parity.results import CheckResult, Finding
+from parity.core.results import CheckResult, Finding
 
 #: conversion-report keys in display order; any other key follows them
 CONVERSION_KEYS = ("mapped", "missing", "unexpected", "shape_mismatches", "nonfinite", "conventions", "assumptions")
@@ -178,7 +178,7 @@ def _structure(d: dict) -> Table:
 
 
 def _alignment(d: dict) -> Table:
-    """The structure stage's ``info["alignment"]`` (``parity.align``): one row per pair of layers, union of keys."""
+    """The structure stage's ``info["alignment"]`` (``parity.user.align``): one row per pair of layers, union of keys."""
     rows = next(((s.get("info") or {}).get("alignment") or [] for s in d["stages"] if s["name"] == "structure"), [])
     columns: dict[str, None] = {}
     for r in rows:

@@ -1,15 +1,15 @@
-"""The NumPy batch normalization (parity.numpy_reference) against both frameworks, float64, same inputs:
+"""The NumPy batch normalization (parity.core.numpy_reference) against both frameworks, float64, same inputs:
 keras.layers.BatchNormalization (training=True, gradients by tf.GradientTape) and torch.nn.BatchNorm2d (train
 mode, autograd). This is how a hand-written layer gets a referee that is neither side."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401
+import parity.core.env  # noqa: F401
 
 import numpy as np
 import pytest
 
-from parity.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, TORCH_BN_MOMENTUM_FROM_KERAS
-from parity.numpy_reference import batchnorm_backward, batchnorm_forward
+from parity.core.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, TORCH_BN_MOMENTUM_FROM_KERAS
+from parity.core.numpy_reference import batchnorm_backward, batchnorm_forward
 
 #: float64, a few reductions over 2*5*7 values: measured max |diff| 1.8e-15 against either framework.
 TOL = 1e-12

@@ -1,1 +1,1 @@
-"""Built-in pairs: one module per pair, each calling :func:`parity.registry.register`."""
+"""Built-in pairs: one module per pair, each calling :func:`parity.pairs.registry.register`."""

@@ -1,10 +1,10 @@
 """mini_XCEPTION (oarriaga/face_classification) <-> ported_torch.minixception."""
 from __future__ import annotations
 
-from parity.conventions import (KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, KERAS3_ADAM_EPSILON, MINIXCEPTION_L2,
+from parity.core.conventions import (KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, KERAS3_ADAM_EPSILON, MINIXCEPTION_L2,
                                 TORCH_BN_MOMENTUM_FROM_KERAS)
-from parity.registry import register
-from parity.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.pairs.registry import register
+from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 
 MODULES = 4
 

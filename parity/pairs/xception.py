@@ -1,9 +1,9 @@
 """Xception (``keras.applications.Xception``, stable names) <-> ported_torch.xception."""
 from __future__ import annotations
 
-from parity.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, TORCH_BN_MOMENTUM_FROM_KERAS
-from parity.registry import register
-from parity.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.core.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, TORCH_BN_MOMENTUM_FROM_KERAS
+from parity.pairs.registry import register
+from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 
 #: Blocks with a 1x1/2 conv shortcut, and the torch module holding each (entry and exit flows).
 DOWN_BLOCKS = ((2, "entry"), (3, "entry"), (4, "entry"), (13, "exit"))

@@ -1,15 +1,15 @@
-"""Automatic alignment (parity.align): the registered pairs' hand-written taps are recovered from the models
+"""Automatic alignment (parity.user.align): the registered pairs' hand-written taps are recovered from the models
 alone; an extra or missing layer on either side is reported, never dropped, and the rest still aligns; pins
 override; flatten order and functional ops are detected."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before the frameworks)
+import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 import pytest
 
-from parity import registry
-from parity.align import AlignmentError, align, parse_pins
-from parity.spec import resolve
+from parity.pairs import registry
+from parity.user.align import AlignmentError, align, parse_pins
+from parity.core.spec import resolve
 
 pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
@@ -130,7 +130,7 @@ def test_two_separate_convs_for_a_separable_conv_are_reported():
     import keras
     from torch import nn
 
-    from parity.conventions import KERAS_BN_EPSILON
+    from parity.core.conventions import KERAS_BN_EPSILON
 
     inp = keras.Input((8, 8, 4))
     x = keras.layers.SeparableConv2D(6, 3, padding="same", use_bias=False, name="sep")(inp)

@@ -10,7 +10,7 @@ from parity.cli import main
 @pytest.fixture(scope="module")
 def keras_model():
     """mini_XCEPTION with every variable random (BatchNorm too: a fresh BN would be the identity)."""
-    from parity.env import import_tensorflow
+    from parity.core.env import import_tensorflow
 
     keras = import_tensorflow()
     from reference_keras.minixception import mini_xception
@@ -107,8 +107,8 @@ def test_self_checks_fail_and_write_nothing(files, tmp_path, port, why):
     converts bit-exactly but fails the forward self-check. Nothing is written either way."""
     import dataclasses
 
-    from parity import registry
-    from parity.convert import convert
+    from parity.pairs import registry
+    from parity.io.convert import convert
 
     spec = dataclasses.replace(registry.get("minixception"), port=port)
     out = tmp_path / "p.safetensors"

@@ -4,8 +4,8 @@ The numeric probes that need the run's arrays are exercised by the planted-bug t
 from __future__ import annotations
 
 from parity import diagnosis
-from parity.results import CheckResult, Finding, StageResult, TensorDiff
-from parity.spec import Tap
+from parity.core.results import CheckResult, Finding, StageResult, TensorDiff
+from parity.core.spec import Tap
 
 
 def td(path, ok=True, ref=1.0, port=None, index=(0,)):

@@ -29,8 +29,8 @@ def test_check_on_cuda_float64():
 @pytest.mark.gpu
 @needs_cuda
 def test_replay_cpu_trace_on_cuda(tmp_path):
-    from parity import registry
-    from parity.trace import record, replay
+    from parity.pairs import registry
+    from parity.io.trace import record, replay
 
     path, _ = record(registry.get("minixception"), str(tmp_path / "t.safetensors"))
     result = replay(path, device="cuda")

@@ -1,14 +1,14 @@
-"""Initialisation parity (parity.init_parity): Keras initialiser configs against fresh torch weights."""
+"""Initialisation parity (parity.diagnosis.initialisation): Keras initialiser configs against fresh torch weights."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before the frameworks)
+import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 import math
 
 import numpy as np
 import pytest
 
-from parity.init_parity import (compare_tensor, identify_torch, init_findings, keras_distribution, keras_fans,
+from parity.diagnosis.initialisation import (compare_tensor, identify_torch, init_findings, keras_distribution, keras_fans,
                                 torch_fans)
 
 torch = pytest.importorskip("torch")
@@ -55,7 +55,7 @@ def test_he_normal_truncated_vs_kaiming_normal_plain():
 
 def test_user_cnn_defaults_differ_and_a_keras_style_init_matches():
     pytest.importorskip("keras")
-    from parity.align import align
+    from parity.user.align import align
     from tests import user_models
 
     km = user_models.keras_cnn()

@@ -1,18 +1,18 @@
-"""The planted-bug catalogue (parity.mutations): its shape, a fast subset run through the harness with each
+"""The planted-bug catalogue (benchmarks.mutations): its shape, a fast subset run through the harness with each
 mutation's reduced stage list (detected, first layer, cause), and the multi-step trajectory of a bug that
 grows against a correct port that stays at rounding level. The whole catalogue runs in
 ``benchmarks/mutation_suite.py``."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before the frameworks)
+import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 import importlib
 
 import pytest
 
-from parity import mutations as M
-from parity import registry
-from parity.spec import resolve
+from benchmarks import mutations as M
+from parity.pairs import registry
+from parity.core.spec import resolve
 
 KNOWN_CAUSES = {
     "bn_eps", "bn_momentum", "bn_affine", "missing_bn", "running_var_bias", "train_eval_mode", "symmetric_pool",
@@ -76,7 +76,7 @@ def test_trajectory_of_a_correct_port_stays_at_rounding_level():
 def test_trajectory_of_a_train_mode_bug_grows():
     """BatchNorm eps 1e-5 changes the train-mode normalisation: weights part after step 1 and drift further."""
     pytest.importorskip("keras")
-    r, series = _series("parity.mutations:mx_bn_eps_1e5")
+    r, series = _series("benchmarks.mutations:mx_bn_eps_1e5")
     assert not r.passed
     worst = max(series.values(), key=lambda v: v[-1])
     assert worst[-1] > 1e-6

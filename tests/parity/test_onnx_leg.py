@@ -39,7 +39,7 @@ def test_exporter_issue_is_a_warning_not_a_port_failure(monkeypatch):
     and the stage still judges the port (which is right)."""
     import numpy as np
 
-    from parity import onnx_leg
+    from parity.stages import onnx as onnx_leg
     from parity.harness import check
 
     real_run = onnx_leg._run

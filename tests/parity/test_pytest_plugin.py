@@ -13,7 +13,7 @@ pytest_plugins = ["pytester"]
 def _frameworks_imported_once():
     """pytester's in-process runs remove the modules first imported inside them from sys.modules: TensorFlow
     imported a second time into the same process aborts it. Import both frameworks out here, once."""
-    from parity.env import import_tensorflow, import_torch
+    from parity.core.env import import_tensorflow, import_torch
 
     import_tensorflow()
     import_torch()
@@ -47,17 +47,17 @@ def test_marker_planted_bug(parity):
 def test_marker_defaults_and_overrides(parity):
     result = parity.check(stages="structure")               # marker's name and dtype, the call's stages
     assert [s.name for s in result.stages] == ["structure"] and result.dtype == "float64"
-    assert parity.results == [result] and len(parity.report_dirs) == 1
+    assert parity.core.results == [result] and len(parity.report_dirs) == 1
 
 
-@pytest.mark.parity(reference="tests.user_models:keras_cnn", port="tests.user_models:torch_cnn", stages="{FAST}")
+@pytest.mark.parity(reference="benchmarks.user_models:keras_cnn", port="benchmarks.user_models:torch_cnn", stages="{FAST}")
 def test_marker_user_models(parity):
     pass
 
 
 def test_fixture_replay(parity, tmp_path):
-    from parity import registry
-    from parity.trace import record
+    from parity.pairs import registry
+    from parity.io.trace import record
 
     path, _ = record(registry.get("minixception"), str(tmp_path / "t.safetensors"), stages="{FAST}")
     result = parity.replay(path)

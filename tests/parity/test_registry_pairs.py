@@ -4,8 +4,8 @@ fixture a user's CI would use). CI uses each pair's fast_config (reduced input s
 `parity check NAME` and the benchmark."""
 import pytest
 
-from parity import registry
-from parity.spec import FLOAT64_POLICY
+from parity.pairs import registry
+from parity.core.spec import FLOAT64_POLICY
 
 
 @pytest.mark.parametrize("name", registry.names())

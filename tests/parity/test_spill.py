@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from parity import spill
-from parity.spill import SpillDict, Spilled, SpillStore, materialize
+from parity.core import spill
+from parity.core.spill import SpillDict, Spilled, SpillStore, materialize
 
 
 def test_large_arrays_go_to_disk_small_ones_stay_and_reads_are_copies(tmp_path):
@@ -94,9 +94,9 @@ def test_keras_tap_layers_record_the_same_gradients_as_a_tape_on_the_tap_outputs
     keras = pytest.importorskip("keras")
     import tensorflow as tf
 
-    from parity import registry
-    from parity.reference_side import keras_dtype, keras_loss, run_reference, set_keras_weights
-    from parity.spec import resolve
+    from parity.pairs import registry
+    from parity.backends.keras_side import keras_dtype, keras_loss, run_reference, set_keras_weights
+    from parity.core.spec import resolve
 
     spec = registry.get("minixception")
     cfg = spec.config(input_shape=(32, 32, 1))
@@ -130,9 +130,9 @@ def test_a_reference_model_the_check_built_is_released_before_the_port_runs():
     import dataclasses
     import weakref
 
-    from parity import registry
-    from parity.reference_side import run_reference
-    from parity.spec import resolve
+    from parity.pairs import registry
+    from parity.backends.keras_side import run_reference
+    from parity.core.spec import resolve
 
     spec = registry.get("minixception")
     built = []

@@ -85,7 +85,7 @@ def test_foreign_safetensors_exit_2(tmp_path, capsys):
     save_file({"w": np.zeros(3)}, path)
     assert main(["replay", path, "-q"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"parity: error: replay {path}: expected a parity trace (parity.trace/1). Received: a "
+    assert err == (f"parity: error: replay {path}: expected a parity trace (parity.io.trace/1). Received: a "
                    "safetensors file with schema None. Record one with `parity record`.\n")
 
 
@@ -102,14 +102,14 @@ def test_trace_is_safetensors_without_pickle(trace):
         head = f.read(8)
         n = int.from_bytes(head, "little")
         header = json.loads(f.read(n))
-    assert header["__metadata__"]["schema"] == "parity.trace/1"
+    assert header["__metadata__"]["schema"] == "parity.io.trace/1"
     with open(trace, "rb") as f:
         data = f.read()
     # pickle protocol 2+ streams start with 0x80 <proto>; torch zip checkpoints with 'PK'
     assert b"\x80\x04\x95" not in data[:8 + n] and not data.startswith(b"PK")
     with safe_open(trace, framework="numpy") as f:
         keys = set(f.keys())
-        meta = json.loads(f.metadata()["parity.trace"])
+        meta = json.loads(f.metadata()["parity.io.trace"])
     assert {"inputs/0", "labels/0", "weights/base_conv1/kernel", "eval_acts/base/bn1",
             "steps/0/params/base_conv1/kernel", "steps/0/slots/base.conv1.weight/momentum"} <= keys
     assert meta["meta"]["pair"] == "minixception" and meta["meta"]["optimizer"]["kind"] == "sgd"
@@ -122,7 +122,7 @@ def test_roundtrip_run_is_identical(trace):
     """Every array and field of the ReferenceRun comes back as recorded."""
     from safetensors import safe_open
 
-    from parity.trace import load_trace, run_to_trace
+    from parity.io.trace import load_trace, run_to_trace
 
     run, _ = load_trace(trace)
     tensors, metadata = run_to_trace(run)
@@ -157,18 +157,18 @@ def test_replay_imports_no_tensorflow(trace, tmp_path):
 def test_user_models_trace_replays_with_its_recorded_port(tmp_path, capsys):
     """Your own models: the trace names the port builder, so replay needs neither the reference nor --port."""
     path = str(tmp_path / "user.safetensors")
-    assert main(["record", "--reference", "tests.user_models:keras_cnn", "--port", "tests.user_models:torch_cnn",
+    assert main(["record", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
                  "-o", path, "--stages", FAST_STAGES, "-q"]) == 0
     capsys.readouterr()
     assert main(["replay", path, "--out", str(tmp_path / "r1"), "-q"]) == 0
     assert _last_line(capsys)[0].startswith("PASSED keras_cnn-vs-torch_cnn [float64, cpu, batch 4]: 2 stages")
-    assert main(["replay", path, "--port", "tests.user_models:torch_cnn_symmetric_pad", "--out",
+    assert main(["replay", path, "--port", "benchmarks.user_models:torch_cnn_symmetric_pad", "--out",
                  str(tmp_path / "r2"), "-q"]) == 1
     assert _last_line(capsys)[0].startswith("FAILED: first divergence at forward_eval conv2")
 
 
 def test_record_user_models_needs_port(tmp_path, capsys):
-    assert main(["record", "--reference", "tests.user_models:keras_cnn", "-o", str(tmp_path / "t.safetensors"),
+    assert main(["record", "--reference", "benchmarks.user_models:keras_cnn", "-o", str(tmp_path / "t.safetensors"),
                  "-q"]) == 2
     assert capsys.readouterr().err == ("parity: error: record: expected a pair NAME (see `parity list`) or both "
                                        "--reference MOD:FN and --port MOD:FN (the port replay will check). "
@@ -178,7 +178,7 @@ def test_record_user_models_needs_port(tmp_path, capsys):
 def test_replay_gives_the_numbers_of_a_live_check(trace):
     """Same seed, same inputs, same weights: every compared tensor's difference is identical."""
     from parity.harness import check
-    from parity.trace import replay
+    from parity.io.trace import replay
 
     live = check("minixception", stages="forward_eval,gradients")
     replayed = replay(trace, stages="forward_eval,gradients")
@@ -190,8 +190,8 @@ def test_replay_gives_the_numbers_of_a_live_check(trace):
 def test_a_large_trace_is_read_lazily_with_the_same_figures(trace, monkeypatch):
     """Above ``LAZY_TRACE_MIN_BYTES`` a trace stays on disk and each large array is read when compared: the
     replay compares the same tensors with the same differences as a trace read whole."""
-    from parity import trace as trace_mod
-    from parity.spill import Spilled
+    from parity.io import trace as trace_mod
+    from parity.core.spill import Spilled
 
     run, _ = trace_mod.load_trace(trace, lazy=True)
     handles = [run.eval_acts.handle(p) for p in run.eval_acts]
@@ -209,7 +209,7 @@ def test_the_streamed_writer_is_read_by_safetensors_itself(trace):
     reads every tensor back bit-exact and finds the header well-formed (offsets contiguous, 8-byte padding)."""
     from safetensors.numpy import load_file
 
-    from parity.trace import load_trace, run_to_trace
+    from parity.io.trace import load_trace, run_to_trace
 
     loaded = load_file(trace)
     run, _ = load_trace(trace, lazy=False)

@@ -2,12 +2,12 @@
 on builders, with the automatic alignment, the inferred loss, and an extra layer on either side."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before the frameworks)
+import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 import numpy as np
 import pytest
 
-from parity.user_pair import compare, infer_loss, parse_input_shape, spec_from_user_models
+from parity.user.pair import compare, infer_loss, parse_input_shape, spec_from_user_models
 
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
@@ -71,7 +71,7 @@ def test_an_extra_dropout_in_the_port_fails_in_training_with_its_cause(float64):
 
 
 def test_compare_refuses_a_dtype_the_keras_model_does_not_have():
-    from parity.harness import UsageError
+    from parity.core.errors import UsageError
 
     km = user_models.keras_cnn()  # float32
     with pytest.raises(UsageError,
@@ -86,7 +86,7 @@ def test_compare_float32_uses_the_float32_policy():
 
 def test_loss_is_inferred_from_the_reference(float64):
     assert infer_loss(user_models.keras_cnn()).name == "categorical_crossentropy"
-    spec = spec_from_user_models("tests.user_models:keras_sequential", "tests.user_models:torch_sequential")
+    spec = spec_from_user_models("benchmarks.user_models:keras_sequential", "benchmarks.user_models:torch_sequential")
     assert (spec.loss.name, spec.target({})) == ("mse", ("regression", user_models.SEQ_OUTPUTS))
     assert infer_loss(user_models.keras_sequential(), "categorical_crossentropy").reference_from_logits
 
@@ -95,7 +95,7 @@ def test_cli_check_with_user_builders(tmp_path, capsys):
     from parity.cli import main
 
     out = tmp_path / "rep"
-    rc = main(["check", "--reference", "tests.user_models:keras_cnn", "--port", "tests.user_models:torch_cnn",
+    rc = main(["check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
                "--out", str(out), "-q", "--stages", "structure,forward_eval,forward_train,gradients"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0, lines[-1]
@@ -111,8 +111,8 @@ def test_cli_check_with_user_builders(tmp_path, capsys):
 def test_cli_check_with_a_pin_and_a_planted_bug(tmp_path, capsys):
     from parity.cli import main
 
-    rc = main(["check", "--reference", "tests.user_models:keras_cnn", "--port",
-               "tests.user_models:torch_cnn_symmetric_pad", "--align", "conv2=down", "--out", str(tmp_path), "-q",
+    rc = main(["check", "--reference", "benchmarks.user_models:keras_cnn", "--port",
+               "benchmarks.user_models:torch_cnn_symmetric_pad", "--align", "conv2=down", "--out", str(tmp_path), "-q",
                "--stages", "structure,forward_eval"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert rc == 1
@@ -123,19 +123,19 @@ def test_cli_check_with_a_pin_and_a_planted_bug(tmp_path, capsys):
 def test_cli_usage_errors_are_one_line(capsys):
     from parity.cli import main
 
-    rc = main(["check", "--reference", "tests.user_models:keras_cnn", "--port", "tests.user_models:torch_cnn",
+    rc = main(["check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
                "--align", "conv9=down", "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("parity: error: --align conv9=down: expected a layer of the reference model.")
-    rc = main(["check", "--reference", "tests.user_models:nope", "--port", "tests.user_models:torch_cnn", "-q"])
+    rc = main(["check", "--reference", "benchmarks.user_models:nope", "--port", "benchmarks.user_models:torch_cnn", "-q"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("parity: error: --reference tests.user_models:nope: expected an importable "
+    assert rc == 2 and err.startswith("parity: error: --reference benchmarks.user_models:nope: expected an importable "
                                       "MODULE:FUNCTION building a Keras model.")
 
 
 def test_input_shape_parsing():
-    from parity.harness import UsageError
+    from parity.core.errors import UsageError
 
     assert parse_input_shape("64,64,1") == (64, 64, 1)
     assert parse_input_shape((8, 8, 3)) == (8, 8, 3)
@@ -162,12 +162,12 @@ def test_input_shape_for_a_model_without_one(float64):
 
 def test_conv_bias_before_batchnorm_is_not_a_false_alarm(float64):
     """The gradient of a conv bias feeding a BatchNorm is analytically 0; both frameworks return ~1e-16 noise.
-    It is judged relative to its layer's largest gradient (parity.compare.layer_scale_floor), with a note."""
+    It is judged relative to its layer's largest gradient (parity.core.tensors.layer_scale_floor), with a note."""
     from keras import layers
 
     km = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(3, 3, name="c"), layers.BatchNormalization(name="b"),
                            layers.Flatten(name="f"), layers.Dense(2, name="d")])
-    from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+    from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 
     tm = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3),
                              torch.nn.BatchNorm2d(3, eps=KERAS_BN_EPSILON, momentum=TORCH_BN_MOMENTUM_FROM_KERAS),
@@ -184,7 +184,7 @@ def test_a_wrong_bias_gradient_is_still_caught_next_to_a_batchnorm(float64):
     multiplying it by 1e3, as a wrong custom backward would) fails the gradients stage at that tensor."""
     from keras import layers
 
-    from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+    from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 
     km = keras.Sequential([keras.Input((8, 8, 1)), layers.Conv2D(3, 3, name="c"), layers.BatchNormalization(name="b"),
                            layers.Flatten(name="f"), layers.Dense(2, name="d")])
@@ -204,10 +204,10 @@ def test_fused_activation_is_compared_after_the_ports_activation(float64):
     the Keras layer (compared as relu(conv output))."""
     from keras import layers
 
-    from parity.align import supported_transforms
+    from parity.user.align import supported_transforms
 
     if "relu" not in supported_transforms():
-        pytest.skip("parity.port_side.apply_transform does not apply activations yet")
+        pytest.skip("parity.backends.torch_side.apply_transform does not apply activations yet")
     km = keras.Sequential([keras.Input((8, 8, 2)), layers.Conv2D(3, 3, activation="relu", name="c"),
                            layers.Flatten(name="f"), layers.Dense(4, name="d")])
     tm = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(108, 4))

@@ -4,11 +4,11 @@ return the max |ref - port| of every tap. Deliberately independent of parity.har
 builders and converter on their own."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before the frameworks)
+import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 import numpy as np
 
-from parity.spec import PairSpec, resolve
+from parity.core.spec import PairSpec, resolve
 from weight_converters.keras import LayerMap, keras_to_torch
 
 
@@ -30,7 +30,7 @@ def randomize_bn(model, rng) -> None:
 
 
 def build_float64(spec: PairSpec, config: dict, **port_kwargs):
-    from parity.reference_side import keras_dtype
+    from parity.backends.keras_side import keras_dtype
 
     with keras_dtype("float64"):
         ref = resolve(spec.reference)(**config)

@@ -4,14 +4,14 @@ torch.optim.SGD config agrees on step 1 and parts ways after the lr change; the 
 harness uses drives both sides to the same weights and slots."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before the frameworks)
+import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 import numpy as np
 import pytest
 import torch
 
-from parity.optimizers import ParamRef, get_adapter
-from parity.spec import OptimizerSpec
+from parity.optim.adapters import ParamRef, get_adapter
+from parity.core.spec import OptimizerSpec
 from ported_torch.optim import CaffeSGD
 
 LRS = (1e-2, 1e-3)                       # the solver's step policy, compressed: gamma 0.1 after step 1

@@ -4,14 +4,14 @@ The planted mistakes (LRN alpha multiplied by n, floor pooling) are built throug
 caught at the layer that has them."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before the frameworks)
+import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 
 import numpy as np
 import pytest
 import torch
 
-from parity.compare import hwc_flat_to_chw_flat, nhwc_to_nchw
+from parity.core.tensors import hwc_flat_to_chw_flat, nhwc_to_nchw
 from parity.pairs.goturn import (CAFFE_LRN_ALPHA, CAFFE_LRN_BETA, CAFFE_LRN_K, CAFFE_LRN_SIZE,
                                  FAST_INPUT_SHAPE, GOTURN_INPUT_RANGE, GOTURN_PARAMS, SPEC, stream_sizes)
 from ported_torch.goturn import Goturn, goturn
@@ -94,7 +94,7 @@ def test_lrn_is_caffes_formula_and_alpha_times_n_is_not():
 
 
 def keras_float64(keras):
-    from parity.reference_side import keras_dtype
+    from parity.backends.keras_side import keras_dtype
 
     return keras_dtype("float64")
 

@@ -1,7 +1,7 @@
 """ported_torch.inspect: shared-module detection and Keras-comparable parameter counts."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401
+import parity.core.env  # noqa: F401
 
 import torch
 from torch import nn

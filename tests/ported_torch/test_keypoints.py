@@ -2,7 +2,7 @@
 twin at every tap after a weight copy that reorders fc1's rows (Keras HWC flatten -> torch CHW)."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401
+import parity.core.env  # noqa: F401
 
 import math
 

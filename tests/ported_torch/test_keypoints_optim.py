@@ -1,6 +1,6 @@
 """The keypoints optimizer, SGD(lr 0.01, momentum 0.9, Nesterov, weight_decay 1e-6), on both sides, with
 small float64 tensors and fixed gradients (no model: the optimizer rules alone), through the SGD adapter of
-:mod:`parity.optimizers` (what the harness uses):
+:mod:`parity.optim.adapters` (what the harness uses):
 
 (a) torch's coupled decay applied on the Keras side as g += wd*w makes the steps equal;
 (b) Keras' own SGD(weight_decay=wd) is decoupled: after one Nesterov step it differs from torch by exactly
@@ -12,13 +12,13 @@ small float64 tensors and fixed gradients (no model: the optimizer rules alone),
 """
 from __future__ import annotations
 
-import parity.env  # noqa: F401
+import parity.core.env  # noqa: F401
 
 import numpy as np
 import pytest
 
-from parity.conventions import float32_rounded
-from parity.optimizers import ParamRef, get_adapter
+from parity.core.conventions import float32_rounded
+from parity.optim.adapters import ParamRef, get_adapter
 from parity.pairs.keypoints import KEYPOINTS_SGD_LR, KEYPOINTS_SGD_MOMENTUM, KEYPOINTS_WEIGHT_DECAY, SPEC
 
 SHAPES = {"fc2.weight": ("fc2", "kernel", (3, 4)), "fc2.bias": ("fc2", "bias", (4,))}

@@ -74,7 +74,7 @@ def test_symmetric_maxpool_is_not_tf_same(tf):
 
 def test_c1_input_is_made_contiguous():
     """An NHWC array with C=1 transposed to NCHW must not stay an ambiguous channels_last view."""
-    from parity.port_side import TorchSide
+    from parity.backends.torch_side import TorchSide
     from ported_torch.minixception import mini_xception
 
     ts = TorchSide(mini_xception(), [], dtype="float64")

@@ -2,13 +2,13 @@
 constructor, and a float64 forward equal to keras.applications.Xception layer by layer after a weight copy."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401
+import parity.core.env  # noqa: F401
 
 import numpy as np
 import pytest
 import torch
 
-from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 from parity.pairs.xception import SPEC
 from ported_torch.inspect import param_counts
 from ported_torch.xception import MIDDLE_BLOCKS, xception

@@ -3,7 +3,7 @@ size, and each Caffe-semantics layer against a framework-free formula: ceil max 
 ``tf.nn.local_response_normalization`` with alpha/n), and grouped convolutions forward and backward in float64."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (environment before TensorFlow)
+import parity.core.env  # noqa: F401  (environment before TensorFlow)
 
 
 import numpy as np
@@ -17,7 +17,7 @@ from parity.pairs.goturn import (CAFFE_LRN_ALPHA, CAFFE_LRN_BETA, CAFFE_LRN_K, C
                                  TF_LRN_DEPTH_RADIUS, pool_remainders, stream_sizes)
 from reference_keras.goturn import CaffeLRN, CaffeMaxPool2D, goturn  # noqa: E402
 
-from parity.reference_side import keras_dtype  # noqa: E402
+from parity.backends.keras_side import keras_dtype  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 

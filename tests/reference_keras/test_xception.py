@@ -1,7 +1,7 @@
 """The Xception reference is keras.applications.Xception itself, with stable layer names."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401
+import parity.core.env  # noqa: F401
 
 import re
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from parity.results import SCHEMA, CheckResult, Finding, StageResult, TensorDiff
+from parity.core.results import SCHEMA, CheckResult, Finding, StageResult, TensorDiff
 from reports import load_report, render_html, render_markdown, to_json, write_reports
 
-F64 = 1e-10  # the float64 forward rtol of parity.spec.FLOAT64_POLICY
+F64 = 1e-10  # the float64 forward rtol of parity.core.spec.FLOAT64_POLICY
 
 
 def _diff(path, max_abs, scale=1.0, rtol=F64, shape=(2, 3), mismatched=0, **kw):

@@ -8,7 +8,7 @@ layer names (oarriaga's Keras 2.0.5 files), older Keras 3 files without layer na
 """
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA & co. before TensorFlow / torch load)
+import parity.core.env  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA & co. before TensorFlow / torch load)
 
 import json
 import shutil
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 
 def _build_reference():
-    from parity.reference_side import keras_dtype
+    from parity.backends.keras_side import keras_dtype
 
     with keras_dtype("float64"):
         return reference_builder(**CONFIG)

@@ -5,7 +5,7 @@ are each listed, strict mode raises :class:`ConversionError`, and ``report.conve
 conventions applied."""
 from __future__ import annotations
 
-import parity.env  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA & co. before TensorFlow / torch load)
+import parity.core.env  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA & co. before TensorFlow / torch load)
 
 import numpy as np
 import pytest

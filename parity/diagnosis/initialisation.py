@@ -15,7 +15,7 @@ The reference side is read from each layer's config (``kernel_initializer`` / ``
 ``depthwise_initializer`` / ``pointwise_initializer``; the Keras class defaults when a config does not say),
 the port side from sample statistics of the fresh torch weights (std, max |w| / std, excess kurtosis)
 against the theoretical values of each known torch initialiser for that tensor's fan-in / fan-out. Each
-difference is a :class:`parity.results.Finding` (cause ``init``, severity ``warning``) with the one-line fix.
+difference is a :class:`parity.core.results.Finding` (cause ``init``, severity ``warning``) with the one-line fix.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.results import Finding
-from parity.spec import Tap
+from parity.core.results import Finding
+from parity.core.spec import Tap
 
 #: Keras' truncated normal keeps draws within 2 stddev and divides the stddev by this so that the resulting
 #: std is the nominal one (keras/src/initializers/random_initializers.py, VarianceScaling).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from parity.spec import PairSpec
+from parity.core.spec import PairSpec
 
 _REGISTRY: dict[str, PairSpec] = {}
 _LOADED = False

@@ -8,7 +8,7 @@ module, without a hand-written tap list.
    in call order, via forward hooks on one example input in eval mode, with their parameter shapes and
    output shapes; functional ops that matter (add, cat, relu, softmax, flatten, pooling) join the sequence
    from a ``torch.fx`` trace when the model is traceable (they cannot be tapped, but they hold their place).
-3. Map both to tap kinds (:data:`parity.spec.TAP_KINDS`).
+3. Map both to tap kinds (:data:`parity.core.spec.TAP_KINDS`).
 4. Align the two sequences with Needleman-Wunsch: a match scores kind agreement, equal converted parameter
    shapes, equal output shapes and equal activation functions; a gap (an extra or missing layer on either
    side) costs a little, more for a layer with weights. Pins (``ref_layer=port.path``) are fixed first.
@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity.spec import Tap
+from parity.core.spec import Tap
 
 #: Keras layer class -> tap kind (custom layers fall back to name heuristics, see :func:`_kind_from_name`).
 KERAS_KINDS = {
@@ -716,10 +716,10 @@ def _close_names(name: str, names: list[str], k: int = 3) -> str:
 
 # --- the public entry point --------------------------------------------------------------------------------
 def supported_transforms() -> set[str]:
-    """Activation names ``parity.port_side.apply_transform`` accepts (feature-detected)."""
+    """Activation names ``parity.backends.torch_side.apply_transform`` accepts (feature-detected)."""
     import torch
 
-    from parity.port_side import apply_transform
+    from parity.backends.torch_side import apply_transform
 
     ok = set()
     for name in ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "gelu", "swish", "silu", "linear"):

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.compare import hwc_flat_to_chw_flat, nhwc_to_nchw
-from parity.spec import LossSpec, Tap
+from parity.core.tensors import hwc_flat_to_chw_flat, nhwc_to_nchw
+from parity.core.spec import LossSpec, Tap
 from weight_converters.keras import LAYER_VARS
 
 TORCH_DTYPES = ("float32", "float64")
@@ -165,11 +165,11 @@ class TorchSide:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
 
     def snapshot(self, store=None):
-        """The module's state and mode. With a :class:`parity.spill.SpillStore` the state goes to disk, one
+        """The module's state and mode. With a :class:`parity.core.spill.SpillStore` the state goes to disk, one
         tensor at a time (a second in-memory copy of GOTURN's weights is 0.9 GB in float64)."""
         if store is None:
             return copy.deepcopy(self.module.state_dict()), self.module.training
-        from parity.spill import SpillDict
+        from parity.core.spill import SpillDict
 
         state = SpillDict(store)
         for k, v in self.module.state_dict().items():

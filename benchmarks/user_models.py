@@ -1,6 +1,6 @@
 """A user's own models, unknown to parity: Keras references and hand-written torch ports with their own
-attribute names, for the user-model mode (``parity check --reference tests.user_models:keras_cnn --port
-tests.user_models:torch_cnn``) and for ``parity.compare``. Variants add an extra layer on one side or plant
+attribute names, for the user-model mode (``parity check --reference benchmarks.user_models:keras_cnn --port
+benchmarks.user_models:torch_cnn``) and for ``parity.compare``. Variants add an extra layer on one side or plant
 a bug."""
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def keras_cnn_extra_linear(**kw):
 def _torch_cnn_class():
     from torch import nn
 
-    from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+    from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
     from ported_torch.layers import Add, Conv2dSame
 
     class TorchCNN(nn.Module):
@@ -122,7 +122,7 @@ def keras_sequential():
 def torch_sequential():
     from torch import nn
 
-    from parity.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+    from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, bias=False),

@@ -1,5 +1,5 @@
 """Name the cause of a divergence: rules over the structure/config of each aligned layer pair, over the
-weight conversion, and over the numeric results. Each rule returns :class:`parity.results.Finding` objects
+weight conversion, and over the numeric results. Each rule returns :class:`parity.core.results.Finding` objects
 with the layer path, the stage where it shows, the evidence (figures) and a one-line fix.
 
 Three entry points, called by :mod:`parity.harness`:
@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from parity.conventions import (KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT, torch_adam_eps_from_keras,
+from parity.core.conventions import (KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT, torch_adam_eps_from_keras,
                                 torch_bn_momentum_from_keras, torch_weight_decay_from_keras_l2)
-from parity.results import CheckResult, Finding, TensorDiff
-from parity.spec import Tap
+from parity.core.results import CheckResult, Finding, TensorDiff
+from parity.core.spec import Tap
 
 #: activation functions tried when a module receives an input other than the reference's
 PROBE_ACTIVATIONS = ("relu", "relu6", "sigmoid", "tanh")
@@ -374,7 +374,7 @@ def numeric_findings(result: CheckResult, port_outputs: dict[str, Any]) -> list[
 
 def _annotate_user_pair(result: CheckResult) -> None:
     try:
-        from parity.user_pair import annotate
+        from parity.user.pair import annotate
     except ImportError:  # pragma: no cover
         return
     annotate(result)
@@ -574,7 +574,7 @@ def _flatten_rule(run: _Run, path, kind, stage, diff) -> Finding | None:
         ref_act = run.ref.eval_acts.get(path)
         port_act = _port_acts(run).get(path) if kind == "flatten" else None
         if ref_act is not None and port_act is not None:
-            from parity.compare import hwc_flat_to_chw_flat
+            from parity.core.tensors import hwc_flat_to_chw_flat
 
             if tap.flatten_chw is not None and np.allclose(port_act, ref_act, rtol=PROBE_RTOL, atol=0):
                 confirmed = ("the port flattens in Keras' HWC order while the weights and taps assume torch's "
@@ -659,7 +659,7 @@ def _module_input(run: _Run, tap: Tap, k: int = 0):
 
 def _earlier_acts(run: _Run, path) -> list[tuple[str, np.ndarray]]:
     """The reference's eval outputs of the taps before ``path`` (nearest first), in the port's layout."""
-    from parity.compare import nhwc_to_nchw
+    from parity.core.tensors import nhwc_to_nchw
 
     paths = run.tap_paths()
     out = []
@@ -673,7 +673,7 @@ def _earlier_acts(run: _Run, path) -> list[tuple[str, np.ndarray]]:
 def _probe_input(run: _Run, path, prev, stage) -> Finding | None:
     """What does the port's module really receive? Compared with the reference's input to that layer (or, when
     the run no longer holds it, with the outputs of the layers before it), raw and through an activation."""
-    from parity.compare import nhwc_to_nchw
+    from parity.core.tensors import nhwc_to_nchw
 
     tap = run.tap_by_path[path]
     if run.ts.modules.get(tap.port) is None:
@@ -989,11 +989,11 @@ def _step_rules(run: _Run, stage, diff: TensorDiff) -> list[Finding]:
     if kind.startswith("adam"):
         msg = ("gradients agree but the Adam update differs: epsilon placement (Keras adds eps to the "
                "uncorrected sqrt(v); torch to the corrected one) or beta/eps values")
-        fix = "torch eps = keras_eps / sqrt(1 - beta_2**t) (parity.conventions.torch_adam_eps_from_keras)"
+        fix = "torch eps = keras_eps / sqrt(1 - beta_2**t) (parity.core.conventions.torch_adam_eps_from_keras)"
     else:
         msg = ("gradients agree but the optimizer update differs: weight decay / L2 (Keras l2(lam) == "
                "torch weight_decay 2*lam), momentum convention, lr_mult, or lr schedule")
-        fix = "configure the torch optimizer with the named rules in parity.optimizers"
+        fix = "configure the torch optimizer with the named rules in parity.optim.adapters"
     return [_finding("optimizer", path, msg, fix, stage.name, evidence=diff.describe())]
 
 
@@ -1088,7 +1088,7 @@ def _l2_rule(run: _Run, path, diff, l2, layers, opt) -> Finding:
         what = "the port's weight decay on them differs"
     return _finding("l2_weight_decay", path,
                     f"Keras l2({lam:g}) on {', '.join(names)} adds 2*lam*w = {want:g}*w to the gradient; {what}",
-                    f"torch weight_decay={want:g} on exactly those kernels (parity.conventions."
+                    f"torch weight_decay={want:g} on exactly those kernels (parity.core.conventions."
                     "torch_weight_decay_from_keras_l2)", "step", evidence=ev)
 
 
@@ -1121,7 +1121,7 @@ def _adam_eps_rule(run: _Run, path, diff, opt) -> Finding | None:
             f"uncorrected sqrt(v), torch to the bias-corrected one, so torch needs eps/sqrt(1-beta_2**t) "
             f"({good:.3g} at step 1)",
             "set group['eps'] = keras_eps / sqrt(1 - beta_2**t) every step "
-            "(parity.conventions.torch_adam_eps_from_keras)", "step",
+            "(parity.core.conventions.torch_adam_eps_from_keras)", "step",
             evidence=f"{key} at {diff.index}: gradient {g:.4g}; port update {diff.port_value:.6g} = -lr*g/(|g|+eps) "
                      f"= {plain:.6g}; reference {diff.ref_value:.6g}")
     return None

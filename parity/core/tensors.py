@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from parity.results import TensorDiff
-from parity.spec import StageTolerance
+from parity.core.results import TensorDiff
+from parity.core.spec import StageTolerance
 
 
 def nhwc_to_nchw(a: np.ndarray) -> np.ndarray:

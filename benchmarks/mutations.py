@@ -5,11 +5,11 @@ Each :class:`Mutation` is a mistake a user makes, built the way the user would m
 public constructor (``mini_xception(bn_eps=1e-5)``), a small subclass or an attribute swapped after
 construction (``model.block1.sepconv1_bn = nn.Identity()``), a load hook standing in for the user's own
 weight-loading code, an optimizer configured the user's way (registered with
-:func:`parity.optimizers.register_adapter`), or a loss configured differently on the port side. Nothing
+:func:`parity.optim.adapters.register_adapter`), or a loss configured differently on the port side. Nothing
 here reaches into the harness. Each carries the expected ``(stage, first layer path, cause)``.
 
-Every builder is a ``"parity.mutations:NAME"`` string, so a mutation also runs from the CLI:
-``parity check minixception --port parity.mutations:mx_relu_before_bn``.
+Every builder is a ``"benchmarks.mutations:NAME"`` string, so a mutation also runs from the CLI:
+``parity check minixception --port benchmarks.mutations:mx_relu_before_bn``.
 
 :func:`run_mutation` runs one through :func:`parity.harness.check` (the code the CLI runs) and scores it;
 ``benchmarks/mutation_suite.py`` runs the catalogue and the false-alarm sweep. Frameworks are imported
@@ -23,14 +23,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from parity.conventions import (KERAS_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT,
+from parity.core.conventions import (KERAS_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT,
                                 torch_weight_decay_from_keras_l2)
-from parity.optim_caffe import CaffeSGDAdapter
-from parity.optimizers import AdamAdapter, SGDAdapter, _torch_groups, register_adapter
-from parity.results import CheckResult
-from parity.spec import LossSpec, OptimizerSpec, PairSpec
+from parity.optim.caffe import CaffeSGDAdapter
+from parity.optim.adapters import AdamAdapter, SGDAdapter, _torch_groups, register_adapter
+from parity.core.results import CheckResult
+from parity.core.spec import LossSpec, OptimizerSpec, PairSpec
 
-MOD = "parity.mutations"
+MOD = "benchmarks.mutations"
 
 
 # ==== port builders: minixception ============================================================================
@@ -467,7 +467,7 @@ class CaffeSGDAsTorchSGD(CaffeSGDAdapter):
     def torch_optimizer(self, spec, refs, l2):
         import torch
 
-        from parity.optimizers import _mult, l2_for
+        from parity.optim.adapters import _mult, l2_for
 
         groups = [{"params": [r.param], "lr": spec.lr * _mult(spec.lr_mult, r), "lr_mult": _mult(spec.lr_mult, r),
                    "weight_decay": spec.weight_decay * _mult(spec.decay_mult, r)
@@ -645,16 +645,16 @@ CATALOGUE: tuple[Mutation, ...] = (
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
-       user=("tests.user_models:keras_cnn", "tests.user_models:torch_cnn_symmetric_pad"), ci_stages=EVAL),
+       user=("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn_symmetric_pad"), ci_stages=EVAL),
     _m("user_extra_dropout", "user", "an extra nn.Dropout(0.25) in the port only", "forward_train", "fc1",
-       "train_eval_mode", port=None, user=("tests.user_models:keras_cnn", "tests.user_models:torch_cnn_extra_dropout"),
+       "train_eval_mode", port=None, user=("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn_extra_dropout"),
        ci_stages=TRAIN),
 )
 
 #: correct pairs for the false-alarm sweep: (pair, user builders or None)
 CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None),
-    ("user", ("tests.user_models:keras_cnn", "tests.user_models:torch_cnn")),
+    ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
 )
 
 
@@ -674,7 +674,7 @@ def unavailable(m: Mutation) -> str | None:
     if "port_loss" in m.needs and not _has_port_loss():
         return "needs PairSpec.port_loss / LossSpec.label_smoothing (per-side loss) in the harness"
     if m.pair not in ("user",):
-        from parity import registry
+        from parity.pairs import registry
 
         if m.pair not in registry.names():
             return f"pair {m.pair!r} is not registered"
@@ -725,10 +725,10 @@ def first_failure(result: CheckResult) -> tuple[str | None, str | None, Any]:
 
 def spec_for(pair: str, user: tuple[str, str] | None = None) -> PairSpec:
     if pair == "user":
-        from parity.user_pair import spec_from_user_models
+        from parity.user.pair import spec_from_user_models
 
         return spec_from_user_models(user[0], user[1], name="user-" + user[1].rsplit(":", 1)[-1])
-    from parity import registry
+    from parity.pairs import registry
 
     return registry.get(pair)
 

@@ -14,7 +14,7 @@ written:
    (``num_batches_tracked`` int64), then read the file back and compare.
 
 Returns the report lines and whether every check held; the last line is ``PASSED convert …`` or
-``FAILED convert …``. Bad input files raise :class:`parity.harness.UsageError` (the CLI exits 2).
+``FAILED convert …``. Bad input files raise :class:`parity.core.errors.UsageError` (the CLI exits 2).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from parity.spec import PairSpec, resolve
+from parity.core.spec import PairSpec, resolve
 
 FORMATS = (".safetensors", ".pt")
 #: batch of the forward self-check
@@ -32,7 +32,7 @@ CONVERT_CHECK_BATCH = 2
 
 
 def _output_format(output: str) -> str:
-    from parity.harness import UsageError
+    from parity.core.errors import UsageError
 
     fmt = next((f for f in FORMATS if output.endswith(f)), None)
     if fmt is None:
@@ -47,7 +47,7 @@ def _output_format(output: str) -> str:
 
 def _reference_model(spec: PairSpec, cfg: dict):
     """The reference model in float64 (Keras global dtype state restored afterwards)."""
-    from parity.env import import_tensorflow
+    from parity.core.env import import_tensorflow
 
     keras = import_tensorflow()
     old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
@@ -89,7 +89,7 @@ def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | No
             progress: Callable[[str], None] | None = None) -> tuple[list[str], bool]:
     """See the module docstring. Returns (report lines, ok)."""
     from parity.harness import layer_maps, load_weight_file
-    from parity.reference_side import expected_weights, set_keras_weights
+    from parity.backends.keras_side import expected_weights, set_keras_weights
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
@@ -105,7 +105,7 @@ def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | No
     weights, wreport = load_weight_file(spec, weights_path, expected)
     lines.append(f"weights file: {wreport.summary()}")
 
-    from parity.env import import_torch
+    from parity.core.env import import_torch
 
     torch = import_torch()
     from weight_converters.keras import keras_to_torch, torch_to_keras
@@ -145,9 +145,9 @@ def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | No
 
         # -- forward: Keras (file weights) vs port (converted), float64, eval -------------------------------
         say("forward: Keras vs port, float64, eval")
-        from parity.compare import nhwc_to_nchw, tensor_diff
-        from parity.data import make_batch
-        from parity.onnx_leg import _output_tap, _transform
+        from parity.core.tensors import nhwc_to_nchw, tensor_diff
+        from parity.core.data import make_batch
+        from parity.stages.onnx import _output_tap, _transform
 
         input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
         x, _ = make_batch(0, 0, CONVERT_CHECK_BATCH, input_shape, spec.target(cfg), spec.input_range, "float64")

@@ -9,7 +9,7 @@ Spatial batch normalization (Ioffe & Szegedy 2015), one channel axis, statistics
 - forward, eval mode: normalise with the running statistics;
 - backward: ``dx, dgamma, dbeta`` from ``dy``.
 
-NumPy only (plus the number-only :mod:`parity.conventions`).
+NumPy only (plus the number-only :mod:`parity.core.conventions`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, TORCH_BN_MOMENTUM_DEFAULT
+from parity.core.conventions import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM, TORCH_BN_MOMENTUM_DEFAULT
 
 KERAS_RUNNING_UPDATE = "keras"
 """moving = m * moving + (1 - m) * batch, ``m`` weighs the OLD value (default 0.99), variance BIASED (/n)

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from parity.data import make_batch, randomize_weights
-from parity.optimizers import ParamRef, get_adapter
-from parity.spec import LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.core.data import make_batch, randomize_weights
+from parity.optim.adapters import ParamRef, get_adapter
+from parity.core.spec import LossSpec, OptimizerSpec, PairSpec, Tap
 from weight_converters.keras import LAYER_VARS
 
 #: get_config keys copied into the structure description of a Keras layer
@@ -49,13 +49,13 @@ class ReferenceRun:
     param_grads: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    #: where the large arrays live when the run was made with ``spill`` (see :mod:`parity.spill`); None: memory
+    #: where the large arrays live when the run was made with ``spill`` (see :mod:`parity.core.spill`); None: memory
     store: Any = None
 
 
 def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarray]]:
     """``{layer: {var: array}}`` of every layer that has variables (Keras 3 ``variable.name`` is the var).
-    With a :class:`parity.spill.SpillStore`, each array goes to it as it is read (one array in memory at a
+    With a :class:`parity.core.spill.SpillStore`, each array goes to it as it is read (one array in memory at a
     time); ``only(layer, var)`` selects variables."""
     out = {}
     for layer in model.layers:
@@ -68,7 +68,7 @@ def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarra
             if vals:
                 out[layer.name] = vals
     if store is not None:
-        from parity.spill import SpillDict
+        from parity.core.spill import SpillDict
 
         return SpillDict.from_handles(store, {k: SpillDict.from_handles(store, v) for k, v in out.items()})
     return out
@@ -311,7 +311,7 @@ class KerasSide:
             out = self.tap_model(tf.constant(x), training=False)
         del out
         if store is not None:
-            from parity.spill import SpillDict
+            from parity.core.spill import SpillDict
 
             acts = SpillDict.from_handles(store, {t.path: values[t.path] for t in self.tap_list if t.path in values})
             inputs = SpillDict.from_handles(store, {p: [values[k] for k in names]
@@ -326,9 +326,9 @@ def run_reference(spec: PairSpec, *, config: dict, dtype: str, seed: int, batch:
                   steps: int, stages: set[str], weights: dict | None = None, weights_file=None, model=None,
                   taps: list[Tap] | None = None, progress=None, spill=None) -> ReferenceRun:
     """Build (or take) the Keras model, run every requested stage, return numpy results. With ``spill`` (a
-    :class:`parity.spill.SpillStore`) the large arrays go to disk as they are produced; a model built here
+    :class:`parity.core.spill.SpillStore`) the large arrays go to disk as they are produced; a model built here
     is released before returning (a model passed in is restored to its weights instead)."""
-    from parity.env import import_tensorflow
+    from parity.core.env import import_tensorflow
 
     keras = import_tensorflow()
     import tensorflow as tf
@@ -363,7 +363,7 @@ def keras_dtype(dtype: str):
 
 def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, optimizer, steps, stages, weights,
                    weights_file, taps, say, t0, store=None) -> ReferenceRun:
-    from parity.spec import resolve
+    from parity.core.spec import resolve
 
     owned = model is None and not spec.reference_shared
     if model is None:
@@ -434,16 +434,16 @@ def _release_keras(keras) -> None:
     import gc
 
     gc.collect()
-    from parity.env import trim_heap
+    from parity.core.env import trim_heap
 
     trim_heap()
 
 
 def _new_dict(store):
-    """A plain dict, or a :class:`parity.spill.SpillDict` (inner dicts assigned to it become SpillDicts too)."""
+    """A plain dict, or a :class:`parity.core.spill.SpillDict` (inner dicts assigned to it become SpillDicts too)."""
     if store is None:
         return {}
-    from parity.spill import SpillDict
+    from parity.core.spill import SpillDict
 
     return SpillDict(store)
 

@@ -1,5 +1,5 @@
-"""Your own models: a :class:`parity.spec.PairSpec` built from a Keras model and a torch port that parity has
-never seen, aligned automatically (:mod:`parity.align`), so that every stage of the check runs on them.
+"""Your own models: a :class:`parity.core.spec.PairSpec` built from a Keras model and a torch port that parity has
+never seen, aligned automatically (:mod:`parity.user.align`), so that every stage of the check runs on them.
 
 Two entry points:
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from parity.results import CheckResult, Finding
-from parity.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap, resolve
+from parity.core.results import CheckResult, Finding
+from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap, resolve
 
 #: Optimizers offered for user pairs (``--optimizer``): plain SGD with momentum by default, Adam with Keras 3's
 #: epsilon (the harness converts it to torch's per-step equivalent).
@@ -37,7 +37,7 @@ class UserPairError(ValueError):
 
 def _usage_error(msg: str):
     try:
-        from parity.harness import UsageError
+        from parity.core.errors import UsageError
 
         return UsageError(msg)
     except ImportError:  # pragma: no cover
@@ -122,7 +122,7 @@ def _output_width(model) -> int:
 
 
 def _ends_in_softmax(model) -> bool:
-    from parity.align import trace_keras
+    from parity.user.align import trace_keras
 
     nodes = trace_keras(model)
     return bool(nodes) and (nodes[-1].kind == "softmax" or nodes[-1].act == "softmax")
@@ -143,7 +143,7 @@ def infer_loss(model, loss: str | None = None) -> LossSpec:
 
 class UserTaps:
     """``spec.taps``: aligns the reference model the harness just built (recorded by the reference builder)
-    with a port instance, once per config; keeps the :class:`parity.align.Alignment`."""
+    with a port instance, once per config; keeps the :class:`parity.user.align.Alignment`."""
 
     def __init__(self, port_builder, pins, input_shape, port_object=None):
         self.port_builder = port_builder
@@ -155,7 +155,7 @@ class UserTaps:
         self.spec: PairSpec | None = None
 
     def __call__(self, config: dict) -> list[Tap]:
-        from parity.align import AlignmentError, align
+        from parity.user.align import AlignmentError, align
 
         model = self.model
         if model is None:
@@ -194,7 +194,7 @@ def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss,
         conventions=(Convention("loss", f"{loss.name} ({loss.reduction})" + (
             ", inferred: the model ends in softmax" if loss.name == "categorical_crossentropy" and not
             loss.reference_from_logits else ""), "F.cross_entropy on logits" if loss.name ==
-            "categorical_crossentropy" else loss.name, "parity.user_pair.infer_loss"),),
+            "categorical_crossentropy" else loss.name, "parity.user.pair.infer_loss"),),
         default_config={}, fast_config={}, default_batch=4, reference_shared=shared)
     taps.spec = spec
     ALIGNMENTS[name] = taps
@@ -211,12 +211,12 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
     callables) returning a Keras model / a torch module; ``input_shape`` ``"H,W,C"`` or a tuple (needed when
     the Keras model does not fix it); ``loss`` overrides the inferred one; ``pins``
     ``["keras_layer=port.module.path", ...]`` override the automatic alignment."""
-    from parity.env import import_tensorflow
+    from parity.core.env import import_tensorflow
 
     ref_fn = _resolve_builder(reference, "--reference", "a Keras model")
     port_fn = _resolve_builder(port, "--port", "a torch.nn.Module")
     shape = parse_input_shape(input_shape)
-    from parity.align import parse_pins, AlignmentError
+    from parity.user.align import parse_pins, AlignmentError
 
     try:
         pin_map = parse_pins(pins)
@@ -258,7 +258,7 @@ def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None,
         raise _usage_error(f"compare: expected a keras.Model as the reference. Received: {type(keras_model).__name__}.")
     if not _is_torch_module(torch_module):
         raise _usage_error(f"compare: expected a torch.nn.Module as the port. Received: {type(torch_module).__name__}.")
-    from parity.align import AlignmentError, parse_pins
+    from parity.user.align import AlignmentError, parse_pins
 
     try:
         pin_map = parse_pins(pins)
@@ -301,7 +301,7 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
     defaults to the Keras model's own (build it under ``keras.config.set_floatx("float64")`` and
     ``keras.config.set_dtype_policy("float64")`` for the exact comparison); the rest of ``check_kwargs`` go
     to :func:`parity.harness.check` (``stages``, ``batch``, ``seed``, ``optimizer``, ``steps``...)."""
-    from parity.env import import_tensorflow
+    from parity.core.env import import_tensorflow
     from parity.harness import check
 
     import_tensorflow()
@@ -342,7 +342,7 @@ def _torch_restore(module, saved) -> None:
 
 
 def alignment_of(spec_or_name) -> Any:
-    """The :class:`parity.align.Alignment` of a user pair (after its check ran), else None."""
+    """The :class:`parity.user.align.Alignment` of a user pair (after its check ran), else None."""
     name = spec_or_name if isinstance(spec_or_name, str) else getattr(spec_or_name, "name", None)
     taps = ALIGNMENTS.get(name)
     return taps.alignment if taps is not None else None

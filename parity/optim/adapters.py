@@ -1,5 +1,5 @@
-"""One optimizer description (:class:`parity.spec.OptimizerSpec`) -> a Keras optimizer and a torch optimizer,
-with the named conversion rules of :mod:`parity.conventions`, and their state ("slots") expressed in one
+"""One optimizer description (:class:`parity.core.spec.OptimizerSpec`) -> a Keras optimizer and a torch optimizer,
+with the named conversion rules of :mod:`parity.core.conventions`, and their state ("slots") expressed in one
 convention so that they can be compared.
 
 An adapter per ``OptimizerSpec.kind``; a pair with its own optimizer (Caffe SGD) registers another with
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from parity.conventions import (KERAS_SGD_MOMENTUM_SLOT, float32_rounded, torch_adam_eps_from_keras, torch_adam_lr_eps_from_keras,
+from parity.core.conventions import (KERAS_SGD_MOMENTUM_SLOT, float32_rounded, torch_adam_eps_from_keras, torch_adam_lr_eps_from_keras,
                                 torch_weight_decay_from_keras_l2)
-from parity.spec import OptimizerSpec
+from parity.core.spec import OptimizerSpec
 
 BIAS_VARS = ("bias", "beta")
 
@@ -113,7 +113,7 @@ class SGDAdapter(OptimizerAdapter):
     slot_names = ("momentum",)
     rules = (KERAS_SGD_MOMENTUM_SLOT,
              "Keras SGD multiplies by ops.cast(momentum, dtype), a float32-rounded momentum even in float64: "
-             "torch momentum = float32(mu) (parity.conventions.float32_rounded)",
+             "torch momentum = float32(mu) (parity.core.conventions.float32_rounded)",
              "Keras l2(lam) kernel regulariser -> torch coupled weight_decay 2*lam on that kernel",
              "OptimizerSpec.weight_decay is torch's coupled decay; applied on the Keras side as g += wd*w")
 
@@ -157,9 +157,9 @@ class AdamAdapter(OptimizerAdapter):
     kind = "adam"
     slot_names = ("m", "v")
     rules = ("Keras adds epsilon to the uncorrected sqrt(v); torch to the corrected one: torch eps at step t = "
-             "eps_keras / sqrt(1 - beta_2**t), set on every step (parity.conventions.torch_adam_eps_from_keras)",
+             "eps_keras / sqrt(1 - beta_2**t), set on every step (parity.core.conventions.torch_adam_eps_from_keras)",
              "Keras' bias corrections use float32-rounded betas (tf.cast of a Python float): torch lr scaled per "
-             "step by the ratio of bias corrections (parity.conventions.torch_adam_lr_eps_from_keras)",
+             "step by the ratio of bias corrections (parity.core.conventions.torch_adam_lr_eps_from_keras)",
              "Keras l2(lam) kernel regulariser -> torch (coupled) Adam weight_decay 2*lam on that kernel")
 
     def keras_optimizer(self, spec, refs):

@@ -14,9 +14,9 @@ Registered on import; frameworks are imported inside the methods only.
 """
 from __future__ import annotations
 
-from parity.conventions import torch_weight_decay_from_keras_l2
-from parity.optimizers import OptimizerAdapter, ParamRef, _mult, l2_for, register_adapter
-from parity.spec import OptimizerSpec
+from parity.core.conventions import torch_weight_decay_from_keras_l2
+from parity.optim.adapters import OptimizerAdapter, ParamRef, _mult, l2_for, register_adapter
+from parity.core.spec import OptimizerSpec
 
 CAFFE_SGD_RULE = ("Caffe SGD (sgd_solver.cpp): history = momentum*history + lr*lr_mult*(g + weight_decay*"
                   "decay_mult*w); w -= history")

@@ -69,12 +69,12 @@ class LossSpec:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One optimizer description; :mod:`parity.optimizers` builds the Keras and torch optimizers from it
+    """One optimizer description; :mod:`parity.optim.adapters` builds the Keras and torch optimizers from it
     with named conversion rules.
 
     ``l2``: Keras kernel regularisers (``{keras_layer: lam}``): the reference adds them to its loss, the
     port gets coupled ``weight_decay = 2 * lam`` on those parameters
-    (``parity.conventions.torch_weight_decay_from_keras_l2``).
+    (``parity.core.conventions.torch_weight_decay_from_keras_l2``).
     ``lr_mult`` / ``decay_mult``: Caffe-style per-parameter multipliers, keyed by ``"layer"`` or
     ``"layer:kernel"`` / ``"layer:bias"`` (reference names).
     ``lr_schedule``: learning rate per step for multi-step checks (defaults to ``lr`` every step).

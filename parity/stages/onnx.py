@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from parity.compare import nhwc_to_nchw, tensor_diff
-from parity.results import Finding, StageResult
+from parity.core.tensors import nhwc_to_nchw, tensor_diff
+from parity.core.results import Finding, StageResult
 
 #: loggers the exporters chatter on (warnings about torchvision ops, tf2onnx progress)
 _NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "tf2onnx", "absl")
@@ -111,9 +111,9 @@ def export_keras(spec, ref, dtype: str, x_nhwc: np.ndarray, workdir: str) -> tup
     """The reference rebuilt in ``dtype`` with the run's initial weights and exported with
     ``model.export(format="onnx")``. Returns (path, the rebuilt model's own output on ``x_nhwc``). The Keras
     global dtype state and the weights of a model the builder returns as is are restored."""
-    from parity.env import import_tensorflow
-    from parity.reference_side import set_keras_weights
-    from parity.spec import resolve
+    from parity.core.env import import_tensorflow
+    from parity.backends.keras_side import set_keras_weights
+    from parity.core.spec import resolve
 
     keras = import_tensorflow()
     old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()

@@ -1,15 +1,15 @@
 """Reference traces: ``parity record`` runs the Keras side once and stores the whole
-:class:`parity.reference_side.ReferenceRun` in one safetensors file; ``parity replay`` checks a port against
+:class:`parity.backends.keras_side.ReferenceRun` in one safetensors file; ``parity replay`` checks a port against
 it with PyTorch alone (a GPU box, a CI job without TensorFlow).
 
-The file format (``parity.trace/1``):
+The file format (``parity.io.trace/1``):
 
 - every numpy array of the run is a safetensors tensor under a path-like key: ``inputs/0``,
   ``eval_acts/<tap path>``, ``eval_inputs/<tap path>/0``, ``weights/<layer>/<var>``,
   ``param_grads/<layer>/<var>``, ``steps/0/params/<layer>/<var>``, ``steps/0/slots/<torch key>/<slot>``...
   An array equal (dtype, shape, bytes) to one stored earlier is stored once: the JSON refers to the first key
   (a layer's input is usually the previous layer's output);
-- everything else is JSON in the safetensors metadata (``str -> str``): ``parity.trace`` holds the run with
+- everything else is JSON in the safetensors metadata (``str -> str``): ``parity.io.trace`` holds the run with
   each array replaced by ``{"__array__": key}``, plus ``meta`` (pair, config, dtype, seed, batch, steps,
   optimizer, recorded stages, versions, conventions, the port builder), the taps and the parameter refs.
 
@@ -32,11 +32,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from parity.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 
-SCHEMA = "parity.trace/1"
+SCHEMA = "parity.io.trace/1"
 #: safetensors metadata keys
-META_KEY = "parity.trace"
+META_KEY = "parity.io.trace"
 SCHEMA_KEY = "schema"
 ARRAY_REF = "__array__"
 
@@ -54,10 +54,10 @@ ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64
 # -- packing: nested dicts/lists of arrays <-> (tensors, JSON) ----------------------------------------------
 def _pack(obj, key: str, tensors: dict, seen: dict) -> Any:
     """``obj`` as JSON with each array replaced by ``{"__array__": key}``; ``tensors[key]`` gets the array, or
-    its :class:`parity.spill.Spilled` handle (not loaded: a spilled run is written one array at a time).
+    its :class:`parity.core.spill.Spilled` handle (not loaded: a spilled run is written one array at a time).
     Equal arrays are stored once: in-memory ones by content, spilled ones by the digest their store computed
     (``parity record``) or else by handle (a layer's input is the previous layer's output)."""
-    from parity.spill import Spilled
+    from parity.core.spill import Spilled
 
     if isinstance(obj, Spilled):
         ident = (obj.dtype.str, tuple(obj.shape), obj.digest) if obj.digest is not None else ("handle", id(obj))
@@ -97,13 +97,13 @@ def _pack(obj, key: str, tensors: dict, seen: dict) -> Any:
 
 
 def _unpack(obj, tensors, lazy: bool = False) -> Any:
-    """The inverse of :func:`_pack`. ``lazy``: dicts become :class:`parity.spill.SpillDict` views whose large
+    """The inverse of :func:`_pack`. ``lazy``: dicts become :class:`parity.core.spill.SpillDict` views whose large
     arrays are :class:`TraceArray` handles, read from the file when accessed."""
     if isinstance(obj, dict):
         if set(obj) == {ARRAY_REF}:
             return tensors[obj[ARRAY_REF]]
         if lazy:
-            from parity.spill import SpillDict
+            from parity.core.spill import SpillDict
 
             return SpillDict.from_handles(None, {k: _unpack(v, tensors, lazy) for k, v in obj.items()})
         return {k: _unpack(v, tensors) for k, v in obj.items()}
@@ -113,10 +113,10 @@ def _unpack(obj, tensors, lazy: bool = False) -> Any:
 
 
 def _trace_array_class():
-    from parity.spill import Spilled
+    from parity.core.spill import Spilled
 
     class TraceArray(Spilled):
-        """One array of a lazily read trace: a :class:`parity.spill.Spilled` whose file is the trace, read with
+        """One array of a lazily read trace: a :class:`parity.core.spill.Spilled` whose file is the trace, read with
         plain file I/O at its offset (not a memory map, whose pages would stay resident while the replay runs)."""
 
         __slots__ = ("offset",)
@@ -260,7 +260,8 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
 
     ``port``: the port builder ``module:function`` that ``replay`` uses by default (your own models;
     registered pairs default to the pair's port)."""
-    from parity.harness import UsageError, _optimizer_spec, load_weight_file, parse_stages
+    from parity.core.errors import UsageError
+    from parity.harness import _optimizer_spec, load_weight_file, parse_stages
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
@@ -283,12 +284,12 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
                          f"{out_dir}. Create it first.")
     port_builder = port if isinstance(port, str) else _builder_string(port if port is not None else spec.port)
 
-    from parity.reference_side import run_reference
+    from parity.backends.keras_side import run_reference
 
     wfile = None
     if weights is not None:
         wfile = (lambda expected: load_weight_file(spec, weights, expected))
-    from parity.spill import SpillStore
+    from parity.core.spill import SpillStore
 
     # the run waits on disk, and is written to the trace one array at a time; digests: equal arrays once
     store = SpillStore(digests=True)
@@ -323,7 +324,7 @@ def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights) -> 
 
 
 def _is_registered(spec: PairSpec) -> bool:
-    from parity import registry
+    from parity.pairs import registry
 
     try:
         return registry.get(spec.name) is spec or registry.get(spec.name).port == spec.port
@@ -334,11 +335,11 @@ def _is_registered(spec: PairSpec) -> bool:
 # -- load / replay ---------------------------------------------------------------------------------------------
 def load_trace(path: str, lazy: bool | None = None):
     """Read a trace: the :class:`ReferenceRun` (``meta["trace_path"]`` set) and the raw JSON body.
-    A missing or foreign file is a :class:`parity.harness.UsageError` (one line). ``lazy`` (default: files of
+    A missing or foreign file is a :class:`parity.core.errors.UsageError` (one line). ``lazy`` (default: files of
     :data:`LAZY_TRACE_MIN_BYTES` or more) keeps the file open and reads each large array when it is compared."""
-    from parity.harness import UsageError
-    from parity.optimizers import ParamRef
-    from parity.reference_side import ReferenceRun
+    from parity.core.errors import UsageError
+    from parity.optim.adapters import ParamRef
+    from parity.backends.keras_side import ReferenceRun
 
     if not os.path.isfile(path):
         raise UsageError(f"replay {path}: expected a trace file written by `parity record`. Received: no such file. "
@@ -391,7 +392,7 @@ def load_trace(path: str, lazy: bool | None = None):
 def _lazy_tensors(path: str) -> dict[str, Any]:
     """key -> array (small, read now) or :class:`TraceArray` (large, read on access) of a safetensors file
     that ``safe_open`` has already accepted, from its JSON header (dtype, shape, data offsets)."""
-    from parity.spill import SPILL_MIN_BYTES
+    from parity.core.spill import SPILL_MIN_BYTES
 
     names = {v: k for k, v in ST_DTYPES.items()}
     with open(path, "rb") as f:
@@ -412,8 +413,8 @@ def _lazy_tensors(path: str) -> dict[str, Any]:
 def spec_for_trace(run, port: str | None = None) -> PairSpec:
     """The pair a trace was recorded for: the registered spec by name, or (your own models) a spec rebuilt
     from the trace (taps, loss, optimizer, conventions) whose port is the recorded (or given) builder."""
-    from parity import registry
-    from parity.harness import UsageError
+    from parity.pairs import registry
+    from parity.core.errors import UsageError
 
     meta = run.meta
     name = meta["pair"]
@@ -444,8 +445,9 @@ def replay(trace_path: str, *, port: str | None = None, stages=None, device: str
            progress: Callable[[str], None] | None = None):
     """Check a port against a recorded trace (PyTorch only). ``port`` overrides the pair's (or the recorded)
     port builder; ``stages`` must be among the recorded ones (default: all recorded). Returns the
-    :class:`parity.results.CheckResult`."""
-    from parity.harness import UsageError, check, parse_stages
+    :class:`parity.core.results.CheckResult`."""
+    from parity.core.errors import UsageError
+    from parity.harness import check, parse_stages
 
     say = progress or (lambda msg: None)
     say(f"replay: read {trace_path}")
