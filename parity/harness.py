@@ -28,26 +28,9 @@ from parity.core.tensors import hwc_flat_to_chw_flat, layer_scale_floor, nhwc_to
 from parity.core.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
 from parity.core.results import STAGE_ORDER, CheckResult, Finding, StageResult
 from parity.core.errors import UsageError
+from parity.backends.weights import layer_maps, load_weight_file
+from parity.core.options import ALL_STAGES, optimizer_spec, parse_stages  # noqa: F401
 from parity.core.spec import OptimizerSpec, PairSpec, Tap, resolve
-
-ALL_STAGES = ("structure", "forward_eval", "forward_train", "gradients", "step", "isolated")
-
-
-def parse_stages(text: str | None) -> tuple[str, ...]:
-    if not text or text == "all":
-        return ALL_STAGES
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [n for n in names if n not in ALL_STAGES]
-    if bad:
-        raise UsageError(f"--stages: expected a comma list of {', '.join(ALL_STAGES)}. Received: {', '.join(bad)}.")
-    return names
-
-
-def layer_maps(taps: list[Tap]):
-    from weight_converters.keras import LayerMap
-
-    return [LayerMap(t.ref, t.port, t.kind, t.flatten_chw) for t in taps if t.weighted]
-
 
 def ref_to_port_layout(tap: Tap, a: np.ndarray) -> np.ndarray:
     """A reference activation (NHWC, Keras flatten order) in the port's layout."""
@@ -75,40 +58,6 @@ def _environment(ts=None) -> dict[str, Any]:
     return env
 
 
-def _optimizer_spec(spec: PairSpec, optimizer) -> OptimizerSpec:
-    if optimizer is None or isinstance(optimizer, OptimizerSpec):
-        return optimizer or spec.optimizer
-    try:
-        return spec.optimizer_for(optimizer)
-    except KeyError:
-        kinds = sorted({spec.optimizer.kind, *spec.optimizers})
-        raise UsageError(f"--optimizer: expected one of {', '.join(kinds)} for pair {spec.name!r}. "
-                         f"Received: {optimizer!r}.") from None
-
-
-def load_weight_file(spec: PairSpec, path: str, expected):
-    """Read ``--weights`` with the pair's loader; any problem is a :class:`UsageError` (one line)."""
-    import os
-
-    if not os.path.exists(path):
-        raise UsageError(f"--weights {path}: expected an existing file. Received: no such file. Check the path.")
-    if spec.weights_loader is not None:
-        loader = resolve(spec.weights_loader)
-    else:
-        from weight_converters.h5 import load_keras_weights as loader
-    try:
-        weights, report = loader(path, expected)
-    except ValueError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(msg if msg.startswith("--weights") else f"--weights {path}: {msg}") from None
-    if not report.ok:
-        probs = report.problems()
-        raise UsageError(f"--weights {path}: expected weights matching the reference model. Received: "
-                         f"{'; '.join(probs[:3])}{' (+%d more)' % (len(probs) - 3) if len(probs) > 3 else ''}. "
-                         "Pass the weights of this pair's model (or check the pair/config).")
-    return weights, report
-
-
 def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: str = "cpu",
           batch: int | None = None, seed: int = 0, optimizer=None, steps: int = 1, weights: str | None = None,
           config: dict | None = None, port: str | Callable | None = None, reference: str | Callable | None = None,
@@ -132,7 +81,7 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     batch = batch or (reference_run.meta["batch"] if reference_run is not None else spec.default_batch)
     if batch < 2 and stage_set & {"forward_train", "gradients", "step"}:
         raise UsageError(f"--batch: expected >= 2 for train-mode stages (BatchNorm needs a batch). Received: {batch}.")
-    opt = _optimizer_spec(spec, optimizer)
+    opt = optimizer_spec(spec, optimizer)
 
     # -- port device first: a missing GPU is a usage error before any slow work ---------------------------
     from parity.core.env import import_torch

@@ -2,7 +2,7 @@
 GOTURN's Caffe ``.npy`` or ``.caffemodel``) -> a torch ``state_dict`` for the pair's port, proven before it is
 written:
 
-1. read the file with the pair's loader (:func:`parity.harness.load_weight_file`), matched against the
+1. read the file with the pair's loader (:func:`parity.backends.weights.load_weight_file`), matched against the
    reference model's own layout (the Keras model is built once, in float64, for its ``{layer: {var: shape}}``);
 2. convert with :func:`weight_converters.keras.keras_to_torch`, strict against the port's ``state_dict``
    (missing, unexpected, shape mismatches and non-finite values all fail);
@@ -88,7 +88,7 @@ def _write(fmt: str, output: str, state: dict[str, np.ndarray], meta: dict[str, 
 def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | None = None,
             progress: Callable[[str], None] | None = None) -> tuple[list[str], bool]:
     """See the module docstring. Returns (report lines, ok)."""
-    from parity.harness import layer_maps, load_weight_file
+    from parity.backends.weights import layer_maps, load_weight_file
     from parity.backends.keras_side import expected_weights, set_keras_weights
 
     t0 = time.perf_counter()

@@ -261,7 +261,8 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
     ``port``: the port builder ``module:function`` that ``replay`` uses by default (your own models;
     registered pairs default to the pair's port)."""
     from parity.core.errors import UsageError
-    from parity.harness import _optimizer_spec, load_weight_file, parse_stages
+    from parity.backends.weights import load_weight_file
+    from parity.core.options import optimizer_spec, parse_stages
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
@@ -277,7 +278,7 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
     batch = batch or spec.default_batch
     if batch < 2 and stage_set & {"forward_train", "gradients", "step"}:
         raise UsageError(f"--batch: expected >= 2 for train-mode stages (BatchNorm needs a batch). Received: {batch}.")
-    opt = _optimizer_spec(spec, optimizer)
+    opt = optimizer_spec(spec, optimizer)
     out_dir = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(out_dir):
         raise UsageError(f"--output {path}: expected a file in an existing directory. Received: no directory "
@@ -447,7 +448,8 @@ def replay(trace_path: str, *, port: str | None = None, stages=None, device: str
     port builder; ``stages`` must be among the recorded ones (default: all recorded). Returns the
     :class:`parity.core.results.CheckResult`."""
     from parity.core.errors import UsageError
-    from parity.harness import check, parse_stages
+    from parity.core.options import parse_stages
+    from parity.harness import check
 
     say = progress or (lambda msg: None)
     say(f"replay: read {trace_path}")

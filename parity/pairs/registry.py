@@ -3,9 +3,13 @@ those modules hold only data and strings, so listing pairs imports no framework.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 from parity.core.spec import PairSpec
+
+_PAIRS_DIR = os.path.dirname(os.path.abspath(__file__))
+"""The built-in pair modules live beside the registry (``parity/pairs/*.py``)."""
 
 _REGISTRY: dict[str, PairSpec] = {}
 _LOADED = False
@@ -29,9 +33,9 @@ def _load_builtin() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import parity.pairs as pkg
-
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules([_PAIRS_DIR]), key=lambda m: m.name):
+        if info.name == "registry":
+            continue
         try:
             importlib.import_module(f"parity.pairs.{info.name}")
         except Exception as exc:  # one broken pair module must not take the others down
