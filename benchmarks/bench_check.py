@@ -103,8 +103,8 @@ def run_child(mode: str, name: str, fast: bool, batch: int | None) -> dict:
 
 
 #: the issues' targets for a full-size float64 check (default batch, all stages) on the 2-core, 24 GiB
-#: machine: wall seconds incl. imports and peak RSS in GB (issue 3: minixception < 15 s; issue 5: Xception
-#: < 60 s and < 4 GB at batch 2; issue 4: GOTURN < 8 GB); and check compute / bare fwd+bwd <= 2 (issue 3)
+#: machine: wall seconds incl. imports and peak RSS in GB (minixception < 15 s; Xception
+#: < 60 s and < 4 GB at batch 2; GOTURN < 8 GB); and check compute / bare fwd+bwd <= 2
 TARGETS = {"minixception": {"wall_s": 15.0}, "xception": {"wall_s": 60.0, "rss_gb": 4.0}, "goturn": {"rss_gb": 8.0}}
 RATIO_TARGET = 2.0
 

@@ -1,4 +1,5 @@
-"""PyTorch facial-keypoints CNN, as published (../shared/reference-facts.md), faithful to
+"""PyTorch facial-keypoints CNN, as published (one ``Net`` of the Udacity facial-keypoints project, udacity/P1_Facial_Keypoints
+``models.py``, which each student fills with a net of their own), faithful to
 ``reference_keras/keypoints.py``:
 
 ``conv_sandwich`` = ``nn.Conv2d(3x3, stride 1, padding=1)`` -> ``nn.MaxPool2d(2, 2)`` -> ``nn.ReLU``, four times

@@ -20,8 +20,7 @@ modules. Module names follow the Keras layer names (``entry.block2.sepconv1_bn``
 Each block runs its operations in the reference's topological order (Keras' ``model.layers``: main path,
 shortcut conv, pool, shortcut BN, add), so hooks fire in the same order as the reference's layers.
 
-Keyword arguments build the known port mistakes (../shared/reference-facts.md) through this public
-constructor, as a user's port would have them: ``shared_middle=True`` (``[MiddleBlock()] * 8``: one block's
+Keyword arguments build the port mistakes public Xception ports are known for through this public constructor, as a user's port would have them: ``shared_middle=True`` (``[MiddleBlock()] * 8``: one block's
 parameters, eight calls), ``conv_bias=True``, ``missing_bn=`` (BN modules replaced by ``nn.Identity``),
 ``symmetric_pool=True`` (``nn.MaxPool2d(3, 2, padding=1)``), ``bn_eps=1e-5``.
 """

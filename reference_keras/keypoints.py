@@ -1,4 +1,5 @@
-"""Facial-keypoints CNN (the Kaggle / Udacity facial-keypoints model, ../shared/reference-facts.md), in Keras 3.
+"""Facial-keypoints CNN (one ``Net`` of the Udacity facial-keypoints
+project, udacity/P1_Facial_Keypoints ``models.py``), in Keras 3.
 
 A 1x96x96 grayscale face -> 30 numbers (15 (x, y) keypoints): four "conv sandwiches" (conv 3x3 stride 1
 'same' -> max-pool 2/2 -> ReLU) with 32, 64, 128, 256 filters (96 -> 48 -> 24 -> 12 -> 6), flatten,

@@ -2,7 +2,7 @@
 Gender Classification"), exactly as published in oarriaga/face_classification @b861d21b,
 ``src/models/cnn.py::mini_XCEPTION`` (Keras 2.0.5), rebuilt with Keras 3 and stable layer names.
 
-Published facts (../shared/reference-facts.md): input 64x64x1 scaled to [-1, 1]; 7 classes -> 58,423
+Published facts (oarriaga/face_classification ``src/models/cnn.py``, ``mini_XCEPTION``): input 64x64x1 scaled to [-1, 1]; 7 classes -> 58,423
 parameters, 56,951 trainable, 1,472 non-trainable (BN moving statistics); 2 classes -> 52,658.
 Spatial 64 -> 62 -> 60 -> 30 -> 15 -> 8 -> 4.
 

@@ -1,7 +1,7 @@
 """Xception (Chollet 2017, "Xception: Deep Learning with Depthwise Separable Convolutions"): the reference is
 ``keras.applications.Xception(weights=None, ...)`` itself, not a re-implementation.
 
-Published facts (../shared/reference-facts.md): 299x299x3 -> 1000 classes: 22,910,480 parameters
+Published facts (keras-team/keras ``keras/src/applications/xception.py``; Chollet 2017): 299x299x3 -> 1000 classes: 22,910,480 parameters
 (22,855,952 trainable, 54,528 non-trainable BN moving statistics); without the top 20,861,480.
 Spatial 299 -> 149 -> 147 -> 74 -> 37 -> 19 -> 10.
 

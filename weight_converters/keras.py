@@ -14,7 +14,7 @@ BatchNormalization gamma, beta, moving_mean,        weight, bias, running_mean, 
                    moving_variance                  num_batches_tracked = 0, torch-only bookkeeping)
 =================  ===============================  =================================================
 
-Origins: keras/src/layers/convolutional/*.py (kernel shapes), torch/nn/modules/conv.py, ../shared/reference-facts.md.
+Origins: keras/src/layers/convolutional/*.py (kernel shapes), torch/nn/modules/conv.py, keras/src/layers/core/dense.py, torch/nn/modules/linear.py.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 This module imports nothing: the Keras reference side, the torch port side and the numpy converters all
 read the same names. Origins: keras/src/layers/normalization/batch_normalization.py (Keras 3.15),
 torch/nn/modules/batchnorm.py (PyTorch 2.13), keras/src/optimizers/{adam,sgd}.py, and the facts collected
-in ../shared/reference-facts.md from oarriaga/face_classification and davheld/GOTURN.
+from oarriaga/face_classification (``src/models/cnn.py``), davheld/GOTURN (``nets/``) and the
+frameworks' sources named at each constant.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The one environment module: every entry point (CLI, tests, pytest plugin, benchmarks) imports it
 before TensorFlow or PyTorch is imported.
 
-Why each variable (measured on this project's 2-core CI machine, see ../shared/reference-facts.md):
+Why each variable (measured on this project's 2-core CI machine):
 
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's AVX-512 kernels corrupt the heap in the backward pass of a 1x1
   stride-2 convolution, in both TensorFlow and PyTorch (intermittent segfault / double free). Capping

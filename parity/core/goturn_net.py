@@ -6,7 +6,7 @@ This module is the net's facts: its named conventions (every number of the two m
 with where it comes from) and the Caffe geometry (pure Python, so the torch port can size ``fc6`` without
 running anything). It imports nothing; the registration is ``parity/pairs/goturn.py``.
 
-Caffe facts the two sides must agree on (../shared/reference-facts.md, Caffe source semantics):
+Caffe facts the two sides must agree on (BVLC/caffe ``src/caffe/layers/*.cpp`` semantics):
 
 - Pooling rounds its output size *up* (``caffe/src/caffe/layers/pooling_layer.cpp``:
   ``pooled_height_ = ceil((height_ + 2 * pad_h_ - kernel_h_) / stride_h_) + 1``): torch ``ceil_mode=True``;
@@ -121,7 +121,7 @@ WEIGHT_DECAY_MULT = 1.0
 """Every weight: ``decay_mult: 1``; every bias: ``decay_mult: 0`` (``BIAS_DECAY_MULT``)."""
 BIAS_DECAY_MULT = 0.0
 GOTURN_BATCH = 50
-"""GOTURN's training batch (../shared/reference-facts.md); ASUM makes the gradient scale with it."""
+"""GOTURN's training batch (davheld/GOTURN ``nets/solver.prototxt`` / ``train.cpp``); ASUM makes the gradient scale with it."""
 
 # --- Data ---------------------------------------------------------------------------------------------------
 GOTURN_INPUT_RANGE = (-128.0, 128.0)

@@ -3,7 +3,7 @@ implementation that is neither TensorFlow nor PyTorch.
 
 - the port: ``torch.onnx.export(..., dynamo=True)`` (needs onnxscript). Not the legacy exporter: its graph of a
   port with TF-'same' asymmetric ``F.pad`` fails to load in onnxruntime (ShapeInferenceError at the residual
-  Add; ../shared/reference-facts.md);
+  Add; measured with onnxruntime 1.30);
 - the reference: the Keras model rebuilt from the pair's builder with the run's initial weights
   (``ref.weights``; ``ReferenceRun`` holds no model object) and ``model.export(path, format="onnx")`` (tf2onnx).
   Needs TensorFlow: on a replayed trace without it, only the port's export runs.

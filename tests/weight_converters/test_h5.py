@@ -139,7 +139,7 @@ def test_torch_port_loaded_from_h5_gives_the_reference_output(files, reference, 
     with torch.no_grad():
         logits_port = port(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
 
-    # float64 eval after an exact copy: measured <= 1e-16 relative per layer (../shared/reference-facts.md);
+    # float64 eval after an exact copy: measured <= 1e-16 relative per layer (`parity check minixception`);
     # here 3.7e-16 of max|logit|. 1e-12 leaves room for summation order only.
     np.testing.assert_allclose(logits_port, logits_ref, rtol=0, atol=1e-12 * np.abs(logits_ref).max())
 
