@@ -26,7 +26,7 @@ from typing import Any, Callable
 from parity.core.conventions import (KERAS_BN_MOMENTUM, TORCH_BN_EPSILON, TORCH_BN_MOMENTUM_DEFAULT,
                                 torch_weight_decay_from_keras_l2)
 from parity.optim.caffe import CaffeSGDAdapter
-from parity.optim.adapters import AdamAdapter, SGDAdapter, _torch_groups, register_adapter
+from parity.optim.adapters import AdamAdapter, SGDAdapter, torch_param_groups, register_adapter
 from parity.core.results import CheckResult
 from parity.core.spec import LossSpec, OptimizerSpec, PairSpec
 
@@ -418,7 +418,7 @@ class PlainEpsAdam(AdamAdapter):
     def torch_optimizer(self, spec, refs, l2):
         import torch
 
-        return torch.optim.Adam(_torch_groups(spec, refs, l2), lr=spec.lr, betas=(spec.beta_1, spec.beta_2),
+        return torch.optim.Adam(torch_param_groups(spec, refs, l2), lr=spec.lr, betas=(spec.beta_1, spec.beta_2),
                                 eps=spec.epsilon)
 
     def torch_prepare(self, spec, step, opt):
@@ -433,7 +433,7 @@ class L2AsLambdaSGD(SGDAdapter):
     kind = "sgd_l2_as_lambda"
 
     def torch_optimizer(self, spec, refs, l2):
-        halved = {k: v / 2.0 for k, v in l2.items()}  # _torch_groups doubles: lam/2 * 2 = lam
+        halved = {k: v / 2.0 for k, v in l2.items()}  # torch_param_groups doubles: lam/2 * 2 = lam
         return super().torch_optimizer(spec, refs, halved)
 
 
@@ -467,10 +467,10 @@ class CaffeSGDAsTorchSGD(CaffeSGDAdapter):
     def torch_optimizer(self, spec, refs, l2):
         import torch
 
-        from parity.optim.adapters import _mult, l2_for
+        from parity.optim.adapters import l2_for, multiplier
 
-        groups = [{"params": [r.param], "lr": spec.lr * _mult(spec.lr_mult, r), "lr_mult": _mult(spec.lr_mult, r),
-                   "weight_decay": spec.weight_decay * _mult(spec.decay_mult, r)
+        groups = [{"params": [r.param], "lr": spec.lr * multiplier(spec.lr_mult, r), "lr_mult": multiplier(spec.lr_mult, r),
+                   "weight_decay": spec.weight_decay * multiplier(spec.decay_mult, r)
                    + torch_weight_decay_from_keras_l2(l2_for(spec, l2, r))} for r in refs]
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
 

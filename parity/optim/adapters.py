@@ -37,7 +37,7 @@ class ParamRef:
         return "bias" if self.var in BIAS_VARS else "kernel"
 
 
-def _mult(table: dict[str, float], ref: ParamRef, default: float = 1.0) -> float:
+def multiplier(table: dict[str, float], ref: ParamRef, default: float = 1.0) -> float:
     for k in (f"{ref.layer}:{ref.var}", f"{ref.layer}:{ref.role}", ref.layer):
         if k in table:
             return float(table[k])
@@ -86,24 +86,24 @@ class OptimizerAdapter:
         return {"kind": spec.kind, "rules": list(self.rules)}
 
 
-def _torch_groups(spec: OptimizerSpec, refs: list[ParamRef], l2: dict[str, float]) -> list[dict]:
+def torch_param_groups(spec: OptimizerSpec, refs: list[ParamRef], l2: dict[str, float]) -> list[dict]:
     """One param group per parameter: coupled weight decay = spec.weight_decay*decay_mult + 2*l2."""
     groups = []
     for r in refs:
-        wd = spec.weight_decay * _mult(spec.decay_mult, r) + torch_weight_decay_from_keras_l2(l2_for(spec, l2, r))
-        groups.append({"params": [r.param], "weight_decay": wd, "lr_mult": _mult(spec.lr_mult, r),
-                       "lr": spec.lr * _mult(spec.lr_mult, r), "name": r.key})
+        wd = spec.weight_decay * multiplier(spec.decay_mult, r) + torch_weight_decay_from_keras_l2(l2_for(spec, l2, r))
+        groups.append({"params": [r.param], "weight_decay": wd, "lr_mult": multiplier(spec.lr_mult, r),
+                       "lr": spec.lr * multiplier(spec.lr_mult, r), "name": r.key})
     return groups
 
 
-def _coupled_decay_keras(spec: OptimizerSpec, grads, variables, refs):
+def coupled_decay_keras(spec: OptimizerSpec, grads, variables, refs):
     """torch's coupled ``weight_decay`` on the Keras side: g += wd * decay_mult * w before the update
     (Keras' own ``weight_decay`` argument is *decoupled*: w -= lr * wd * w, a different rule)."""
     if not spec.weight_decay:
         return grads
     out = []
     for g, v, r in zip(grads, variables, refs):
-        wd = spec.weight_decay * _mult(spec.decay_mult, r)
+        wd = spec.weight_decay * multiplier(spec.decay_mult, r)
         out.append(g + wd * v if wd else g)
     return out
 
@@ -126,7 +126,7 @@ class SGDAdapter(OptimizerAdapter):
 
     def keras_prepare(self, spec, step, opt, grads, variables, refs):
         opt.learning_rate = spec.lr_at(step)
-        return _coupled_decay_keras(spec, grads, variables, refs)
+        return coupled_decay_keras(spec, grads, variables, refs)
 
     def keras_slots(self, opt, variables, refs):
         if not opt.momentum:
@@ -137,7 +137,7 @@ class SGDAdapter(OptimizerAdapter):
     def torch_optimizer(self, spec, refs, l2):
         import torch
 
-        return torch.optim.SGD(_torch_groups(spec, refs, l2), lr=spec.lr, momentum=float32_rounded(spec.momentum),
+        return torch.optim.SGD(torch_param_groups(spec, refs, l2), lr=spec.lr, momentum=float32_rounded(spec.momentum),
                                nesterov=spec.nesterov, dampening=0.0)
 
     def torch_slots(self, spec, step, opt, refs):
@@ -170,7 +170,7 @@ class AdamAdapter(OptimizerAdapter):
 
     def keras_prepare(self, spec, step, opt, grads, variables, refs):
         opt.learning_rate = spec.lr_at(step)
-        return _coupled_decay_keras(spec, grads, variables, refs)
+        return coupled_decay_keras(spec, grads, variables, refs)
 
     def keras_slots(self, opt, variables, refs):
         out = {}
@@ -182,7 +182,7 @@ class AdamAdapter(OptimizerAdapter):
     def torch_optimizer(self, spec, refs, l2):
         import torch
 
-        groups = _torch_groups(spec, refs, l2)
+        groups = torch_param_groups(spec, refs, l2)
         return torch.optim.Adam(groups, lr=spec.lr, betas=(spec.beta_1, spec.beta_2),
                                 eps=torch_adam_eps_from_keras(spec.epsilon, spec.beta_2, 1))
 

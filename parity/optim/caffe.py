@@ -15,7 +15,7 @@ Registered on import; frameworks are imported inside the methods only.
 from __future__ import annotations
 
 from parity.core.conventions import torch_weight_decay_from_keras_l2
-from parity.optim.adapters import OptimizerAdapter, ParamRef, _mult, l2_for, register_adapter
+from parity.optim.adapters import OptimizerAdapter, ParamRef, l2_for, multiplier, register_adapter
 from parity.core.spec import OptimizerSpec
 
 CAFFE_SGD_RULE = ("Caffe SGD (sgd_solver.cpp): history = momentum*history + lr*lr_mult*(g + weight_decay*"
@@ -48,8 +48,8 @@ class CaffeSGDAdapter(OptimizerAdapter):
 
         self._check(spec)
         return CaffeSGD(learning_rate=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                        lr_mult={variable_key(r): _mult(spec.lr_mult, r) for r in refs},
-                        decay_mult={variable_key(r): _mult(spec.decay_mult, r) for r in refs})
+                        lr_mult={variable_key(r): multiplier(spec.lr_mult, r) for r in refs},
+                        decay_mult={variable_key(r): multiplier(spec.decay_mult, r) for r in refs})
 
     def keras_prepare(self, spec, step, opt, grads, variables, refs):
         # Caffe's "rate" is the base lr: lr_mult and the weight decay are applied inside CaffeSGD.
@@ -65,7 +65,7 @@ class CaffeSGDAdapter(OptimizerAdapter):
         from ported_torch.optim import CaffeSGD
 
         self._check(spec)
-        groups = [{"params": [r.param], "lr_mult": _mult(spec.lr_mult, r), "decay_mult": _mult(spec.decay_mult, r),
+        groups = [{"params": [r.param], "lr_mult": multiplier(spec.lr_mult, r), "decay_mult": multiplier(spec.decay_mult, r),
                    "extra_weight_decay": torch_weight_decay_from_keras_l2(l2_for(spec, l2, r)), "name": r.key}
                   for r in refs]
         return CaffeSGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)

@@ -19,7 +19,7 @@ buffer, so the decay passes through momentum (and Nesterov's look-ahead).
 Keras has no coupled form: ``keras.optimizers.SGD(weight_decay=wd)`` is *decoupled*
 (keras/src/backend/tensorflow/optimizer.py ``_apply_weight_decay``: w <- w - lr * wd * w, applied before
 and outside the momentum update). The SGD adapter therefore adds wd * w to the Keras gradient
-(``parity.optim.adapters._coupled_decay_keras``) and never sets Keras' ``weight_decay``. On a first Nesterov step
+(``parity.optim.adapters.coupled_decay_keras``) and never sets Keras' ``weight_decay``. On a first Nesterov step
 (buffer empty) the two rules differ by exactly lr * mu * wd * w (torch decays by lr * (1 + mu) * wd * w,
 Keras by lr * wd * w): tests/ported_torch/test_keypoints_optim.py measures it."""
 KERAS_NESTEROV_RULE = (
