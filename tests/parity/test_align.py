@@ -32,7 +32,7 @@ def test_alignment_recovers_the_registered_taps(name):
 
 @pytest.fixture(scope="module")
 def user():
-    from tests import user_models
+    from benchmarks import user_models
 
     return user_models
 

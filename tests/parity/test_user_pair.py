@@ -12,7 +12,7 @@ from parity.user.pair import compare, infer_loss, parse_input_shape, spec_from_u
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
 
-from tests import user_models  # noqa: E402
+from benchmarks import user_models  # noqa: E402
 
 
 @pytest.fixture
