@@ -8,23 +8,157 @@ parameters, 0.91 GB per float64 copy). Held in memory they add up to 8-12 GB; sp
 array at a time while comparing (the page cache, which the kernel can evict, holds the rest).
 
 Arrays below :data:`SPILL_MIN_BYTES` stay in memory. Files are ``.npy`` read back with
-``allow_pickle=False``; the directory is removed when the store is closed or garbage-collected.
+``allow_pickle=False``.
+
+The directory never outlives its process: it is removed when the store is closed or garbage-collected, at
+interpreter exit, on Ctrl-C (``KeyboardInterrupt`` unwinds through the closes) and on ``SIGTERM`` (what CI
+runners, ``timeout`` and container stops send: while a store is open, SIGTERM raises ``SystemExit(128 + 15)``
+so the same closes run; a handler the program installed itself is kept and called). A process killed outright
+(``SIGKILL``, power loss) cannot clean up: each directory is named ``parity-spill-<pid>-…`` and holds a marker
+(:data:`MARKER`, host and pid), and every new store removes the directories of processes on this host that no
+longer exist. A full disk is a :class:`parity.core.errors.UsageError` naming the directory and what it needed.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import json
 import os
+import re
 import shutil
+import signal
+import socket
+import stat
 import tempfile
+import threading
 import weakref
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Iterator
 
 import numpy as np
 
+from parity.core.errors import UsageError
+
 #: arrays at least this large go to disk (1 MiB: a conv kernel of a small model stays in memory)
 SPILL_MIN_BYTES = 1 << 20
 #: environment variable naming the parent directory of spill directories (default: the system temp dir)
 SPILL_DIR_ENV = "PARITY_SPILL_DIR"
+#: prefix of every spill directory; the creating process's pid follows (``parity-spill-<pid>-<random>``)
+SPILL_PREFIX = "parity-spill-"
+#: file inside each spill directory saying who made it (JSON: host, pid); only such directories are removed
+MARKER = ".parity-spill.json"
+#: exit status of a process ended by SIGTERM while a store was open (the shell's 128 + signal number)
+SIGTERM_EXIT = 128 + signal.SIGTERM
+_DIR_NAME = re.compile(re.escape(SPILL_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+#: errno values meaning "the disk (or the user's quota) is full"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _spill_root(root: str | None) -> str:
+    return root or os.environ.get(SPILL_DIR_ENV) or tempfile.gettempdir()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale(root: str | None = None) -> list[str]:
+    """Remove the spill directories under ``root`` (default: the spill root) left by processes of this host
+    that no longer exist. Only directories named ``parity-spill-<pid>-…``, owned by this user, holding a
+    :data:`MARKER` that names this host and that pid are touched. Returns the removed paths."""
+    root = _spill_root(root)
+    host = socket.gethostname()
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _DIR_NAME.fullmatch(entry.name)
+        if not m:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            with open(os.path.join(entry.path, MARKER), encoding="utf-8") as f:
+                owner = json.loads(f.read(4096))
+        except (OSError, ValueError):
+            continue
+        pid = int(m.group(1))
+        if not isinstance(owner, dict) or owner.get("host") != host or owner.get("pid") != pid:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.path)
+    return removed
+
+
+def _remove_dir(path: str, pid: int) -> None:
+    """Finalizer: remove a store's directory, only in the process that made it (a forked child inherits the
+    finalizer but not the directory), and stop holding SIGTERM for it."""
+    if os.getpid() == pid:
+        shutil.rmtree(path, ignore_errors=True)
+    _Sigterm.release()
+
+
+class _Sigterm:
+    """SIGTERM -> ``SystemExit(SIGTERM_EXIT)`` while at least one store is open, so ``finally`` blocks and
+    ``close()`` run as they do for Ctrl-C; the previous handler comes back when the last store closes."""
+
+    lock = threading.Lock()
+    open_stores = 0
+    previous: Any = None
+    installed = False
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls.lock:
+            cls.open_stores += 1
+            if cls.installed or threading.current_thread() is not threading.main_thread():
+                return
+            try:
+                current = signal.getsignal(signal.SIGTERM)
+                if current == signal.SIG_IGN:
+                    return
+                signal.signal(signal.SIGTERM, cls.handle)
+            except (ValueError, OSError):  # pragma: no cover - not the main thread of the main interpreter
+                return
+            cls.previous, cls.installed = current, True
+
+    @classmethod
+    def release(cls) -> None:
+        with cls.lock:
+            cls.open_stores = max(cls.open_stores - 1, 0)
+            if cls.open_stores or not cls.installed:
+                return
+            if threading.current_thread() is threading.main_thread():
+                with contextlib.suppress(ValueError, OSError, TypeError):
+                    if signal.getsignal(signal.SIGTERM) == cls.handle:
+                        signal.signal(signal.SIGTERM, cls.previous if cls.previous is not None else signal.SIG_DFL)
+                    cls.installed = False
+
+    @staticmethod
+    def handle(signum, frame):
+        prev = _Sigterm.previous
+        if callable(prev) and prev not in (signal.SIG_DFL, signal.SIG_IGN):
+            prev(signum, frame)
+        if not _Sigterm.open_stores:  # every store closed from another thread: the default action
+            signal.signal(signal.SIGTERM, prev if prev is not None else signal.SIG_DFL)
+            _Sigterm.installed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise SystemExit(SIGTERM_EXIT)
 
 
 class Spilled:
@@ -51,11 +185,36 @@ class SpillStore:
     def __init__(self, min_bytes: int | None = None, root: str | None = None, digests: bool = False):
         self.min_bytes = SPILL_MIN_BYTES if min_bytes is None else min_bytes
         self.digests = digests
-        self.dir = tempfile.mkdtemp(prefix="parity-spill-", dir=root or os.environ.get(SPILL_DIR_ENV) or None)
+        parent = _spill_root(root)
+        remove_stale(parent)
+        pid = os.getpid()
+        try:
+            self.dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{pid}-", dir=parent)
+        except OSError as exc:
+            raise UsageError(f"spill directory: expected a writable directory {parent} (set {SPILL_DIR_ENV} to "
+                             f"choose another). Received: {exc.strerror or exc}.") from None
+        _Sigterm.acquire()
+        self._finalizer = weakref.finalize(self, _remove_dir, self.dir, pid)
         self._n = 0
         self.bytes_written = 0
         self.files = 0
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.dir, True)
+        try:
+            with open(os.path.join(self.dir, MARKER), "w", encoding="utf-8") as f:
+                json.dump({"host": socket.gethostname(), "pid": pid}, f)
+        except OSError as exc:
+            self._finalizer()
+            self._disk_full(exc, 0)
+
+    def _disk_full(self, exc: OSError, needed: int):
+        if exc.errno in DISK_FULL:
+            free = ""
+            with contextlib.suppress(OSError):
+                free = f", {shutil.disk_usage(os.path.dirname(self.dir)).free / 1e6:.1f} MB free"
+            raise UsageError(f"spill directory {self.dir}: expected room for {needed / 1e6:.1f} MB more "
+                             f"({self.bytes_written / 1e6:.1f} MB written so far{free}). Received: "
+                             f"{os.strerror(exc.errno)}. Free disk space or set {SPILL_DIR_ENV} to a directory on "
+                             "a larger disk.") from None
+        raise exc
 
     def put(self, a) -> Spilled | np.ndarray:
         a = np.asarray(a)
@@ -63,13 +222,16 @@ class SpillStore:
             return np.array(a)  # a copy: the caller's buffer (a TF/torch tensor's memory) may be reused
         self._n += 1
         path = os.path.join(self.dir, f"{self._n:06d}.npy")
-        np.save(path, a, allow_pickle=False)  # (not ascontiguousarray: it makes a 0-d array 1-d)
+        try:
+            np.save(path, a, allow_pickle=False)  # (not ascontiguousarray: it makes a 0-d array 1-d)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            self._disk_full(exc, a.nbytes)
         self.bytes_written += a.nbytes
         self.files += 1
         digest = None
         if self.digests:
-            import hashlib
-
             digest = hashlib.blake2b(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
         return Spilled(path, a, digest)
 

@@ -23,16 +23,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import platform
+import re
+import stat
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
 
-from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.backends.keras_side import ReferenceRun, run_reference
+from parity.backends.weights import load_weight_file
+from parity.core.atomic import atomic_output, check_output_path
+from parity.core.errors import UsageError
+from parity.core.options import ALL_STAGES, optimizer_spec, parse_stages
+from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap, resolve
+from parity.core.spill import SPILL_MIN_BYTES, SpillDict, Spilled, SpillStore
+from parity.harness import check
+from parity.optim.adapters import ParamRef
+from parity.pairs import registry
 
 SCHEMA = "parity.io.trace/1"
 #: safetensors metadata keys
@@ -45,6 +58,11 @@ ARRAY_REF = "__array__"
 #: read from the file when a stage compares them, one at a time (an Xception or GOTURN trace holds several
 #: GB of float64 activations or weights); smaller traces are read whole
 LAZY_TRACE_MIN_BYTES = 256 << 20
+#: deepest nesting of the JSON a trace may hold (a recorded run nests about 6 levels: steps/0/slots/key/slot);
+#: deeper JSON is refused before it is parsed, so no reader recurses on a hostile file
+MAX_TRACE_JSON_DEPTH = 64
+#: config values a trace may carry: JSON scalars and (nested) lists of them; never objects, never code
+CONFIG_SCALARS = (str, int, float, bool, type(None))
 
 #: numpy dtype -> safetensors dtype name (the header's "dtype" field)
 ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "int16": "I16",
@@ -57,8 +75,6 @@ def _pack(obj, key: str, tensors: dict, seen: dict) -> Any:
     its :class:`parity.core.spill.Spilled` handle (not loaded: a spilled run is written one array at a time).
     Equal arrays are stored once: in-memory ones by content, spilled ones by the digest their store computed
     (``parity record``) or else by handle (a layer's input is the previous layer's output)."""
-    from parity.core.spill import Spilled
-
     if isinstance(obj, Spilled):
         ident = (obj.dtype.str, tuple(obj.shape), obj.digest) if obj.digest is not None else ("handle", id(obj))
         if ident in seen:
@@ -103,8 +119,6 @@ def _unpack(obj, tensors, lazy: bool = False) -> Any:
         if set(obj) == {ARRAY_REF}:
             return tensors[obj[ARRAY_REF]]
         if lazy:
-            from parity.core.spill import SpillDict
-
             return SpillDict.from_handles(None, {k: _unpack(v, tensors, lazy) for k, v in obj.items()})
         return {k: _unpack(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -112,29 +126,24 @@ def _unpack(obj, tensors, lazy: bool = False) -> Any:
     return obj
 
 
-def _trace_array_class():
-    from parity.core.spill import Spilled
+class TraceArray(Spilled):
+    """One array of a lazily read trace: a :class:`parity.core.spill.Spilled` whose file is the trace, read with
+    plain file I/O at its offset (not a memory map, whose pages would stay resident while the replay runs)."""
 
-    class TraceArray(Spilled):
-        """One array of a lazily read trace: a :class:`parity.core.spill.Spilled` whose file is the trace, read with
-        plain file I/O at its offset (not a memory map, whose pages would stay resident while the replay runs)."""
+    __slots__ = ("offset",)
 
-        __slots__ = ("offset",)
+    def __init__(self, path: str, offset: int, shape, dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        self.digest = None
 
-        def __init__(self, path: str, offset: int, shape, dtype):
-            self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
-            self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-            self.digest = None
-
-        def load(self) -> np.ndarray:
-            n = int(np.prod(self.shape, dtype=np.int64))
-            a = np.fromfile(self.path, dtype=self.dtype.newbyteorder("<"), count=n, offset=self.offset)
-            if a.size != n:
-                raise ValueError(f"trace {self.path}: expected {n} values at byte {self.offset}. Received: "
-                                 f"{a.size} (the file was truncated or replaced). Record it again.")
-            return a.astype(self.dtype, copy=False).reshape(self.shape)
-
-    return TraceArray
+    def load(self) -> np.ndarray:
+        n = int(np.prod(self.shape, dtype=np.int64))
+        a = np.fromfile(self.path, dtype=self.dtype.newbyteorder("<"), count=n, offset=self.offset)
+        if a.size != n:
+            raise UsageError(f"trace {self.path}: expected {n} values at byte {self.offset}. Received: "
+                             f"{a.size} (the file was truncated or replaced). Record it again.")
+        return a.astype(self.dtype, copy=False).reshape(self.shape)
 
 
 def write_trace(path: str, run, *, extra_meta: dict | None = None) -> int:
@@ -142,7 +151,8 @@ def write_trace(path: str, run, *, extra_meta: dict | None = None) -> int:
     ``safetensors.numpy.save_file`` needs every array in memory, and builds the file's bytes at once). The
     layout is safetensors': an 8-byte little-endian header length, the JSON header (``dtype``, ``shape``,
     ``data_offsets`` per tensor, ``__metadata__``), padded with spaces to 8 bytes, then the buffers in
-    offset order. Written to ``path + ".tmp"`` and renamed. Returns the number of arrays."""
+    offset order. Written atomically (:mod:`parity.core.atomic`: a temporary file in the same directory, fsync,
+    rename; removed on any failure). Returns the number of arrays."""
     tensors, metadata = _plan(run, extra_meta)
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
@@ -156,8 +166,7 @@ def write_trace(path: str, run, *, extra_meta: dict | None = None) -> int:
         offset += nbytes
     head = json.dumps(header, separators=(",", ":"), allow_nan=True).encode("utf-8")
     head += b" " * (-len(head) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_output(path, "wb") as f:
         f.write(len(head).to_bytes(8, "little"))
         f.write(head)
         for key, src in tensors.items():
@@ -165,7 +174,6 @@ def write_trace(path: str, run, *, extra_meta: dict | None = None) -> int:
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
             f.write(memoryview(a.reshape(-1)).cast("B"))
             del a
-    os.replace(tmp, path)
     return len(tensors)
 
 
@@ -206,8 +214,6 @@ def _builder_string(target) -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    import sys
-
     out = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
     for mod in ("tensorflow", "keras", "torch", "h5py"):
         m = sys.modules.get(mod)
@@ -258,12 +264,8 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
            reference=None, port=None, progress: Callable[[str], None] | None = None) -> tuple[str, str]:
     """Run the reference side only and store the run at ``path`` (safetensors). Returns (path, summary line).
 
-    ``port``: the port builder ``module:function`` that ``replay`` uses by default (your own models;
-    registered pairs default to the pair's port)."""
-    from parity.core.errors import UsageError
-    from parity.backends.weights import load_weight_file
-    from parity.core.options import optimizer_spec, parse_stages
-
+    ``port``: the port builder ``module:function`` of your own models, stored in the trace as information only:
+    ``replay`` never runs a builder a trace names (it needs ``--port``); a registered pair is found by name."""
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     if reference is not None:
@@ -279,19 +281,12 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
     if batch < 2 and stage_set & {"forward_train", "gradients", "step"}:
         raise UsageError(f"--batch: expected >= 2 for train-mode stages (BatchNorm needs a batch). Received: {batch}.")
     opt = optimizer_spec(spec, optimizer)
-    out_dir = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"--output {path}: expected a file in an existing directory. Received: no directory "
-                         f"{out_dir}. Create it first.")
+    check_output_path(path, "--output")
     port_builder = port if isinstance(port, str) else _builder_string(port if port is not None else spec.port)
-
-    from parity.backends.keras_side import run_reference
 
     wfile = None
     if weights is not None:
         wfile = (lambda expected: load_weight_file(spec, weights, expected))
-    from parity.core.spill import SpillStore
-
     # the run waits on disk, and is written to the trace one array at a time; digests: equal arrays once
     store = SpillStore(digests=True)
     try:
@@ -325,48 +320,108 @@ def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights) -> 
 
 
 def _is_registered(spec: PairSpec) -> bool:
-    from parity.pairs import registry
-
     try:
         return registry.get(spec.name) is spec or registry.get(spec.name).port == spec.port
     except KeyError:
         return False
 
 
+# -- reading an untrusted file ----------------------------------------------------------------------------------
+def _bad_trace(path: str, received: str, todo: str = "Record it again with `parity record`.") -> UsageError:
+    return UsageError(f"replay {path}: expected a trace file written by `parity record`. Received: {received}. {todo}")
+
+
+def _check_regular_file(path: str) -> int:
+    """The size of ``path`` if it is a regular file; a named pipe, a device or a directory is refused at once
+    (opening a pipe for reading would wait for a writer forever)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _bad_trace(path, "no such file", "Check the path.") from None
+    except OSError as exc:
+        raise _bad_trace(path, f"a path that cannot be read ({exc.strerror})", "Check the path.") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
+                else "a device or socket, not a regular file")
+        raise _bad_trace(path, kind, "Pass the .safetensors file `parity record -o` wrote.")
+    return st.st_size
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of ``[`` / ``{`` in JSON ``text``, counted without parsing (strings removed first), so a
+    hostile document cannot make a recursive parser overflow the stack."""
+    bare = _JSON_STRING.sub("", text).encode("utf-8", "replace")
+    if not bare:
+        return 0
+    b = np.frombuffer(bare, dtype=np.uint8)
+    step = (np.isin(b, (ord("["), ord("{"))).astype(np.int64) - np.isin(b, (ord("]"), ord("}"))).astype(np.int64))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _json_loads_bounded(path: str, text: str, what: str):
+    depth = json_depth(text)
+    if depth > MAX_TRACE_JSON_DEPTH:
+        raise _bad_trace(path, f"{what} nested {depth} levels deep (at most {MAX_TRACE_JSON_DEPTH})")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _bad_trace(path, f"{what} that is not valid JSON ({_one_line(exc)})") from None
+
+
+def _short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 # -- load / replay ---------------------------------------------------------------------------------------------
 def load_trace(path: str, lazy: bool | None = None):
     """Read a trace: the :class:`ReferenceRun` (``meta["trace_path"]`` set) and the raw JSON body.
-    A missing or foreign file is a :class:`parity.core.errors.UsageError` (one line). ``lazy`` (default: files of
-    :data:`LAZY_TRACE_MIN_BYTES` or more) keeps the file open and reads each large array when it is compared."""
-    from parity.core.errors import UsageError
-    from parity.optim.adapters import ParamRef
-    from parity.backends.keras_side import ReferenceRun
-
-    if not os.path.isfile(path):
-        raise UsageError(f"replay {path}: expected a trace file written by `parity record`. Received: no such file. "
-                         "Check the path.")
+    A missing, foreign or hostile file is a :class:`parity.core.errors.UsageError` (one line): only regular files
+    are opened, the JSON's nesting is bounded (:data:`MAX_TRACE_JSON_DEPTH`) before it is parsed, and every
+    array is read by safetensors, whose header bounds each tensor by the file's size. Nothing in the file is
+    imported or called. ``lazy`` (default: files of :data:`LAZY_TRACE_MIN_BYTES` or more) keeps the file open
+    and reads each large array when it is compared."""
+    size = _check_regular_file(path)
     try:
         from safetensors import safe_open
         from safetensors.numpy import load_file
 
         with safe_open(path, framework="numpy") as f:
             metadata = f.metadata() or {}
-        if metadata.get(SCHEMA_KEY) != SCHEMA or META_KEY not in metadata:
-            raise UsageError(f"replay {path}: expected a parity trace ({SCHEMA}). Received: a safetensors file "
-                             f"with schema {metadata.get(SCHEMA_KEY)!r}. Record one with `parity record`.")
-        body = json.loads(metadata[META_KEY])
-        if lazy is None:
-            lazy = os.path.getsize(path) >= LAZY_TRACE_MIN_BYTES
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
+        raise UsageError(f"replay {path}: expected a safetensors trace written by `parity record`. Received: "
+                         f"a file that does not read as one ({type(exc).__name__}: {_one_line(exc)}). "
+                         "Record it again.") from None
+    if metadata.get(SCHEMA_KEY) != SCHEMA or META_KEY not in metadata:
+        raise UsageError(f"replay {path}: expected a parity trace ({SCHEMA}). Received: a safetensors file "
+                         f"with schema {_short_repr(metadata.get(SCHEMA_KEY))}. Record one with `parity record`.")
+    body = _json_loads_bounded(path, metadata[META_KEY], "metadata")
+    if not isinstance(body, dict):
+        raise _bad_trace(path, f"metadata holding a JSON {type(body).__name__}, not an object")
+    if lazy is None:
+        lazy = size >= LAZY_TRACE_MIN_BYTES
+    try:
         tensors = _lazy_tensors(path) if lazy else load_file(path)
     except UsageError:
         raise
     except Exception as exc:
-        what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"replay {path}: expected a safetensors trace written by `parity record`. Received: "
-                         f"a file that does not read as one ({type(exc).__name__}: {what}). Record it again.") from None
+                         f"a file that does not read as one ({type(exc).__name__}: {_one_line(exc)}). "
+                         "Record it again.") from None
     try:
         meta = _unpack(body["meta"], tensors)
+        if not isinstance(meta, dict):
+            raise TypeError("meta")
         meta["trace_path"] = path
+
         def now(name):  # fields read whole (inputs, labels: one batch each)
             return [a.load() if hasattr(a, "load") else a for a in _unpack(body[name], tensors)]
 
@@ -384,78 +439,180 @@ def load_trace(path: str, lazy: bool | None = None):
             bn_n=body["bn_n"], loss=body["loss"], act_grads=view("act_grads"),
             param_grads=view("param_grads"), steps=view("steps"),
             seconds=body["seconds"])
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"replay {path}: expected a complete {SCHEMA} trace. Received: missing or malformed "
-                         f"entry {exc}. Record it again with this version of parity.") from None
+                         f"entry {_one_line(exc)}. Record it again with this version of parity.") from None
     return run, body
 
 
 def _lazy_tensors(path: str) -> dict[str, Any]:
     """key -> array (small, read now) or :class:`TraceArray` (large, read on access) of a safetensors file
     that ``safe_open`` has already accepted, from its JSON header (dtype, shape, data offsets)."""
-    from parity.core.spill import SPILL_MIN_BYTES
-
     names = {v: k for k, v in ST_DTYPES.items()}
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
+        header = _json_loads_bounded(path, f.read(n).decode("utf-8"), "a safetensors header")
     base = 8 + n
-    trace_array = _trace_array_class()
     out: dict[str, Any] = {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
         begin, _ = info["data_offsets"]
-        h = trace_array(path, base + int(begin), info["shape"], names[info["dtype"]])
+        h = TraceArray(path, base + int(begin), info["shape"], names[info["dtype"]])
         out[key] = h if h.nbytes >= SPILL_MIN_BYTES else h.load()
     return out
 
 
-def spec_for_trace(run, port: str | None = None) -> PairSpec:
-    """The pair a trace was recorded for: the registered spec by name, or (your own models) a spec rebuilt
-    from the trace (taps, loss, optimizer, conventions) whose port is the recorded (or given) builder."""
-    from parity.pairs import registry
-    from parity.core.errors import UsageError
+# -- what a trace may say -----------------------------------------------------------------------------------------
+def _plain(value, depth: int = 0) -> bool:
+    """A JSON scalar or a (nested, shallow) list of them: the only config values a trace may carry."""
+    if isinstance(value, CONFIG_SCALARS):
+        return not (isinstance(value, float) and not np.isfinite(value))
+    return isinstance(value, list) and depth < 4 and all(_plain(v, depth + 1) for v in value)
 
+
+def _type_ok(value, like) -> bool:
+    """``value`` (from a file) has the type of ``like`` (the builder's default / the pair's default config)."""
+    if like is None:
+        return True
+    if isinstance(like, bool):
+        return isinstance(value, bool)
+    if isinstance(like, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(like, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(like, str):
+        return isinstance(value, str)
+    if isinstance(like, (list, tuple)):
+        return isinstance(value, list)
+    return False
+
+
+def validated_config(config, builder: Callable, defaults: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``config`` read from a file, checked against ``builder``'s signature: every key a named parameter (or,
+    where the builder takes ``**kwargs``, a key of the pair's ``defaults``), every value a JSON scalar or list of
+    the parameter's type (its default's, or the pair's default config's). Lists become tuples where the default
+    is a tuple. Anything else is a :class:`UsageError`; nothing is called."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise UsageError(f"{where}: expected the config as a JSON object. Received: {type(config).__name__}. "
+                         "Record the trace again.")
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        params = {}
+    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    out = {}
+    for key, value in config.items():
+        if key not in named and not (var_kw and key in defaults):
+            allowed = sorted(set(named) | (set(defaults) if var_kw else set()))
+            raise UsageError(f"{where}: expected config keys among the builder's parameters "
+                             f"({', '.join(allowed) or 'none'}). Received: {str(key)[:80]!r}. Record the trace again "
+                             "with this pair.")
+        like = defaults.get(key)
+        if like is None and key in named and named[key].default is not inspect.Parameter.empty:
+            like = named[key].default
+        if not _plain(value) or not _type_ok(value, like):
+            raise UsageError(f"{where}: expected config {key!r} to be a {type(like).__name__ if like is not None else 'JSON scalar'}"
+                             f". Received: {str(value)[:80]!r} ({type(value).__name__}). Record the trace again.")
+        out[key] = tuple(value) if isinstance(like, tuple) and isinstance(value, list) else value
+    return out
+
+
+def _validated_meta(meta: dict, path: str) -> None:
+    """The run settings a trace carries, checked as data (types and ranges) before anything uses them."""
+    where = f"replay {path}"
+
+    def need(key, ok, expected):
+        if key not in meta or not ok(meta[key]):
+            got = str(meta.get(key, "nothing"))[:80]
+            raise UsageError(f"{where}: expected {key} {expected}. Received: {got!r}. Record the trace again.")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need("pair", lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a pair name")
+    need("dtype", lambda v: v in ("float32", "float64"), "float32 or float64")
+    need("seed", lambda v: is_int(v) and 0 <= v < 2**63, "an integer >= 0")
+    need("batch", lambda v: is_int(v) and 1 <= v <= 1 << 20, "an integer >= 1")
+    need("steps", lambda v: is_int(v) and 1 <= v <= 1 << 20, "an integer >= 1")
+    need("stages", lambda v: isinstance(v, list) and all(s in ALL_STAGES for s in v),
+         f"a list among {', '.join(ALL_STAGES)}")
+    need("optimizer", lambda v: isinstance(v, dict), "an object")
+    fields = {f.name: f for f in dataclasses.fields(OptimizerSpec)}
+    defaults = OptimizerSpec()
+    for key, value in meta["optimizer"].items():
+        if key not in fields:
+            continue
+        like = getattr(defaults, key)
+        ok = (isinstance(value, dict) and all(isinstance(k, str) and _type_ok(v, 0.0) for k, v in value.items())
+              if isinstance(like, dict) else _plain(value) and _type_ok(value, like)
+              and (not isinstance(value, list) or all(_type_ok(v, 0.0) for v in value)))
+        if not ok:
+            raise UsageError(f"{where}: expected optimizer {key} of type {type(like).__name__}. Received: "
+                             f"{str(value)[:80]!r}. Record the trace again.")
+    for c in meta.get("conventions") or ():
+        if not (isinstance(c, dict) and all(isinstance(v, str) for v in c.values())
+                and set(c) <= {f.name for f in dataclasses.fields(Convention)}):
+            raise UsageError(f"{where}: expected conventions as objects of strings. Received: {str(c)[:80]!r}. "
+                             "Record the trace again.")
+
+
+def spec_for_trace(run, port: str | Callable | None = None) -> PairSpec:
+    """The pair a trace was recorded for. A trace only *names* a pair: a registered pair is taken from the
+    registry by that name; for your own models the port builder comes from ``port`` (``--port`` or the Python
+    call), never from the file, and the spec is rebuilt from the trace's data (taps, loss, optimizer,
+    conventions)."""
     meta = run.meta
+    path = meta.get("trace_path")
     name = meta["pair"]
-    if meta.get("registered", True):
-        try:
-            return registry.get(name)
-        except registry.UnknownPair:
-            if not (port or meta.get("port")):
-                raise
-    builder = port or meta.get("port")
-    if not builder:
-        raise UsageError(f"replay {meta.get('trace_path')}: expected a port builder for pair {name!r} (your own "
-                         "models). Received: none recorded. Pass --port MODULE:FUNCTION.")
+    if meta.get("registered", True) is not False and name in registry.names():
+        return registry.get(name)
+    if not port:
+        raise UsageError(f"replay {path}: expected --port MODULE:FUNCTION for pair {name[:80]!r}, which is not a "
+                         f"registered pair. Received: no --port. Name your port builder: a trace never chooses the "
+                         "code replay runs.")
     loss = meta.get("loss") or {}
     opt = optimizer_from_dict(meta["optimizer"]) if meta.get("optimizer") else OptimizerSpec()
     taps = list(run.taps)
-    shape = tuple(meta.get("input_shape") or ())
-    return PairSpec(name=name, summary=meta.get("summary", f"trace of {name}"), reference="<trace>", port=builder,
-                    taps=lambda c, t=taps: t, input_shape=lambda c, s=shape: s,
+    shape = tuple(int(d) for d in (meta.get("input_shape") or ()))
+    return PairSpec(name=name, summary=str(meta.get("summary", f"trace of {name}"))[:200], reference="<trace>",
+                    port=port, taps=lambda c, t=taps: t, input_shape=lambda c, s=shape: s,
                     target=lambda c: ("unknown", 0),
-                    loss=LossSpec(loss.get("name", "categorical_crossentropy"), loss.get("reduction", "mean")),
+                    loss=LossSpec(str(loss.get("name", "categorical_crossentropy")),
+                                  str(loss.get("reduction", "mean"))),
                     optimizer=opt,
                     conventions=tuple(Convention(**c) for c in meta.get("conventions") or ()),
-                    default_config=dict(meta.get("config") or {}), default_batch=int(meta["batch"]))
+                    default_config={}, default_batch=int(meta["batch"]))
 
 
-def replay(trace_path: str, *, port: str | None = None, stages=None, device: str = "cpu",
+def _resolve_port(port, where: str) -> Callable:
+    """The port builder named on the command line (or passed as a callable) — never one read from a file."""
+    if callable(port):
+        return port
+    if not isinstance(port, str) or not re.fullmatch(r"[\w.]+:[\w.]+", port):
+        raise UsageError(f"--port: expected MODULE:FUNCTION. Received: {str(port)[:80]!r}.")
+    try:
+        return resolve(port)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--port {port}: expected an importable MODULE:FUNCTION. Received: "
+                         f"{type(exc).__name__}: {_one_line(exc)}. Check the name and that its module is on "
+                         "the path.") from None
+
+
+def replay(trace_path: str, *, port: str | Callable | None = None, stages=None, device: str = "cpu",
            progress: Callable[[str], None] | None = None):
-    """Check a port against a recorded trace (PyTorch only). ``port`` overrides the pair's (or the recorded)
-    port builder; ``stages`` must be among the recorded ones (default: all recorded). Returns the
-    :class:`parity.core.results.CheckResult`."""
-    from parity.core.errors import UsageError
-    from parity.core.options import parse_stages
-    from parity.harness import check
-
+    """Check a port against a recorded trace (PyTorch only). ``port`` overrides a registered pair's port and is
+    required for your own models (a trace names its pair but never the code replay runs); ``stages`` must be
+    among the recorded ones (default: all recorded). Returns the :class:`parity.core.results.CheckResult`."""
     say = progress or (lambda msg: None)
     say(f"replay: read {trace_path}")
     run, _ = load_trace(trace_path)
     meta = run.meta
-    recorded = tuple(meta.get("stages") or ())
+    _validated_meta(meta, trace_path)
+    recorded = tuple(meta["stages"])
     if not stages:
         wanted = recorded
     else:
@@ -464,8 +621,16 @@ def replay(trace_path: str, *, port: str | None = None, stages=None, device: str
     if missing:
         raise UsageError(f"--stages: expected stages recorded in the trace ({', '.join(recorded)}). Received: "
                          f"{', '.join(missing)}. Record them with `parity record --stages ...`.")
-    spec = spec_for_trace(run, port)
+    try:
+        spec = spec_for_trace(run, port)
+    except (TypeError, ValueError, KeyError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise _bad_trace(trace_path, f"a malformed pair description ({_one_line(exc)})") from None
+    builder = _resolve_port(port if port is not None else spec.port, f"replay {trace_path}")
+    meta["config"] = validated_config(meta.get("config"), builder, spec.default_config,
+                                      f"replay {trace_path}: config")
     opt = optimizer_from_dict(meta["optimizer"])
     return check(spec, stages=wanted, dtype=meta["dtype"], device=device, batch=int(meta["batch"]),
                  seed=int(meta["seed"]), optimizer=opt, steps=int(meta["steps"]), config=None,
-                 port=port or meta.get("port"), reference_run=run, progress=say)
+                 port=builder, reference_run=run, progress=say)

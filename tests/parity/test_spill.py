@@ -147,3 +147,88 @@ def test_a_reference_model_the_check_built_is_released_before_the_port_runs():
                         optimizer=spec.optimizer, steps=1, stages={"forward_eval", "gradients", "step"})
     assert len(built) == 1 and built[0]() is None
     assert run.steps and run.param_grads  # the results outlive the model
+
+
+# -- faults: SIGTERM, processes killed outright, a full disk -----------------------------------------------------
+_SIGTERM_CHILD = """
+import os, sys, time
+import numpy as np
+from parity.core.spill import SpillStore
+store = SpillStore(min_bytes=0, root=sys.argv[1])
+store.put(np.zeros(1000))
+print(store.dir, flush=True)
+try:
+    time.sleep(60)
+finally:
+    store.close()
+"""
+
+
+def _child(tmp_path, code: str):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_removes_the_spill_directory_and_exits_143(tmp_path):
+    """What CI runners, ``timeout`` and container stops send: the directory goes, as it does for Ctrl-C."""
+    import signal
+
+    proc = _child(tmp_path, _SIGTERM_CHILD)
+    path = proc.stdout.readline().strip()
+    assert os.path.isdir(path) and os.listdir(path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == spill.SIGTERM_EXIT == 143
+    assert not os.path.exists(path) and os.listdir(tmp_path) == []
+
+
+def test_a_new_store_removes_directories_of_processes_that_no_longer_exist(tmp_path):
+    """SIGKILL (or power loss) leaves the directory; the next store on this host removes it. Directories of
+    living processes, of other hosts, of other programs and without parity's marker stay."""
+    import signal
+
+    proc = _child(tmp_path, _SIGTERM_CHILD)
+    dead = proc.stdout.readline().strip()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert os.path.isdir(dead)
+    alive = SpillStore(min_bytes=0, root=str(tmp_path))  # this process: alive
+    other_host = tmp_path / f"{spill.SPILL_PREFIX}{proc.pid}-abc"
+    other_host.mkdir()
+    (other_host / spill.MARKER).write_text('{"host": "elsewhere", "pid": %d}' % proc.pid)
+    no_marker = tmp_path / f"{spill.SPILL_PREFIX}{proc.pid}-xyz"
+    no_marker.mkdir()
+    foreign = tmp_path / "not-parity-123"
+    foreign.mkdir()
+    store = SpillStore(min_bytes=0, root=str(tmp_path))
+    assert not os.path.exists(dead)
+    assert os.path.isdir(alive.dir) and other_host.is_dir() and no_marker.is_dir() and foreign.is_dir()
+    store.close()
+    alive.close()
+
+
+def test_a_full_disk_is_a_usage_error_naming_the_directory_and_the_size(tmp_path, monkeypatch):
+    import errno
+
+    from parity.core.errors import UsageError
+
+    store = SpillStore(min_bytes=0, root=str(tmp_path))
+
+    def full(path, a, allow_pickle=False):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spill.np, "save", full)
+    with pytest.raises(UsageError) as info:
+        store.put(np.zeros((1000, 1000)))
+    msg = str(info.value)
+    assert msg.startswith(f"spill directory {store.dir}: expected room for 8.0 MB more (0.0 MB written so far, ")
+    assert "Received: No space left on device. Free disk space or set PARITY_SPILL_DIR" in msg
+    assert "\n" not in msg
+    assert os.listdir(store.dir) == [spill.MARKER]  # the partial file is gone
+    store.close()
+    assert os.listdir(tmp_path) == []

@@ -154,17 +154,69 @@ def test_replay_imports_no_tensorflow(trace, tmp_path):
     assert lines[-2].startswith("PASSED minixception [float64, cpu, batch 8]: 4 stages")
 
 
-def test_user_models_trace_replays_with_its_recorded_port(tmp_path, capsys):
-    """Your own models: the trace names the port builder, so replay needs neither the reference nor --port."""
+def test_user_models_trace_replays_with_the_port_named_on_the_command_line(tmp_path, capsys):
+    """Your own models: the trace names its pair, never the code replay runs; the port comes from --port."""
     path = str(tmp_path / "user.safetensors")
     assert main(["record", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
                  "-o", path, "--stages", FAST_STAGES, "-q"]) == 0
     capsys.readouterr()
-    assert main(["replay", path, "--out", str(tmp_path / "r1"), "-q"]) == 0
+    assert main(["replay", path, "--out", str(tmp_path / "r0"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"parity: error: replay {path}: expected --port MODULE:FUNCTION for pair "
+                          "'keras_cnn-vs-torch_cnn', which is not a registered pair. Received: no --port."), err
+    assert main(["replay", path, "--port", "benchmarks.user_models:torch_cnn", "--out", str(tmp_path / "r1"),
+                 "-q"]) == 0
     assert _last_line(capsys)[0].startswith("PASSED keras_cnn-vs-torch_cnn [float64, cpu, batch 4]: 2 stages")
     assert main(["replay", path, "--port", "benchmarks.user_models:torch_cnn_symmetric_pad", "--out",
                  str(tmp_path / "r2"), "-q"]) == 1
     assert _last_line(capsys)[0].startswith("FAILED: first divergence at forward_eval conv2")
+
+
+def test_record_to_a_directory_is_refused_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["record", "minixception", "-o", str(out), "--stages", FAST_STAGES, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"parity: error: --output {out}: expected a file name. Received: a directory."), err
+    assert list(tmp_path.rglob("*")) == [out]
+
+
+def test_a_failed_write_leaves_no_temporary_file(trace, tmp_path, monkeypatch):
+    """The trace is written atomically: a failure half-way (here: the disk fills) leaves neither the destination
+    nor a temporary file."""
+    from parity.io import trace as trace_mod
+
+    from parity.core.spill import Spilled
+
+    class FullDisk(Spilled):
+        def __init__(self):
+            self.path, self.shape, self.dtype, self.nbytes, self.digest = "-", (4,), np.dtype("float64"), 32, None
+
+        def load(self):
+            raise OSError(28, "No space left on device")
+
+    run, _ = trace_mod.load_trace(trace, lazy=False)
+    run.eval_acts["zz/last"] = FullDisk()
+    with pytest.raises(OSError, match="No space left"):
+        trace_mod.write_trace(str(tmp_path / "t.safetensors"), run)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_trace_has_the_umask_mode_and_replaces_a_symlink(trace, tmp_path):
+    from parity.io import trace as trace_mod
+
+    run, _ = trace_mod.load_trace(trace, lazy=False)
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    link = tmp_path / "t.safetensors"
+    link.symlink_to(target)
+    old = os.umask(0o022)
+    try:
+        trace_mod.write_trace(str(link), run)
+    finally:
+        os.umask(old)
+    assert target.read_text() == "keep me"                      # never written through the link
+    assert not link.is_symlink() and (link.stat().st_mode & 0o777) == 0o644
 
 
 def test_record_user_models_needs_port(tmp_path, capsys):
