@@ -36,8 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from parity.core.tensors import nhwc_to_nchw, tensor_diff
+from parity.backends.keras_side import set_keras_weights
+from parity.core.env import import_tensorflow
 from parity.core.results import Finding, StageResult
+from parity.core.spec import resolve
+from parity.core.tensors import nhwc_to_nchw, tensor_diff
+from parity.stages.context import CheckContext
 
 #: loggers the exporters chatter on (warnings about torchvision ops, tf2onnx progress)
 _NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "tf2onnx", "absl")
@@ -111,10 +115,6 @@ def export_keras(spec, ref, dtype: str, x_nhwc: np.ndarray, workdir: str) -> tup
     """The reference rebuilt in ``dtype`` with the run's initial weights and exported with
     ``model.export(format="onnx")``. Returns (path, the rebuilt model's own output on ``x_nhwc``). The Keras
     global dtype state and the weights of a model the builder returns as is are restored."""
-    from parity.core.env import import_tensorflow
-    from parity.backends.keras_side import set_keras_weights
-    from parity.core.spec import resolve
-
     keras = import_tensorflow()
     old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
@@ -168,6 +168,17 @@ def _not_run(st: StageResult, t0: float, tap, message: str, fix: str) -> StageRe
     st.skipped = message
     st.seconds = time.perf_counter() - t0
     return st
+
+
+def run(ctx: CheckContext) -> None:
+    """The ONNX leg when the check asked for it (``onnx=True``). It runs while the port holds the weights the
+    reference's eval-mode outputs were computed with: before the training stages update them."""
+    if not ctx.onnx:
+        return
+    ctx.say("onnx: export both sides, run onnxruntime")
+    st = onnx_stage(ctx.spec, ctx.ref, ctx.ts, ctx.taps, dtype=ctx.dtype)
+    ctx.result.stages.append(st)
+    ctx.result.findings += st.findings
 
 
 def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:

@@ -1,0 +1,321 @@
+"""The training stages, over the reference's training batches:
+
+- ``forward_train``: every tap's output with batch statistics, and the BatchNorm running-stat update (torch's
+  unbiased update converted to Keras' biased one, see ``parity.core.conventions``);
+- ``gradients``: the loss, the gradient w.r.t. every tap output and of every parameter;
+- ``step``: one (or ``--steps``) optimizer update(s): parameter updates and optimizer slots;
+- ``trajectory`` (``--steps`` > 1): per-parameter weight divergence, and BatchNorm running statistics, after
+  each step.
+
+The first batch's activations and gradients are compared as the port computes them (no full copy held), then
+released before the optimizer steps.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parity.core.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
+from parity.core.env import trim_heap
+from parity.core.results import StageResult
+from parity.core.tensors import layer_scale_floor, tensor_diff
+from parity.optim.adapters import get_adapter
+from parity.stages.context import TRAIN_STAGES, CheckContext
+from parity.stages.forward import compare_acts, diff_sink, ref_to_port_layout
+from weight_converters.keras import var_to_torch
+
+
+@dataclass(eq=False)
+class Training:
+    """What the training stages carry from one step to the next."""
+
+    n_steps: int
+    refs: list  # the reference's ParamRefs, each bound to the port's parameter
+    params: dict  # the port's parameters by key
+    old_stats: dict  # {BatchNorm tap path: its buffers before the first training forward}
+    adapter: Any = None  # parity.optim.adapters: the optimizer on both sides (None: no step stage)
+    opt_torch: Any = None
+    step: StageResult | None = None
+    traj: StageResult | None = None
+    bn_chain: dict = field(default_factory=dict)  # {path: (torch running_var, its Keras equivalent)}
+    series: dict = field(default_factory=dict)  # {tensor path: [rel after each step]}
+    losses: list = field(default_factory=list)  # the port's loss at each step
+
+
+def run(ctx: CheckContext) -> None:
+    """The training stages asked for, step by step (see the module docstring)."""
+    if not ctx.wants(*TRAIN_STAGES):
+        return
+    tr = start(ctx)
+    for k in range(tr.n_steps):
+        t = time.perf_counter()
+        ctx.say(f"port: train forward + backward (step {k + 1}/{tr.n_steps})")
+        loss, acts, act_diffs, grad_diffs = _forward_backward(ctx, k)
+        if ctx.ts.error:  # the port cannot run a training batch: report what was tapped, stop training stages
+            _report_broken(ctx, acts, act_diffs)
+            return
+        tr.losses.append(loss)
+        if tr.adapter is not None and tr.n_steps > 1:
+            bn_trajectory(ctx, tr, k)
+        if k == 0:
+            if "forward_train" in ctx.stages:
+                ctx.result.stages.append(forward_train_stage(ctx, tr, t, acts, act_diffs))
+            if "gradients" in ctx.stages:
+                ctx.result.stages.append(gradients_stage(ctx, tr, t, loss, acts, grad_diffs))
+            del acts, act_diffs, grad_diffs
+            _release_first_batch(ctx)
+        if tr.adapter is None:
+            break
+        optimizer_step(ctx, tr, k)
+    _finish(ctx, tr)
+
+
+def start(ctx: CheckContext) -> Training:
+    """The port's BatchNorm buffers before training, its parameters bound to the reference's, and (for the
+    step stage) the optimizer."""
+    ts, ref = ctx.ts, ctx.ref
+    old_stats = {t.path: {k: v.detach().clone() for k, v in ts.modules[t.port].named_buffers()}
+                 for t in ctx.taps if t.kind == "batchnorm" and t.port in ts.modules}
+    params = dict(ts.module.named_parameters())
+    refs = [type(r)(r.key, r.layer, r.var, r.kind, params[r.key]) for r in ref.param_refs if r.key in params]
+    tr = Training(n_steps=ctx.steps if "step" in ctx.stages else 1, refs=refs, params=params, old_stats=old_stats)
+    if "step" in ctx.stages:
+        tr.adapter = get_adapter(ctx.optimizer.kind)
+        tr.opt_torch = tr.adapter.torch_optimizer(ctx.optimizer, refs, ref.l2)
+        tr.step = StageResult("step", info={"optimizer": ctx.optimizer.kind, "steps": tr.n_steps})
+        tr.traj = StageResult("trajectory", info={"what": "per-parameter weight divergence, and BatchNorm running "
+                                                          "statistics, after each step"})
+    return tr
+
+
+def _forward_backward(ctx: CheckContext, k: int):
+    """The port's training forward and backward on batch ``k``: (loss, {path: output shape}, activation diffs,
+    activation-gradient diffs). Batch 0's activations and gradients are compared as the port computes them."""
+    ref, ts = ctx.ref, ctx.ts
+    act_sink, act_diffs = diff_sink(ref.train_acts if "forward_train" in ctx.stages else {}, ctx.tol["forward_train"])
+    grad_sink, grad_diffs = diff_sink(ref.act_grads if "gradients" in ctx.stages else {}, ctx.tol["gradients"],
+                                      suffix=":grad")
+    loss = ts.train_forward_backward(ref.inputs[k], ref.labels[k], ctx.spec.port_loss or ctx.spec.loss,
+                                     sink=act_sink if k == 0 else None, grad_sink=grad_sink)
+    acts = {p: r.output for p, r in ts.records.items()} if k == 0 else {}
+    return loss, acts, act_diffs, grad_diffs
+
+
+def _report_broken(ctx: CheckContext, acts, act_diffs) -> None:
+    """The port raised in its training forward: what was tapped, and the later training stages not run."""
+    error = ctx.ts.error
+    st = StageResult("forward_train", errors=[error])
+    compare_acts(st, ctx.taps, ctx.ref.train_acts, acts, ctx.tol["forward_train"], ctx.ts, diffs=act_diffs)
+    ctx.result.stages.append(st)
+    for name in ("gradients", "step"):
+        if name in ctx.stages:
+            ctx.result.stages.append(StageResult(name, errors=[f"not run: {error}"]))
+
+
+def _release_first_batch(ctx: CheckContext) -> None:
+    """Nothing after the first batch reads its activations or their gradients."""
+    ctx.ts.records = {}
+    if ctx.frees_reference:
+        ctx.ref.train_acts, ctx.ref.act_grads = {}, {}
+    gc.collect(1)
+    trim_heap()
+
+
+def _momentum(mod) -> float:
+    """torch BatchNorm's update weight (``momentum=None``: a cumulative average, weight 1/num_batches_tracked)."""
+    return mod.momentum if mod.momentum is not None else 1.0 / float(mod.num_batches_tracked.item())
+
+
+# -- forward_train ----------------------------------------------------------------------------------------------
+def forward_train_stage(ctx: CheckContext, tr: Training, t0: float, acts, act_diffs) -> StageResult:
+    st = StageResult("forward_train", info={"running_var": RUNNING_VAR_CONVENTION})
+    compare_acts(st, ctx.taps, ctx.ref.train_acts, acts, ctx.tol["forward_train"], ctx.ts, diffs=act_diffs)
+    st.tensors += _bn_stat_diffs(ctx, tr)
+    st.seconds = time.perf_counter() - t0 + ctx.ref.seconds.get("train", 0.0)
+    return st
+
+
+def _bn_stat_diffs(ctx: CheckContext, tr: Training) -> list:
+    """Each BatchNorm's running mean and variance after the first batch against the reference's moving
+    statistics (torch's unbiased variance update converted to Keras' biased one)."""
+    ref, btol, out = ctx.ref, ctx.tol["bn_stats"], []
+    for tap in ctx.taps:
+        if tap.kind != "batchnorm" or tap.ref not in ref.bn_stats or tap.path not in tr.old_stats:
+            continue
+        mod = ctx.ts.modules[tap.port]
+        if getattr(mod, "running_mean", None) is None:
+            continue
+        n = ref.bn_n[tap.ref]
+        new_var = mod.running_var.detach().cpu().double().numpy()
+        old_var = tr.old_stats[tap.path]["running_var"].cpu().double().numpy()
+        keras_equiv = unbiased_to_biased_update(new_var, old_var, _momentum(mod), n)
+        out.append(tensor_diff(f"{tap.path}:running_mean", ref.bn_stats[tap.ref]["moving_mean"],
+                               mod.running_mean.detach().cpu().numpy(), btol))
+        out.append(tensor_diff(f"{tap.path}:running_var", ref.bn_stats[tap.ref]["moving_variance"],
+                               keras_equiv, btol, note="torch unbiased update -> biased (n=%d)" % n))
+    return out
+
+
+# -- gradients --------------------------------------------------------------------------------------------------
+def gradients_stage(ctx: CheckContext, tr: Training, t0: float, loss, acts, grad_diffs) -> StageResult:
+    ref, tol = ctx.ref, ctx.tol["gradients"]
+    st = StageResult("gradients")
+    st.tensors.append(tensor_diff("loss", np.array(ref.loss), np.array(loss), tol))
+    for tap in ctx.taps:
+        if tap.path not in ref.act_grads or tap.path not in acts or tap.port_transform:
+            continue
+        if tap.path in grad_diffs:
+            st.tensors.append(grad_diffs[tap.path])
+        else:  # no gradient reached this output in the port (it does not feed the loss): zeros
+            st.tensors.append(tensor_diff(f"{tap.path}:grad", ref_to_port_layout(tap, ref.act_grads[tap.path]),
+                                          np.zeros(acts[tap.path]), tol))
+    _param_grads(ctx, tr, st)
+    st.seconds = time.perf_counter() - t0 + ref.seconds.get("train", 0.0)
+    return st
+
+
+def _param_grads(ctx: CheckContext, tr: Training, st: StageResult) -> None:
+    """Every parameter's gradient, judged against its layer's scale (``layer_scale_floor``)."""
+    ref = ctx.ref
+    pdiffs, where = [], {}
+    for r in ref.param_refs:
+        tap = ctx.tap_by_ref.get(r.layer)
+        suffix = r.key[len(tap.port) + 1:] if tap is not None and tap.port else r.key
+        path = f"{tap.path if tap else r.layer}:{suffix}.grad"
+        if tap is None or r.var not in ref.param_grads.get(r.layer, {}):
+            continue
+        if r.key not in tr.params:
+            st.errors.append(f"{path}: port has no parameter {r.key}")
+            continue
+        d = _grad_diff(ctx, tr, r, tap, path)
+        pdiffs.append(d)
+        where[id(d)] = (r, tap, path)
+    st.tensors += layer_scale_floor(pdiffs, lambda d: where[id(d)][1].path,
+                                    lambda d, floor: _grad_diff(ctx, tr, *where[id(d)], floor=floor))
+
+
+def _grad_diff(ctx: CheckContext, tr: Training, r, tap, path: str, floor: float = 0.0):
+    g_ref = ctx.ref.param_grads.get(r.layer, {}).get(r.var)
+    g_ref_t = var_to_torch(r.kind, r.var, g_ref, flatten_chw=tap.flatten_chw)
+    p = tr.params[r.key]
+    g_port = p.grad.detach().cpu().numpy() if p.grad is not None else np.zeros(tuple(p.shape))
+    return tensor_diff(path, g_ref_t, g_port, ctx.tol["gradients"], scale_floor=floor)
+
+
+# -- step and trajectory ----------------------------------------------------------------------------------------
+def optimizer_step(ctx: CheckContext, tr: Training, k: int) -> None:
+    """Step ``k`` of the port's optimizer; each parameter's update and optimizer slots against the
+    reference's (and, over several steps, the weights themselves for the trajectory)."""
+    t = time.perf_counter()
+    tr.adapter.torch_prepare(ctx.optimizer, k, tr.opt_torch)
+    tr.opt_torch.step()
+    at = f"@step{k + 1}" if tr.n_steps > 1 else ""
+    sdiffs, where = [], {}
+    for r in tr.refs:
+        tap = ctx.tap_by_ref.get(r.layer)
+        if tap is None:
+            continue
+        suffix = r.key[len(tap.port) + 1:] if tap.port else r.key
+        if tr.n_steps > 1:  # the weights themselves, step by step: how a small difference grows
+            _weight_trajectory(ctx, tr, k, r, tap, f"{tap.path}:{suffix}")
+        d = _update_diff(ctx, tr, k, r, tap, f"{tap.path}:{suffix}.update{at}")
+        sdiffs.append(d)
+        where[id(d)] = (_update_diff, (r, tap, d.path), f"{tap.path}|update")
+        _slot_diffs(ctx, tr, k, r, tap, f"{tap.path}:{suffix}", at, sdiffs, where)
+    tr.step.tensors += layer_scale_floor(sdiffs, lambda d: where[id(d)][2],
+                                         lambda d, floor: where[id(d)][0](ctx, tr, k, *where[id(d)][1], floor=floor),
+                                         what="update")
+    tr.step.seconds += time.perf_counter() - t + ctx.ref.seconds.get(f"step{k}", 0.0)
+
+
+def _update_diff(ctx: CheckContext, tr: Training, k: int, r, tap, path: str, floor: float = 0.0):
+    """One parameter's update at step ``k`` (new - initial) on both sides. One loaded array at a time, freed as
+    soon as used (GOTURN's fc6 is 0.6 GB per copy)."""
+    src = ctx.ref.steps[k]["params"][r.layer][r.var]
+    upd_ref = var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)
+    if np.may_share_memory(upd_ref, src):  # the layout change was a no-op: never write to the run's data
+        upd_ref = upd_ref.copy()
+    del src
+    upd_ref -= var_to_torch(r.kind, r.var, ctx.ref.weights[r.layer][r.var], flatten_chw=tap.flatten_chw)
+    new_port = r.param.detach().cpu().numpy()
+    init_port = ctx.snapshot[0][r.key]  # the loaded weights, from the harness's snapshot (no second copy)
+    if isinstance(init_port, np.ndarray):  # a fresh copy from the spill store: reuse its memory
+        upd_port = np.subtract(new_port, init_port, out=init_port)
+    else:
+        upd_port = new_port - init_port.detach().cpu().numpy()
+    del init_port
+    return tensor_diff(path, upd_ref, upd_port, ctx.tol["step"], scale_floor=floor)
+
+
+def _slot_diffs(ctx: CheckContext, tr: Training, k: int, r, tap, base: str, at: str, sdiffs: list,
+                where: dict) -> None:
+    """The optimizer slots (momentum, Adam moments...) of one parameter after step ``k``."""
+    ref_slots = ctx.ref.steps[k]["slots"].get(r.key) or {}
+    port_slots = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [r]).get(r.key) or {}) if ref_slots else {}
+    for slot in ref_slots:
+        if slot not in port_slots:
+            tr.step.errors.append(f"{base}: port optimizer has no '{slot}' slot")
+            continue
+        d = _slot_diff(ctx, tr, k, r, tap, f"{base}.{slot}{at}", slot)
+        sdiffs.append(d)
+        where[id(d)] = (_slot_diff, (r, tap, d.path, slot), f"{tap.path}|{slot}")
+
+
+def _slot_diff(ctx: CheckContext, tr: Training, k: int, r, tap, path: str, slot: str, floor: float = 0.0):
+    sref = var_to_torch(r.kind, r.var, ctx.ref.steps[k]["slots"][r.key][slot], flatten_chw=tap.flatten_chw)
+    # this parameter's slots only (a full copy of GOTURN's momentum is 0.9 GB)
+    pv = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [r]).get(r.key) or {}).get(slot)
+    return tensor_diff(path, sref, pv, ctx.tol["step"], scale_floor=floor)
+
+
+def _weight_trajectory(ctx: CheckContext, tr: Training, k: int, r, tap, path: str) -> None:
+    w = tensor_diff(path, var_to_torch(r.kind, r.var, ctx.ref.steps[k]["params"][r.layer][r.var],
+                                       flatten_chw=tap.flatten_chw),
+                    r.param.detach().cpu().numpy(), ctx.tol["trajectory"])
+    tr.series.setdefault(w.path, []).append(w.rel)
+    if k == tr.n_steps - 1:
+        tr.traj.tensors.append(w)
+
+
+def bn_trajectory(ctx: CheckContext, tr: Training, k: int) -> None:
+    """Step ``k``'s BatchNorm running statistics against the reference's moving statistics (a momentum bug
+    changes these, never the weights: train-mode BN normalises with batch statistics). torch's unbiased
+    running variance is carried as the Keras-equivalent biased chain (``tr.bn_chain[path]`` = (torch value,
+    Keras equivalent) after the previous step)."""
+    ref = ctx.ref
+    rstats = ref.steps[k].get("bn_stats") if k < len(ref.steps) else None
+    if not rstats:
+        return
+    for tap in ctx.taps:
+        mod = ctx.ts.modules.get(tap.port)
+        if tap.kind != "batchnorm" or tap.ref not in rstats or tap.path not in tr.old_stats or mod is None \
+                or getattr(mod, "running_mean", None) is None or tap.ref not in ref.bn_n:
+            continue
+        rv = mod.running_var.detach().cpu().double().numpy().copy()  # a copy: the buffer is updated in place
+        prev_rv, prev_kv = tr.bn_chain.get(tap.path) or (tr.old_stats[tap.path]["running_var"].cpu().double().numpy(),) * 2
+        kv = unbiased_to_biased_update(rv, prev_rv, _momentum(mod), ref.bn_n[tap.ref], old_keras_var=prev_kv)
+        tr.bn_chain[tap.path] = (rv, kv)
+        for name, rval, pval in (("running_mean", rstats[tap.ref]["moving_mean"],
+                                  mod.running_mean.detach().cpu().numpy().copy()),
+                                 ("running_var", rstats[tap.ref]["moving_variance"], kv)):
+            w = tensor_diff(f"{tap.path}:{name}", rval, pval, ctx.tol["trajectory"])
+            tr.series.setdefault(w.path, []).append(w.rel)
+            if k == tr.n_steps - 1:
+                tr.traj.tensors.append(w)
+
+
+def _finish(ctx: CheckContext, tr: Training) -> None:
+    """The step stage, and the trajectory over several steps, into the result."""
+    if tr.adapter is None:
+        return
+    tr.step.info["rules"] = list(tr.adapter.rules)
+    ctx.result.stages.append(tr.step)
+    if tr.n_steps > 1:
+        tr.traj.info.update(steps=list(range(1, tr.n_steps + 1)), series=tr.series,
+                            lr=[ctx.optimizer.lr_at(k) for k in range(tr.n_steps)],
+                            losses={"reference": [s["loss"] for s in ctx.ref.steps], "port": tr.losses})
+        ctx.result.stages.append(tr.traj)
