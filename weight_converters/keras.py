@@ -23,7 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from weight_converters.report import ConversionReport
+from weight_converters.families import CONVERTERS, FAMILY_VARS
+from weight_converters.report import ConversionError, ConversionReport
 
 #: Keras variable name -> torch parameter suffix, per layer kind.
 LAYER_VARS: dict[str, dict[str, str]] = {
@@ -39,6 +40,8 @@ LAYER_VARS: dict[str, dict[str, str]] = {
 }
 #: torch-only state_dict entries, filled on Keras -> torch and dropped (not "unexpected") on the way back.
 TORCH_ONLY = {"batchnorm": {"num_batches_tracked": np.array(0, dtype=np.int64)}}
+# the layer families with their own converter (weight_converters/<family>.py, listed in families.py)
+LAYER_VARS.update(FAMILY_VARS)
 
 CONV_HWIO_TO_OIHW = "Conv2D kernel HWIO -> OIHW (transpose 3,2,0,1)"
 DEPTHWISE_TO_TORCH = "Depthwise kernel (kh,kw,in,mult) -> (in*mult,1,kh,kw), out channel = c*mult + m"
@@ -100,6 +103,8 @@ def dense_kernel_to_keras(w: np.ndarray, flatten_chw: tuple[int, int, int] | Non
 def var_to_torch(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, report: ConversionReport | None = None):
     """One Keras variable (kernel, gradient or optimizer slot of it) -> torch layout."""
     a = np.asarray(a)
+    if kind in CONVERTERS:
+        return CONVERTERS[kind].var_to_torch(kind, var, a, report)
     note = None
     if kind == "conv2d" and var == "kernel":
         out, note = conv_kernel_to_torch(a), CONV_HWIO_TO_OIHW
@@ -125,6 +130,8 @@ def var_to_torch(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, report
 def var_to_keras(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, depth_multiplier: int = 1):
     """Inverse of :func:`var_to_torch`."""
     a = np.asarray(a)
+    if kind in CONVERTERS:
+        return CONVERTERS[kind].var_to_keras(kind, var, a)
     if kind == "conv2d" and var == "kernel":
         return conv_kernel_to_keras(a)
     if var == "depthwise_kernel" or (kind == "depthwise_conv2d" and var == "kernel"):
@@ -165,6 +172,9 @@ def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Seq
                     absent.add(prefix + t)
                     report.missing.append(f"{m.ref}/{v} (-> {prefix}{t})")
             continue
+        if m.kind in CONVERTERS:
+            _family_to_torch(m, layer, prefix, table, out, report)
+            continue
         for var, arr in layer.items():
             src = f"{m.ref}/{var}"
             if var not in table:
@@ -198,6 +208,43 @@ def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Seq
     return out, report
 
 
+def _family_to_torch(m: LayerMap, layer, prefix: str, table, out: dict, report: ConversionReport) -> None:
+    """One layer of a family with its own converter (weight_converters/families.py)."""
+    known = {v: a for v, a in layer.items() if v in table}
+    report.unexpected += [f"{m.ref}/{v}" for v in layer if v not in table]
+    try:
+        conv = CONVERTERS[m.kind].layer_to_torch(m.kind, known, report)
+    except ConversionError as exc:
+        report.unexpected.append(f"{m.ref}: {exc}")
+        return
+    for suffix, arr in conv.items():
+        _check_finite(prefix + suffix, arr, report)
+        out[prefix + suffix] = arr
+        report.mapped.append((f"{m.ref}", prefix + suffix, ""))
+
+
+def _family_to_keras(m: LayerMap, state_dict, prefix: str, table, expected, used: set, report) -> dict:
+    conv = CONVERTERS[m.kind]
+    want = (expected or {}).get(m.ref)
+    if want is not None:
+        variables = [v for v in want if v in table]
+    else:  # no expected layout: the variables whose torch keys exist, Bidirectional when a reverse key does
+        present = [v for v, k in table.items() if prefix + k in state_dict]
+        bidi = any(v.startswith("backward/") for v in present)
+        variables = [v for v in present if v.startswith(("forward/", "backward/")) == bidi]
+    local = {k[len(prefix):]: np.asarray(v) for k, v in state_dict.items() if k.startswith(prefix)}
+    n_missing = len(report.missing)
+    arrs = conv.layer_to_keras(m.kind, local, variables, report, shapes=want)
+    report.missing[n_missing:] = [f"{m.ref}/{v} (<- {prefix}{table[v]})" for v in report.missing[n_missing:]]
+    used.update(prefix + k for k in conv.torch_keys(m.kind, variables) if prefix + k in state_dict)
+    for var, arr in arrs.items():
+        _check_finite(f"{m.ref}/{var}", arr, report)
+        if want is not None and var in want and tuple(arr.shape) != tuple(want[var]):
+            report.shape_mismatches.append((f"{m.ref}/{var}", tuple(want[var]), tuple(arr.shape)))
+        report.mapped.append((prefix, f"{m.ref}/{var}", ""))
+    return arrs
+
+
 def torch_to_keras(state_dict: Mapping[str, np.ndarray], mapping: Sequence[LayerMap], *,
                    expected: Mapping[str, Mapping[str, tuple]] | None = None, strict: bool = True,
                    ) -> tuple[dict[str, dict[str, np.ndarray]], ConversionReport]:
@@ -211,6 +258,11 @@ def torch_to_keras(state_dict: Mapping[str, np.ndarray], mapping: Sequence[Layer
         if table is None:
             continue
         prefix = f"{m.port}." if m.port else ""
+        if m.kind in CONVERTERS:
+            arrs = _family_to_keras(m, state_dict, prefix, table, expected, used, report)
+            if arrs:
+                out[m.ref] = arrs
+            continue
         layer_out: dict[str, np.ndarray] = {}
         for var, suffix in table.items():
             key = prefix + suffix

@@ -12,13 +12,16 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-#: Tap kinds whose layers carry weights, and how the converter treats them.
-WEIGHTED_KINDS = ("conv2d", "depthwise_conv2d", "separable_conv2d", "dense", "batchnorm")
+from parity.core.families import new_kinds, new_weighted_kinds
+
+#: Tap kinds whose layers carry weights, and how the converter treats them (the layer families add theirs:
+#: ``parity.core.families``).
+WEIGHTED_KINDS = ("conv2d", "depthwise_conv2d", "separable_conv2d", "dense", "batchnorm") + new_weighted_kinds()
 #: Every tap kind the harness knows (structure checks and diagnosis key on it).
 TAP_KINDS = WEIGHTED_KINDS + (
     "activation", "maxpool", "avgpool", "add", "concat", "gap", "flatten", "softmax", "lrn", "dropout",
     "reshape", "output", "other",
-)
+) + tuple(k for k in new_kinds() if k not in WEIGHTED_KINDS)
 
 
 @dataclass(frozen=True)

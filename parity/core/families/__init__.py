@@ -1,0 +1,137 @@
+"""The layer families, one module each, in ONE table (:data:`FAMILIES`) that the tap kinds
+(``parity.core.spec``), the converters (``weight_converters/<family>.py``), the structure stage, the diagnosis
+and the alignment read generically. Adding a family = one ``parity/core/families/<family>.py`` (classes, tap
+kinds, config keys, conventions, rules, refusals), one ``weight_converters/<family>.py``, one line below.
+
+Nothing here imports a framework: torch modules and Keras configs are read through plain attributes and
+dicts.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from parity.core.families import activations, conv2d, dense, embedding, normalization, recurrent
+from parity.core.families.base import Family, Named, RuleHit, close  # noqa: F401  (public types)
+
+#: every family, by name (order: the 2-D CNN core first, then as they were added)
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    conv2d.FAMILY, dense.FAMILY, activations.FAMILY, normalization.FAMILY, embedding.FAMILY, recurrent.FAMILY,
+)}
+
+#: Keras layers that carry no computation of their own a check could get wrong
+NEUTRAL_KERAS = ("InputLayer",)
+
+
+def new_kinds() -> tuple[str, ...]:
+    """Tap kinds the families add to the 2-D CNN set (``parity.core.spec.TAP_KINDS`` appends them)."""
+    out: list[str] = []
+    for f in FAMILIES.values():
+        out += [k for k in f.kinds if k not in out]
+    return tuple(out)
+
+
+def new_weighted_kinds() -> tuple[str, ...]:
+    out: list[str] = []
+    for f in FAMILIES.values():
+        out += [k for k in f.weighted if k in f.kinds and k not in out]
+    return tuple(out)
+
+
+def family_of_kind(kind: str) -> Family | None:
+    for f in FAMILIES.values():
+        if kind in f.kinds or kind in f.weighted:
+            return f
+    return None
+
+
+def keras_kind(cls: str, config: dict | None = None) -> str | None:
+    """Tap kind of a Keras layer class (None: no family covers it)."""
+    for f in FAMILIES.values():
+        if f.keras_kind is not None:
+            k = f.keras_kind(cls, config or {})
+            if k is not None:
+                return k
+        if cls in f.keras_classes:
+            return f.keras_classes[cls]
+    return None
+
+
+def torch_kind(cls: str) -> str | None:
+    for f in FAMILIES.values():
+        if cls in f.torch_classes:
+            return f.torch_classes[cls]
+    return None
+
+
+def keras_info(cls: str, config: dict) -> dict[str, Any]:
+    """The family config keys of one Keras layer (``layer.get_config()``) for the structure stage."""
+    info: dict[str, Any] = {}
+    for f in FAMILIES.values():
+        for k in f.keras_keys:
+            if k in config and k not in info and isinstance(config[k], (int, float, str, bool, list, tuple,
+                                                                        type(None))):
+                info[k] = list(config[k]) if isinstance(config[k], tuple) else config[k]
+        if f.keras_info is not None:
+            info.update(f.keras_info(cls, config))
+    return info
+
+
+def torch_info(module) -> dict[str, Any]:
+    """The family attributes of one torch module (plain attribute reads: no torch import)."""
+    info: dict[str, Any] = {}
+    for f in FAMILIES.values():
+        for k in f.torch_attrs:
+            v = getattr(module, k, None)
+            if k not in info and v is not None and not callable(v) and isinstance(v, (int, float, str, bool,
+                                                                                     tuple, list)):
+                info[k] = list(v) if isinstance(v, tuple) else v
+        if f.torch_info is not None:
+            info.update(f.torch_info(module))
+    return info
+
+
+def config_findings(kind: str, ref: dict, port: dict) -> list[RuleHit]:
+    """Every family rule's hits for one aligned pair: ``[(cause, message, fix, evidence)]``."""
+    out: list[RuleHit] = []
+    for f in FAMILIES.values():
+        for rule in f.rules:
+            out += rule(kind, ref, port)
+    return out
+
+
+def refusal(cls: str, config: dict | None = None) -> str | None:
+    """Why a Keras layer cannot be checked yet (None: it can)."""
+    config = config or {}
+    if cls in NEUTRAL_KERAS:
+        return None
+    for f in FAMILIES.values():
+        if f.refuse is not None:
+            why = f.refuse(cls, config)
+            if why:
+                return why
+    if keras_kind(cls, config) is None:
+        return f"{cls} is not yet supported (no layer family covers it: see parity.core.families.FAMILIES)"
+    return None
+
+
+def unsupported(layers: Iterable) -> list[str]:
+    """One line per reference layer that cannot be checked yet, naming the layer. ``layers``: Keras layer
+    objects, ``(name, class, config)`` tuples or class names."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, str):
+            name, cls, cfg = layer, layer, {}
+        elif isinstance(layer, tuple):
+            name, cls, cfg = layer
+        else:
+            name, cls = getattr(layer, "name", "?"), type(layer).__name__
+            cfg = layer.get_config() if hasattr(layer, "get_config") else {}
+        why = refusal(cls, cfg)
+        if why:
+            out.append(f"layer {name!r} ({cls}): {why}")
+    return out
+
+
+def conventions() -> list[tuple[str, Named]]:
+    """``[(family, convention)]`` over the table (README coverage, ``parity list --conventions``)."""
+    return [(f.name, c) for f in FAMILIES.values() for c in f.conventions]

@@ -1,0 +1,138 @@
+"""Recurrent layers: SimpleRNN, LSTM, GRU, Bidirectional <-> nn.RNN, nn.LSTM, nn.GRU (``batch_first``,
+``bidirectional``). Weight layouts and gate orders: ``weight_converters/recurrent.py``."""
+from __future__ import annotations
+
+from parity.core.families.base import Family, Named, RuleHit
+
+KERAS_GRU_GATES = "z, r, h"
+"""keras/src/layers/rnn/gru.py ``GRUCell.call``: update z, reset r, candidate h, in that kernel order."""
+TORCH_GRU_GATES = "r, z, n"
+"""torch/nn/modules/rnn.py ``GRU``: weight_ih_l[k] = (W_ir | W_iz | W_in)."""
+LSTM_GATES = "i, f, c(g), o"
+"""Keras ``LSTMCell.call`` (z0..z3) and torch ``weight_ih_l[k]`` (W_ii | W_if | W_ig | W_io) agree."""
+KERAS_RECURRENT_ACTIVATION = "sigmoid"
+"""Keras 3 LSTM/GRU recurrent_activation default (keras/src/layers/rnn/lstm.py, gru.py); torch's is fixed."""
+KERAS2_RECURRENT_ACTIVATION = "hard_sigmoid"
+"""Keras 2.0-2.2 LSTM/GRU default (keras-team/keras 2.2 ``recurrent.py``): no torch nn.LSTM/GRU equivalent."""
+KERAS_GRU_RESET_AFTER = True
+"""Keras 3 (and tf.keras 2.x) GRU default; Keras <= 2.2 had False, which torch nn.GRU cannot express."""
+KERAS_MERGE_MODE = "concat"
+"""keras.layers.Bidirectional(merge_mode='concat') default: [forward, backward] on the last axis, the same
+order as torch's bidirectional output."""
+ONE_BIAS = ("Keras one bias b; torch bias_ih + bias_hh: convert as (b, 0) and keep bias_hh out of training "
+            "(requires_grad=False), or the effective bias b_ih + b_hh moves twice per step")
+RNN_KINDS = ("lstm", "gru", "rnn")
+
+
+def _keras_info(cls: str, cfg: dict) -> dict:
+    """Bidirectional: the inner layer's config under the outer keys, plus ``bidirectional`` / ``merge_mode``."""
+    if cls != "Bidirectional":
+        return {"bidirectional": False} if cls in ("LSTM", "GRU", "SimpleRNN") else {}
+    inner = (cfg.get("layer") or {}).get("config", {})
+    info = {k: inner[k] for k in ("units", "return_sequences", "return_state", "go_backwards", "reset_after",
+                                  "recurrent_activation", "activation", "use_bias") if k in inner}
+    info.update(bidirectional=True, merge_mode=cfg.get("merge_mode"),
+                inner_class=(cfg.get("layer") or {}).get("class_name"))
+    return info
+
+
+def _torch_info(m) -> dict:
+    if not hasattr(m, "weight_ih_l0"):
+        return {}
+    info = {"bidirectional": bool(getattr(m, "bidirectional", False)), "mode": getattr(m, "mode", None)}
+    for d in ("", "_reverse"):
+        hh = getattr(m, f"bias_hh_l0{d}", None)
+        if hh is not None:
+            info["bias_hh_trainable"] = bool(hh.requires_grad) or info.get("bias_hh_trainable", False)
+    return info
+
+
+def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
+    out: list[RuleHit] = []
+    if kind not in RNN_KINDS:
+        return out
+    if ref.get("units") is not None and port.get("hidden_size") is not None and \
+            int(ref["units"]) != int(port["hidden_size"]):
+        out.append(("rnn_units", f"hidden_size {port['hidden_size']} in the port, units {ref['units']} in the "
+                    "reference", f"hidden_size={ref['units']}", ""))
+    if "bidirectional" in ref and "bidirectional" in port and bool(ref["bidirectional"]) != bool(port["bidirectional"]):
+        out.append(("bidirectional", f"bidirectional={port['bidirectional']} in the port, "
+                    f"{'Bidirectional' if ref['bidirectional'] else 'one direction'} in the reference",
+                    f"bidirectional={bool(ref['bidirectional'])}", ""))
+    if port.get("batch_first") is False:
+        out.append(("batch_first", "batch_first=False in the port: it reads (L, N, C) where Keras gives (N, L, C)",
+                    "nn.%s(..., batch_first=True)" % {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[kind],
+                    "batch and time axes swapped"))
+    if kind in ("lstm", "rnn") and port.get("bias_hh_trainable"):
+        out.append(("rnn_two_biases", "torch trains bias_ih and bias_hh where Keras has one bias: the effective "
+                    "bias moves twice per optimizer step", "after loading, bias_hh_l0(.._reverse)"
+                    ".requires_grad_(False) (it holds 0)", ONE_BIAS))
+    if ref.get("merge_mode") not in (None, KERAS_MERGE_MODE) and port.get("bidirectional"):
+        out.append(("merge_mode", f"Bidirectional merge_mode={ref['merge_mode']!r} in the reference; torch "
+                    "concatenates [forward, backward]", f"combine the two halves with {ref['merge_mode']}", ""))
+    return out
+
+
+def _keras_kind(cls: str, cfg: dict) -> str | None:
+    if cls == "Bidirectional":
+        return {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn"}.get((cfg.get("layer") or {}).get("class_name"))
+    return None
+
+
+def _refuse(cls: str, cfg: dict) -> str | None:
+    info = dict(cfg)
+    inner_cls = cls
+    if cls == "Bidirectional":
+        info = (cfg.get("layer") or {}).get("config", {})
+        inner_cls = (cfg.get("layer") or {}).get("class_name", "?")
+        if inner_cls not in ("LSTM", "GRU", "SimpleRNN"):
+            return f"Bidirectional({inner_cls}) is not yet supported"
+    if inner_cls not in ("LSTM", "GRU", "SimpleRNN"):
+        return None
+    ra = info.get("recurrent_activation")
+    if inner_cls != "SimpleRNN" and isinstance(ra, str) and ra != KERAS_RECURRENT_ACTIVATION:
+        return (f"{inner_cls}(recurrent_activation={ra!r}) is not yet supported: torch nn.{inner_cls} gates use "
+                "sigmoid (Keras 2's hard_sigmoid default has no torch equivalent)")
+    act = info.get("activation")
+    if isinstance(act, str) and act != "tanh" and not (inner_cls == "SimpleRNN" and act == "relu"):
+        return f"{inner_cls}(activation={act!r}) is not yet supported: torch uses tanh"
+    if inner_cls == "GRU" and info.get("reset_after") is False:
+        return ("GRU(reset_after=False) is not yet supported: torch nn.GRU applies the reset gate after the "
+                "recurrent matmul (Keras reset_after=True)")
+    if info.get("return_state") or info.get("stateful") or info.get("go_backwards"):
+        return f"{inner_cls} with return_state/stateful/go_backwards is not yet supported"
+    if info.get("use_bias") is False:
+        return f"{inner_cls}(use_bias=False) is not yet supported"
+    return None
+
+
+FAMILY = Family(
+    name="recurrent",
+    summary="SimpleRNN, LSTM, GRU (reset_after=True), Bidirectional (concat), return_sequences or last step",
+    keras_classes={"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "Bidirectional": "rnn"},
+    torch_classes={"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"},
+    weighted=RNN_KINDS,
+    converter="weight_converters.recurrent",
+    conventions=(
+        Named("GRU gate order", KERAS_GRU_GATES, TORCH_GRU_GATES, "keras/src/layers/rnn/gru.py; torch/nn/modules/rnn.py"),
+        Named("LSTM gate order", LSTM_GATES, LSTM_GATES, "keras/src/layers/rnn/lstm.py; torch/nn/modules/rnn.py"),
+        Named("biases", "one bias (LSTM, SimpleRNN); GRU reset_after: (2, 3H)", "bias_ih + bias_hh", ONE_BIAS),
+        Named("GRU reset_after", "True (Keras 3), False (Keras <= 2.2)", "always 'after'", "keras/src/layers/rnn/gru.py"),
+        Named("recurrent activation", "sigmoid (Keras 3), hard_sigmoid (Keras 2)", "sigmoid (fixed)",
+              "keras/src/layers/rnn/lstm.py"),
+        Named("layout", "(N, L, C)", "batch_first=True for (N, L, C); default (L, N, C)", "torch/nn/modules/rnn.py"),
+        Named("last step vs sequence", "return_sequences=False: the last step (backward half: step 0)",
+              "output[:, -1, :H] and output[:, 0, H:] (or h_n)", "keras/src/layers/rnn/bidirectional.py"),
+        Named("merge mode", f"{KERAS_MERGE_MODE!r} default (sum, mul, ave, None)", "concat [fwd, bwd]",
+              "keras/src/layers/rnn/bidirectional.py"),
+    ),
+    keras_keys=("units", "return_sequences", "return_state", "go_backwards", "reset_after", "recurrent_activation",
+                "merge_mode"),
+    torch_attrs=("hidden_size", "input_size", "batch_first", "num_layers", "bias"),
+    keras_info=_keras_info,
+    keras_kind=_keras_kind,
+    torch_info=_torch_info,
+    rules=(_rules,),
+    refuse=_refuse,
+    kinds=RNN_KINDS,
+)
