@@ -1,24 +1,66 @@
-"""The ``parity`` command line. The contract: the last stdout line is ``PASSED …`` or ``FAILED …``; exit 0 on
-success, 1 on a parity failure, 2 on a usage or input error (one line on stderr, no traceback).
+"""The ``parity`` command line.
 
-Commands: ``list``, ``check``, ``record``, ``replay``, ``convert``. Progress goes to stderr.
+The contract: a check's last stdout line is ``PASSED …`` or ``FAILED …`` (with ``--json``, stdout is exactly one
+JSON document and that line goes to stderr). Exit codes:
+
+- 0: passed (or a command that checks nothing, such as ``list`` and ``record``, succeeded);
+- 1: a parity failure, and only that (a ``FAILED`` verdict);
+- 2: bad input the user can fix (:class:`parity.core.errors.UsageError`): one line on stderr saying what was
+  expected, what was received and what to do; a user's builder that raised is named with its exception;
+- 3: a bug in parity itself: a one-line summary on stderr, the traceback written to a file (pytest's convention
+  for internal errors). ``PARITY_DEBUG=1`` prints the traceback too.
+
+Every argument is validated, and every ``module:function`` located, before TensorFlow or torch is imported
+(:mod:`parity.core.options`). Progress goes to stderr: a live display on a terminal, nothing otherwise
+(``--verbose``: one line per phase with memory figures).
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
+import re
+import secrets
 import sys
+import tempfile
 import time
+import traceback
 
 from parity.core import env as _env  # noqa: F401  (environment before any framework import)
+from parity.core.errors import UsageError
+from parity.core.options import (ALL_STAGES, OUT_FIELDS, SEED_LIMIT, Target, check_batch, check_config_values,
+                                 check_accepts, check_device_name, check_input_file, check_int, check_output_dir,
+                                 check_output_file, expand_out, locate, optimizer_spec, parse_config, parse_stages,
+                                 plan_steps)
+from parity.core.spec import PairSpec
+from parity.harness import check
+from parity.io.convert import FORMATS as CONVERT_FORMATS
+from parity.io.convert import convert
+from parity.io.trace import record, replay
+from parity.pairs import registry
+from parity.user.align import parse_pins
+from parity.user.pair import LOSSES, USER_ADAM, USER_SGD, parse_input_shape, spec_from_user_models
+from reports import to_json, write_reports
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, the shell's convention for a command stopped by Ctrl-C."""
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, the shell's convention for a reader that went away (``parity list | head -1``)."""
+DEBUG_ENV = "PARITY_DEBUG"
+"""Set to 1 to print tracebacks (internal errors, and the exception behind a user function's failure)."""
+RUN_ID_ENV = "PARITY_RUN_ID"
+"""``{run_id}`` in ``--out`` (e.g. CI's own run number); generated as ``<UTC timestamp>-<6 hex>`` when unset."""
+TRACE_SUFFIXES = (".safetensors",)
+"""What ``parity record -o`` writes (safetensors + a JSON header)."""
+DEFAULT_OUT = "parity-report/{pair}"
+"""Where a check writes its reports without ``--out`` (replaced by the next check of the same pair)."""
+PREVIOUS_REPORT_MAX_BYTES = 64 * 2**20
+"""A previous ``report.json`` larger than this is not read for its verdict (the replacement is still named)."""
 
 
-class CliError(Exception):
-    """A user error: printed as ``parity: error: <message>`` and exit 2."""
+class CliError(UsageError):
+    """A malformed command line: printed as ``parity: error: <message>`` and exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,244 +68,415 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message}. Run `{self.prog} --help` for the options.")
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("parity")
+    except Exception:  # not installed as a distribution (a source checkout on sys.path)
+        return "0+unknown"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+# -- progress ------------------------------------------------------------------------------------------------
 def _rss_mb() -> str:
-    """Current resident memory (Linux /proc; empty elsewhere): big float64 checks are memory-bound."""
+    """Current and peak resident memory (Linux /proc; empty elsewhere): big float64 checks are memory-bound."""
     try:
         import resource
 
         with open("/proc/self/statm") as f:
             now = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return f" rss {now:,.0f} MB, peak {peak:,.0f} MB"
+        return f"rss {now:,.0f} MB, peak {peak:,.0f} MB"
     except (OSError, ValueError, IndexError, ImportError):
         return ""
 
 
-def _progress(enabled: bool):
-    start = time.perf_counter()
-
-    def say(msg: str) -> None:
-        if enabled:
-            print(f"[{time.perf_counter() - start:6.1f}s{_rss_mb()}] {msg}", file=sys.stderr, flush=True)
-
-    return say
-
-
-def _parse_config(items: list[str] | None) -> dict:
-    cfg = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"--config: expected KEY=VALUE (e.g. num_classes=2). Received: {item!r}.")
-        try:
-            cfg[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            cfg[key] = value
-    return cfg
+def expected_phases(stages, steps: int, *, onnx: bool = False, reference: bool = True) -> int:
+    """How many progress messages a check emits (the bar's length): per side an eval pass and one train pass
+    per step, the port's build, isolated layers, the ONNX leg, the diagnosis and the reports."""
+    s = set(stages)
+    evals = bool(s & {"structure", "forward_eval", "isolated"})
+    trains = (steps if "step" in s else 1) if s & {"forward_train", "gradients", "step"} else 0
+    sides = 2 if reference else 1
+    return 1 + sides * (evals + trains) + ("isolated" in s) + bool(onnx) + 2
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, with_stages=True) -> None:
-    if with_stages:
-        p.add_argument("--stages", help="comma list of structure,forward_eval,forward_train,gradients,step,"
-                                        "isolated (default: all)")
-    p.add_argument("--dtype", default="float64", choices=["float64", "float32"],
-                   help="float64 (default; exact comparison) or float32 (documented looser policy)")
-    p.add_argument("--device", default="cpu", help="torch device for the port: cpu (default) or cuda[:N]")
-    p.add_argument("--batch", type=int, help="batch size (default: the pair's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the input/label generator and initialisation")
-    p.add_argument("--optimizer", help="optimizer description of the pair to use (e.g. sgd, adam)")
-    p.add_argument("--steps", type=int, default=1, help="optimizer steps to compare (default 1)")
-    p.add_argument("--config", action="append", metavar="KEY=VALUE",
-                   help="override a builder argument, e.g. --config num_classes=2 (repeatable)")
-    p.add_argument("--fast", action="store_true", help="use the pair's reduced CI configuration")
-    p.add_argument("--out", help="directory for report.json, report.md, report.html "
-                                 "(default: parity-report/<pair>)")
-    p.add_argument("--json", action="store_true", help="print the JSON report to stdout before the last line")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+class Progress:
+    """Progress on stderr. On a terminal: a live rich display (spinner, the current phase, a bar over the
+    expected phases, elapsed time and ETA). Not on a terminal: silent, or with ``--verbose`` one plain line per
+    phase. ``--verbose`` adds the process's memory (RSS) to each phase; ``--quiet`` silences everything."""
+
+    def __init__(self, *, quiet: bool = False, verbose: bool = False, total: int | None = None):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.start = time.perf_counter()
+        self.quiet = quiet
+        self.verbose = verbose and not quiet
+        self.live = self.console.is_terminal and not quiet
+        self.total = total
+        self._bar = None
+        self._task = None
+        self._phases = 0
+
+    def __enter__(self) -> "Progress":
+        if self.live:
+            from rich.progress import (BarColumn, Progress as RichProgress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                     TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+                                     transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("starting (imports)", total=self.total)
+        return self
+
+    def __call__(self, msg: str) -> None:
+        if self.quiet:
+            return
+        if self.verbose:
+            line = f"[{time.perf_counter() - self.start:6.1f}s {_rss_mb()}] {msg}"
+            if self._bar is not None:
+                self._bar.console.print(line, markup=False, highlight=False)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        if self._bar is not None:
+            total = self.total if self.total is None else max(self.total, self._phases + 1)
+            self._bar.update(self._task, description=msg, completed=self._phases, total=total)
+        self._phases += 1
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the live display (before the results are printed); later messages are dropped."""
+        self.quiet = True
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="parity", description="Prove a PyTorch port of a Keras/Caffe model is the same model.")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    p = sub.add_parser("list", help="list the registered pairs")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("check", help="check a pair: structure, forward, backward, optimizer step, isolated layers")
-    p.add_argument("name", nargs="?", help="registered pair (see `parity list`)")
-    p.add_argument("--reference", metavar="MOD:FN", help="Keras model builder (your own model)")
-    p.add_argument("--port", metavar="MOD:FN", help="torch module builder (your own port)")
-    p.add_argument("--weights", metavar="FILE",
-                   help="Keras .h5 / .weights.h5, or Caffe .npy / .caffemodel, for the reference")
-    p.add_argument("--input-shape", help="H,W,C of one reference input (your own models)")
-    p.add_argument("--loss", help="categorical_crossentropy | mse | l1_sum (your own models)")
-    p.add_argument("--align", action="append", metavar="REF=PORT",
-                   help="pin a reference layer to a port module path (your own models; repeatable)")
-    p.add_argument("--onnx", action="store_true", help="add onnxruntime as a third leg of the forward comparison")
-    _add_run_options(p)
-    p = sub.add_parser("record", help="run only the reference side and store a trace (safetensors + JSON)")
-    p.add_argument("name", nargs="?", help="registered pair (see `parity list`)")
-    p.add_argument("--reference", metavar="MOD:FN", help="Keras model builder (your own model)")
-    p.add_argument("--port", metavar="MOD:FN",
-                   help="torch module builder stored in the trace as replay's default port (needed with --reference)")
-    p.add_argument("--weights", metavar="FILE",
-                   help="Keras .h5 / .weights.h5, or Caffe .npy / .caffemodel, for the reference")
-    p.add_argument("--input-shape", help="H,W,C of one reference input (your own models)")
-    p.add_argument("--loss", help="categorical_crossentropy | mse | l1_sum (your own models)")
-    p.add_argument("--align", action="append", metavar="REF=PORT",
-                   help="pin a reference layer to a port module path (your own models; repeatable)")
-    p.add_argument("-o", "--output", required=True, help="trace file (.safetensors)")
-    _add_run_options(p)
-    p = sub.add_parser("replay", help="check a port against a recorded trace (PyTorch only, no TensorFlow)")
-    p.add_argument("trace", help="trace file written by `parity record`")
-    p.add_argument("--port", metavar="MOD:FN", help="torch module builder (default: the one the trace names)")
-    p.add_argument("--stages", help="comma list among the recorded stages (default: all recorded)")
-    p.add_argument("--device", default="cpu", help="torch device for the port: cpu (default) or cuda[:N]")
-    p.add_argument("--out", help="report directory (default: parity-report/<pair>-replay)")
-    p.add_argument("--json", action="store_true", help="print the JSON report to stdout before the last line")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
-    p = sub.add_parser("convert", help="convert reference weights to a torch state_dict, with self-checks")
-    p.add_argument("weights", help="Keras .h5 / .weights.h5 or Caffe .npy / .caffemodel")
-    p.add_argument("--pair", required=True)
-    p.add_argument("-o", "--output", required=True, help="port.safetensors or port.pt")
-    p.add_argument("--config", action="append", metavar="KEY=VALUE")
-    p.add_argument("--fast", action="store_true")
-    p.add_argument("--quiet", "-q", action="store_true")
-    return parser
+# -- validation (before any framework) -------------------------------------------------------------------------
+def _run_id() -> tuple[str, str]:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    given = os.environ.get(RUN_ID_ENV, "").strip()
+    run_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", given) if given else f"{stamp}-{secrets.token_hex(3)}"
+    return run_id, stamp
 
 
-def _human_table(result) -> str:
-    lines = [f"{'stage':<14} {'result':<7} {'tensors':>7} {'worst rel':>10}  {'seconds':>7}  worst / first divergence"]
+def _out_dir(args, pair: str, default: str = DEFAULT_OUT) -> str:
+    """``--out`` (or the default) with ``{pair}``, ``{run_id}``, ``{timestamp}`` filled in, checked writable."""
+    if not hasattr(args, "_run"):
+        args._run = _run_id()
+    run_id, stamp = args._run
+    out = expand_out(args.out if args.out else default, pair=pair, run_id=run_id, timestamp=stamp)
+    return check_output_dir(out, "--out")
+
+
+def _builder_targets(args, spec: PairSpec | None) -> list[Target]:
+    """The builders a check will call, located (not imported) and named by the option that chose them."""
+    targets = []
+    if spec is not None:  # a registered pair; --reference / --port replace its own builders
+        if getattr(args, "reference", None):
+            targets.append(locate(args.reference, "--reference", "a Keras model"))
+        elif isinstance(spec.reference, str):
+            targets.append(locate(spec.reference, "", "the pair's Keras model"))
+        if getattr(args, "port", None):
+            targets.append(locate(args.port, "--port", "a torch.nn.Module"))
+        elif isinstance(spec.port, str):
+            targets.append(locate(spec.port, "", "the pair's torch module"))
+    else:
+        targets.append(locate(args.reference, "--reference", "a Keras model"))
+        targets.append(locate(args.port, "--port", "a torch.nn.Module"))
+    return targets
+
+
+def _validated_config(args, spec: PairSpec | None, targets: list[Target], fast: bool) -> dict:
+    """``--config`` parsed, each value of its default's kind, each key an argument of every builder; the user's
+    own builders are imported (not called) where their source alone cannot tell their signature."""
+    overrides = parse_config(getattr(args, "config", None))
+    for t in targets:
+        if t.signature is None and t.option:  # a user's builder: the import answers (a framework, maybe)
+            t.load()
+    defaults: dict = {}
+    for t in targets:
+        if t.signature is not None:
+            defaults.update({k: v for k, v in t.signature.defaults.items() if k not in defaults})
+    if spec is not None:
+        defaults.update(spec.default_config)
+    overrides = check_config_values(overrides, defaults)
+    full = dict(spec.fast_config if (spec is not None and fast) else {})
+    full.update(overrides)
+    passed = {**spec.default_config, **full} if spec is not None else full
+    for t in targets:
+        check_accepts(t, passed, user_keys=set(overrides))
+    return full
+
+
+def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> tuple[dict, tuple]:
+    """Every run option of ``check`` / ``record``; returns (config, stages)."""
+    stages = parse_stages(args.stages)
+    args.steps = plan_steps(args.stages, args.steps)
+    check_batch(args.batch, stages)
+    check_int("--seed", args.seed, minimum=0, maximum=SEED_LIMIT)
+    if with_device:
+        check_device_name(args.device)
+    if spec is not None:
+        optimizer_spec(spec, args.optimizer)
+    elif args.optimizer is not None and args.optimizer not in (USER_SGD.kind, USER_ADAM.kind):
+        raise UsageError(f"--optimizer: expected one of {USER_ADAM.kind}, {USER_SGD.kind} for your own models. "
+                         f"Received: {args.optimizer!r}.")
+    if spec is not None:
+        for opt in ("input_shape", "loss", "align"):
+            if getattr(args, opt, None):
+                raise UsageError(f"--{opt.replace('_', '-')}: expected only with your own models (--reference "
+                                 f"MOD:FN --port MOD:FN). Received: it with the registered pair {spec.name!r}, "
+                                 "which fixes it. Drop the option.")
+    if getattr(args, "weights", None) is not None:
+        check_input_file(args.weights, "--weights", "weights file")
+    if getattr(args, "input_shape", None) is not None:
+        parse_input_shape(args.input_shape)
+    if getattr(args, "loss", None) is not None and args.loss not in LOSSES:
+        raise UsageError(f"--loss: expected one of {', '.join(LOSSES)}. Received: {args.loss!r}.")
+    if getattr(args, "align", None):
+        parse_pins(args.align)
+    targets = _builder_targets(args, spec)
+    return _validated_config(args, spec, targets, args.fast), stages
+
+
+def _pair_or_user(args, command: str) -> PairSpec | None:
+    if args.name:
+        return registry.get(args.name)
+    ref, port = getattr(args, "reference", None), getattr(args, "port", None)
+    if ref and port:
+        return None
+    got = "--reference only" if ref else "--port only" if port else "neither"
+    raise CliError(f"{command}: expected a pair NAME (see `parity list`) or both --reference MOD:FN and --port "
+                   f"MOD:FN. Received: {got}.")
+
+
+# -- rendering ---------------------------------------------------------------------------------------------------
+def _console(stream):
+    from rich.console import Console
+
+    tty = stream.isatty()
+    return Console(file=stream, width=None if tty else 160, highlight=False, soft_wrap=False)
+
+
+def stage_table(result):
+    """The per-stage table (rich): result, tensors compared, worst relative error, seconds, where."""
+    from rich.table import Table
+
+    t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    t.add_column("stage")
+    t.add_column("result")
+    t.add_column("tensors", justify="right")
+    t.add_column("worst rel", justify="right")
+    t.add_column("seconds", justify="right")
+    t.add_column("worst / first divergence", overflow="fold")
     for s in result.stages:
         if s.skipped:
-            lines.append(f"{s.name:<14} {'skip':<7} {'':>7} {'':>10}  {s.seconds:7.2f}  {s.skipped}")
+            t.add_row(s.name, "skip", "", "", f"{s.seconds:.2f}", str(s.skipped))
             continue
-        w = s.worst
-        fd = s.first_divergence
+        w, fd = s.worst, s.first_divergence
+        fd = fd() if callable(fd) else fd
         where = (f"first: {fd.path}" if fd is not None else (w.path if w is not None else "")) or ""
         if not s.tensors and s.errors:
             where = s.errors[0]
-        rel = f"{w.rel:.1e}" if w is not None else "-"
-        lines.append(f"{s.name:<14} {'ok' if s.passed else 'FAIL':<7} {len(s.tensors):>7} {rel:>10}  "
-                     f"{s.seconds:7.2f}  {where}")
-    return "\n".join(lines)
+        t.add_row(s.name, "ok" if s.passed else "[bold red]FAIL[/]", str(len(s.tensors)),
+                  f"{w.rel:.1e}" if w is not None else "-", f"{s.seconds:.2f}", where)
+    return t
 
 
-def _render(result, args, out_default: str) -> int:
-    from reports import to_json, write_reports
+def _previous_report(out_dir: str) -> str | None:
+    """A description of the report a write to ``out_dir`` replaces (read as data: its verdict and time)."""
+    path = os.path.join(out_dir, "report.json")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(st.st_mtime))
+    verdict = ""
+    if st.st_size <= PREVIOUS_REPORT_MAX_BYTES:
+        try:
+            with open(path, encoding="utf-8") as f:
+                prev = json.load(f)
+            if isinstance(prev, dict) and isinstance(prev.get("passed"), bool):
+                verdict = ("PASSED " if prev["passed"] else "FAILED ")
+        except (OSError, ValueError, RecursionError):
+            pass
+    return f"{verdict}report of {when}"
 
-    out = args.out or out_default
-    paths = write_reports(result, out)
+
+def _write(result, out_dir: str, say) -> tuple[dict, str | None]:
+    replaced = _previous_report(out_dir)
+    say(f"write reports to {out_dir}")
+    try:
+        paths = write_reports(result, out_dir)
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir}: expected a writable directory for the reports. Received: "
+                         f"{exc.strerror or exc}. Pass another --out.") from None
+    return paths, replaced
+
+
+def _report_lines(paths: dict, replaced: str | None, out_dir: str) -> list[str]:
+    lines = [f"reports: {paths['json']}  {paths['md']}  {paths['html']}"]
+    if replaced:
+        lines.append(f"replaced the {replaced} in {out_dir}/ (keep every run with "
+                     "--out 'parity-report/{pair}/{run_id}')")
+    return lines
+
+
+def _render(result, args, out_dir: str, say) -> int:
+    paths, replaced = _write(result, out_dir, say)
+    if isinstance(say, Progress):
+        say.stop()
     if args.json:
-        print(to_json(result), end="")
-    else:
-        print(_human_table(result))
-        fd = result.first_divergence()
-        if fd is not None and fd[1] is not None:
-            print(f"\nfirst divergence at {fd[0].name} {fd[1].path}:\n  {fd[1].describe()}")
-        errors = [f for f in result.findings if f.severity == "error"]
-        if errors:
-            print("\nfindings:")
-            seen = set()
-            for f in errors:
-                key = (f.cause, f.message)
-                if key in seen:
-                    continue
-                seen.add(key)
-                same = sum(1 for g in errors if (g.cause, g.message) == key)
-                more = f" (and {same - 1} more layers)" if same > 1 else ""
-                print(f"  {f.line()}{more}")
-        print(f"\nreports: {paths['json']}  {paths['md']}  {paths['html']}")
-    print(result.summary_line())
+        sys.stdout.write(to_json(result))
+        sys.stdout.flush()
+        for line in _report_lines(paths, replaced, out_dir):
+            print(line, file=sys.stderr)
+        print(result.summary_line(), file=sys.stderr)
+        return EXIT_OK if result.passed else EXIT_FAILED
+    con = _console(sys.stdout)
+    con.print(stage_table(result))
+    fd = result.first_divergence
+    fd = fd() if callable(fd) else fd
+    if fd is not None and fd[1] is not None:
+        con.print(f"\nfirst divergence at {fd[0].name} {fd[1].path}:\n  {fd[1].describe()}", markup=False)
+    errors = [f for f in result.findings if f.severity == "error"]
+    if errors:
+        con.print("\nfindings:")
+        seen = set()
+        for f in errors:
+            key = (f.cause, f.message)
+            if key in seen:
+                continue
+            seen.add(key)
+            same = sum(1 for g in errors if (g.cause, g.message) == key)
+            more = f" (and {same - 1} more layers)" if same > 1 else ""
+            con.print(f"  {f.line()}{more}", markup=False)
+    con.print("")
+    for line in _report_lines(paths, replaced, out_dir):
+        con.print(line, markup=False, soft_wrap=True)
+    sys.stdout.flush()
+    print(result.summary_line(), flush=True)
     return EXIT_OK if result.passed else EXIT_FAILED
 
 
+# -- commands ------------------------------------------------------------------------------------------------------
 def cmd_list(args) -> int:
-    from parity.pairs import registry
-
     specs = registry.all_specs()
     if args.json:
         print(json.dumps([{"name": s.name, "summary": s.summary, "published_params": s.published_params,
                            "default_config": {k: list(v) if isinstance(v, tuple) else v
                                               for k, v in s.default_config.items()}} for s in specs], indent=2))
-    else:
-        print(f"{'pair':<14} {'parameters':>12}  summary")
-        for s in specs:
-            n = s.published_params.get("total")
-            print(f"{s.name:<14} {f'{n:,}' if n else '?':>12}  {s.summary}")
-        for name, err in registry.BROKEN.items():
-            print(f"{name:<14} {'':>12}  (failed to load: {err})")
-    print(f"PASSED list: {len(specs)} pairs")
+        return EXIT_OK
+    from rich.table import Table
+
+    t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    t.add_column("pair")
+    t.add_column("parameters", justify="right")
+    t.add_column("summary", overflow="fold")
+    for s in specs:
+        n = s.published_params.get("total")
+        t.add_row(s.name, f"{n:,}" if n else "?", s.summary)
+    for name, err in registry.BROKEN.items():
+        t.add_row(name, "", f"(failed to load: {err})")
+    _console(sys.stdout).print(t)
     return EXIT_OK
 
 
-def _spec_for(args):
-    from parity.pairs import registry
-
-    if args.name:
-        return registry.get(args.name)
-    if getattr(args, "reference", None) and getattr(args, "port", None):
-        from parity.user.pair import spec_from_user_models
-
-        return spec_from_user_models(args.reference, args.port, input_shape=getattr(args, "input_shape", None),
-                                     loss=getattr(args, "loss", None), pins=getattr(args, "align", None))
-    raise CliError("check: expected a pair NAME (see `parity list`) or both --reference MOD:FN and --port MOD:FN. "
-                   "Received: neither.")
-
-
-def _check_args(args):
-    spec = _spec_for(args)
-    cfg = dict(spec.fast_config) if args.fast else {}
-    cfg.update(_parse_config(args.config))
-    return spec, cfg
-
-
 def cmd_check(args) -> int:
-    from parity.harness import check
-
-    spec, cfg = _check_args(args)
-    port = args.port if args.name else None
-    result = check(spec, stages=args.stages, dtype=args.dtype, device=args.device, batch=args.batch,
-                   seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,
-                   port=port, reference=(args.reference if args.name else None), onnx=args.onnx,
-                   progress=_progress(not args.quiet))
-    return _render(result, args, os.path.join("parity-report", spec.name))
+    spec = _pair_or_user(args, "check")
+    cfg, stages = _validate_run(args, spec)
+    out_dir = _out_dir(args, spec.name if spec is not None else "user")
+    with Progress(quiet=args.quiet, verbose=args.verbose,
+                  total=expected_phases(stages, args.steps, onnx=args.onnx)) as say:
+        if spec is None:
+            say("reference: build your model (imports TensorFlow)")
+            spec = spec_from_user_models(args.reference, args.port, input_shape=args.input_shape, loss=args.loss,
+                                         pins=args.align)
+            if not args.out:
+                out_dir = _out_dir(args, spec.name)
+        result = check(spec, stages=",".join(stages), dtype=args.dtype, device=args.device, batch=args.batch,
+                       seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,
+                       port=args.port if args.name else None, reference=(args.reference if args.name else None),
+                       onnx=args.onnx, progress=say)
+        return _render(result, args, out_dir, say)
 
 
 def cmd_record(args) -> int:
-    from parity.io.trace import record
-
-    if not args.name and not (args.reference and args.port):
-        raise CliError("record: expected a pair NAME (see `parity list`) or both --reference MOD:FN and --port MOD:FN "
-                       "(the port replay will check). Received: "
-                       + ("--reference only." if args.reference else "--port only." if args.port else "neither."))
-    spec, cfg = _check_args(args)
-    path, summary = record(spec, args.output, stages=args.stages, dtype=args.dtype, batch=args.batch, seed=args.seed,
-                           optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,
-                           reference=(args.reference if args.name else None), port=args.port,
-                           progress=_progress(not args.quiet))
-    print(summary)
+    spec = _pair_or_user(args, "record")
+    cfg, stages = _validate_run(args, spec, with_device=False)
+    check_output_file(args.output, "-o", TRACE_SUFFIXES, "trace")
+    with Progress(quiet=args.quiet, verbose=args.verbose,
+                  total=expected_phases(stages, args.steps, reference=False)) as say:
+        if spec is None:
+            say("reference: build your model (imports TensorFlow)")
+            spec = spec_from_user_models(args.reference, args.port, input_shape=args.input_shape, loss=args.loss,
+                                         pins=args.align)
+        path, summary = record(spec, args.output, stages=",".join(stages), dtype=args.dtype, batch=args.batch,
+                               seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights,
+                               config=cfg, reference=(args.reference if args.name else None), port=args.port,
+                               progress=say)
+    # recording checks nothing: no PASSED/FAILED (those are verdicts)
+    print(re.sub(r"^(PASSED|FAILED) record\b", "recorded", summary))
     return EXIT_OK
 
 
 def cmd_replay(args) -> int:
-    from parity.io.trace import replay
+    check_input_file(args.trace, "replay", "trace file")
+    stages = parse_stages(args.stages) if args.stages is not None else None
+    check_device_name(args.device)
+    if args.port is not None:
+        locate(args.port, "--port", "a torch.nn.Module")
+    if args.out:
+        _out_dir(args, "pair")  # fields and writability; the pair's name is read from the trace below
+    with Progress(quiet=args.quiet, verbose=args.verbose,
+                  total=expected_phases(stages or ALL_STAGES, 1, reference=False)) as say:
+        result = replay(args.trace, port=args.port, stages=",".join(stages) if stages else None, device=args.device,
+                        progress=say)
+        out_dir = _out_dir(args, result.pair, default="parity-report/{pair}-replay")
+        return _render(result, args, out_dir, say)
 
-    result = replay(args.trace, port=args.port, stages=args.stages, device=args.device,
-                    progress=_progress(not args.quiet))
-    return _render(result, args, os.path.join("parity-report", result.pair + "-replay"))
+
+def usage_hint(spec: PairSpec, cfg: dict, output: str) -> list[str]:
+    """How to use a converted file: the port's builder, its input layout, its output, a load snippet."""
+    full = spec.config(**cfg)
+    port = spec.port if isinstance(spec.port, str) else f"{spec.port.__module__}:{spec.port.__qualname__}"
+    mod, _, fn = port.partition(":")
+    h, w, c = tuple(spec.input_shape(full))[:3]
+    out = ("logits (apply softmax for the reference's probabilities; train with F.cross_entropy)"
+           if spec.loss.name == "categorical_crossentropy" else "the model's outputs (no activation added)")
+    args = ", ".join(f"{k}={v!r}" for k, v in cfg.items())
+    load = (f'load_file("{output}")' if output.endswith(".safetensors")
+            else f'torch.load("{output}", weights_only=True)')
+    imp = ("from safetensors.torch import load_file" if output.endswith(".safetensors") else "import torch")
+    return [
+        "",
+        f"use it: the port is {port}({args}); input NCHW float (N, {c}, {h}, {w}) "
+        f"(the reference's NHWC (N, {h}, {w}, {c}) transposed); it returns {out}.",
+        f"  from {mod} import {fn}; {imp}",
+        f"  model = {fn}({args}); model.load_state_dict({load}); model.eval()",
+    ]
 
 
 def cmd_convert(args) -> int:
-    from parity.io.convert import convert
-
-    cfg = {}
-    from parity.pairs import registry
-
+    check_input_file(args.weights, "convert", "weights file")
     spec = registry.get(args.pair)
-    if args.fast:
-        cfg.update(spec.fast_config)
-    cfg.update(_parse_config(args.config))
-    lines, ok = convert(spec, args.weights, args.output, config=cfg, progress=_progress(not args.quiet))
-    for line in lines:
+    check_output_file(args.output, "-o", CONVERT_FORMATS, "state_dict")
+    targets = _builder_targets(argparse.Namespace(), spec)
+    cfg = _validated_config(args, spec, targets, args.fast)
+    with Progress(quiet=args.quiet, verbose=args.verbose, total=6) as say:
+        lines, ok = convert(spec, args.weights, args.output, config=cfg, progress=say)
+    body, last = (lines[:-1], lines[-1:]) if lines else ([], [])
+    for line in body + (usage_hint(spec, cfg, args.output) + [""] if ok else []) + last:
         print(line)
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -271,31 +484,143 @@ def cmd_convert(args) -> int:
 COMMANDS = {"list": cmd_list, "check": cmd_check, "record": cmd_record, "replay": cmd_replay, "convert": cmd_convert}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from parity.core.env import MissingFramework
-    from parity.core.errors import UsageError
-    from parity.pairs.registry import UnknownPair
+# -- the parser -----------------------------------------------------------------------------------------------------
+def _add_model_options(p, *, record: bool = False) -> None:
+    p.add_argument("name", nargs="?", help="registered pair (see `parity list`)")
+    p.add_argument("--reference", metavar="MOD:FN", help="Keras model builder (your own model)")
+    p.add_argument("--port", metavar="MOD:FN",
+                   help=("torch module builder stored in the trace as replay's default port (needed with "
+                         "--reference)") if record else "torch module builder (your own port)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="Keras .h5 / .weights.h5, or Caffe .npy / .caffemodel, for the reference")
+    p.add_argument("--input-shape", metavar="H,W,C", help="one reference input (your own models)")
+    p.add_argument("--loss", choices=None, metavar="|".join(LOSSES), help="loss (your own models; default inferred)")
+    p.add_argument("--align", action="append", metavar="REF=PORT",
+                   help="pin a reference layer to a port module path (your own models; repeatable)")
 
+
+def _add_run_options(p, *, check_only: bool = True) -> None:
+    p.add_argument("--stages", metavar="S,...",
+                   help=f"comma list of {', '.join(ALL_STAGES)}; trajectory = step over --steps N >= 2 "
+                        "(default: all but trajectory)")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                   help="float64 (default; exact comparison) or float32 (documented looser policy)")
+    if check_only:
+        p.add_argument("--device", default="cpu", help="torch device for the port: cpu (default) or cuda[:N]")
+    p.add_argument("--batch", type=int, metavar="N", help="batch size >= 1, >= 2 with train stages "
+                                                          "(default: the pair's)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the inputs, labels and initialisation")
+    p.add_argument("--optimizer", metavar="KIND", help="one of the pair's optimizers (e.g. sgd, adam)")
+    p.add_argument("--steps", type=int, metavar="N", help="optimizer steps to compare (default 1; 3 with "
+                                                          "--stages trajectory)")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE",
+                   help="override a builder argument, e.g. --config num_classes=2 (repeatable; checked "
+                        "against the builders' signatures)")
+    p.add_argument("--fast", action="store_true", help="use the pair's reduced CI configuration")
+    if check_only:
+        p.add_argument("--out", metavar="DIR",
+                       help="directory for report.json/.md/.html; may hold {pair}, {run_id} (env "
+                            f"{RUN_ID_ENV}, else generated), {{timestamp}} (default: {DEFAULT_OUT}, replaced by "
+                            "the next check of the pair)")
+        p.add_argument("--json", action="store_true",
+                       help="stdout is exactly the JSON report; the summary line goes to stderr")
+    _add_output_options(p)
+
+
+def _add_output_options(p) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="one progress line per phase with memory figures (RSS), also when not a terminal")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="parity", description="Prove a PyTorch port of a Keras/Caffe model is the same model.",
+                     epilog="Exit codes: 0 passed, 1 parity failure, 2 bad input, 3 a bug in parity.")
+    parser.add_argument("--version", action="version", version=f"parity {_version()}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    p = sub.add_parser("list", help="list the registered pairs")
+    p.add_argument("--json", action="store_true", help="print the pairs as one JSON document")
+    p = sub.add_parser("check", help="check a pair: structure, forward, backward, optimizer step, isolated layers")
+    _add_model_options(p)
+    p.add_argument("--onnx", action="store_true", help="add onnxruntime as a third leg of the forward comparison")
+    _add_run_options(p)
+    p = sub.add_parser("record", help="run only the reference side and store a trace (safetensors + JSON)")
+    _add_model_options(p, record=True)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="trace file (.safetensors)")
+    _add_run_options(p, check_only=False)
+    p = sub.add_parser("replay", help="check a port against a recorded trace (PyTorch only, no TensorFlow)")
+    p.add_argument("trace", help="trace file written by `parity record`")
+    p.add_argument("--port", metavar="MOD:FN", help="torch module builder (your own port; default: the pair's)")
+    p.add_argument("--stages", metavar="S,...", help="comma list among the recorded stages (default: all recorded)")
+    p.add_argument("--device", default="cpu", help="torch device for the port: cpu (default) or cuda[:N]")
+    p.add_argument("--out", metavar="DIR", help="report directory; may hold {pair}, {run_id}, {timestamp} "
+                                                "(default: parity-report/{pair}-replay)")
+    p.add_argument("--json", action="store_true",
+                   help="stdout is exactly the JSON report; the summary line goes to stderr")
+    _add_output_options(p)
+    p = sub.add_parser("convert", help="convert reference weights to a torch state_dict, with self-checks")
+    p.add_argument("weights", help="Keras .h5 / .weights.h5 or Caffe .npy / .caffemodel")
+    p.add_argument("--pair", required=True, metavar="NAME",
+                   help="registered pair whose port the weights are for (see `parity list`)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="port.safetensors or port.pt")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE",
+                   help="builder argument the weights were saved with, e.g. --config num_classes=2 (repeatable)")
+    p.add_argument("--fast", action="store_true", help="use the pair's reduced CI configuration")
+    _add_output_options(p)
+    return parser
+
+
+# -- main -------------------------------------------------------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else str(exc)
+    lines = [s for s in text.strip().splitlines() if s.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _internal_error(exc: BaseException) -> int:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix="parity-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"parity {_version()}, Python {sys.version.split()[0]}, argv {sys.argv!r}\n\n{tb}")
+        where = f"traceback written to {path}"
+    except OSError:
+        where = f"set {DEBUG_ENV}=1 for the traceback"
+    if _debug():
+        sys.stderr.write(tb)
+    print(f"parity: internal error: {type(exc).__name__}: {_first_line(exc)} (a bug in parity; {where})",
+          file=sys.stderr, flush=True)
+    return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # --port mod:fn resolves against the working directory, like `python -m`
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command is None:
             raise CliError("expected a command: list, check, record, replay or convert. Run `parity --help`.")
         return COMMANDS[args.command](args)
-    except (CliError, UsageError, MissingFramework, UnknownPair) as exc:
-        msg = exc.args[0] if exc.args else str(exc)
-        print(f"parity: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ImportError, AttributeError, ValueError, KeyError, FileNotFoundError) as exc:
-        if os.environ.get("PARITY_DEBUG"):
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"parity: error: {type(exc).__name__}: {msg} (set PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
+    except UsageError as exc:
+        if _debug():
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        print(f"parity: error: {_first_line(exc)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("parity: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        return _internal_error(exc)
 
 
 if __name__ == "__main__":

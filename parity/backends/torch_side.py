@@ -11,13 +11,15 @@ from typing import Any
 import numpy as np
 
 from parity.core.tensors import hwc_flat_to_chw_flat, nhwc_to_nchw
+from parity.core.errors import UsageError
+from parity.core.families import torch_info
 from parity.core.spec import LossSpec, Tap
 from weight_converters.keras import LAYER_VARS
 
 TORCH_DTYPES = ("float32", "float64")
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(UsageError, RuntimeError):
     pass
 
 
@@ -106,6 +108,7 @@ def module_info(m) -> dict[str, Any]:
     bufs = dict(m.named_buffers())
     info["buffers"] = int(sum(b.numel() for k, b in bufs.items() if not k.endswith("num_batches_tracked")))
     info["num_batches_tracked"] = int(sum(1 for k in bufs if k.endswith("num_batches_tracked")))
+    info.update(torch_info(m))  # the layer families' attributes (LSTM batch_first, LayerNorm shape, ...)
     info["has_bias"] = any(k.split(".")[-1] == "bias" and "bn" not in type(m).__name__.lower()
                            for k, _ in m.named_parameters()) and not isinstance(m, _bn_types())
     for name, act in (("ReLU", "relu"), ("ReLU6", "relu6"), ("Softmax", "softmax"), ("Tanh", "tanh"),
@@ -209,7 +212,7 @@ class TorchSide:
                 if rec is not None:  # a module called more than once: keep the first call
                     rec.calls += 1
                     return
-                t = out
+                t = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
                 if sink is not None:
                     sink(tap, self.tap_value(tap, TapRecord(t, 1)))
                     if grad_sink is not None and t.requires_grad and not tap.port_transform:
@@ -228,6 +231,8 @@ class TorchSide:
     def to_input(self, x_nhwc: np.ndarray):
         # an explicit C-order copy: NHWC -> NCHW of a C=1 array is otherwise an ambiguous channels_last view
         a = np.array(nhwc_to_nchw(x_nhwc), order="C", copy=True)
+        if np.issubdtype(a.dtype, np.integer):  # token ids stay integers (an Embedding's input)
+            return self.torch.from_numpy(a.astype(np.int64)).to(device=self.device)
         return self.torch.from_numpy(a).to(device=self.device, dtype=self.dtype)
 
     def tap_value(self, tap: Tap, rec: TapRecord) -> np.ndarray:
@@ -299,6 +304,7 @@ class TorchSide:
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 return None
+        out = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
         return apply_transform(tap.port_transform, out).cpu().numpy()
 
 

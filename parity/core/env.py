@@ -20,6 +20,8 @@ import os
 import sys
 import warnings
 
+from parity.core.errors import UsageError
+
 #: Environment every process of the project runs with. ``setdefault`` semantics: a user who exports
 #: a different value on purpose keeps it.
 ENVIRONMENT = {
@@ -111,5 +113,5 @@ def trim_heap() -> None:
 _LIBC = None
 
 
-class MissingFramework(RuntimeError):
+class MissingFramework(UsageError, RuntimeError):
     """A framework the requested stage needs is not installed."""

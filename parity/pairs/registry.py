@@ -6,6 +6,7 @@ import importlib
 import os
 import pkgutil
 
+from parity.core.errors import UsageError
 from parity.core.spec import PairSpec
 
 _PAIRS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -17,8 +18,8 @@ _LOADED = False
 BROKEN: dict[str, str] = {}
 
 
-class UnknownPair(KeyError):
-    pass
+class UnknownPair(UsageError, KeyError):
+    """A pair name that is not registered (the user can fix it: exit 2)."""
 
 
 def register(spec: PairSpec) -> PairSpec:

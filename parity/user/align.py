@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity.core.errors import UsageError
 from parity.core.spec import Tap
 
 #: Keras layer class -> tap kind (custom layers fall back to name heuristics, see :func:`_kind_from_name`).
@@ -119,6 +120,8 @@ class Alignment:
     ref_nodes: list[Node]
     port_nodes: list[Node]
     traced_with: str = "hooks"
+    #: port module groups that stand for one reference layer: group path -> member module paths (in call order)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def table(self) -> list[dict]:
         return [r.to_dict() for r in self.rows]
@@ -140,7 +143,7 @@ class Alignment:
         return "\n".join(lines)
 
 
-class AlignmentError(ValueError):
+class AlignmentError(UsageError):
     """Bad pins or models that cannot be aligned; the message says what to do (the CLI exits 2)."""
 
 
@@ -329,47 +332,60 @@ class PortTrace:
     traced_with: str
 
 
-def trace_torch(module, example) -> PortTrace:
-    """Run ``module`` once (eval, no grad) on ``example`` (NCHW tensor) with hooks on every unit; return the
-    call sequence as nodes. The module's mode is restored; its weights are not touched."""
+def trace_torch(module, example, separable=None) -> PortTrace:
+    """Run ``module`` once (eval, no grad) on ``example`` (a tensor, or a tuple of tensors for a port with
+    several inputs) with hooks on every unit; return the call sequence as nodes. The module's mode is
+    restored; its weights are not touched.
+
+    Data flow is recorded at hook time (which call made each tensor a call reads), so an in-place activation
+    (``nn.ReLU(inplace=True)``, ``F.relu_``) counts as the producer of what follows it. ``separable``: the
+    (depthwise, pointwise) torch weight shapes of the reference's separable convolutions; a depthwise conv
+    whose only consumer is a 1x1 conv with such shapes becomes one ``separable_conv2d`` node, wherever the two
+    modules live (see :func:`group_separable`)."""
     import torch
 
     units = _units(module)
     calls: list[dict] = []
     handles = []
+    examples = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    made_by: dict[int, int] = {id(t): -1 for t in examples}
     for path, m in units.items():
         def hook(mod, inp, out, path=path):
-            calls.append({"path": path, "inputs": [t for t in inp if torch.is_tensor(t)],
-                          "output": out if torch.is_tensor(out) else None})
+            ins = [t for t in inp if torch.is_tensor(t)]
+            k = len(calls)
+            calls.append({"path": path, "inputs": ins, "output": out if torch.is_tensor(out) else None,
+                          "producers": [made_by[id(t)] for t in ins if id(t) in made_by]})
+            if torch.is_tensor(out):
+                made_by[id(out)] = k  # an in-place op returns its input: the latest writer owns it
         handles.append(m.register_forward_hook(hook))
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            module(example)
+            module(*examples)
     finally:
         for h in handles:
             h.remove()
         module.train(was_training)
     nodes = []
     seen_count: dict[str, int] = {}
-    made_by = {id(example): -1}
     for k, c in enumerate(calls):
-        if c["output"] is not None:
-            made_by.setdefault(id(c["output"]), k)
-    for c in calls:
         m = units[c["path"]]
         kind, act = torch_kind(m)
         seen_count[c["path"]] = seen_count.get(c["path"], 0) + 1
-        params = {k: tuple(v.shape) for k, v in m.named_parameters()}
-        params.update({k: tuple(v.shape) for k, v in m.named_buffers() if not k.endswith("num_batches_tracked")})
+        params = {k2: tuple(v.shape) for k2, v in m.named_parameters()}
+        params.update({k2: tuple(v.shape) for k2, v in m.named_buffers() if not k2.endswith("num_batches_tracked")})
+        info = {"call": seen_count[c["path"]], "call_k": k}
+        if isinstance(m, torch.nn.Conv2d):
+            info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups)
         nodes.append(Node(name=c["path"], cls=type(m).__name__, kind=kind, act=act,
                           params=params if kind in ("conv2d", "depthwise_conv2d", "separable_conv2d", "dense",
                                                     "batchnorm") else {},
                           out_shape=_shape(c["output"]) if c["output"] is not None else None,
                           in_shapes=[_shape(t) for t in c["inputs"]],
-                          producers=[made_by[id(t)] for t in c["inputs"] if id(t) in made_by],
-                          info={"call": seen_count[c["path"]]}))
+                          producers=list(c["producers"]), info=info))
+    if separable:
+        nodes = group_separable(nodes, separable)
     traced = "hooks"
     fx_nodes = _fx_sequence(module, units)
     if fx_nodes is not None:
@@ -377,6 +393,81 @@ def trace_torch(module, example) -> PortTrace:
         if merged is not None:
             nodes, traced = merged, "torch.fx + hooks"
     return PortTrace(nodes=nodes, calls=calls, traced_with=traced)
+
+
+#: separator between the member paths of a module group (a group is not a module of the user's port; its name
+#: must not contain a dot, so the members' dots become slashes)
+GROUP_JOIN = "+"
+
+
+def group_name(members) -> str:
+    """``("block1.sep.0", "block1.sep.1")`` -> ``"block1/sep/0+1"``: the common prefix once, then the members."""
+    parts = [m.split(".") for m in members]
+    common = []
+    for level in zip(*parts):
+        if all(x == level[0] for x in level):
+            common.append(level[0])
+        else:
+            break
+    if len(common) == min(len(p) for p in parts):
+        common = common[:-1]
+    rest = ["/".join(p[len(common):]) for p in parts]
+    return "/".join(common + [GROUP_JOIN.join(rest)])
+
+
+def group_separable(nodes: list[Node], separable) -> list[Node]:
+    """Merge each depthwise conv whose output feeds exactly one call, a 1x1 stride-1 ungrouped conv, into one
+    ``separable_conv2d`` node when the (depthwise, pointwise) weight shapes are one of the reference's
+    separable convolutions (``separable``: a list of shape pairs; each is used as often as it occurs).
+    The node's ``params`` use the converter's keys (``depthwise.weight``, ``pointwise.weight`` ...) and
+    ``info["members"]`` the two module paths; names decide nothing."""
+    budget: dict[tuple, int] = {}
+    for sig in separable:
+        budget[tuple(sig)] = budget.get(tuple(sig), 0) + 1
+    consumers: dict[int, list[int]] = {}
+    for j, n in enumerate(nodes):
+        for q in n.producers:
+            consumers.setdefault(q, []).append(j)
+    merge: dict[int, int] = {}
+    for i, n in enumerate(nodes):
+        if n.kind != "depthwise_conv2d" or n.cls.lower().startswith("separable") or "weight" not in n.params:
+            continue
+        cons = consumers.get(i, [])
+        if len(cons) != 1:
+            continue
+        j = cons[0]
+        pw = nodes[j]
+        if (pw.kind != "conv2d" or pw.info.get("kernel") != (1, 1) or pw.info.get("stride") != (1, 1)
+                or pw.info.get("groups") != 1 or pw.producers != [i] or "weight" not in pw.params):
+            continue
+        sig = (tuple(n.params["weight"]), tuple(pw.params["weight"]))
+        if budget.get(sig, 0) < 1 or j in merge.values():
+            continue
+        budget[sig] -= 1
+        merge[i] = j
+    if not merge:
+        return nodes
+    drop = set(merge.values())
+    new_index: dict[int, int] = {}
+    out: list[Node] = []
+    for i, n in enumerate(nodes):
+        if i in drop:
+            continue
+        if i in merge:
+            pw = nodes[merge[i]]
+            params = {f"depthwise.{k}": v for k, v in n.params.items()}
+            params.update({f"pointwise.{k}": v for k, v in pw.params.items()})
+            members = (n.name, pw.name)
+            n = Node(name=group_name(members), cls=f"{n.cls}+{pw.cls}", kind="separable_conv2d", params=params,
+                     out_shape=pw.out_shape, in_shapes=n.in_shapes, producers=n.producers,
+                     info={"call": max(n.info.get("call", 1), pw.info.get("call", 1)),
+                           "call_k": pw.info.get("call_k"), "members": members})
+            new_index[merge[i]] = len(out)
+        new_index[i] = len(out)
+        out.append(n)
+    for n in out:
+        n.producers = [new_index.get(q, q) if q >= 0 else q for q in n.producers]
+    return out
 
 
 def _fx_sequence(module, units) -> list[tuple[str, str, str | None]] | None:
@@ -409,16 +500,26 @@ def _merge_fx(nodes: list[Node], fx_seq) -> list[Node] | None:
     """Insert the functional ops of the fx trace between the hooked module calls (same program order)."""
     out: list[Node] = []
     i = 0
+    pending: list[str] = []  # the remaining members of a module group
     for op, name, _ in fx_seq:
         if op == "module":
-            if i >= len(nodes) or nodes[i].name != name:
+            if pending:
+                if pending[0] != name:
+                    return None
+                pending.pop(0)
+                continue
+            if i >= len(nodes):
+                return None
+            members = list(nodes[i].info.get("members", ()))
+            if (members[0] if members else nodes[i].name) != name:
                 return None  # the fx program order disagrees with the real call order: trust the hooks
+            pending = members[1:]
             out.append(nodes[i])
             i += 1
         else:
             kind, act = FUNCTIONAL_OPS[name]
             out.append(Node(name=f"<{name}>", cls=name, kind=kind, act=act, functional=True))
-    if i != len(nodes):
+    if i != len(nodes) or pending:
         return None
     pos = {id(n): k for k, n in enumerate(out)}
     call_to_node = [pos[id(n)] for n in nodes]
@@ -761,25 +862,30 @@ def example_input(input_shape, dtype, seed: int = 0):
     return torch.from_numpy(rng.uniform(-1, 1, size=(2,) + shape)).to(dtype)
 
 
-def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int = 0) -> Alignment:
+def separable_signatures(ref: list[Node]) -> list[tuple]:
+    """(depthwise, pointwise) torch weight shapes of every reference separable convolution."""
+    return [(r.params["depthwise.weight"], r.params["pointwise.weight"]) for r in ref
+            if r.kind == "separable_conv2d" and "depthwise.weight" in r.params and "pointwise.weight" in r.params]
+
+
+def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int = 0, example=None) -> Alignment:
     """Align a Keras model with a torch module and build the taps (reference order). ``input_shape``: the
-    (H, W, C) of one input when the Keras model does not define it. Raises :class:`AlignmentError` with what
-    to do when pins are wrong or a layer cannot be compared."""
+    (H, W, C) of one input when the Keras model does not define it; ``example``: the port's example input(s)
+    in its own layout (a tensor or a tuple), built from ``input_shape`` when not given. Raises
+    :class:`AlignmentError` with what to do when pins are wrong or a layer cannot be compared."""
     import torch
 
     ref = trace_keras(keras_model)
-    if input_shape is None:
-        input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
-    dtype = next((p.dtype for p in torch_module.parameters()), torch.float32)
-    trace = trace_torch(torch_module, example_input(input_shape, dtype, seed))
+    if example is None:
+        if input_shape is None:
+            input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
+        dtype = next((p.dtype for p in torch_module.parameters()), torch.float32)
+        example = example_input(input_shape, dtype, seed)
+    trace = trace_torch(torch_module, example, separable=separable_signatures(ref))
     port = trace.nodes
     pairs = align_nodes(ref, port, parse_pins(pins))
     supported = supported_transforms()
-    call_index, k = {}, 0
-    for j, p in enumerate(port):
-        if not p.functional:
-            call_index[j] = k
-            k += 1
+    call_index = {j: p.info["call_k"] for j, p in enumerate(port) if not p.functional and "call_k" in p.info}
     matched_port = {pj for ri, pj, _, _ in pairs if ri is not None and pj is not None}
     last_ref = ref[-1].name if ref else None
     ends_in_softmax = bool(ref) and (ref[-1].kind == "softmax" or ref[-1].act == "softmax")
@@ -804,6 +910,9 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                   (s / _max_score(r)) if s is not None else None, status, ref_class=r.cls,
                   port_class=p.cls if p is not None else "")
         rows.append(row)
+        if p is not None and "members" in p.info:
+            row.note = (f"{' + '.join(p.info['members'])}: a depthwise conv and the 1x1 conv it feeds, one "
+                        f"{r.cls} (weights split between them)")
         flatten_chw = None
         if r.kind == "flatten":
             chw = r.in_shapes[0] if r.in_shapes and r.in_shapes[0] and len(r.in_shapes[0]) == 3 else None
@@ -878,13 +987,16 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             row.note = (row.note + "; " if row.note else "") + "computed from the input alone: not tapped"
             continue
         taps.append(Tap(r.name, r.name, p.name, r.kind, port_transform=transform, flatten_chw=flatten_chw))
-    return Alignment(taps=taps, rows=rows, ref_nodes=ref, port_nodes=port, traced_with=trace.traced_with)
+    groups = {port[pj].name: tuple(port[pj].info["members"]) for ri, pj, _, _ in pairs
+              if ri is not None and pj is not None and "members" in port[pj].info}
+    return Alignment(taps=taps, rows=rows, ref_nodes=ref, port_nodes=port, traced_with=trace.traced_with,
+                     groups=groups)
 
 
 def _ref_only_note(r: Node) -> str:
     if r.kind == "separable_conv2d":
-        return ("a Keras SeparableConv2D needs one port module with .depthwise and .pointwise children "
-                "(ported_torch.layers.SeparableConv2d); two separate convs cannot take its weights")
+        return ("a Keras SeparableConv2D is a depthwise conv (groups = in_channels) whose output feeds only a 1x1 "
+                "conv; no such pair with its weight shapes runs in the port")
     if r.cls == "ZeroPadding2D":
         return "padding: in the port usually part of the next conv (padding=...)"
     if r.kind == "reshape" or r.cheap:

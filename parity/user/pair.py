@@ -18,8 +18,11 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from parity.core.errors import UsageError
+from parity.core.options import resolve_user
 from parity.core.results import CheckResult, Finding
-from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap, resolve
+from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.user.view import port_view
 
 #: Optimizers offered for user pairs (``--optimizer``): plain SGD with momentum by default, Adam with Keras 3's
 #: epsilon (the harness converts it to torch's per-step equivalent).
@@ -31,17 +34,12 @@ LOSSES = ("categorical_crossentropy", "mse", "l1_sum")
 ALIGNMENTS: dict[str, "UserTaps"] = {}
 
 
-class UserPairError(ValueError):
+class UserPairError(UsageError):
     """A problem with the user's models or options; one line that says what to do (the CLI exits 2)."""
 
 
 def _usage_error(msg: str):
-    try:
-        from parity.core.errors import UsageError
-
-        return UsageError(msg)
-    except ImportError:  # pragma: no cover
-        return UserPairError(msg)
+    return UserPairError(msg)
 
 
 def parse_input_shape(text) -> tuple[int, ...] | None:
@@ -63,16 +61,9 @@ def parse_input_shape(text) -> tuple[int, ...] | None:
 
 
 def _resolve_builder(target, option: str, what: str) -> Callable:
-    if callable(target):
-        return target
-    try:
-        return resolve(target)
-    except ValueError:
-        raise _usage_error(f"{option}: expected MODULE:FUNCTION building {what}. Received: {target!r}.") from None
-    except (ImportError, AttributeError) as exc:
-        raise _usage_error(f"{option} {target}: expected an importable MODULE:FUNCTION building {what}. "
-                           f"Received: {type(exc).__name__}: {exc}. Check the module path (run from its "
-                           "directory or install it).") from None
+    """The user's builder, located and checked before it is imported (``parity.core.options.resolve_user``);
+    whatever it raises when called is reported as the user's (``UserCodeError``, exit 2)."""
+    return resolve_user(target, option, what)
 
 
 def _is_keras_model(obj) -> bool:
@@ -153,6 +144,12 @@ class UserTaps:
         self.model = None          # the reference model the harness built last
         self.alignment = None
         self.spec: PairSpec | None = None
+        self.groups: dict[str, tuple[str, ...]] = {}
+
+    def view(self, module):
+        """The port as the check sees it (:func:`parity.user.view.port_view`): the module groups the alignment
+        found and the input unpacking."""
+        return port_view(module, self.groups)
 
     def __call__(self, config: dict) -> list[Tap]:
         from parity.user.align import AlignmentError, align
@@ -168,6 +165,7 @@ class UserTaps:
         if self.spec is not None:
             self.spec.conventions = tuple(c for c in self.spec.conventions if c.name != "alignment") + (
                 _alignment_convention(self.alignment),)
+        self.groups = dict(self.alignment.groups)
         if not self.alignment.taps:
             raise _usage_error("user pair: expected at least one reference layer with a port counterpart. "
                                "Received: none aligned. Pin layers with --align REF=PORT.\n"
@@ -242,7 +240,7 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
         if not _is_torch_module(module):
             raise _usage_error(f"--port {port}: expected a function returning a torch.nn.Module. Received: "
                                f"{type(module).__name__}.")
-        return module
+        return taps.view(module)
 
     rname = getattr(ref_fn, "__name__", "reference")
     pname = getattr(port_fn, "__name__", "port")
@@ -274,7 +272,7 @@ def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None,
         return model
 
     def build_port(**config):
-        return torch_module
+        return taps.view(torch_module)
 
     spec_name = name or _safe_name(f"{model.name}-vs-{type(torch_module).__name__}")
     return _spec(spec_name, f"user models {model.name} <-> {type(torch_module).__name__}", build_reference,
