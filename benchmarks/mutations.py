@@ -711,7 +711,7 @@ class Outcome:
 
 def first_failure(result: CheckResult) -> tuple[str | None, str | None, Any]:
     """(stage, layer path, cause finding) of the first divergence as the CLI reports it."""
-    fd = result.first_divergence()
+    fd = result.first_divergence
     if fd is None:
         return None, None, None
     stage, diff = fd

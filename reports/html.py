@@ -1,7 +1,9 @@
 """The HTML report: one self-contained file (inline CSS, inline SVG plots, no scripts, no external URLs).
 
-Same content as the Markdown report (see :mod:`reports.view`) plus, per stage with tensors, a plot of the
-rel error per tensor and, for a trajectory stage, the per-layer divergence over steps. The template is a
+Same content and order as the Markdown report (see :mod:`reports.view`) plus, per stage with tensors, a plot
+of the rel error per tensor and, for a trajectory stage, the per-layer divergence over steps. Laid out for
+a 1280 px window: the verdict and the first divergence fill the first screen, wide tables scroll inside their
+own box instead of widening the page. The template is a
 string constant here, so it ships with the module (no package data to declare). Every user string is
 escaped by jinja2's autoescape; only the SVGs drawn by :mod:`reports.plots` are inserted as markup.
 """
@@ -13,83 +15,97 @@ from markupsafe import Markup
 from parity.core.results import CheckResult
 
 from .json_report import as_dict
-from .view import build_view
+from .view import INITIALISATION_NOTE, build_view
 
 TEMPLATE = """\
 <!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>parity: {{ v.pair }} {{ v.verdict }}</title>
 <style>
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328;
-       max-width: 1280px; margin: 2rem auto; padding: 0 1rem; }
+       max-width: 1240px; margin: 1rem auto; padding: 0 1rem; }
+h1 { margin: .5rem 0; font-size: 1.6rem; }
 h1 .PASSED, .pass { color: #1a7f37; }
 h1 .FAILED, .FAIL { color: #cf222e; }
-h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
-pre { background: #f6f8fa; padding: .75rem; white-space: pre-wrap; word-break: break-word; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 1.6rem; font-size: 1.25rem; }
+pre { background: #f6f8fa; padding: .6rem .75rem; white-space: pre-wrap; overflow-wrap: anywhere; margin: .4rem 0; }
+#summary { font-size: 13px; }
+#first-divergence { border-left: 4px solid #cf222e; padding: .1rem .9rem .4rem; background: #fff8f7; }
+#first-divergence h2 { margin-top: .4rem; border: 0; }
+#first-divergence ul { margin: .3rem 0; padding-left: 1.2rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: 13px; }
-th, td { border: 1px solid #d0d7de; padding: 2px 6px; text-align: left; vertical-align: top; }
-th { background: #f6f8fa; }
+th, td { border: 1px solid #d0d7de; padding: 2px 6px; text-align: left; vertical-align: top;
+         overflow-wrap: break-word; }
+td { max-width: 36rem; }
+th { background: #f6f8fa; white-space: nowrap; }
 tr.fail td { background: #ffebe9; }
 tr.first td { background: #ffcecb; font-weight: 600; }
 tr.skip td { color: #6e7781; }
+.note { color: #57606a; }
 .plot svg { max-width: 100%; height: auto; }
 summary { cursor: pointer; margin: .5rem 0; }
 </style>
 </head>
 <body>
 {% macro table(t) -%}
-<table>
+<div class="scroll"><table>
 <thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
 <tbody>
 {% for row, mark in t.marked_rows() %}
 <tr{% if mark %} class="{{ mark }}"{% endif %}>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>
 {% endfor %}
 </tbody>
-</table>
+</table></div>
 {%- endmacro %}
-<h1>parity: {{ v.pair }} <span class="{{ v.verdict }}">{{ v.verdict }}</span></h1>
-<pre>{{ v.summary }}</pre>
-
-<h2>Settings</h2>
-{{ table(v.settings) }}
-{% if v.environment %}
-<h2>Environment</h2>
-{{ table(v.environment) }}
-{% endif %}
-<h2>Stages</h2>
-{{ table(v.stages) }}
-{% if v.findings %}
-<h2>Findings</h2>
-{{ table(v.findings) }}
-{% endif %}
+<h1 id="verdict">parity: {{ v.pair }} <span class="{{ v.verdict }}">{{ v.verdict }}</span></h1>
+<pre id="summary">{{ v.summary }}</pre>
 {% if v.first_divergence %}
 {% set fd = v.first_divergence %}
-<h2>First divergence</h2>
-<p>At <strong>{{ fd.stage }}{% if fd.path %} {{ fd.path }}{% endif %}</strong>:</p>
+<section id="first-divergence">
+<h2>First divergence: <code>{{ fd.where }}</code></h2>
 <pre>{{ fd.detail }}</pre>
 {% if fd.cause %}
 <ul>
-<li>cause: <strong>{{ fd.cause.cause }}</strong> at <code>{{ fd.cause.path }}</code>: {{ fd.cause.message }}</li>
+<li>cause: <strong>{{ fd.cause.cause }}</strong> at <code>{{ fd.cause.path }}</code>{{ fd.also }}: {{ fd.cause.message }}</li>
+{% if fd.cause.fix %}<li>fix: <strong>{{ fd.cause.fix }}</strong></li>{% endif %}
 {% if fd.cause.evidence %}<li>evidence: {{ fd.cause.evidence }}</li>{% endif %}
-{% if fd.cause.fix %}<li>fix: {{ fd.cause.fix }}</li>{% endif %}
 </ul>
 {% endif %}
+{% for note in fd.no_cause %}<p>No cause named: {{ note }}</p>{% endfor %}
+</section>
+{% endif %}
+{% if v.findings %}
+<h2 id="causes">Causes</h2>
+{{ table(v.findings) }}
+{% endif %}
+{% if v.skipped %}
+<h2 id="not-run">Not run</h2>
+{{ table(v.skipped) }}
+{% endif %}
+<h2 id="stages">Stages</h2>
+{{ table(v.stages) }}
+{% if plots %}
+<h2 id="plots">Plots</h2>
+{% for name, svg in plots %}<div class="plot">{{ svg }}</div>
+{% endfor %}
 {% endif %}
 {% if v.structure %}
-<h2>Structure</h2>
+<h2 id="structure">Structure</h2>
 {{ table(v.structure) }}
 {% endif %}
 {% if v.alignment %}
-<h2>Alignment</h2>
+<h2 id="alignment">Alignment</h2>
 {{ table(v.alignment) }}
 {% endif %}
 {% if v.conversion %}
-<h2>Weight conversion</h2>
+<h2 id="conversion">Weight conversion</h2>
 {{ table(v.conversion) }}
 {% endif %}
-{% for s, errors_plot, steps_plot in stages %}
+{% for s in v.stage_views %}
 <h2 id="stage-{{ loop.index }}">Stage <code>{{ s.name }}</code>:
 <span class="{{ s.verdict }}">{{ s.verdict }}</span></h2>
 {% if s.skipped %}<p>Skipped: {{ s.skipped }}</p>{% endif %}
@@ -98,12 +114,10 @@ summary { cursor: pointer; margin: .5rem 0; }
 <ul>{% for e in s.errors %}<li>{{ e }}</li>{% endfor %}</ul>
 {% endif %}
 {% if s.info %}{{ table(s.info) }}{% endif %}
-{% if steps_plot %}<div class="plot">{{ steps_plot }}</div>{% endif %}
 {% if s.trajectory %}
 <p>Largest divergence over steps:</p>
 {{ table(s.trajectory) }}
 {% endif %}
-{% if errors_plot %}<div class="plot">{{ errors_plot }}</div>{% endif %}
 {% if s.tensors %}
 <details{% if s.verdict == "FAIL" %} open{% endif %}>
 <summary>tensors ({{ s.tensors.rows | length }})</summary>
@@ -111,6 +125,21 @@ summary { cursor: pointer; margin: .5rem 0; }
 </details>
 {% endif %}
 {% endfor %}
+{% if v.initialisation %}
+<h2 id="initialisation">Initialisation</h2>
+<p class="note">{{ initialisation_note }}</p>
+{{ table(v.initialisation) }}
+{% endif %}
+<h2 id="settings">Settings</h2>
+{{ table(v.settings) }}
+{% if v.optimizer %}
+<h2 id="optimizer">Optimizer</h2>
+{{ table(v.optimizer) }}
+{% endif %}
+{% if v.environment %}
+<h2 id="environment">Environment</h2>
+{{ table(v.environment) }}
+{% endif %}
 </body>
 </html>
 """
@@ -129,5 +158,9 @@ def render_html(d: CheckResult | dict) -> str:
     from .plots import stage_errors_svg, trajectory_svg  # matplotlib (~0.4 s) only when a page is drawn
 
     v = build_view(as_dict(d))
-    stages = [(s, _markup(stage_errors_svg(s.raw)), _markup(trajectory_svg(s.raw))) for s in v.stage_views]
-    return _TEMPLATE.render(v=v, stages=stages)
+    plots = []
+    for s in v.stage_views:
+        for svg in (trajectory_svg(s.raw), stage_errors_svg(s.raw)):
+            if svg is not None:
+                plots.append((s.name, _markup(svg)))
+    return _TEMPLATE.render(v=v, plots=plots, initialisation_note=INITIALISATION_NOTE)

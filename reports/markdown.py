@@ -1,4 +1,5 @@
-"""The Markdown report: the same content as the HTML report (see :mod:`reports.view`), without plots."""
+"""The Markdown report: the same content as the HTML report, in the same order (:data:`reports.view.SECTION_ORDER`),
+without plots."""
 from __future__ import annotations
 
 import re
@@ -6,7 +7,7 @@ import re
 from parity.core.results import CheckResult
 
 from .json_report import as_dict
-from .view import Divergence, Table, build_view
+from .view import INITIALISATION_NOTE, Divergence, Table, build_view
 
 
 def _cell(text: str) -> str:
@@ -28,14 +29,15 @@ def _fence(text: str) -> list[str]:
 
 
 def _divergence(fd: Divergence) -> list[str]:
-    where = f"{fd.stage} {fd.path}" if fd.path else fd.stage
-    lines = ["## First divergence", "", f"At **{where}**:", ""] + _fence(fd.detail)
+    lines = ["## First divergence", "", f"At **{fd.where}**:", ""] + _fence(fd.detail)
     if fd.cause is not None:
         c = fd.cause
-        lines += [f"- cause: **{c.cause}** at `{c.path}`: {c.message}"]
-        lines += [f"- evidence: {c.evidence}"] if c.evidence else []
+        lines += [f"- cause: **{c.cause}** at `{c.path}`{fd.also}: {c.message}"]
         lines += [f"- fix: {c.fix}"] if c.fix else []
+        lines += [f"- evidence: {c.evidence}"] if c.evidence else []
         lines += [""]
+    for note in fd.no_cause:
+        lines += [f"- no cause named: {note}", ""]
     return lines
 
 
@@ -43,14 +45,13 @@ def render_markdown(d: CheckResult | dict) -> str:
     """The report as Markdown (GitHub-flavoured tables) from a ``CheckResult`` or its canonical dict."""
     v = build_view(as_dict(d))
     out = [f"# parity: {v.pair} — {v.verdict}", ""] + _fence(v.summary)
-    out += ["## Settings", ""] + _table(v.settings)
-    if v.environment:
-        out += ["## Environment", ""] + _table(v.environment)
-    out += ["## Stages", ""] + _table(v.stages)
-    if v.findings:
-        out += ["## Findings", ""] + _table(v.findings)
     if v.first_divergence is not None:
         out += _divergence(v.first_divergence)
+    if v.findings:
+        out += ["## Causes", ""] + _table(v.findings)
+    if v.skipped:
+        out += ["## Not run", ""] + _table(v.skipped)
+    out += ["## Stages", ""] + _table(v.stages)
     if v.structure:
         out += ["## Structure", ""] + _table(v.structure)
     if v.alignment:
@@ -64,4 +65,11 @@ def render_markdown(d: CheckResult | dict) -> str:
         out += _table(s.info) if s.info else []
         out += ["Largest divergence over steps:", ""] + _table(s.trajectory) if s.trajectory else []
         out += _table(s.tensors) if s.tensors else []
+    if v.initialisation:
+        out += ["## Initialisation", "", INITIALISATION_NOTE, ""] + _table(v.initialisation)
+    out += ["## Settings", ""] + _table(v.settings)
+    if v.optimizer:
+        out += ["## Optimizer", ""] + _table(v.optimizer)
+    if v.environment:
+        out += ["## Environment", ""] + _table(v.environment)
     return "\n".join(out).rstrip("\n") + "\n"

@@ -43,6 +43,16 @@ def _svg(fig: Figure) -> str:
     return text[text.index("<svg"):]
 
 
+def y_limits(values: list[float], rtols: list[float]) -> tuple[float, float]:
+    """The log y-range of a plot: every drawn value and every positive allowed ``rtol`` inside it (a passing
+    stage's errors sit far below its tolerance line, and the margin between them is what the plot shows),
+    with room above for the legend and the annotation."""
+    drawn = [v for v in values if math.isfinite(v) and v > 0] + [r for r in rtols if math.isfinite(r) and r > 0]
+    if not drawn:
+        return REL_FLOOR / 3, 1.0
+    return min(drawn) / 3, max(drawn) * 30
+
+
 def _uniform(values: list[float]) -> float | None:
     """The one value of ``values`` when they are all equal, else None."""
     return values[0] if values and all(v == values[0] for v in values) else None
@@ -97,7 +107,7 @@ def stage_errors_svg(stage: dict) -> str | None:
                         xytext=(12, -24), textcoords="offset points", color=FAIL_COLOR,
                         arrowprops={"arrowstyle": "-", "color": FAIL_COLOR})
         ax.set_yscale("log")
-        ax.set_ylim(top=max(y) * 30)  # headroom for the legend and the annotation
+        ax.set_ylim(*y_limits(y, rtols))
         ax.set_xticks(ticks, [_plain_text(tensors[i]["path"]) for i in ticks], rotation=90, fontsize=6)
         ax.set_xlim(-0.5, len(tensors) - 0.5)
         ax.set_ylabel("rel error = max|Δ| / scale (log)")
@@ -135,6 +145,7 @@ def trajectory_svg(stage: dict) -> str | None:
         if rtol is not None and rtol > 0:
             ax.axhline(rtol, color=FAIL_COLOR, ls="--", lw=1, label=f"allowed rtol {rtol:g}")
         ax.set_yscale("log")
+        ax.set_ylim(*y_limits([max(float(v), REL_FLOOR) for vs in series.values() for v in vs], rtols))
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("rel error = max|Δ| / scale (log)")

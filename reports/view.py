@@ -1,9 +1,13 @@
-"""What a report shows, built once from the canonical dict for every renderer.
+"""What a report shows, built once from the canonical dict for every renderer, in the order a person reads it.
 
-``build_view`` turns a ``CheckResult.to_dict()`` into plain strings in :class:`Table` objects: settings,
-environment, the stage table, findings, the first divergence, the structure rows, the conversion summary
-and, per stage, every tensor. ``markdown`` and ``html`` only lay these out, so both show the same facts;
-the JSON report keeps everything (the tables here truncate long lists, the JSON never does).
+``build_view`` turns a ``CheckResult.to_dict()`` into plain strings in :class:`Table` objects. Every renderer
+lays them out in :data:`SECTION_ORDER`: the verdict, the first divergence with its cause and fix, the other
+causes (ranked by severity and by how early they show, one row per cause with the layers it applies to),
+the stages a cut check did not run and what they would have added, the per-stage table, the plots, the
+structure / alignment / conversion tables, the per-stage tensors, the initialisation differences (they matter
+for training from scratch and never explain a divergence here: the check copies the reference's weights),
+then settings, optimizer and environment. ``markdown`` and ``html`` only lay these out, so both show the
+same facts; the JSON report keeps everything (the tables here truncate long lists, the JSON never does).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from parity.core.results import CheckResult, Finding
+from parity.core.results import CheckResult, Finding, Skipped
 
 #: conversion-report keys in display order; any other key follows them
 CONVERSION_KEYS = ("mapped", "missing", "unexpected", "shape_mismatches", "nonfinite", "conventions", "assumptions")
@@ -22,6 +26,17 @@ MAX_ENTRIES = 50
 TOP_SERIES = 10
 #: free-form ``info`` values longer than this are cut (the JSON report has them whole)
 MAX_INFO_CHARS = 300
+#: layers named in a grouped cause's "where" cell before "(+k more)"
+MAX_PATHS = 4
+#: the order of a report's sections (every renderer follows it; ``tests/reports`` pins it)
+SECTION_ORDER = ("verdict", "first divergence", "causes", "not run", "stages", "plots", "structure", "alignment",
+                 "weight conversion", "tensors", "initialisation", "settings", "optimizer", "environment")
+#: settings shown first, in this order (the rest of the run's settings follow)
+SETTINGS_KEYS = ("dtype", "device", "seed", "batch", "reference_source", "seconds")
+#: what the initialisation section says before its table
+INITIALISATION_NOTE = ("How the freshly built port initialises its parameters, against the reference's "
+                       "initialisers. This matters when the port is trained from scratch; it cannot cause a "
+                       "divergence in this check, which copies the reference's weights into the port.")
 
 
 def num(x: Any, spec: str = ".3g") -> str:
@@ -75,12 +90,24 @@ class Table:
 
 @dataclass
 class Divergence:
-    """The first divergence: where, the torch.testing-style detail (or the stage's errors) and its cause."""
+    """The first divergence: where, the torch.testing-style detail (or the stage's errors), its cause, the
+    other layers the same cause names, and why no cause is named when a stage that names them was skipped."""
 
     stage: str
     path: str | None
     detail: str
     cause: Finding | None
+    also_at: list[str] = field(default_factory=list)
+    no_cause: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.stage} {self.path}" if self.path else self.stage
+
+    @property
+    def also(self) -> str:
+        """`` (and 13 more layers: a, b, c, d (+9 more))`` or empty."""
+        return f" (and {len(self.also_at)} more layers: {_paths(self.also_at)})" if self.also_at else ""
 
 
 @dataclass
@@ -105,6 +132,7 @@ class ReportView:
     settings: Table
     environment: Table
     stages: Table
+    #: the causes, ranked, one row per cause (the layers it applies to in one cell)
     findings: Table
     first_divergence: Divergence | None
     structure: Table
@@ -112,12 +140,48 @@ class ReportView:
     stage_views: list[StageView]
     #: a user pair's automatic alignment (reference layer <-> port module), empty for registered pairs
     alignment: Table = None  # type: ignore[assignment]
+    #: the optimizer as key / value rows (its rules one row each)
+    optimizer: Table = None  # type: ignore[assignment]
+    #: initialisation differences (``CheckResult.initialisation``), no stage or divergence evidence
+    initialisation: Table = None  # type: ignore[assignment]
+    #: stages the check did not run, why, and what each would have added
+    skipped: Table = None  # type: ignore[assignment]
+
+
+def _readable(v: Any) -> str:
+    """A settings value for a person: a mapping as ``key: value, …``, a list as ``a; b``, empty as ``none``."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_readable(x)}" for k, x in v.items()) if v else "none"
+    if isinstance(v, (list, tuple)):
+        return "; ".join(_readable(x) for x in v) if v else "none"
+    return cell(v)
 
 
 def _settings(d: dict) -> Table:
+    """The run's settings, one row each; the model config one row per key."""
     t = Table(["setting", "value"])
-    for key in ("dtype", "device", "seed", "batch", "optimizer", "config", "reference_source", "seconds"):
-        t.add([key, cell(d.get(key))])
+    for key in SETTINGS_KEYS:
+        if key in d:
+            t.add([key, cell(d.get(key))])
+    config = d.get("config") or {}
+    for key, v in (config.items() if isinstance(config, dict) else [("config", config)]):
+        t.add([f"config.{key}", _readable(v)])
+    return t
+
+
+def _optimizer(d: dict) -> Table:
+    """The optimizer as a key / value list: scalar settings first, then mappings, its rules one row each."""
+    opt = d.get("optimizer") or {}
+    t = Table(["optimizer", "value"])
+    if not isinstance(opt, dict):
+        t.add(["optimizer", _readable(opt)])
+        return t
+    scalars = [(k, v) for k, v in opt.items() if not isinstance(v, (dict, list, tuple))]
+    nested = [(k, v) for k, v in opt.items() if isinstance(v, (dict, list, tuple)) and k != "rules"]
+    for k, v in sorted(scalars, key=lambda kv: (kv[0] != "kind", kv[0])) + nested:
+        t.add([k, _readable(v)])
+    for i, rule in enumerate(opt.get("rules") or [], 1):
+        t.add([f"rule {i}", cell(rule)])
     return t
 
 
@@ -141,39 +205,81 @@ def _stage_table(result: CheckResult) -> Table:
     return t
 
 
-def _findings(d: dict) -> Table:
-    """Every finding: the check's own, then each stage's not already listed (stage filled in where the
-    finding leaves it out)."""
-    t = Table(["severity", "cause", "path", "stage", "message", "evidence", "fix"])
-    found = [(f, f.get("stage")) for f in d.get("findings", [])]
-    found += [(f, f.get("stage") or s["name"]) for s in d["stages"] for f in s.get("findings", [])
-              if f not in d.get("findings", [])]
-    for f, stage in found:
-        sev = f.get("severity", "error")
-        t.add([sev, f["cause"], f["path"], stage or "", f["message"], f.get("evidence", ""), f.get("fix", "")],
+def _paths(paths: list[str]) -> str:
+    """``a, b, c, d (+k more)``."""
+    more = f" (+{len(paths) - MAX_PATHS} more)" if len(paths) > MAX_PATHS else ""
+    return ", ".join(paths[:MAX_PATHS]) + more
+
+
+def _all_findings(result: CheckResult) -> list[Finding]:
+    """The check's findings, then each stage's not already listed (stage filled in where it is left out)."""
+    found = list(result.findings)
+    for s in result.stages:
+        for f in s.findings:
+            if f not in found:
+                found.append(f if f.stage else Finding(**{**f.to_dict(), "stage": s.name}))
+    return found
+
+
+def _findings(result: CheckResult) -> Table:
+    """The causes as a person reads them (:meth:`CheckResult.causes`: the first divergence's cause, then
+    by severity and by how early they show), one row per cause and message with every layer it names."""
+    ranked = result.causes()
+    ranked += [f for f in _all_findings(result) if f not in ranked]
+    groups: dict[tuple, list[Finding]] = {}
+    for f in ranked:
+        groups.setdefault((f.severity, f.cause, f.message, f.fix), []).append(f)
+    t = Table(["severity", "cause", "where", "shows first in", "message", "fix", "evidence"])
+    for (sev, cause, message, fix), fs in groups.items():
+        paths = list(dict.fromkeys(f.path for f in fs))
+        t.add([sev, cause, _paths(paths), fs[0].stage or "", message, fix, fs[0].evidence],
               "fail" if sev == "error" else "")
     return t
 
 
+def _initialisation(result: CheckResult) -> Table:
+    """Initialisation differences: where, what, the fix; never a stage or a divergence's figures."""
+    t = Table(["path", "initialisation", "fix", "measured"])
+    for f in result.initialisation:
+        t.add([f.path, f.message, f.fix, f.evidence])
+    return t
+
+
+def _skipped(skipped: list[Skipped]) -> Table:
+    t = Table(["stage", "why not run", "what it would have added"])
+    for k in skipped:
+        t.add([k.stage, k.reason, k.adds], "skip")
+    return t
+
+
 def _first_divergence(result: CheckResult) -> Divergence | None:
-    fd = result.first_divergence()
+    fd = result.first_divergence
     if fd is None:
         return None
-    stage, diff = fd
-    if diff is not None:
-        return Divergence(stage.name, diff.path, diff.describe(), result.cause_for(diff.path))
-    return Divergence(stage.name, None, "\n".join(stage.errors) or "failed", result.cause_for(None))
+    also: list[str] = []
+    if fd.cause is not None:
+        same = [f.path for f in result.findings if (f.cause, f.message) == (fd.cause.cause, fd.cause.message)]
+        also = [p for p in dict.fromkeys(same) if p != fd.cause.path]
+    no_cause = [] if fd.cause is not None else [k.line() for k in result.skipped if k.stage == "structure"]
+    return Divergence(fd.stage.name, fd.path, fd.describe(), fd.cause, also, no_cause)
+
+
+#: structure columns shown first (the verdict of a row next to its layer), the rest in first-seen order
+STRUCTURE_FIRST = ("path", "status", "kind", "reference", "port", "ref_shape", "port_shape", "ref_trainable",
+                   "ref_non_trainable", "port_params", "port_buffers", "num_batches_tracked")
 
 
 def _structure(d: dict) -> Table:
-    """The structure stage's rows, one column per key (the union, in first-seen order)."""
+    """The structure stage's rows, one column per key (:data:`STRUCTURE_FIRST`, then the union in first-seen
+    order); a row whose status is not ``ok`` is marked."""
     rows = next((s.get("rows") or [] for s in d["stages"] if s["name"] == "structure"), [])
-    columns: dict[str, None] = {}
+    seen: dict[str, None] = {}
     for r in rows:
-        columns.update(dict.fromkeys(r))
-    t = Table(list(columns))
+        seen.update(dict.fromkeys(r))
+    columns = [c for c in STRUCTURE_FIRST if c in seen] + [c for c in seen if c not in STRUCTURE_FIRST]
+    t = Table(columns)
     for r in rows:
-        t.add([cell(r.get(c)) for c in columns])
+        t.add([cell(r.get(c)) for c in columns], "" if r.get("status") in (None, "ok") else "fail")
     return t
 
 
@@ -292,6 +398,7 @@ def build_view(d: dict) -> ReportView:
     from the tensors (worst, first divergence, cause) are recomputed from the result objects: the tensors
     are the facts, the dict's derived fields a convenience for JSON readers."""
     result = CheckResult.from_dict(d)
+    skipped = result.skipped
     stage_views = []
     for s, obj in zip(d["stages"], result.stages):
         first = obj.first_divergence
@@ -300,6 +407,7 @@ def build_view(d: dict) -> ReportView:
                                      _trajectory(s), s))
     return ReportView(pair=d["pair"], verdict="PASSED" if d["passed"] else "FAILED",
                       summary=d["summary"], settings=_settings(d), environment=_environment(d),
-                      stages=_stage_table(result), findings=_findings(d),
+                      stages=_stage_table(result), findings=_findings(result),
                       first_divergence=_first_divergence(result), structure=_structure(d),
-                      conversion=_conversion(d), stage_views=stage_views, alignment=_alignment(d))
+                      conversion=_conversion(d), stage_views=stage_views, alignment=_alignment(d),
+                      optimizer=_optimizer(d), initialisation=_initialisation(result), skipped=_skipped(skipped))

@@ -12,6 +12,28 @@ SCHEMA = "parity.report/1"
 #: Stage order: also the order in which "first divergence" is searched.
 STAGE_ORDER = ("structure", "forward_eval", "forward_train", "gradients", "step", "isolated", "trajectory", "onnx")
 
+#: What each stage of a full check adds: said in :attr:`CheckResult.skipped` when a check ran without it
+#: (``--stages`` cut it), so a result that finds the layer but names no cause says which stage would have.
+#: The optional legs (``trajectory`` with ``--steps N > 1``, ``onnx`` with ``--onnx``) are listed only when
+#: they were asked for and could not run.
+STAGE_ADDS = {
+    "structure": "it names config causes (BatchNorm eps and momentum, padding, strides, bias, groups, "
+                 "activation), parameter-count mismatches and the weight conversion report",
+    "forward_eval": "it finds the first divergent layer in inference mode",
+    "forward_train": "it compares outputs with batch statistics and the BatchNorm running-statistics update "
+                     "(momentum, unbiased variance, dropout left on)",
+    "gradients": "it compares the loss and every gradient (loss reduction, regularisation, gradient routing)",
+    "step": "it compares the optimizer update and its slots (learning rate, momentum, epsilon placement, "
+            "weight decay)",
+    "isolated": "it feeds each port module the reference's input to that layer, so one bad layer does not hide "
+                "the layers after it",
+}
+#: Stages whose rules name causes, and the causes in a few words: when the first divergence has no cause
+#: and one of these was skipped, the summary line says so.
+CAUSE_STAGES = {"structure": "config causes: eps, momentum, padding, strides, bias"}
+#: Ranking of a finding's severity (lower first) in :meth:`CheckResult.causes`.
+SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+
 
 def _num(x):
     """JSON-safe float (inf/nan as strings, as canonical JSON has no such literals)."""
@@ -168,6 +190,13 @@ class StageResult:
             return None
         return max(self.tensors, key=lambda t: (math.inf if math.isnan(t.rel) else t.rel))
 
+    def __repr__(self) -> str:
+        first = self.first_divergence
+        extra = f", skipped={self.skipped!r}" if self.skipped else ""
+        extra += f", first_divergence={first.path!r}" if first is not None else ""
+        extra += f", errors={len(self.errors)}" if self.errors else ""
+        return f"StageResult(name={self.name!r}, passed={self.passed}, tensors={len(self.tensors)}{extra})"
+
     def to_dict(self) -> dict:
         worst = self.worst
         return {
@@ -193,9 +222,76 @@ class StageResult:
                    info=d.get("info", {}))
 
 
+class ParityFailure(AssertionError):
+    """A failed check, raised by :meth:`CheckResult.raise_for_failure` / :meth:`CheckResult.assert_ok`.
+    An ``AssertionError``, so pytest shows it as a test failure; the first line of the message is the summary
+    (first divergence and cause); ``.result`` is the :class:`CheckResult`."""
+
+    def __init__(self, result: "CheckResult"):
+        super().__init__(str(result))
+        self.result = result
+
+
+@dataclass
+class Skipped:
+    """A stage a check did not run: why, and what it would have added (:data:`STAGE_ADDS`)."""
+
+    stage: str
+    reason: str
+    adds: str = ""
+
+    def line(self) -> str:
+        return f"{self.stage} stage skipped ({self.reason})" + (f": {self.adds}" if self.adds else "")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class Divergence:
+    """Where a check first diverged: the stage, the tensor (None where the stage failed without one:
+    structure errors, a port that raised) and the finding that explains it (None when no rule named one).
+    Unpacks as ``stage, tensor = result.first_divergence``."""
+
+    stage: StageResult
+    tensor: TensorDiff | None
+    cause: Finding | None = None
+
+    @property
+    def path(self) -> str | None:
+        return self.tensor.path if self.tensor is not None else None
+
+    @property
+    def where(self) -> str:
+        """``forward_eval base/bn1``; the stage alone when no tensor diverged."""
+        return f"{self.stage.name} {self.path}" if self.path else self.stage.name
+
+    def describe(self) -> str:
+        """The torch.testing-style detail of the tensor, or the stage's errors."""
+        if self.tensor is not None:
+            return self.tensor.describe()
+        return "\n".join(self.stage.errors) or "failed"
+
+    def __iter__(self):
+        return iter((self.stage, self.tensor))
+
+    def __getitem__(self, i):
+        return (self.stage, self.tensor)[i]
+
+    def __call__(self) -> "Divergence":
+        """Code written when ``first_divergence`` was a method keeps working (a passing result gives None,
+        which is not callable: read the property)."""
+        return self
+
+    def __repr__(self) -> str:
+        cause = f", cause={self.cause.cause!r}" if self.cause is not None else ""
+        return f"Divergence({self.where!r}{cause})"
+
+
 @dataclass
 class CheckResult:
-    """The whole check: truthy when every stage passed."""
+    """The whole check: truthy when every stage passed. ``str(result)`` is the summary and the first cause;
+    ``result.raise_for_failure()`` raises :class:`ParityFailure` (an ``AssertionError``) when it failed."""
 
     pair: str
     dtype: str
@@ -205,11 +301,15 @@ class CheckResult:
     optimizer: dict
     config: dict
     stages: list[StageResult] = field(default_factory=list)
+    #: named causes (severity ``error``: explains a failure; ``warning``: differs, harmless here)
     findings: list[Finding] = field(default_factory=list)
     conversion: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     seconds: float = 0.0
     reference_source: str = "keras"  # or "trace:<path>"
+    #: initialisation parity (the freshly built port's initialisers against the reference's): matters for
+    #: training from scratch, never evidence of a divergence here (the check copies the reference's weights)
+    initialisation: list[Finding] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -224,15 +324,21 @@ class CheckResult:
                 return s
         return None
 
-    def first_divergence(self) -> tuple[StageResult, TensorDiff | None] | None:
-        """The first numeric divergence in stage order; else the first failed stage (structure errors)."""
-        ordered = sorted(self.stages, key=lambda s: STAGE_ORDER.index(s.name) if s.name in STAGE_ORDER else 99)
+    def _ordered(self) -> list[StageResult]:
+        return sorted(self.stages, key=lambda s: STAGE_ORDER.index(s.name) if s.name in STAGE_ORDER else 99)
+
+    @property
+    def first_divergence(self) -> Divergence | None:
+        """The first numeric divergence in stage order, else the first failed stage (structure errors);
+        None when the check passed. Same kind of member as :attr:`StageResult.first_divergence`."""
+        ordered = self._ordered()
         for s in ordered:
             if s.name != "structure" and s.first_divergence is not None:
-                return s, s.first_divergence
+                return Divergence(s, s.first_divergence, self.cause_for(s.first_divergence.path))
         for s in ordered:
             if not s.passed:
-                return s, s.first_divergence
+                diff = s.first_divergence
+                return Divergence(s, diff, self.cause_for(diff.path if diff is not None else None))
         return None
 
     def cause_for(self, path: str | None) -> Finding | None:
@@ -245,6 +351,44 @@ class CheckResult:
                     return f
         return errors[0] if errors else None
 
+    def causes(self) -> list[Finding]:
+        """Every finding, as a person reads them: the first divergence's cause first, then by severity
+        (error, warning, info), by how early the finding shows (stage order, then the position of its
+        layer's first failed tensor in that stage), then as found."""
+        fd = self.first_divergence
+        first = fd.cause if fd is not None else None
+        position: dict[tuple[str, str], int] = {}
+        for s in self.stages:
+            for i, t in enumerate(s.tensors):
+                if not t.passed:
+                    position.setdefault((s.name, t.path.split(":")[0].split("@")[0]), i)
+
+        def key(item):
+            n, f = item
+            stage = f.stage or "structure"
+            return (f is not first, SEVERITY_RANK.get(f.severity, len(SEVERITY_RANK)),
+                    STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER),
+                    position.get((stage, f.path), math.inf), n)
+
+        return [f for _, f in sorted(enumerate(self.findings), key=key)]
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        """The stages of a full check (:data:`STAGE_ADDS`) this check did not run, and the ones it ran that
+        were skipped (e.g. the ONNX leg without onnxruntime), each with what it would have added."""
+        ran = {s.name: s for s in self.stages}
+        out = [Skipped(name, "not among the stages run", adds) for name, adds in STAGE_ADDS.items()
+               if name not in ran]
+        out += [Skipped(s.name, s.skipped, STAGE_ADDS.get(s.name, "")) for s in self._ordered() if s.skipped]
+        return out
+
+    def _no_cause_note(self) -> str:
+        """Why no cause is named, when a stage that names causes was skipped."""
+        missing = [k.stage for k in self.skipped if k.stage in CAUSE_STAGES]
+        if not missing:
+            return ""
+        return "; no cause named: " + "; ".join(f"{m} stage skipped (it names {CAUSE_STAGES[m]})" for m in missing)
+
     def summary_line(self) -> str:
         n_t = sum(len(s.tensors) for s in self.stages)
         ran = [s.name for s in self.stages if not s.skipped]
@@ -254,26 +398,59 @@ class CheckResult:
             wtxt = f"; worst {w[0]} {w[1].path} rel {w[1].rel:.1e}" if w else ""
             return (f"PASSED {self.pair} [{self.dtype}, {self.device}, batch {self.batch}]: "
                     f"{len(ran)} stages, {n_t} tensors{wtxt}")
-        fd = self.first_divergence()
-        stage, diff = fd if fd else (None, None)
+        fd = self.first_divergence
+        stage, diff = fd if fd is not None else (None, None)
+        cause = fd.cause if fd is not None else None
+        ctxt = f"; cause: {cause.message}" if cause else self._no_cause_note()
         if diff is not None:
-            cause = self.cause_for(diff.path)
-            ctxt = f"; cause: {cause.message}" if cause else ""
             if diff.note.startswith("shape mismatch"):
                 return f"FAILED: first divergence at {stage.name} {diff.path}: {diff.note}{ctxt}"
             return (f"FAILED: first divergence at {stage.name} {diff.path} max|Δ| {diff.max_abs:.3g} "
                     f"(allowed {diff.allowed:.3g}){ctxt}")
         err = stage.errors[0] if stage and stage.errors else "unknown"
-        return f"FAILED: {stage.name if stage else '?'}: {err}"
+        return f"FAILED: {stage.name if stage else '?'}: {err}{ctxt}"
+
+    def __str__(self) -> str:
+        """The summary line and, when the check failed, the first cause's fix and where else it applies."""
+        lines = [self.summary_line()]
+        fd = self.first_divergence
+        cause = fd.cause if fd is not None else None
+        if cause is not None:
+            same = [f for f in self.findings if (f.cause, f.message) == (cause.cause, cause.message)]
+            more = f" (and {len(same) - 1} more layers)" if len(same) > 1 else ""
+            where = f" at {cause.path}{more}"
+            lines.append(f"  cause: {cause.cause}{where}" + (f" -> {cause.fix}" if cause.fix else ""))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        fd = self.first_divergence
+        extra = ""
+        if fd is not None:
+            extra = f", first_divergence={fd.where!r}"
+            extra += f", cause={fd.cause.cause!r}" if fd.cause is not None else ""
+        return (f"CheckResult(pair={self.pair!r}, passed={self.passed}, dtype={self.dtype!r}{extra}, "
+                f"stages={[s.name for s in self.stages]!r})")
+
+    def raise_for_failure(self) -> "CheckResult":
+        """Raise :class:`ParityFailure` (an ``AssertionError`` whose first line is the summary) unless the
+        check passed; returns the result, so ``parity.check(...).raise_for_failure()`` chains."""
+        __tracebackhide__ = True  # pytest: the failure points at the caller's line
+        if not self.passed:
+            raise ParityFailure(self)
+        return self
+
+    #: the same, named as a test reads it
+    assert_ok = raise_for_failure
 
     def to_dict(self) -> dict:
-        fd = self.first_divergence()
+        fd = self.first_divergence
         return {
             "schema": SCHEMA,
             "pair": self.pair,
             "passed": self.passed,
             "summary": self.summary_line(),
-            "first_divergence": ({"stage": fd[0].name, "path": fd[1].path if fd[1] is not None else None} if fd else None),
+            "first_divergence": ({"stage": fd.stage.name, "path": fd.path,
+                                  "cause": fd.cause.cause if fd.cause is not None else None} if fd else None),
             "dtype": self.dtype,
             "device": self.device,
             "seed": self.seed,
@@ -285,6 +462,8 @@ class CheckResult:
             "environment": self.environment,
             "conversion": self.conversion,
             "findings": [f.to_dict() for f in self.findings],
+            "initialisation": [f.to_dict() for f in self.initialisation],
+            "skipped": [k.to_dict() for k in self.skipped],
             "stages": [s.to_dict() for s in self.stages],
         }
 
@@ -297,4 +476,5 @@ class CheckResult:
                    stages=[StageResult.from_dict(s) for s in d["stages"]],
                    findings=[Finding.from_dict(f) for f in d.get("findings", [])],
                    conversion=d.get("conversion", {}), environment=d.get("environment", {}),
-                   seconds=d.get("seconds", 0.0), reference_source=d.get("reference_source", "keras"))
+                   seconds=d.get("seconds", 0.0), reference_source=d.get("reference_source", "keras"),
+                   initialisation=[Finding.from_dict(f) for f in d.get("initialisation", [])])

@@ -62,7 +62,7 @@ def test_an_extra_dropout_in_the_port_fails_in_training_with_its_cause(float64):
     result = compare(user_models.keras_cnn(), user_models.torch_cnn_extra_dropout(),
                      stages="structure,forward_eval,forward_train")
     assert not result.passed
-    stage, diff = result.first_divergence()
+    stage, diff = result.first_divergence
     assert (stage.name, diff.path) == ("forward_train", "fc1")
     assert result.stage("forward_eval").passed
     assert result.cause_for(diff.path).cause == "train_eval_mode"
