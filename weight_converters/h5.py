@@ -41,6 +41,7 @@ import io
 import json
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -48,7 +49,7 @@ from typing import Mapping
 import h5py
 import numpy as np
 
-from weight_converters.report import ConversionReport
+from weight_converters.report import ConversionReport, check_values
 
 #: The 8-byte HDF5 format signature; it sits at offset 0, or 512, 1024, 2048, ... after a user block.
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -88,6 +89,18 @@ CLASS_NAME_KINDS = {
 #: DepthwiseConv2D; a lone depthwise kernel is matched under either name.
 DEPTHWISE_ALIASES = ("depthwise_kernel", "kernel")
 
+#: The most a ``.keras`` archive's weights member may expand relative to the archive's size. Float weights barely
+#: compress (a Keras 3 archive of trained weights measures ~1.1x); the limit leaves room for zero-filled arrays
+#: and refuses a zip bomb after reading at most this many times the file's size.
+KERAS_ARCHIVE_MAX_RATIO = 32
+#: ... but never less than this (a small archive whose few arrays are zeros compresses far more)
+KERAS_ARCHIVE_MIN_LIMIT = 64 << 20
+#: DEFLATE's largest expansion (zlib technical details, zlib.net/zlib_tech.html: "1032:1"): a dataset stored with
+#: a compression filter holds at most this many bytes per byte of the file; an unfiltered one at most the file
+DEFLATE_MAX_RATIO = 1032
+#: chunk size of the bounded read of an archive member
+_READ_CHUNK = 1 << 20
+
 _WHAT = "expected an HDF5 file with a 'model_weights' group or Keras 3 '.weights.h5' layout"
 _DO = "Pass a file saved by model.save() or model.save_weights()."
 
@@ -121,6 +134,8 @@ class KerasWeightFile:
     notes: list[str] = field(default_factory=list)
     #: guesses the reader had to make (variable names inferred from shapes, ...); copied into the report
     assumptions: list[str] = field(default_factory=list)
+    #: what reading may still allocate (bounded by the file's size); not part of the result
+    budget: "_Budget | None" = field(default=None, repr=False, compare=False)
 
     def shapes(self) -> dict[str, dict[str, tuple]]:
         return {n: {v: tuple(a.shape) for v, a in vs.items()} for n, vs in self.layers.items()}
@@ -152,24 +167,63 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _open(path: str, label: str) -> tuple[h5py.File, list[str]]:
-    """Open ``path`` as HDF5 (or the weights member of a ``.keras`` zip), with one-line errors."""
-    if not os.path.exists(path):
-        raise _error(label, path, "no such file", do="Check the path; " + _DO[0].lower() + _DO[1:])
-    if os.path.isdir(path):
-        raise _error(label, path, "a directory (a TF SavedModel?)")
-    size = os.path.getsize(path)
+def regular_file_size(path: str, error) -> int:
+    """The size of ``path`` if it is a regular file. ``error(received, do)`` builds the exception for anything
+    else: a missing path, a directory, a named pipe (opening one for reading waits for a writer forever), a
+    device or a socket."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error("no such file", "Check the path.") from None
+    except OSError as e:
+        raise error(f"a path that cannot be read ({e.strerror})", "Check the path.") from None
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    kind = ("a directory (a TF SavedModel?)" if stat.S_ISDIR(st.st_mode) else
+            "a named pipe (FIFO), not a regular file" if stat.S_ISFIFO(st.st_mode) else
+            "a device or socket, not a regular file")
+    raise error(kind, "Pass the weights file itself.")
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, limit: int, label: str, path: str) -> bytes:
+    """An archive member, read in chunks and refused as soon as it passes ``limit`` bytes (its declared size
+    is checked first, but a zip's sizes can lie)."""
+    info = zf.getinfo(name)
+    what = (f"a .keras archive whose '{name}' expands to more than {limit / 1e6:.0f} MB "
+            f"({KERAS_ARCHIVE_MAX_RATIO}x the archive)")
+    do = f"Extract '{name}' from the archive (unzip) and pass that file."
+    if info.file_size > limit:
+        raise _error(label, path, what.replace("more than", f"{info.file_size / 1e6:.0f} MB, more than"), do=do)
+    buf = io.BytesIO()
+    with zf.open(info) as member:
+        while True:
+            chunk = member.read(_READ_CHUNK)
+            if not chunk:
+                break
+            buf.write(chunk)
+            if buf.tell() > limit:
+                raise _error(label, path, what, do=do)
+    return buf.getvalue()
+
+
+def _open(path: str, label: str) -> tuple[h5py.File, list[str], int]:
+    """Open ``path`` as HDF5 (or the weights member of a ``.keras`` zip), with one-line errors. Returns the
+    file, notes and the size in bytes of the HDF5 data (what bounds every dataset read from it)."""
+    size = regular_file_size(path, lambda received, do: _error(
+        label, path, received, do=("Check the path; " + _DO[0].lower() + _DO[1:]) if do == "Check the path." else
+        _DO if received.startswith("a directory") else do))
     with open(path, "rb") as fh:
         head = fh.read(min(size, 1 << 20))
     notes: list[str] = []
     if head[:4] == ZIP_SIGNATURE:
+        limit = max(KERAS_ARCHIVE_MIN_LIMIT, KERAS_ARCHIVE_MAX_RATIO * size)
         try:
             with zipfile.ZipFile(path) as zf:
                 if KERAS_ARCHIVE_WEIGHTS not in zf.namelist():
                     raise _error(label, path, f"a zip archive without '{KERAS_ARCHIVE_WEIGHTS}' "
                                               f"(members: {', '.join(zf.namelist()[:5])})")
-                data = zf.read(KERAS_ARCHIVE_WEIGHTS)
-        except zipfile.BadZipFile as e:
+                data = _read_member(zf, KERAS_ARCHIVE_WEIGHTS, limit, label, path)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as e:
             raise _error(label, path, f"a truncated or corrupt zip archive ({_short(e)})",
                          do="Re-save or re-download the file.") from None
         notes.append(f"read '{KERAS_ARCHIVE_WEIGHTS}' from the .keras archive")
@@ -182,11 +236,48 @@ def _open(path: str, label: str) -> tuple[h5py.File, list[str]]:
     if _signature_offset(head, size) is None:
         raise _error(label, path, "a file without an HDF5 signature")
     try:
-        return h5py.File(path_or_io, "r"), notes
+        return h5py.File(path_or_io, "r"), notes, size
     except (OSError, RuntimeError, ValueError) as e:
         raise _error(label, path, f"a truncated or corrupt HDF5 file (h5py: {_short(e)})",
                      expected="expected a readable HDF5 file",
                      do="Re-save or re-download the file.") from None
+
+
+class _Budget:
+    """What the datasets of one file may allocate in all: its size for unfiltered storage,
+    :data:`DEFLATE_MAX_RATIO` times its size for compressed storage. A dataset that declares more (a header
+    saying 512 TiB) is refused before a byte is allocated."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.used = 0
+
+    def read(self, d, where: str) -> np.ndarray:
+        if not isinstance(d, h5py.Dataset):
+            raise _Inconsistent(f"{where} is a {type(d).__name__}, not a dataset")
+        if d.dtype.kind not in "fiub":
+            raise _Inconsistent(f"{where} holds {d.dtype} values, not numbers")
+        nbytes = int(np.prod(d.shape, dtype=object)) * d.dtype.itemsize if d.shape is not None else 0
+        bound = self.size * (DEFLATE_MAX_RATIO if d.compression or _filtered(d) else 1)
+        if self.used + nbytes > max(bound, 1 << 16):
+            raise _Inconsistent(f"{where} declares shape {tuple(d.shape)} ({_bytes(nbytes)}), more than a "
+                                f"{_bytes(self.size)} file can hold")
+        self.used += nbytes
+        return np.array(d)
+
+
+def _filtered(d) -> bool:
+    try:
+        return d.id.get_create_plist().get_nfilters() > 0
+    except Exception:  # pragma: no cover - h5py without the low-level API
+        return True
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 # --- Attribute helpers ------------------------------------------------------------------------------------
@@ -336,7 +427,7 @@ def _read_legacy(f: h5py.File, group: h5py.Group, out: KerasWeightFile) -> None:
             if var in layer:
                 out.assumptions.append(f"{owner}: two weights named {var!r}; the second kept as {var}_1")
                 var = f"{var}_1"
-            layer[var] = np.array(g[w])
+            layer[var] = out.budget.read(g[w], f"dataset {lname}/{w}")
         if not nested and lname in config_kinds:
             out.kinds[lname] = config_kinds[lname]
         if nested:
@@ -377,7 +468,7 @@ def _read_keras3(f: h5py.File, out: KerasWeightFile, expected) -> None:
     unnamed = 0
     for path, class_key, vars_group in entries:
         keys = sorted(vars_group.keys(), key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
-        arrays = [np.array(vars_group[k]) for k in keys]
+        arrays = [out.budget.read(vars_group[k], f"dataset {path}/vars/{k}") for k in keys]
         if not arrays:
             continue
         name = _text(vars_group.attrs["name"]) if "name" in vars_group.attrs else None
@@ -417,20 +508,20 @@ def read_keras_h5(path: str | os.PathLike, expected: Mapping[str, Mapping[str, t
     corrupt or unrecognised file.
     """
     spath = os.fspath(path)
-    f, notes = _open(spath, label)
+    f, notes, size = _open(spath, label)
     try:
         with f:
             mw = f["model_weights"] if isinstance(f.get("model_weights"), h5py.Group) else None
             legacy_root = mw if mw is not None else f
             if "layer_names" in legacy_root.attrs or "layer_names0" in legacy_root.attrs:
-                out = KerasWeightFile(spath, FORMAT_LEGACY, notes=notes)
+                out = KerasWeightFile(spath, FORMAT_LEGACY, notes=notes, budget=_Budget(size))
                 out.keras_version = _attr_text(f, mw, name="keras_version")
                 out.backend = _attr_text(f, mw, name="backend")
                 out.notes.append("full-model HDF5 (model.save)" if mw is not None
                                  else "weights-only HDF5 (model.save_weights to .h5)")
                 _read_legacy(f, legacy_root, out)
             elif any(k in f for k in ("layers", "_layer_checkpoint_dependencies", "vars")):
-                out = KerasWeightFile(spath, FORMAT_KERAS3, notes=notes)
+                out = KerasWeightFile(spath, FORMAT_KERAS3, notes=notes, budget=_Budget(size))
                 _read_keras3(f, out, expected)
             elif mw is not None:
                 raise _error(label, spath, "an HDF5 file whose 'model_weights' group has no 'layer_names' attribute")
@@ -441,7 +532,9 @@ def read_keras_h5(path: str | os.PathLike, expected: Mapping[str, Mapping[str, t
     except _Inconsistent as e:
         raise _error(label, spath, f"an inconsistent file: {e}", expected="expected a consistent Keras weights file",
                      do="Re-save or re-download the file.") from None
-    except (OSError, RuntimeError, KeyError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        if isinstance(e, WeightFileError):
+            raise
         raise _error(label, spath, f"a truncated or corrupt HDF5 file (h5py: {_short(e)})",
                      expected="expected a readable HDF5 file", do="Re-save or re-download the file.") from None
     if out.has_model_config:
@@ -554,8 +647,7 @@ def match_to_reference(file: KerasWeightFile, expected: Mapping[str, Mapping[str
             a = have[var]
             if tuple(a.shape) != tuple(shape):
                 report.shape_mismatches.append((f"{ref}/{var}", tuple(shape), tuple(a.shape)))
-            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-                report.nonfinite.append(f"{ref}/{var}")
+            check_values(f"{ref}/{var}", var, a, report)
             layer_out[var] = a
             report.mapped.append((f"{src}/{var}", f"{ref}/{var}", ""))
         report.unexpected += [f"{src}/{v}" for v in have if v not in want]

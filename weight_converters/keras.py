@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from weight_converters.families import CONVERTERS, FAMILY_VARS
-from weight_converters.report import ConversionError, ConversionReport
+from weight_converters.report import ConversionError, ConversionReport, check_values
 
 #: Keras variable name -> torch parameter suffix, per layer kind.
 LAYER_VARS: dict[str, dict[str, str]] = {
@@ -143,9 +143,6 @@ def var_to_keras(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, depth_
     return np.array(a, copy=True)
 
 
-def _check_finite(key: str, a: np.ndarray, report: ConversionReport) -> None:
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        report.nonfinite.append(key)
 
 
 # --- Whole-model conversion ---------------------------------------------------------------------------
@@ -182,7 +179,7 @@ def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Seq
                 continue
             dst = prefix + table[var]
             conv = var_to_torch(m.kind, var, arr, flatten_chw=m.flatten_chw, report=report)
-            _check_finite(src, conv, report)
+            check_values(src, var, conv, report)
             out[dst] = conv
             report.mapped.append((src, dst, ""))
         for extra, value in TORCH_ONLY.get(m.kind, {}).items():
@@ -218,7 +215,7 @@ def _family_to_torch(m: LayerMap, layer, prefix: str, table, out: dict, report: 
         report.unexpected.append(f"{m.ref}: {exc}")
         return
     for suffix, arr in conv.items():
-        _check_finite(prefix + suffix, arr, report)
+        check_values(prefix + suffix, suffix, arr, report)
         out[prefix + suffix] = arr
         report.mapped.append((f"{m.ref}", prefix + suffix, ""))
 
@@ -238,7 +235,7 @@ def _family_to_keras(m: LayerMap, state_dict, prefix: str, table, expected, used
     report.missing[n_missing:] = [f"{m.ref}/{v} (<- {prefix}{table[v]})" for v in report.missing[n_missing:]]
     used.update(prefix + k for k in conv.torch_keys(m.kind, variables) if prefix + k in state_dict)
     for var, arr in arrs.items():
-        _check_finite(f"{m.ref}/{var}", arr, report)
+        check_values(f"{m.ref}/{var}", var, arr, report)
         if want is not None and var in want and tuple(arr.shape) != tuple(want[var]):
             report.shape_mismatches.append((f"{m.ref}/{var}", tuple(want[var]), tuple(arr.shape)))
         report.mapped.append((prefix, f"{m.ref}/{var}", ""))
@@ -287,7 +284,7 @@ def torch_to_keras(state_dict: Mapping[str, np.ndarray], mapping: Sequence[Layer
                     report.assume(f"{m.ref}: depth_multiplier 1 (not given, no expected shape)")
             arr = var_to_keras(m.kind, var, np.asarray(state_dict[key]), flatten_chw=m.flatten_chw,
                                depth_multiplier=mult)
-            _check_finite(key, arr, report)
+            check_values(key, var, arr, report)
             if want is not None and tuple(arr.shape) != tuple(want):
                 report.shape_mismatches.append((f"{m.ref}/{var}", tuple(want), tuple(arr.shape)))
             layer_out[var] = arr

@@ -24,7 +24,16 @@ from typing import Callable
 
 import numpy as np
 
+from parity.backends.keras_side import expected_weights, set_keras_weights
+from parity.backends.weights import layer_maps, load_weight_file
+from parity.core.atomic import atomic_path, check_output_path
+from parity.core.data import make_batch
+from parity.core.env import import_tensorflow, import_torch
+from parity.core.errors import UsageError
 from parity.core.spec import PairSpec, resolve
+from parity.core.tensors import nhwc_to_nchw, tensor_diff
+from parity.stages.onnx import _output_tap, _transform
+from weight_converters.keras import keras_to_torch, torch_to_keras
 
 FORMATS = (".safetensors", ".pt")
 #: batch of the forward self-check
@@ -32,23 +41,16 @@ CONVERT_CHECK_BATCH = 2
 
 
 def _output_format(output: str) -> str:
-    from parity.core.errors import UsageError
-
     fmt = next((f for f in FORMATS if output.endswith(f)), None)
     if fmt is None:
         raise UsageError(f"--output {output}: expected a file name ending in .safetensors or .pt. Received: "
                          f"{os.path.splitext(output)[1] or 'no extension'!r}. Name it port.safetensors or port.pt.")
-    out_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"--output {output}: expected a file in an existing directory. Received: no directory "
-                         f"{out_dir}. Create it first.")
+    check_output_path(output, "--output")
     return fmt
 
 
 def _reference_model(spec: PairSpec, cfg: dict):
     """The reference model in float64 (Keras global dtype state restored afterwards)."""
-    from parity.core.env import import_tensorflow
-
     keras = import_tensorflow()
     old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
@@ -72,15 +74,22 @@ def _list(title: str, items, limit: int = 20) -> list[str]:
 
 
 def _write(fmt: str, output: str, state: dict[str, np.ndarray], meta: dict[str, str]) -> dict[str, np.ndarray]:
-    """Write, read back; returns what the file holds (as numpy)."""
+    """Write atomically (:mod:`parity.core.atomic`: a temporary file next to ``output``, fsync, rename; mode
+    0644 under the usual umask; a symlink at ``output`` is replaced, never written through), then read the
+    written file back; returns what it holds (as numpy)."""
+    with atomic_path(output, "--output") as tmp:
+        if fmt == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp, metadata=meta)
+        else:
+            torch = import_torch()
+            torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
     if fmt == ".safetensors":
-        from safetensors.numpy import load_file, save_file
+        from safetensors.numpy import load_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, output, metadata=meta)
         return load_file(output)
-    import torch
-
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, output)
+    torch = import_torch()
     back = torch.load(output, map_location="cpu", weights_only=True)
     return {k: v.numpy() for k, v in back.items()}
 
@@ -88,9 +97,6 @@ def _write(fmt: str, output: str, state: dict[str, np.ndarray], meta: dict[str, 
 def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | None = None,
             progress: Callable[[str], None] | None = None) -> tuple[list[str], bool]:
     """See the module docstring. Returns (report lines, ok)."""
-    from parity.backends.weights import layer_maps, load_weight_file
-    from parity.backends.keras_side import expected_weights, set_keras_weights
-
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     fmt = _output_format(output)
@@ -105,11 +111,7 @@ def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | No
     weights, wreport = load_weight_file(spec, weights_path, expected)
     lines.append(f"weights file: {wreport.summary()}")
 
-    from parity.core.env import import_torch
-
     torch = import_torch()
-    from weight_converters.keras import keras_to_torch, torch_to_keras
-
     say("port: build, convert (strict)")
     torch.manual_seed(0)
     module = resolve(spec.port)(**cfg)
@@ -145,10 +147,6 @@ def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | No
 
         # -- forward: Keras (file weights) vs port (converted), float64, eval -------------------------------
         say("forward: Keras vs port, float64, eval")
-        from parity.core.tensors import nhwc_to_nchw, tensor_diff
-        from parity.core.data import make_batch
-        from parity.stages.onnx import _output_tap, _transform
-
         input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
         x, _ = make_batch(0, 0, CONVERT_CHECK_BATCH, input_shape, spec.target(cfg), spec.input_range, "float64")
         set_keras_weights(model, weights)
@@ -164,10 +162,20 @@ def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | No
         port_out = _transform(tap, out) if tap is not None else out
         tol = spec.tolerance.for_stage("float64", "forward_eval")
         d = tensor_diff(tap.path if tap is not None else "output", ref_out, port_out, tol)
-        lines.append(f"forward (float64, eval, batch {CONVERT_CHECK_BATCH}): max|Δ| {d.max_abs:.3g} on "
-                     f"{d.path}, allowed {d.allowed:.3g} ({tol.rtol:g} x scale {d.scale:.3g})")
-        if not d.passed:
-            failures.append(f"forward: {d.describe()}")
+        bad = {side: int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+               for side, a in (("reference", ref_out), ("port", port_out))}
+        if any(bad.values()):
+            # NaN on both sides is not "equal": the weights make the model compute nothing usable
+            sides = ", ".join(f"{side} {n}/{np.size(ref_out)}" for side, n in bad.items() if n)
+            lines.append(f"forward (float64, eval, batch {CONVERT_CHECK_BATCH}): non-finite output on "
+                         f"{d.path} ({sides} values NaN or inf)")
+            failures.append(f"forward: non-finite output on {d.path} ({sides} values NaN or inf); check the "
+                            "weights file for NaN, inf or negative BatchNorm variances")
+        else:
+            lines.append(f"forward (float64, eval, batch {CONVERT_CHECK_BATCH}): max|Δ| {d.max_abs:.3g} on "
+                         f"{d.path}, allowed {d.allowed:.3g} ({tol.rtol:g} x scale {d.scale:.3g})")
+            if not d.passed:
+                failures.append(f"forward: {d.describe()}")
 
     if failures:
         lines.append(f"FAILED convert {spec.name}: {failures[0]} (nothing written)")
