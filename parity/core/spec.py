@@ -225,6 +225,9 @@ class PairSpec:
     input_range: tuple[float, float] = (-1.0, 1.0)
     #: the port's own training loss when it differs from ``loss`` (a user's training script); None = ``loss``
     port_loss: LossSpec | None = None
+    #: a user pair's automatic alignment (``parity.user.align.Alignment``), set when its taps are resolved;
+    #: the diagnosis puts its table and unaligned layers into the result. None for registered pairs
+    alignment: Any = None
 
     def config(self, **overrides) -> dict[str, Any]:
         cfg = dict(self.default_config)

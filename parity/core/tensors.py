@@ -18,13 +18,6 @@ def nhwc_to_nchw(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def nchw_to_nhwc(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim == 4:
-        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-    return a
-
-
 def hwc_flat_to_chw_flat(a: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
     """Reorder a Keras Flatten output (HWC order) to torch's nn.Flatten order (CHW)."""
     c, h, w = chw
@@ -32,9 +25,18 @@ def hwc_flat_to_chw_flat(a: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray
     return np.ascontiguousarray(a.reshape(n, h, w, c).transpose(0, 3, 1, 2).reshape(n, c * h * w))
 
 
+#: ``TensorDiff.extra`` keys: how many elements are NaN or +-Inf on each side (set only when some are)
+NON_FINITE_KEYS = ("non_finite_reference", "non_finite_port")
+
+
 def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale_floor: float = 0.0) -> TensorDiff:
     """Compare two arrays: max |ref - port| against ``tol.allowed(scale)``, scale = max |ref| (or
-    ``scale_floor`` when larger: see :func:`layer_scale_floor`)."""
+    ``scale_floor`` when larger: see :func:`layer_scale_floor`).
+
+    A NaN or +-Inf on either side fails the tensor, even where both sides agree on it (a NaN equal to a NaN
+    proves nothing): ``max_abs`` is NaN, every non-finite element counts as mismatched, ``index`` is the first
+    of them, the note says which side holds how many, and ``extra`` carries the counts
+    (:data:`NON_FINITE_KEYS`, read back by :func:`non_finite_counts`)."""
     ref = np.asarray(ref)
     port = np.asarray(port)
     if ref.shape != port.shape:
@@ -48,32 +50,68 @@ def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale
     allowed = tol.allowed(scale)
     if r.size == 0:
         return TensorDiff(path, tuple(r.shape), 0.0, 0.0, allowed, tol.rtol, 0, 0, note=note)
+    if not (np.isfinite(r).all() and np.isfinite(p).all()):
+        return _non_finite_diff(path, r, p, tol, scale, allowed, note)
     # one temporary the size of the tensor (|r - p|, in place): GOTURN's fc6 is 75 M elements (0.6 GB)
     d = np.subtract(r, p, out=np.empty(r.shape, np.float64))
     np.abs(d, out=d)
-    n_bad_nan = 0
-    bad_nan = None
-    if np.isnan(d).any():  # rare: NaN on one side (a NaN on both sides at one element counts as equal)
-        both_nan = np.isnan(r) & np.isnan(p)
-        bad_nan = np.isnan(d) & ~both_nan
-        d[both_nan] = 0.0
-        n_bad_nan = int(np.count_nonzero(bad_nan))
-    if n_bad_nan:
-        idx = np.unravel_index(int(np.argmax(bad_nan)), r.shape)
-        max_abs = math.nan
-    else:
-        flat = int(np.argmax(d))
-        idx = np.unravel_index(flat, r.shape)
-        max_abs = float(d.reshape(-1)[flat])
-    mismatched = int(np.count_nonzero(d > allowed) + n_bad_nan)
-    finite = bool(np.isfinite(r).all() and np.isfinite(p).all())
-    norm_rel = _norm_rel(r, d) if finite else None
-    del d, bad_nan
+    flat = int(np.argmax(d))
+    idx = np.unravel_index(flat, r.shape)
+    max_abs = float(d.reshape(-1)[flat])
+    mismatched = int(np.count_nonzero(d > allowed))
+    norm_rel = _norm_rel(r, d)
+    del d
     return TensorDiff(path=path, shape=tuple(r.shape), max_abs=max_abs, scale=scale, allowed=allowed,
                       rtol=tol.rtol, mismatched=mismatched, numel=int(r.size),
                       index=tuple(int(i) for i in idx), ref_value=float(r[idx]), port_value=float(p[idx]),
-                      cosine=_cosine(r, p) if finite else None, note=note,
-                      norm_rel=norm_rel, norm_rtol=tol.norm_rtol)
+                      cosine=_cosine(r, p), note=note, norm_rel=norm_rel, norm_rtol=tol.norm_rtol)
+
+
+def _non_finite_diff(path, r, p, tol, scale, allowed, note) -> TensorDiff:
+    """A failed :class:`TensorDiff` for arrays holding NaN or +-Inf on either side (see :func:`tensor_diff`)."""
+    bad_r, bad_p = ~np.isfinite(r), ~np.isfinite(p)
+    bad = bad_r | bad_p
+    idx = np.unravel_index(int(np.argmax(bad)), r.shape)
+    with np.errstate(invalid="ignore"):  # Inf - Inf
+        d = np.abs(np.where(bad, 0.0, r - p))
+    mismatched = int(np.count_nonzero(bad)) + int(np.count_nonzero(d > allowed))
+    counts = (int(np.count_nonzero(bad_r)), int(np.count_nonzero(bad_p)))
+    text = non_finite_note(counts, (int(np.count_nonzero(np.isnan(r))), int(np.count_nonzero(np.isnan(p)))),
+                           int(r.size))
+    return TensorDiff(path=path, shape=tuple(r.shape), max_abs=math.nan, scale=scale, allowed=allowed,
+                      rtol=tol.rtol, mismatched=mismatched, numel=int(r.size),
+                      index=tuple(int(i) for i in idx), ref_value=float(r[idx]), port_value=float(p[idx]),
+                      cosine=None, note=f"{text}; {note}" if note else text,
+                      extra=dict(zip(NON_FINITE_KEYS, counts)), norm_rel=None, norm_rtol=tol.norm_rtol)
+
+
+def non_finite_note(counts: tuple[int, int], nans: tuple[int, int], numel: int) -> str:
+    """``non-finite values on both sides: reference 512 NaN, port 512 NaN (of 4096 elements)``."""
+    parts = []
+    for name, n, n_nan in zip(("reference", "port"), counts, nans):
+        if n:
+            kinds = [f"{c} {k}" for c, k in ((n_nan, "NaN"), (n - n_nan, "Inf")) if c]
+            parts.append(f"{name} {' + '.join(kinds)}")
+    where = "on both sides" if all(counts) else ("in the reference only" if counts[0] else "in the port only")
+    return f"non-finite values {where}: {', '.join(parts)} (of {numel} elements)"
+
+
+def non_finite_counts(diff: TensorDiff) -> tuple[int, int] | None:
+    """(reference, port) counts of NaN/Inf elements of a compared tensor, or None when both sides are finite.
+    Read from ``diff.extra`` (set by :func:`tensor_diff`), else from the two values at ``diff.index`` (a diff
+    whose ``extra`` a later stage replaced)."""
+    extra = diff.extra or {}
+    if any(k in extra for k in NON_FINITE_KEYS):
+        counts = tuple(int(extra.get(k) or 0) for k in NON_FINITE_KEYS)
+        return counts if any(counts) else None
+    vals = (diff.ref_value, diff.port_value)
+    counts = tuple(int(v is not None and not math.isfinite(v)) for v in vals)
+    return counts if any(counts) else None
+
+
+def non_finite_side(counts: tuple[int, int]) -> str:
+    """``"reference"``, ``"port"`` or ``"both"``: where the non-finite values of a tensor are."""
+    return "both" if all(counts) else ("reference" if counts[0] else "port")
 
 
 def _norm_rel(a: np.ndarray, absdiff: np.ndarray) -> float:
@@ -93,9 +131,8 @@ def _scale(a: np.ndarray) -> float:
     return float(max(finite.max(), -finite.min())) if finite.size else 0.0
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return None
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two finite arrays."""
     na, nb = float(np.linalg.norm(a.reshape(-1))), float(np.linalg.norm(b.reshape(-1)))
     if na == 0.0 or nb == 0.0:
         return 1.0 if na == nb else 0.0

@@ -26,6 +26,7 @@ import numpy as np
 
 from parity.core.results import Finding
 from parity.core.spec import Tap
+from weight_converters.keras import LAYER_VARS
 
 #: Keras' truncated normal keeps draws within 2 stddev and divides the stddev by this so that the resulting
 #: std is the nominal one (keras/src/initializers/random_initializers.py, VarianceScaling).
@@ -207,8 +208,6 @@ def _fix_for(dist: dict, shape_keras, torch_shape, var: str) -> str:
 
 
 def _keras_var_torch_key(kind: str, var: str) -> str | None:
-    from weight_converters.keras import LAYER_VARS
-
     return LAYER_VARS.get(kind, {}).get(var)
 
 

@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 from parity.core.errors import UsageError
 from parity.core.options import resolve_user
-from parity.core.results import CheckResult, Finding
+from parity.core.results import CheckResult
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.diagnosis.alignment import alignment_findings, annotate_alignment  # noqa: F401  (public names)
 from parity.user.view import port_view
 
 #: Optimizers offered for user pairs (``--optimizer``): plain SGD with momentum by default, Adam with Keras 3's
@@ -29,10 +30,6 @@ from parity.user.view import port_view
 USER_SGD = OptimizerSpec(kind="sgd", lr=0.01, momentum=0.9)
 USER_ADAM = OptimizerSpec(kind="adam", lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
 LOSSES = ("categorical_crossentropy", "mse", "l1_sum")
-
-#: alignment of every user spec built in this process, by spec name (read by the diagnosis)
-ALIGNMENTS: dict[str, "UserTaps"] = {}
-
 
 class UserPairError(UsageError):
     """A problem with the user's models or options; one line that says what to do (the CLI exits 2)."""
@@ -163,6 +160,7 @@ class UserTaps:
         except AlignmentError as exc:
             raise _usage_error(str(exc)) from None
         if self.spec is not None:
+            self.spec.alignment = self.alignment  # travels on the spec (read by the diagnosis)
             self.spec.conventions = tuple(c for c in self.spec.conventions if c.name != "alignment") + (
                 _alignment_convention(self.alignment),)
         self.groups = dict(self.alignment.groups)
@@ -195,7 +193,6 @@ def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss,
             "categorical_crossentropy" else loss.name, "parity.user.pair.infer_loss"),),
         default_config={}, fast_config={}, default_batch=4, reference_shared=shared)
     taps.spec = spec
-    ALIGNMENTS[name] = taps
     return spec
 
 
@@ -339,44 +336,13 @@ def _torch_restore(module, saved) -> None:
         m.training = saved["training"].get(name, m.training)
 
 
-def alignment_of(spec_or_name) -> Any:
-    """The :class:`parity.user.align.Alignment` of a user pair (after its check ran), else None."""
-    name = spec_or_name if isinstance(spec_or_name, str) else getattr(spec_or_name, "name", None)
-    taps = ALIGNMENTS.get(name)
-    return taps.alignment if taps is not None else None
-
-
-def alignment_findings(al) -> list[Finding]:
-    """One finding per layer without a partner (warning when it has weights, info otherwise)."""
-    out = []
-    for r in al.rows:
-        if r.status == "unaligned-ref":
-            weighted = any(n.name == r.ref and n.weighted for n in al.ref_nodes)
-            out.append(Finding(
-                "unaligned", r.ref, f"reference layer {r.ref} ({r.ref_class}) has no counterpart in the port"
-                + (f": {r.note}" if r.note else ""),
-                f"pin it with --align {r.ref}=<port.module.path>" if weighted else "",
-                stage="structure", severity="warning" if weighted else "info"))
-        elif r.status == "unaligned-port":
-            out.append(Finding(
-                "unaligned", r.port, f"port module {r.port} ({r.port_class}) has no counterpart in the reference"
-                + (f": {r.note}" if r.note else ""), "", stage="structure",
-                severity="warning" if r.kind in ("dropout",) or "parameters" in r.note else "info"))
-    return out
+def alignment_of(spec) -> Any:
+    """The :class:`parity.user.align.Alignment` of a user pair's spec (once its taps were resolved), else None."""
+    return getattr(spec, "alignment", None)
 
 
 def annotate(result: CheckResult, spec=None) -> CheckResult:
     """Put the alignment table into the structure stage's ``info["alignment"]`` and its unaligned layers into
-    the findings (idempotent). The harness does the same once it calls this (see the module docstring)."""
-    al = alignment_of(spec if spec is not None else result.pair)
-    if al is None:
-        return result
-    st = result.stage("structure")
-    if st is not None and "alignment" not in st.info:
-        st.info["alignment"] = al.table()
-        st.info["alignment_traced_with"] = al.traced_with
-    have = {(f.cause, f.path) for f in result.findings}
-    for f in alignment_findings(al):
-        if (f.cause, f.path) not in have:
-            result.findings.append(f)
-    return result
+    the findings (idempotent; :func:`parity.diagnosis.alignment.annotate_alignment`, which the check's
+    diagnosis also runs)."""
+    return annotate_alignment(result, alignment_of(spec))

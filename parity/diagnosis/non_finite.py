@@ -1,0 +1,110 @@
+"""Non-finite values (NaN, +-Inf): where they first appear and on which side (reference, port or both).
+
+A tensor holding them always fails (:func:`parity.core.tensors.tensor_diff`: a NaN equal to a NaN proves
+nothing). When the first divergence of a check is such a tensor, this cause ranks before every other finding
+and no other rule guesses from its numbers (a NaN makes two eval forwards "differ", which would otherwise
+read as dropout left on in eval). When non-finite values appear only after a finite first divergence, a
+warning says where.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from parity.core.results import STAGE_ORDER, Finding, TensorDiff
+from parity.core.tensors import non_finite_counts, non_finite_side
+from parity.diagnosis.common import Run, base, finding
+from parity.diagnosis.registry import ANY_STAGE, result_rule, stage_rule
+
+#: the BatchNorm variable whose negative values make ``sqrt(var + eps)`` NaN in an eval forward
+MOVING_VARIANCE = "moving_variance"
+#: layers named in the evidence when the layer itself holds nothing suspicious
+MAX_LAYERS_NAMED = 3
+
+WHAT = {
+    "both": ("on both sides: the two models agree on NaN/Inf, which proves nothing; the weights or the input "
+             "hold values that this layer turns into NaN/Inf",
+             "check the weights file and the input at this layer (a negative BatchNorm moving_variance, a zero "
+             "variance with eps 0, an overflow)"),
+    "port": ("in the port only: the port computes NaN/Inf where the reference is finite",
+             "look in the port's forward at this layer for log(0), a division by zero, sqrt of a negative number "
+             "or an overflow (a missing eps, a float16 cast)"),
+    "reference": ("in the reference only: the reference computes NaN/Inf where the port is finite",
+                  "check the reference model and its weights at this layer (log(0), a division by zero, sqrt of "
+                  "a negative number, an overflow)"),
+}
+
+
+@stage_rule(ANY_STAGE, order=0, when_explained=True, rank_first=True)
+def non_finite_first(run: Run, stage, diff: TensorDiff) -> list[Finding]:
+    """The first divergence holds NaN/Inf: that is the cause, and no other rule reads its numbers."""
+    counts = non_finite_counts(diff)
+    if counts is None:
+        return []
+    return [_finding(run, stage.name, diff, counts, "error")]
+
+
+@result_rule(order=90)
+def non_finite_later(run: Run) -> list[Finding]:
+    """A warning where NaN/Inf first appear when the first divergence itself is finite."""
+    fd = run.result.first_divergence
+    if fd is None or fd[1] is None or non_finite_counts(fd[1]) is not None:
+        return []
+    ordered = sorted(run.result.stages, key=lambda s: STAGE_ORDER.index(s.name) if s.name in STAGE_ORDER else 99)
+    for st in ordered:
+        for t in st.tensors:
+            counts = non_finite_counts(t)
+            if counts is not None:
+                return [_finding(run, st.name, t, counts, "warning")]
+    return []
+
+
+def _finding(run: Run, stage: str, diff: TensorDiff, counts: tuple[int, int], severity: str) -> Finding:
+    side = non_finite_side(counts)
+    what, fix = WHAT[side]
+    path = base(diff.path)
+    ev = [diff.note or f"reference {counts[0]}, port {counts[1]} non-finite elements"]
+    if diff.index is not None:
+        ev.append(f"first at index {diff.index}: reference {diff.ref_value:.6g}, port {diff.port_value:.6g}")
+    ev += _weights_evidence(run, path) + _input_evidence(run)
+    return finding("non_finite", path, f"non-finite values (NaN/Inf) first appear at {diff.path} in {stage} "
+                   f"{what}", fix, stage, evidence="; ".join(ev), severity=severity)
+
+
+def _suspicious(layer: str, weights: dict) -> list[str]:
+    out = []
+    for var, w in weights.items():
+        a = np.asarray(w)
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            out.append(f"{layer}/{var} holds {bad} non-finite values")
+        if var == MOVING_VARIANCE and (a < 0).any():
+            out.append(f"{layer}/{var} holds {int(np.count_nonzero(a < 0))} negative values (min {float(a.min()):.3g}): "
+                       "sqrt(moving_variance + epsilon) is NaN there")
+    return out
+
+
+def _weights_evidence(run: Run, path: str) -> list[str]:
+    """Non-finite or negative-variance weights of the reference: this layer's first, else any layer's."""
+    if run.ref is None or getattr(run.ref, "weights", None) is None:
+        return []
+    layer = run.ref_layer(path)
+    own = _suspicious(layer, run.ref.weights.get(layer) or {}) if layer else []
+    if own:
+        return own
+    found = []
+    for name, ws in run.ref.weights.items():
+        found += _suspicious(name, ws or {})
+        if len(found) >= MAX_LAYERS_NAMED:
+            break
+    return found[:MAX_LAYERS_NAMED]
+
+
+def _input_evidence(run: Run) -> list[str]:
+    inputs = getattr(run.ref, "inputs", None) if run.ref is not None else None
+    if not inputs:
+        return []
+    x = np.asarray(inputs[0])
+    bad = int(np.count_nonzero(~np.isfinite(x))) if np.issubdtype(x.dtype, np.floating) else 0
+    return [f"the input batch holds {bad} non-finite values"] if bad else []
