@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from parity.core.data import make_batch, randomize_weights
+from parity.core.families import keras_info, keras_var_name
 from parity.optim.adapters import ParamRef, get_adapter
 from parity.core.spec import LossSpec, OptimizerSpec, PairSpec, Tap
 from weight_converters.keras import LAYER_VARS
@@ -53,6 +54,11 @@ class ReferenceRun:
     store: Any = None
 
 
+def _var(layer, w) -> str:
+    """The variable's name inside its layer (``kernel``; ``forward/kernel`` in a Bidirectional)."""
+    return keras_var_name(layer.name, w.name.split("/")[-1].split(":")[0], getattr(w, "path", ""))
+
+
 def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarray]]:
     """``{layer: {var: array}}`` of every layer that has variables (Keras 3 ``variable.name`` is the var).
     With a :class:`parity.core.spill.SpillStore`, each array goes to it as it is read (one array in memory at a
@@ -62,7 +68,7 @@ def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarra
         if layer.weights:
             vals = {}
             for w in layer.weights:
-                var = w.name.split("/")[-1].split(":")[0]
+                var = _var(layer, w)
                 if only is None or only(layer.name, var):
                     vals[var] = store.put(w.numpy()) if store is not None else np.array(w.numpy())
             if vals:
@@ -75,7 +81,7 @@ def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarra
 
 
 def expected_weights(model) -> dict[str, dict[str, tuple]]:
-    return {layer.name: {w.name.split("/")[-1].split(":")[0]: tuple(w.shape) for w in layer.weights}
+    return {layer.name: {_var(layer, w): tuple(w.shape) for w in layer.weights}
             for layer in model.layers if layer.weights}
 
 
@@ -84,7 +90,7 @@ def set_keras_weights(model, weights: dict[str, dict[str, np.ndarray]]) -> None:
         if layer.name in weights:
             vals = weights[layer.name]
             for w in layer.weights:
-                name = w.name.split("/")[-1].split(":")[0]
+                name = _var(layer, w)
                 if name in vals:
                     w.assign(np.asarray(vals[name], dtype=w.dtype))
 
@@ -109,6 +115,7 @@ def layer_info(layer) -> dict[str, Any]:
     for k in CONFIG_KEYS:
         if k in cfg:
             info[k] = _jsonable(cfg[k])
+    info.update({k: _jsonable(v) for k, v in keras_info(type(layer).__name__, cfg).items()})  # layer families
     info["trainable_params"] = int(sum(math.prod(w.shape) for w in layer.trainable_weights))
     info["non_trainable_params"] = int(sum(math.prod(w.shape) for w in layer.non_trainable_weights))
     try:
@@ -129,7 +136,7 @@ def param_refs_for(model, taps: list[Tap]) -> list[ParamRef]:
     refs = []
     for layer in model.layers:
         for w in layer.trainable_weights:
-            var = w.name.split("/")[-1].split(":")[0]
+            var = _var(layer, w)
             tap = by_layer.get(layer.name)
             if tap is not None and var in LAYER_VARS[tap.kind]:
                 prefix = f"{tap.port}." if tap.port else ""
@@ -396,7 +403,8 @@ def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, o
     n_steps = max(steps, 1) if "step" in stages else (1 if ({"gradients", "forward_train"} & stages) else 0)
     inputs, labels = [], []
     for k in range(max(n_steps, 1)):
-        x, y = make_batch(seed, k, batch, input_shape, spec.target(config), spec.input_range, dtype)
+        x, y = make_batch(seed, k, batch, input_shape, spec.target(config), spec.input_range, dtype,
+                          integer="int" in str(model.inputs[0].dtype))  # token ids for an Embedding
         inputs.append(x)
         labels.append(y)
     run = ReferenceRun(
@@ -487,6 +495,8 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
                 out = side.tap_model(x, training=True)
                 data_loss = keras_loss(ops, keras, spec.loss, y, out, from_logits)
             gparams = tape.gradient(data_loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            # an Embedding's gradient is sparse (IndexedSlices): dense, like torch's default
+            gparams = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gparams]
         del tape, out
         step_bn = {tap.ref: {"moving_mean": model.get_layer(tap.ref).moving_mean.numpy().copy(),
                              "moving_variance": model.get_layer(tap.ref).moving_variance.numpy().copy()}
@@ -495,7 +505,7 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
             run.train_acts = train_acts
             for path in shapes:  # a tap whose output does not reach the loss gets no gradient: zeros
                 if path not in act_grads:
-                    act_grads[path] = np.zeros(shapes[path], dtype=run.inputs[0].dtype)
+                    act_grads[path] = np.zeros(shapes[path], dtype=train_acts[path].dtype)
             run.act_grads = act_grads
             for tap in bn_layers:
                 layer = model.get_layer(tap.ref)

@@ -6,11 +6,15 @@ import numpy as np
 
 
 def make_batch(seed: int, step: int, batch: int, input_shape: tuple[int, ...], target: tuple[str, int],
-               input_range: tuple[float, float], dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (seed, step) -> (inputs NHWC, labels). Labels: one-hot classes or regression targets."""
+               input_range: tuple[float, float], dtype: str, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (seed, step) -> (inputs NHWC, labels). Labels: one-hot classes or regression targets.
+    ``integer``: token ids (int64) drawn uniformly from ``[lo, hi)`` of ``input_range`` (an Embedding's input)."""
     rng = np.random.default_rng([seed, step])
     lo, hi = input_range
-    x = rng.uniform(lo, hi, size=(batch,) + tuple(input_shape)).astype(dtype)
+    if integer:
+        x = rng.integers(int(lo), int(hi), size=(batch,) + tuple(input_shape), dtype=np.int64)
+    else:
+        x = rng.uniform(lo, hi, size=(batch,) + tuple(input_shape)).astype(dtype)
     kind, dims = target
     if kind == "onehot":
         cls = rng.integers(0, dims, size=batch)

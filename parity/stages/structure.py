@@ -11,6 +11,7 @@ import numpy as np
 
 from parity import diagnosis
 from parity.backends.torch_side import module_info
+from parity.core.families import torch_info
 from parity.core.results import Finding, StageResult
 from parity.core.spec import Tap
 from parity.stages.context import CheckContext
@@ -62,7 +63,8 @@ def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Find
     pinfo = module_info(mod)
     if tap.weighted:
         rt, rn = rinfo.get("trainable_params", 0), rinfo.get("non_trainable_params", 0)
-        pt, pb = pinfo["params"], pinfo["buffers"]
+        # torch-only parameters a layer family declares (an LSTM's bias_hh next to Keras' one bias)
+        pt, pb = pinfo["params"] - pinfo.get("torch_only_params", 0), pinfo["buffers"]
         row.update(ref_trainable=rt, ref_non_trainable=rn, port_params=pt, port_buffers=pb,
                    num_batches_tracked=pinfo["num_batches_tracked"])
         if (rt, rn) != (pt, pb):
@@ -93,6 +95,7 @@ def _reconcile_parameters(ctx: CheckContext, st: StageResult) -> None:
     mp = ctx.ref.model_params
     module = ctx.ts.module
     tparams = sum(p.numel() for p in module.parameters())
+    tparams -= sum(torch_info(m).get("torch_only_params", 0) for m in module.modules())  # e.g. an LSTM's bias_hh
     bufs = {k: b for k, b in module.named_buffers()}
     tbuf = sum(b.numel() for k, b in bufs.items() if not k.endswith("num_batches_tracked"))
     ntracked = sum(1 for k in bufs if k.endswith("num_batches_tracked"))

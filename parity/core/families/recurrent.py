@@ -42,8 +42,9 @@ def _torch_info(m) -> dict:
     info = {"bidirectional": bool(getattr(m, "bidirectional", False)), "mode": getattr(m, "mode", None)}
     for d in ("", "_reverse"):
         hh = getattr(m, f"bias_hh_l0{d}", None)
-        if hh is not None:
+        if hh is not None and info["mode"] != "GRU":  # Keras has one bias: bias_hh is torch's alone
             info["bias_hh_trainable"] = bool(hh.requires_grad) or info.get("bias_hh_trainable", False)
+            info["torch_only_params"] = info.get("torch_only_params", 0) + int(hh.numel())
     return info
 
 

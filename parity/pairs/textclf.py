@@ -1,0 +1,42 @@
+"""A text classifier (Embedding -> Bidirectional LSTM -> Dense, integer inputs) <-> ported_torch.textclf."""
+from __future__ import annotations
+
+from parity.core.families.recurrent import KERAS_MERGE_MODE, ONE_BIAS
+from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.pairs.registry import register
+
+
+def taps(config: dict) -> list[Tap]:
+    return [
+        Tap("embedding", "embedding", "embedding", "embedding"),
+        Tap("encoder", "encoder", "encoder", config.get("cell", "lstm")),
+        Tap("classifier", "classifier", "classifier", "dense"),
+        Tap("predictions", "predictions", "", "softmax", port_transform="softmax"),
+    ]
+
+
+SPEC = register(PairSpec(
+    name="textclf",
+    summary="text classifier: Embedding -> Bidirectional LSTM (last step) -> Dense, token ids in",
+    reference="reference_keras.textclf:text_classifier",
+    port="ported_torch.textclf:text_classifier",
+    taps=taps,
+    input_shape=lambda c: (c["seq_len"],),
+    target=lambda c: ("onehot", c["num_classes"]),
+    loss=LossSpec("categorical_crossentropy", "mean"),
+    optimizer=OptimizerSpec(kind="sgd", lr=0.1, momentum=0.9),
+    optimizers={"adam": OptimizerSpec(kind="adam", lr=1e-2)},
+    conventions=(
+        Convention("layout", "(N, L, C)", "batch_first=True", "torch/nn/modules/rnn.py"),
+        Convention("last step", "return_sequences=False (backward half: its last step is step 0)",
+                   "cat(out[:, -1, :H], out[:, 0, H:])", "keras/src/layers/rnn/bidirectional.py"),
+        Convention("merge mode", repr(KERAS_MERGE_MODE), "concat [forward, backward]", ""),
+        Convention("biases", "one bias per direction", "bias_ih = bias, bias_hh = 0 (frozen)", ONE_BIAS),
+        Convention("softmax", "Activation('softmax') in the model", "in F.cross_entropy (logits out)", ""),
+    ),
+    default_config={"seq_len": 12, "vocab": 50, "embed_dim": 8, "units": 6, "num_classes": 4, "cell": "lstm"},
+    fast_config={"seq_len": 12, "vocab": 50, "embed_dim": 8, "units": 6, "num_classes": 4, "cell": "lstm"},
+    default_batch=8,
+    randomize_bn=False,
+    input_range=(0, 50),
+))

@@ -1,0 +1,66 @@
+"""PyTorch port of ``reference_keras/textclf.py`` (Embedding -> Bidirectional LSTM/GRU, last step -> Linear):
+
+- ``nn.LSTM``/``nn.GRU`` with ``batch_first=True`` (Keras gives (N, L, C)) and ``bidirectional=True``;
+- Keras' ``return_sequences=False`` is the forward direction's last step and the backward direction's step 0
+  (it read the sequence reversed): ``LastStep`` returns ``[out[:, -1, :H], out[:, 0, H:]]``, the
+  ``merge_mode='concat'`` order;
+- one Keras bias per direction (LSTM) is ``bias_ih``; ``bias_hh`` holds 0 and stays out of training
+  (``parity.core.families.recurrent.ONE_BIAS``), else the effective bias moves twice per step;
+- the model returns **logits**: the reference's softmax belongs to ``F.cross_entropy``.
+
+Keyword arguments exist so a user's variant (or a planted bug) is built through the public constructor.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _last_step_class(base):
+    class LastStep(base):
+        """``nn.LSTM``/``nn.GRU`` returning what Keras' ``Bidirectional(..., return_sequences=False)`` returns."""
+
+        def __init__(self, *args, last="keras", train_bias_hh=False, **kw):
+            super().__init__(*args, **kw)
+            self.last = last
+            if not train_bias_hh and self.mode != "GRU":  # GRU (reset_after) has two real biases
+                for name, p in self.named_parameters():
+                    if name.startswith("bias_hh"):
+                        p.requires_grad_(False)
+
+        def forward(self, x):
+            out, _ = super().forward(x)
+            if not self.batch_first:
+                out = out.transpose(0, 1)
+            h = self.hidden_size
+            if self.last == "sequence_end":  # the classic mistake: both halves at the last step
+                return out[:, -1]
+            return torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
+
+    LastStep.__name__ = f"LastStep{base.__name__}"
+    return LastStep
+
+
+LastStepLSTM = _last_step_class(nn.LSTM)
+LastStepGRU = _last_step_class(nn.GRU)
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, seq_len=12, vocab=50, embed_dim=8, units=6, num_classes=4, cell="lstm", *,
+                 batch_first=True, last="keras", train_bias_hh=False, padding_idx=None):
+        super().__init__()
+        rnn = {"lstm": LastStepLSTM, "gru": LastStepGRU}[cell]
+        self.embedding = nn.Embedding(vocab, embed_dim, padding_idx=padding_idx)
+        self.encoder = rnn(embed_dim, units, batch_first=batch_first, bidirectional=True, last=last,
+                           train_bias_hh=train_bias_hh)
+        self.classifier = nn.Linear(2 * units, num_classes)
+
+    def forward(self, tokens):
+        x = self.embedding(tokens)
+        if not self.encoder.batch_first:  # what a port written for (L, N, C) does with Keras-shaped input
+            pass
+        return self.classifier(self.encoder(x))
+
+
+def text_classifier(**cfg) -> TextClassifier:
+    return TextClassifier(**cfg)
