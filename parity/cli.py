@@ -36,6 +36,9 @@ from parity.core.spec import PairSpec
 from parity.harness import check
 from parity.io.convert import FORMATS as CONVERT_FORMATS
 from parity.io.convert import convert
+from parity.io.cache import cached_check
+from parity.io.cache import enabled as cache_enabled
+from parity.io.watch import watch_from_cli
 from parity.io.trace import record, replay
 from parity.pairs import registry
 from parity.user.align import parse_pins
@@ -404,10 +407,14 @@ def cmd_check(args) -> int:
                                          pins=args.align)
             if not args.out:
                 out_dir = _out_dir(args, spec.name)
-        result = check(spec, stages=",".join(stages), dtype=args.dtype, device=args.device, batch=args.batch,
-                       seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,
-                       port=args.port if args.name else None, reference=(args.reference if args.name else None),
-                       onnx=args.onnx, progress=say)
+        if args.watch:  # parity.io.watch: one warm process, the port re-checked on every save
+            return watch_from_cli(spec, args, cfg, stages, out_dir, say)
+        # the reference cache (parity.io.cache): registered pairs, unless --no-cache / PARITY_NO_CACHE=1
+        run = cached_check if args.name and cache_enabled(no_cache=args.no_cache, onnx=args.onnx) else check
+        result = run(spec, stages=",".join(stages), dtype=args.dtype, device=args.device, batch=args.batch,
+                     seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,
+                     port=args.port if args.name else None, reference=(args.reference if args.name else None),
+                     onnx=args.onnx, progress=say)
         return _render(result, args, out_dir, say)
 
 
@@ -543,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check a pair: structure, forward, backward, optimizer step, isolated layers")
     _add_model_options(p)
     p.add_argument("--onnx", action="store_true", help="add onnxruntime as a third leg of the forward comparison")
+    p.add_argument("--no-cache", action="store_true",
+                   help="compute the reference now, without the reference cache (registered pairs use it: "
+                        "$PARITY_CACHE_DIR, else $XDG_CACHE_HOME/parity or ~/.cache/parity)")
+    p.add_argument("--watch", action="store_true",
+                   help="stay running: re-check the port each time one of its source files is saved (Ctrl-C ends)")
     _add_run_options(p)
     p = sub.add_parser("record", help="run only the reference side and store a trace (safetensors + JSON)")
     _add_model_options(p, record=True)

@@ -1,6 +1,18 @@
 """Test configuration. Importing :mod:`parity` first sets ONEDNN_MAX_CPU_ISA & co. before any framework."""
+import atexit
+import os
+import shutil
+import tempfile
+
 import parity  # noqa: F401  (environment before TensorFlow / torch load)
 import pytest
+
+# The reference cache (parity.io.cache) is off for the suite, and points at a throwaway directory in case a
+# test turns it on: no test reads or writes a person's ~/.cache/parity. Subprocesses inherit both.
+# tests/parity/test_cache.py turns it on, each test with its own directory.
+os.environ["PARITY_CACHE_DIR"] = tempfile.mkdtemp(prefix="parity-test-cache-")
+atexit.register(shutil.rmtree, os.environ["PARITY_CACHE_DIR"], True)
+os.environ["PARITY_NO_CACHE"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
