@@ -37,10 +37,11 @@ def diff_sink(ref_acts, tol, suffix: str = ""):
     return sink, diffs
 
 
-def compare_acts(st: StageResult, taps, ref_acts, port_acts, tol, ts, diffs=None) -> None:
+def compare_acts(st: StageResult, ctx: CheckContext, ref_acts, port_acts, tol, diffs=None) -> None:
     """One diff per tap, in tap order (``diffs``: already computed by a sink; ``port_acts`` then only tells
     which taps the port's forward reached)."""
-    for tap in taps:
+    ts = ctx.ts
+    for tap in ctx.taps:
         if tap.path not in ref_acts:
             continue
         if tap.path not in port_acts:
@@ -68,7 +69,7 @@ def run(ctx: CheckContext) -> None:
     if not compared:
         return
     st = StageResult("forward_eval")
-    compare_acts(st, ctx.taps, ref.eval_acts, ctx.eval_shapes, tol, ts, diffs=diffs)
+    compare_acts(st, ctx, ref.eval_acts, ctx.eval_shapes, tol, diffs=diffs)
     if ts.error:
         st.errors.insert(0, ts.error)
     st.seconds = time.perf_counter() - t + ref.seconds.get("forward_eval", 0.0)

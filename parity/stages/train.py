@@ -12,10 +12,11 @@ released before the optimizer steps.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -44,6 +45,35 @@ class Training:
     bn_chain: dict = field(default_factory=dict)  # {path: (torch running_var, its Keras equivalent)}
     series: dict = field(default_factory=dict)  # {tensor path: [rel after each step]}
     losses: list = field(default_factory=list)  # the port's loss at each step
+
+
+class _Param(NamedTuple):
+    """One parameter in the step stage: the reference's ``ParamRef`` bound to the port's parameter, its tap,
+    and its name in the result (``tap path:port suffix``)."""
+
+    r: Any
+    tap: Any
+    name: str
+
+
+class _LayerJudged:
+    """Diffs re-judged against their layer's largest scale (``layer_scale_floor``): each remembers its group
+    and how to compute it again with a floor."""
+
+    def __init__(self):
+        self.diffs: list = []
+        self._how: dict[int, tuple[str, Callable]] = {}
+
+    def add(self, group: str, compute: Callable) -> Any:
+        """``compute(floor=0.0)`` returns the diff; returns it."""
+        d = compute()
+        self.diffs.append(d)
+        self._how[id(d)] = (group, compute)
+        return d
+
+    def judged(self, what: str) -> list:
+        return layer_scale_floor(self.diffs, lambda d: self._how[id(d)][0],
+                                 lambda d, floor: self._how[id(d)][1](floor=floor), what=what)
 
 
 def run(ctx: CheckContext) -> None:
@@ -109,7 +139,7 @@ def _report_broken(ctx: CheckContext, acts, act_diffs) -> None:
     """The port raised in its training forward: what was tapped, and the later training stages not run."""
     error = ctx.ts.error
     st = StageResult("forward_train", errors=[error])
-    compare_acts(st, ctx.taps, ctx.ref.train_acts, acts, ctx.tol["forward_train"], ctx.ts, diffs=act_diffs)
+    compare_acts(st, ctx, ctx.ref.train_acts, acts, ctx.tol["forward_train"], diffs=act_diffs)
     ctx.result.stages.append(st)
     for name in ("gradients", "step"):
         if name in ctx.stages:
@@ -133,7 +163,7 @@ def _momentum(mod) -> float:
 # -- forward_train ----------------------------------------------------------------------------------------------
 def forward_train_stage(ctx: CheckContext, tr: Training, t0: float, acts, act_diffs) -> StageResult:
     st = StageResult("forward_train", info={"running_var": RUNNING_VAR_CONVENTION})
-    compare_acts(st, ctx.taps, ctx.ref.train_acts, acts, ctx.tol["forward_train"], ctx.ts, diffs=act_diffs)
+    compare_acts(st, ctx, ctx.ref.train_acts, acts, ctx.tol["forward_train"], diffs=act_diffs)
     st.tensors += _bn_stat_diffs(ctx, tr)
     st.seconds = time.perf_counter() - t0 + ctx.ref.seconds.get("train", 0.0)
     return st
@@ -181,7 +211,7 @@ def gradients_stage(ctx: CheckContext, tr: Training, t0: float, loss, acts, grad
 def _param_grads(ctx: CheckContext, tr: Training, st: StageResult) -> None:
     """Every parameter's gradient, judged against its layer's scale (``layer_scale_floor``)."""
     ref = ctx.ref
-    pdiffs, where = [], {}
+    judged = _LayerJudged()
     for r in ref.param_refs:
         tap = ctx.tap_by_ref.get(r.layer)
         suffix = r.key[len(tap.port) + 1:] if tap is not None and tap.port else r.key
@@ -191,11 +221,8 @@ def _param_grads(ctx: CheckContext, tr: Training, st: StageResult) -> None:
         if r.key not in tr.params:
             st.errors.append(f"{path}: port has no parameter {r.key}")
             continue
-        d = _grad_diff(ctx, tr, r, tap, path)
-        pdiffs.append(d)
-        where[id(d)] = (r, tap, path)
-    st.tensors += layer_scale_floor(pdiffs, lambda d: where[id(d)][1].path,
-                                    lambda d, floor: _grad_diff(ctx, tr, *where[id(d)], floor=floor))
+        judged.add(tap.path, functools.partial(_grad_diff, ctx, tr, r, tap, path))
+    st.tensors += judged.judged("gradient")
 
 
 def _grad_diff(ctx: CheckContext, tr: Training, r, tap, path: str, floor: float = 0.0):
@@ -214,27 +241,24 @@ def optimizer_step(ctx: CheckContext, tr: Training, k: int) -> None:
     tr.adapter.torch_prepare(ctx.optimizer, k, tr.opt_torch)
     tr.opt_torch.step()
     at = f"@step{k + 1}" if tr.n_steps > 1 else ""
-    sdiffs, where = [], {}
+    judged = _LayerJudged()
     for r in tr.refs:
         tap = ctx.tap_by_ref.get(r.layer)
         if tap is None:
             continue
-        suffix = r.key[len(tap.port) + 1:] if tap.port else r.key
+        p = _Param(r, tap, f"{tap.path}:{r.key[len(tap.port) + 1:] if tap.port else r.key}")
         if tr.n_steps > 1:  # the weights themselves, step by step: how a small difference grows
-            _weight_trajectory(ctx, tr, k, r, tap, f"{tap.path}:{suffix}")
-        d = _update_diff(ctx, tr, k, r, tap, f"{tap.path}:{suffix}.update{at}")
-        sdiffs.append(d)
-        where[id(d)] = (_update_diff, (r, tap, d.path), f"{tap.path}|update")
-        _slot_diffs(ctx, tr, k, r, tap, f"{tap.path}:{suffix}", at, sdiffs, where)
-    tr.step.tensors += layer_scale_floor(sdiffs, lambda d: where[id(d)][2],
-                                         lambda d, floor: where[id(d)][0](ctx, tr, k, *where[id(d)][1], floor=floor),
-                                         what="update")
+            _weight_trajectory(ctx, tr, k, p)
+        judged.add(f"{tap.path}|update", functools.partial(_update_diff, ctx, k, p, f"{p.name}.update{at}"))
+        _slot_diffs(ctx, tr, k, p, at, judged)
+    tr.step.tensors += judged.judged("update")
     tr.step.seconds += time.perf_counter() - t + ctx.ref.seconds.get(f"step{k}", 0.0)
 
 
-def _update_diff(ctx: CheckContext, tr: Training, k: int, r, tap, path: str, floor: float = 0.0):
+def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float = 0.0):
     """One parameter's update at step ``k`` (new - initial) on both sides. One loaded array at a time, freed as
     soon as used (GOTURN's fc6 is 0.6 GB per copy)."""
+    r, tap = p.r, p.tap
     src = ctx.ref.steps[k]["params"][r.layer][r.var]
     upd_ref = var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)
     if np.may_share_memory(upd_ref, src):  # the layout change was a no-op: never write to the run's data
@@ -251,30 +275,29 @@ def _update_diff(ctx: CheckContext, tr: Training, k: int, r, tap, path: str, flo
     return tensor_diff(path, upd_ref, upd_port, ctx.tol["step"], scale_floor=floor)
 
 
-def _slot_diffs(ctx: CheckContext, tr: Training, k: int, r, tap, base: str, at: str, sdiffs: list,
-                where: dict) -> None:
+def _slot_diffs(ctx: CheckContext, tr: Training, k: int, p: _Param, at: str, judged: _LayerJudged) -> None:
     """The optimizer slots (momentum, Adam moments...) of one parameter after step ``k``."""
-    ref_slots = ctx.ref.steps[k]["slots"].get(r.key) or {}
-    port_slots = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [r]).get(r.key) or {}) if ref_slots else {}
+    ref_slots = ctx.ref.steps[k]["slots"].get(p.r.key) or {}
+    port_slots = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [p.r]).get(p.r.key) or {}) if ref_slots else {}
     for slot in ref_slots:
         if slot not in port_slots:
-            tr.step.errors.append(f"{base}: port optimizer has no '{slot}' slot")
+            tr.step.errors.append(f"{p.name}: port optimizer has no '{slot}' slot")
             continue
-        d = _slot_diff(ctx, tr, k, r, tap, f"{base}.{slot}{at}", slot)
-        sdiffs.append(d)
-        where[id(d)] = (_slot_diff, (r, tap, d.path, slot), f"{tap.path}|{slot}")
+        judged.add(f"{p.tap.path}|{slot}", functools.partial(_slot_diff, ctx, tr, k, p, slot, f"{p.name}.{slot}{at}"))
 
 
-def _slot_diff(ctx: CheckContext, tr: Training, k: int, r, tap, path: str, slot: str, floor: float = 0.0):
-    sref = var_to_torch(r.kind, r.var, ctx.ref.steps[k]["slots"][r.key][slot], flatten_chw=tap.flatten_chw)
+def _slot_diff(ctx: CheckContext, tr: Training, k: int, p: _Param, slot: str, path: str, floor: float = 0.0):
+    r = p.r
+    sref = var_to_torch(r.kind, r.var, ctx.ref.steps[k]["slots"][r.key][slot], flatten_chw=p.tap.flatten_chw)
     # this parameter's slots only (a full copy of GOTURN's momentum is 0.9 GB)
     pv = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [r]).get(r.key) or {}).get(slot)
     return tensor_diff(path, sref, pv, ctx.tol["step"], scale_floor=floor)
 
 
-def _weight_trajectory(ctx: CheckContext, tr: Training, k: int, r, tap, path: str) -> None:
-    w = tensor_diff(path, var_to_torch(r.kind, r.var, ctx.ref.steps[k]["params"][r.layer][r.var],
-                                       flatten_chw=tap.flatten_chw),
+def _weight_trajectory(ctx: CheckContext, tr: Training, k: int, p: _Param) -> None:
+    r = p.r
+    w = tensor_diff(p.name, var_to_torch(r.kind, r.var, ctx.ref.steps[k]["params"][r.layer][r.var],
+                                         flatten_chw=p.tap.flatten_chw),
                     r.param.detach().cpu().numpy(), ctx.tol["trajectory"])
     tr.series.setdefault(w.path, []).append(w.rel)
     if k == tr.n_steps - 1:
@@ -296,7 +319,8 @@ def bn_trajectory(ctx: CheckContext, tr: Training, k: int) -> None:
                 or getattr(mod, "running_mean", None) is None or tap.ref not in ref.bn_n:
             continue
         rv = mod.running_var.detach().cpu().double().numpy().copy()  # a copy: the buffer is updated in place
-        prev_rv, prev_kv = tr.bn_chain.get(tap.path) or (tr.old_stats[tap.path]["running_var"].cpu().double().numpy(),) * 2
+        old_rv = tr.old_stats[tap.path]["running_var"]
+        prev_rv, prev_kv = tr.bn_chain.get(tap.path) or (old_rv.cpu().double().numpy(),) * 2
         kv = unbiased_to_biased_update(rv, prev_rv, _momentum(mod), ref.bn_n[tap.ref], old_keras_var=prev_kv)
         tr.bn_chain[tap.path] = (rv, kv)
         for name, rval, pval in (("running_mean", rstats[tap.ref]["moving_mean"],
