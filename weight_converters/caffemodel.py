@@ -24,11 +24,11 @@ Blob shape: ``shape.dim`` when the blob has a ``shape``, else the legacy ``(num,
 (fields left unset count 0, as in Caffe's ``Blob::FromProto``). Legacy files store InnerProduct weights as
 ``(1, 1, out, in)`` and biases as ``(1, 1, 1, out)``; this reader keeps those 4-D shapes: dropping leading 1s
 is a mapping decision (Caffe's ``Blob::ShapeEquals`` compares legacy shapes right-aligned), taken by the
-GOTURN mapping in :mod:`weight_converters.caffe`, which records it in its report. Values: ``float32`` from
+GOTURN mapping in :mod:`weight_converters.goturn`, which records it in its report. Values: ``float32`` from
 ``data``, ``float64`` from ``double_data`` (which wins when both are present, as in ``Blob::FromProto``).
 
-Every problem is a one-line ``ValueError`` in :mod:`weight_converters.caffe`'s style
-(``"--weights PATH: expected ... Received: ... <what to do>"``).
+Every problem is a one-line ``ValueError`` (:func:`input_error`: ``"--weights PATH: expected ... Received: ...
+<what to do>"``), the style every Caffe reader here shares.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from weight_converters.caffe import _bad, _where
+from weight_converters.files import input_error, input_where, regular_file_size
 
 # --- Protobuf wire format ---------------------------------------------------------------------------------
 WIRE_VARINT = 0
@@ -448,13 +448,12 @@ def read_caffemodel(path, *, label: str = "--weights") -> dict[str, list[np.ndar
     reshaped to its shape, ``float32`` (``float64`` for ``double_data`` blobs). Layers without blobs are left
     out. Bad files raise a one-line ``ValueError`` prefixed ``"{label} {path}: "``."""
     path = Path(path)
-    where = _where(path, label)
-    if not path.is_file():
-        raise _bad(where, "no such file", "Check the path.", expected=CAFFEMODEL_FORMAT)
+    where = input_where(path, label)
+    regular_file_size(path, lambda received, todo: input_error(where, received, todo, expected=CAFFEMODEL_FORMAT))
     try:
         return caffemodel_blobs(parse_caffemodel(path.read_bytes()))
     except CaffemodelFormatError as exc:
-        raise _bad(where, exc.received, exc.todo, expected=CAFFEMODEL_FORMAT) from None
+        raise input_error(where, exc.received, exc.todo, expected=CAFFEMODEL_FORMAT) from None
 
 
 # --- Encoding (round trips, tests) ------------------------------------------------------------------------

@@ -41,7 +41,6 @@ import io
 import json
 import os
 import re
-import stat
 import zipfile
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -49,6 +48,7 @@ from typing import Mapping
 import h5py
 import numpy as np
 
+from weight_converters.files import regular_file_size
 from weight_converters.report import ConversionReport, check_values
 
 #: The 8-byte HDF5 format signature; it sits at offset 0, or 512, 1024, 2048, ... after a user block.
@@ -165,24 +165,6 @@ def _signature_offset(head: bytes, size: int) -> int | None:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 160 else text[:157] + "..."
-
-
-def regular_file_size(path: str, error) -> int:
-    """The size of ``path`` if it is a regular file. ``error(received, do)`` builds the exception for anything
-    else: a missing path, a directory, a named pipe (opening one for reading waits for a writer forever), a
-    device or a socket."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise error("no such file", "Check the path.") from None
-    except OSError as e:
-        raise error(f"a path that cannot be read ({e.strerror})", "Check the path.") from None
-    if stat.S_ISREG(st.st_mode):
-        return st.st_size
-    kind = ("a directory (a TF SavedModel?)" if stat.S_ISDIR(st.st_mode) else
-            "a named pipe (FIFO), not a regular file" if stat.S_ISFIFO(st.st_mode) else
-            "a device or socket, not a regular file")
-    raise error(kind, "Pass the weights file itself.")
 
 
 def _read_member(zf: zipfile.ZipFile, name: str, limit: int, label: str, path: str) -> bytes:

@@ -127,7 +127,7 @@ SPEC = register(PairSpec(
     default_batch=2,
     published_params={"total": GOTURN_PARAMS, "trainable": GOTURN_PARAMS, "non_trainable": 0},
     weights_format="caffe",
-    weights_loader="weight_converters.caffe:load_goturn_weights",
+    weights_loader="weight_converters.goturn:load_goturn_weights",
     randomize_bn=False,
     input_range=GOTURN_INPUT_RANGE,
 ))

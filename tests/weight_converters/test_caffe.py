@@ -1,4 +1,5 @@
-"""The Caffe ``.npy`` weight loader of the GOTURN pair (:mod:`weight_converters.caffe`), pure numpy: a dict
+"""The Caffe ``.npy`` weight loader of the GOTURN pair (:mod:`weight_converters.goturn`,
+:mod:`weight_converters.npy_safe`), pure numpy: a dict
 saved the way users save it loads into the reference's layout and back bit-exact; a pickle that names
 anything but numpy arrays and containers is refused before it runs; the fc6 flatten order (Caffe CHW vs
 Keras HWC) is converted; a reshaped-instead-of-transposed fc6 is flagged; bad files fail in one line."""
@@ -11,9 +12,10 @@ import pytest
 
 from parity.pairs.goturn import (CAFFE_FC_NAMES, CONV_LAYERS, FAST_FC_UNITS, FAST_INPUT_SHAPE, GOTURN_OUTPUTS,
                                  concat_chw, taps)
-from weight_converters.caffe import (BOTH_STREAMS, FC_CAFFE_NAMES, CaffeConversionReport, UnsafePickle,
-                                     goturn_caffe_to_torch, goturn_from_caffe, goturn_to_caffe, load_goturn_weights,
-                                     looks_reshaped, read_caffe_npy)
+from weight_converters.caffe import CaffeConversionReport, looks_reshaped
+from weight_converters.goturn import (BOTH_STREAMS, FC_CAFFE_NAMES, goturn_caffe_to_torch, goturn_from_caffe,
+                                      goturn_to_caffe, load_goturn_weights)
+from weight_converters.npy_safe import UnsafePickle, read_caffe_npy
 from weight_converters.keras import LayerMap, dense_kernel_to_torch, keras_to_torch
 from weight_converters.report import ConversionError
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from tests.weight_converters.test_caffe import CHW, FC_SHAPES, caffe_convs, expected_reference
-from weight_converters import caffe as caffe_module
-from weight_converters.caffe import (LEGACY_BLOB_SQUEEZE, goturn_caffe_to_torch, goturn_to_caffe,
-                                     load_goturn_weights, read_caffe_weights, save_caffe_npy)
+from weight_converters import goturn as goturn_module
+from weight_converters.caffe import read_caffe_weights
+from weight_converters.goturn import LEGACY_BLOB_SQUEEZE, goturn_caffe_to_torch, goturn_to_caffe, load_goturn_weights
+from weight_converters.npy_safe import save_caffe_npy
 from weight_converters.caffemodel import (CAFFEMODEL_FORMAT, NET_LAYER_FIELD, V1_LAYER_TYPES, encode_caffemodel,
                                           parse_caffemodel, read_caffemodel, write_caffemodel)
 
@@ -193,7 +194,7 @@ def test_round_trip_current_and_v1_formats(tmp_path, packed):
 
 
 def test_reader_imports_no_framework_and_no_protobuf():
-    code = ("import sys; import weight_converters.caffemodel, weight_converters.caffe; "
+    code = ("import sys; import weight_converters.caffemodel, weight_converters.caffe, weight_converters.goturn; "
             "bad = {'torch', 'tensorflow', 'keras', 'google.protobuf', 'caffe'} & set(sys.modules); "
             "assert not bad, bad")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -388,7 +389,7 @@ def test_legacy_blob_with_a_real_leading_axis_is_not_squeezed_away():
     caffe = caffe_convs(rng)
     n_in, n_out = FC_SHAPES["fc7"]
     caffe["fc7-new"] = [rng.standard_normal((2, 1, n_out // 2, n_in)), rng.standard_normal((1, 1, 1, n_out))]
-    _, report = caffe_module.goturn_from_caffe(caffe, expected_reference())
+    _, report = goturn_module.goturn_from_caffe(caffe, expected_reference())
     assert [m[0] for m in report.shape_mismatches] == ["fc7-new/weight (-> fc7/kernel)"]
     assert "fc7-new/bias (1, 1, 1, 512)" in " ".join(report.assumptions)
 
@@ -400,13 +401,13 @@ def test_parity_check_goturn_with_a_caffemodel(tmp_path, capsys, monkeypatch):
     path = tmp_path / "tracker.caffemodel"
     write_caffemodel(path, goturn_to_caffe(ref, CHW), legacy_v1=True)
     reads = []
-    real = caffe_module.read_caffe_weights
+    real = goturn_module.read_caffe_weights
 
     def spy(p, **kw):
         reads.append(real(p, **kw))
         return reads[-1]
 
-    monkeypatch.setattr(caffe_module, "read_caffe_weights", spy)
+    monkeypatch.setattr(goturn_module, "read_caffe_weights", spy)
     code = main(["check", "goturn", "--fast", "--weights", str(path), "--stages", "structure,forward_eval", "-q",
                  "--out", str(tmp_path / "report")])
     out, err = capsys.readouterr()
