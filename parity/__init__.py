@@ -1,13 +1,61 @@
 """parity: prove a PyTorch port of a Keras (or Caffe) model is the same model.
 
-Importing :mod:`parity` sets the process environment (:mod:`parity.core.env`) and imports no framework;
-``parity.check`` / ``parity.compare`` load them on first use.
+Importing :mod:`parity` sets the process environment (:data:`parity.core.env.ENVIRONMENT`: the oneDNN ISA cap,
+TensorFlow's logging, one OpenMP thread) and imports no framework; ``parity.check`` / ``parity.compare`` load
+them on first use. Import it before TensorFlow, Keras or PyTorch: a framework imported earlier has already read
+its environment, and parity warns once, naming what it could not apply.
 """
-from parity.core import env as _env  # noqa: F401  (must run before any framework import)
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+_ENVIRON_BEFORE = frozenset(os.environ)  # what the user had exported, before parity.core.env sets the rest
+
+from parity.core import env as _env  # noqa: E402  (must run before any framework import)
+from parity.core.results import CheckResult, ParityFailure  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "check", "compare"]
+__all__ = ["__version__", "check", "compare", "CheckResult", "ParityFailure", "configure_environment",
+           "ENVIRONMENT_APPLIED"]
+
+#: The variables ``import parity`` set itself (absent from the environment before), name -> value.
+ENVIRONMENT_APPLIED = {k: v for k, v in _env.ENVIRONMENT.items() if k not in _ENVIRON_BEFORE}
+
+_warned = False
+
+
+def _warn_late(frameworks: list[str], names: dict[str, str], stacklevel: int) -> None:
+    """Warn once per process: ``frameworks`` were imported before parity set ``names``."""
+    global _warned
+    if _warned or not frameworks or not names:
+        return
+    _warned = True
+    settings = ", ".join(f"{k}={v}" for k, v in names.items())
+    warnings.warn(f"parity's environment came after {', '.join(frameworks)} was imported, so it was not applied "
+                  f"to {'them' if len(frameworks) > 1 else 'it'}: {settings}. Import parity before any framework "
+                  f"(or export these variables before Python starts).", RuntimeWarning, stacklevel=stacklevel)
+
+
+def _late_frameworks() -> list[str]:
+    return [name for name in ("tensorflow", "keras", "torch") if name in sys.modules]
+
+
+def configure_environment() -> dict[str, str]:
+    """Set parity's environment in this process, as ``import parity`` does (a variable already set is kept);
+    returns the variables it set now. Warns once, naming them, when a framework is already imported. The
+    pytest plugin calls it for the tests that use parity only."""
+    missing = {k: v for k, v in _env.ENVIRONMENT.items() if k not in os.environ}
+    late = _late_frameworks()
+    _env.configure()
+    _warn_late(late, missing, stacklevel=3)
+    return missing
+
+
+# stacklevel 3: the line that imported parity (``warnings`` skips importlib's own frames)
+_warn_late(_late_frameworks(), ENVIRONMENT_APPLIED, stacklevel=3)
 
 
 def __getattr__(name):  # lazy: `import parity` stays free of TensorFlow and torch

@@ -32,8 +32,17 @@ Precedence: the call's arguments, then the marker's, then the command line's ``-
 ``--parity-device``, then the check's own defaults. ``--parity-report-dir DIR`` keeps the reports (one
 folder per test and check); by default they go under pytest's basetemp (``<basetemp>/parity-reports``).
 
-Importing this module sets the environment (:mod:`parity.core.env`) and imports no framework: every pytest run
-in an environment with parity installed loads it.
+The environment parity runs with (:data:`parity.core.env.ENVIRONMENT`: ``OMP_NUM_THREADS``,
+``ONEDNN_MAX_CPU_ISA``, TensorFlow's logging, ``KERAS_BACKEND``) is set only for the tests that use the fixture
+or the marker, when their setup starts: pytest loads this plugin in every run of an environment where parity is
+installed, and a run that never checks a model keeps its own environment. Importing this module (which imports
+:mod:`parity`) sets it as ``import parity`` does and the plugin takes it back at once; a framework imported
+before the first parity test has read the environment already, and :func:`parity.configure_environment` warns,
+naming what it could not apply (call it at the top of ``conftest.py`` to set it for the whole run).
+
+A failed check raises :class:`parity.ParityFailure` (an ``AssertionError``) whose first line is the layer and the
+cause, ``forward_eval base/bn1: BatchNorm eps 1e-05 in the port, 0.001 in the reference -> set eps=0.001 (Keras
+default)``, which is the line pytest's short test summary (``-rA``) shows.
 """
 from __future__ import annotations
 
@@ -43,7 +52,22 @@ from typing import Any
 
 import pytest
 
-from parity.core import env as _env  # noqa: F401  (environment before any framework import)
+import parity as _parity
+from parity.core.results import ParityFailure
+from parity.harness import check as _check
+from parity.io.trace import replay as _replay
+from parity.pairs import registry
+from parity.user.pair import compare as _compare
+from parity.user.pair import spec_from_user_models
+from reports import write_reports
+
+#: what ``import parity`` set while pytest loaded this plugin, taken back here (no framework is loaded yet,
+#: so nothing has read it): set again by :func:`parity.configure_environment` for the tests that use parity
+DEFERRED_ENVIRONMENT = {}
+if not _parity._late_frameworks():
+    for _key, _value in _parity.ENVIRONMENT_APPLIED.items():
+        if os.environ.get(_key) == _value:
+            DEFERRED_ENVIRONMENT[_key] = os.environ.pop(_key)
 
 MARKER = ("parity(name=None, reference=None, port=None, **check_kwargs): a parity check of a model pair; "
           "the arguments become the defaults of the `parity` fixture's check, which runs automatically when "
@@ -66,30 +90,36 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped where none is present)")
 
 
+def pytest_runtest_setup(item):
+    """A test marked ``@pytest.mark.parity`` gets parity's environment before its fixtures are set up."""
+    if item.get_closest_marker("parity") is not None:
+        _parity.configure_environment()
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:120] or "test"
 
 
 def failure_message(result, report_dir: str | None = None) -> str:
-    """torch.testing-style text of a failed :class:`CheckResult`."""
-    lines = [f"Parity check failed: {result.pair} [{result.dtype}, {result.device}, batch {result.batch}]"]
-    fd = result.first_divergence()
+    """A failed :class:`CheckResult` as pytest shows it: the first line is where and why
+    (:meth:`CheckResult.headline`, what ``-rA`` shows), then the torch.testing-style figures, the other layers
+    with the same cause, the check and the report's path. The first divergence is stated once."""
+    lines = [result.headline()]
+    fd = result.first_divergence
     if fd is not None:
-        stage, diff = fd
-        if diff is not None:
-            lines.append(f"first divergence at {stage.name} {diff.path}")
-            lines.append(diff.describe())
-            if diff.note:
-                lines.append(f"note: {diff.note}")
-            cause = result.cause_for(diff.path)
-        else:
-            lines.append(f"first divergence at {stage.name}: {stage.errors[0] if stage.errors else 'failed'}")
-            cause = result.cause_for(None)
-        if cause is not None:
-            lines.append(f"cause: {cause.message}" + (f" -> {cause.fix}" if cause.fix else ""))
-    lines.append(result.summary_line())
+        lines.append(f"  {fd.describe()}")
+        if fd.tensor is not None and fd.tensor.note:
+            lines.append(f"  note: {fd.tensor.note}")
+        if fd.cause is not None:
+            same = [f.path for f in result.findings if (f.cause, f.message) == (fd.cause.cause, fd.cause.message)]
+            others = [p for p in dict.fromkeys(same) if p != fd.cause.path]
+            if others:
+                lines.append(f"  the same cause at {len(others)} more layers: {', '.join(others)}")
+    ran = [s.name for s in result.stages if not s.skipped]
+    lines.append(f"  check: {result.pair} [{result.dtype}, {result.device}, batch {result.batch}], "
+                 f"stages {', '.join(ran)}")
     if report_dir:
-        lines.append(f"report: {os.path.join(report_dir, 'report.html')} (and report.json, report.md)")
+        lines.append(f"  report: {os.path.join(report_dir, 'report.html')} (and report.json, report.md)")
     return "\n".join(lines)
 
 
@@ -122,22 +152,19 @@ class ParityFixture:
         return path
 
     def _finish(self, result, label: str):
-        from reports import write_reports
-
+        __tracebackhide__ = True
         out = self._report_dir(label)
         write_reports(result, out)
         self.report_dirs.append(out)
         self.results.append(result)
         if not result.passed:
-            raise AssertionError(failure_message(result, out))
+            raise ParityFailure(result, failure_message(result, out))
         return result
 
     # -- API ------------------------------------------------------------------------------------------------
     def check(self, pair=None, **kwargs):
-        """Run :func:`parity.harness.check` (see the module docstring); AssertionError when it fails."""
-        from parity.pairs import registry
-        from parity.harness import check
-
+        """Run :func:`parity.harness.check` (see the module docstring); ParityFailure when it fails."""
+        __tracebackhide__ = True
         self.called = True
         kw = self._kwargs(kwargs)
         pair = pair if pair is not None else kw.pop("name", None)
@@ -149,38 +176,34 @@ class ParityFixture:
             if reference is None or port is None:
                 raise TypeError("parity.check: expected a pair name, or both reference= and port= "
                                         "(your own models). Received: neither.")
-            from parity.user.pair import spec_from_user_models
-
             spec = spec_from_user_models(reference, port, input_shape=user.get("input_shape"),
                                          loss=user.get("loss"), pins=user.get("align"))
         else:
             spec = registry.get(pair) if isinstance(pair, str) else pair
         if fast:
             kw["config"] = {**spec.fast_config, **(kw.get("config") or {})}
-        result = check(spec, **kw)
+        result = _check(spec, **kw)
         return self._finish(result, spec.name)
 
     def replay(self, trace: str, **kwargs):
         """Run :func:`parity.io.trace.replay` on a recorded trace (PyTorch only); AssertionError when it fails.
         Takes ``port``, ``stages``, ``device`` (``--parity-device`` by default)."""
-        from parity.io.trace import replay
-
+        __tracebackhide__ = True
         self.called = True
         kw = {k: v for k, v in self._kwargs(kwargs).items() if k in ("port", "stages", "device", "progress")}
-        result = replay(str(trace), **kw)
+        result = _replay(str(trace), **kw)
         return self._finish(result, f"{result.pair}-replay")
 
     def compare(self, keras_model, torch_module, **kwargs):
-        """Run :func:`parity.user.pair.compare` on live objects; AssertionError when it fails."""
-        from parity.user.pair import compare
-
+        """Run :func:`parity.user.pair.compare` on live objects; ParityFailure when it fails."""
+        __tracebackhide__ = True
         self.called = True
         kw = self._kwargs(kwargs)
         for k in ("name", "reference", "port", "fast"):
             kw.pop(k, None)
         if "dtype" not in kwargs and "dtype" not in self.defaults:
             kw.pop("dtype", None)  # compare() takes the Keras model's own dtype unless asked
-        result = compare(keras_model, torch_module, **kw)
+        result = _compare(keras_model, torch_module, **kw)
         return self._finish(result, result.pair)
 
 
@@ -203,6 +226,7 @@ def parity(request, tmp_path_factory):
     opt = request.config.getoption
     root = opt("--parity-report-dir") or str(tmp_path_factory.getbasetemp() / "parity-reports")
     defaults, _ = _marker_defaults(request.node)
+    _parity.configure_environment()  # this test uses parity: its environment, before any check loads a framework
     return ParityFixture(request, os.path.abspath(root), defaults,
                          {"dtype": opt("--parity-dtype"), "device": opt("--parity-device")})
 
@@ -210,6 +234,7 @@ def parity(request, tmp_path_factory):
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem):
     """A ``@pytest.mark.parity`` test taking the fixture whose body ran no check: run it now (call phase)."""
+    __tracebackhide__ = True
     res = yield
     if pyfuncitem.get_closest_marker("parity") is None or "parity" not in getattr(pyfuncitem, "fixturenames", ()):
         return res

@@ -7,6 +7,10 @@ import tempfile
 import parity  # noqa: F401  (environment before TensorFlow / torch load)
 import pytest
 
+# the pytest plugin takes back what `import parity` set (it sets it per test that uses parity): the suite
+# imports the frameworks directly, so it sets the environment for the whole run here
+parity.configure_environment()
+
 # The reference cache (parity.io.cache) is off for the suite, and points at a throwaway directory in case a
 # test turns it on: no test reads or writes a person's ~/.cache/parity. Subprocesses inherit both.
 # tests/parity/test_cache.py turns it on, each test with its own directory.

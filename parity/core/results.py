@@ -227,9 +227,12 @@ class ParityFailure(AssertionError):
     An ``AssertionError``, so pytest shows it as a test failure; the first line of the message is the summary
     (first divergence and cause); ``.result`` is the :class:`CheckResult`."""
 
-    def __init__(self, result: "CheckResult"):
-        super().__init__(str(result))
+    def __init__(self, result: "CheckResult", message: str | None = None):
+        super().__init__(message if message is not None else str(result))
         self.result = result
+
+
+ParityFailure.__module__ = "parity"  # public as parity.ParityFailure (and shorter in pytest's summary line)
 
 
 @dataclass
@@ -409,6 +412,22 @@ class CheckResult:
                     f"(allowed {diff.allowed:.3g}){ctxt}")
         err = stage.errors[0] if stage and stage.errors else "unknown"
         return f"FAILED: {stage.name if stage else '?'}: {err}{ctxt}"
+
+    def headline(self) -> str:
+        """Where and why, in one line a test report can show alone: ``forward_eval base/bn1: BatchNorm eps
+        1e-05 in the port, 0.001 in the reference -> set eps=0.001 (Keras default)``; without a named cause, the
+        figures and what was skipped; the summary line when the check passed."""
+        fd = self.first_divergence
+        if fd is None:
+            return self.summary_line()
+        if fd.cause is not None:
+            return f"{fd.where}: {fd.cause.message}" + (f" -> {fd.cause.fix}" if fd.cause.fix else "")
+        if fd.tensor is not None:
+            what = (fd.tensor.note if fd.tensor.note.startswith("shape mismatch") else
+                    f"max|Δ| {fd.tensor.max_abs:.3g} (allowed {fd.tensor.allowed:.3g})")
+        else:
+            what = fd.stage.errors[0] if fd.stage.errors else "failed"
+        return f"{fd.where}: {what}" + (self._no_cause_note() or "; no cause named")
 
     def __str__(self) -> str:
         """The summary line and, when the check failed, the first cause's fix and where else it applies."""
