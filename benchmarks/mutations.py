@@ -305,6 +305,105 @@ def _reshape_not_transpose_on_load(linear) -> None:
     linear.register_load_state_dict_pre_hook(hook)
 
 
+# ==== textclf / textgru (recurrent, embedding) ===================================================================
+def _tc(**cfg):
+    from ported_torch.textclf import text_classifier
+
+    return text_classifier(**cfg)
+
+
+def tc_batch_first_missing(**cfg):
+    """nn.LSTM left at its default batch_first=False, fed Keras' (N, L, C)."""
+    return _tc(**cfg, batch_first=False)
+
+
+def tc_last_step_sequence_end(**cfg):
+    """Both directions taken at the last step (``out[:, -1]``): the backward one's final state is at step 0."""
+    return _tc(**cfg, last="sequence_end")
+
+
+def tc_bias_hh_trained(**cfg):
+    """bias_hh (0 after loading) left trainable: the effective bias moves twice per step."""
+    return _tc(**cfg, train_bias_hh=True)
+
+
+def tc_padding_idx(**cfg):
+    """nn.Embedding(padding_idx=0) where the reference (mask_zero=False) trains row 0."""
+    return _tc(**cfg, padding_idx=0)
+
+
+def _rnn_load_hook(module, edit) -> None:
+    """Stand-in for a user's own loader: ``edit(key, tensor, state_dict)`` on the first load only."""
+    state = {"done": False}
+
+    def hook(mod, state_dict, prefix, *args):
+        if state["done"]:
+            return
+        state["done"] = True
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            edit(key[len(prefix):], state_dict[key], state_dict, prefix)
+
+    module.register_load_state_dict_pre_hook(hook)
+
+
+def tc_bias_duplicated(**cfg):
+    """The Keras bias copied into both bias_ih and bias_hh."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith("bias_ih"):
+            sd[prefix + name.replace("bias_ih", "bias_hh")] = t.clone()
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def tc_bias_dropped(**cfg):
+    """Only the kernels transferred: bias_ih left at 0."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith("bias_ih"):
+            sd[prefix + name] = t.new_zeros(t.shape)
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def _reorder_blocks(t, order):
+    import torch
+
+    return torch.cat([t.chunk(len(order))[i] for i in order])
+
+
+def tc_gate_order_icfo(**cfg):
+    """A loader that writes the LSTM gates in TF's LSTMBlockCell order i,c,f,o instead of torch's i,f,g,o."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith(("weight_ih_l0", "weight_hh_l0")) and not name.endswith("_reverse"):
+            sd[prefix + name] = _reorder_blocks(t, (0, 2, 1, 3))
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def tg_gate_order_unconverted(**cfg):
+    """GRU kernels copied in Keras' z,r,h order (transposed, not reordered to torch's r,z,n)."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
+            sd[prefix + name] = _reorder_blocks(t, (1, 0, 2))
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def tg_batch_first_missing(**cfg):
+    return _tc(**cfg, batch_first=False)
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -642,6 +741,26 @@ CATALOGUE: tuple[Mutation, ...] = (
        "entry/block3/pool", "symmetric_pool", ci_stages=EVAL),
     _m("xc_missing_bn", "xception", "a BatchNorm missing after a separable conv", "forward_eval",
        "entry/block3/sepconv2/bn", "missing_bn", ci_stages=EVAL),
+    # --- textclf / textgru: recurrent and embedding -----------------------------------------------------------------
+    _m("tc_batch_first_missing", "textclf", "nn.LSTM batch_first=False fed (N, L, C)", "forward_eval", "encoder",
+       "batch_first", ci_stages=EVAL),
+    _m("tc_last_step_sequence_end", "textclf", "backward direction taken at the last step", "forward_eval",
+       "encoder", "rnn_last_step", ci_stages=EVAL),
+    _m("tc_bias_duplicated", "textclf", "Keras bias copied into bias_ih and bias_hh", "forward_eval", "encoder",
+       "rnn_bias_duplicated", ci_stages=EVAL),
+    _m("tc_bias_dropped", "textclf", "LSTM bias not transferred", "forward_eval", "encoder", "rnn_bias_dropped",
+       ci_stages=EVAL),
+    _m("tc_gate_order_icfo", "textclf", "LSTM gates loaded in TF LSTMBlockCell order i,c,f,o", "forward_eval",
+       "encoder", "rnn_gate_order", ci_stages=EVAL),
+    # one step compares bias_ih (Keras' bias) only; the second trainable bias is a structure finding
+    _m("tc_bias_hh_trained", "textclf", "bias_hh left trainable (effective bias moves twice)", "structure",
+       "encoder", "rnn_two_biases", ci_stages=STEP),
+    _m("tc_padding_idx", "textclf", "nn.Embedding(padding_idx=0) where Keras trains row 0", "gradients",
+       "embedding", "padding_idx", ci_stages=GRADS),
+    _m("tg_gate_order_unconverted", "textgru", "GRU gates copied in Keras order z,r,h", "forward_eval", "encoder",
+       "rnn_gate_order", ci_stages=EVAL),
+    _m("tg_batch_first_missing", "textgru", "nn.GRU batch_first=False fed (N, L, C)", "forward_eval", "encoder",
+       "batch_first", ci_stages=EVAL),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
@@ -653,7 +772,8 @@ CATALOGUE: tuple[Mutation, ...] = (
 
 #: correct pairs for the false-alarm sweep: (pair, user builders or None)
 CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
-    ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None),
+    ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None), ("textclf", None),
+    ("textgru", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
 )
 

@@ -30,8 +30,6 @@ def _last_step_class(base):
 
         def forward(self, x):
             out, _ = super().forward(x)
-            if not self.batch_first:
-                out = out.transpose(0, 1)
             h = self.hidden_size
             if self.last == "sequence_end":  # the classic mistake: both halves at the last step
                 return out[:, -1]
@@ -56,10 +54,7 @@ class TextClassifier(nn.Module):
         self.classifier = nn.Linear(2 * units, num_classes)
 
     def forward(self, tokens):
-        x = self.embedding(tokens)
-        if not self.encoder.batch_first:  # what a port written for (L, N, C) does with Keras-shaped input
-            pass
-        return self.classifier(self.encoder(x))
+        return self.classifier(self.encoder(self.embedding(tokens)))
 
 
 def text_classifier(**cfg) -> TextClassifier:

@@ -1,7 +1,9 @@
 """A text classifier (Embedding -> Bidirectional LSTM -> Dense, integer inputs) <-> ported_torch.textclf."""
 from __future__ import annotations
 
-from parity.core.families.recurrent import KERAS_MERGE_MODE, ONE_BIAS
+import dataclasses
+
+from parity.core.families.recurrent import KERAS_GRU_GATES, KERAS_MERGE_MODE, ONE_BIAS, TORCH_GRU_GATES
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 from parity.pairs.registry import register
 
@@ -40,3 +42,12 @@ SPEC = register(PairSpec(
     randomize_bn=False,
     input_range=(0, 50),
 ))
+
+#: the same classifier with a GRU encoder (Keras 3 reset_after=True: two biases, gates z,r,h vs torch r,z,n)
+GRU_SPEC = register(dataclasses.replace(
+    SPEC, name="textgru", summary="text classifier: Embedding -> Bidirectional GRU (last step) -> Dense, token ids in",
+    conventions=SPEC.conventions[:3] + (
+        Convention("GRU gates", KERAS_GRU_GATES, TORCH_GRU_GATES, "keras/src/layers/rnn/gru.py; torch/nn/modules/rnn.py"),
+        Convention("GRU biases", "reset_after=True: bias (2, 3H)", "bias_ih = bias[0], bias_hh = bias[1]", ""),
+    ) + SPEC.conventions[4:],
+    default_config={**SPEC.default_config, "cell": "gru"}, fast_config={**SPEC.fast_config, "cell": "gru"}))

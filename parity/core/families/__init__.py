@@ -99,6 +99,17 @@ def config_findings(kind: str, ref: dict, port: dict) -> list[RuleHit]:
     return out
 
 
+def probe(kind: str, evidence: dict) -> list[RuleHit]:
+    """The family probes' hits for one diverging layer (see :attr:`Family.probes`)."""
+    out: list[RuleHit] = []
+    for f in FAMILIES.values():
+        for p in f.probes:
+            hit = p(kind, evidence)
+            if hit:
+                out.append(hit)
+    return out
+
+
 def refusal(cls: str, config: dict | None = None) -> str | None:
     """Why a Keras layer cannot be checked yet (None: it can)."""
     config = config or {}
@@ -130,6 +141,18 @@ def unsupported(layers: Iterable) -> list[str]:
         if why:
             out.append(f"layer {name!r} ({cls}): {why}")
     return out
+
+
+def keras_var_name(layer: str, name: str, path: str = "") -> str:
+    """A Keras variable's name inside its layer: ``name`` (``kernel``), or ``forward/kernel`` /
+    ``backward/kernel`` inside a Bidirectional wrapper (whose two directions use the same names; Keras 3 paths
+    read ``<layer>/forward_<inner>/<cell>/kernel``: keras/src/layers/rnn/bidirectional.py)."""
+    parts = path.split("/") if path else []
+    if len(parts) > 2 and parts[0] == layer:
+        for direction in ("forward", "backward"):
+            if parts[1].startswith(direction + "_"):
+                return f"{direction}/{name}"
+    return name
 
 
 def conventions() -> list[tuple[str, Named]]:

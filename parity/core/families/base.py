@@ -49,6 +49,10 @@ class Family:
     kinds: tuple[str, ...] = field(default=())
     #: ``(class, config) -> kind`` where the class alone does not decide it (Bidirectional: its inner layer)
     keras_kind: Callable[[str, dict], str | None] | None = None
+    #: numeric probes ``(kind, evidence) -> RuleHit | None`` run on the first divergence; ``evidence`` holds
+    #: what the diagnosis could gather: ``want`` / ``got`` (``{torch key suffix: array}``, converted reference
+    #: weights and the port's loaded ones), ``ref_out`` / ``port_out`` (the layer's eval outputs), ``ref_info``
+    probes: tuple[Callable[[str, dict], RuleHit | None], ...] = ()
 
 
 def close(a, b, rel: float = 1e-9) -> bool:

@@ -2,6 +2,8 @@
 ``bidirectional``). Weight layouts and gate orders: ``weight_converters/recurrent.py``."""
 from __future__ import annotations
 
+import numpy as np
+
 from parity.core.families.base import Family, Named, RuleHit
 
 KERAS_GRU_GATES = "z, r, h"
@@ -74,6 +76,78 @@ def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
     return out
 
 
+#: torch's gate names per kind, in torch's order (the names a gate-order finding uses)
+TORCH_GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
+#: the same gates under their Keras names, in torch's order (Keras' own order: i,f,c,o and z,r,h)
+KERAS_GATE_NAMES = {"lstm": ("i", "f", "c", "o"), "gru": ("r", "z", "h"), "rnn": ("h",)}
+PROBE_RTOL = 1e-6
+
+
+def _same(a, b) -> bool:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= PROBE_RTOL * max(float(np.max(np.abs(b))), 1e-300)))
+
+
+def _block_perm(kind: str, want: np.ndarray, got: np.ndarray) -> list[int] | None:
+    """``p`` with got block i == want block p[i] (gate blocks along axis 0), or None."""
+    g = len(TORCH_GATE_NAMES[kind])
+    if g < 2 or want.shape != got.shape or want.shape[0] % g:
+        return None
+    wb, gb = np.split(want, g), np.split(got, g)
+    perm = []
+    for blk in gb:
+        j = next((j for j, w in enumerate(wb) if j not in perm and _same(blk, w)), None)
+        if j is None:
+            return None
+        perm.append(j)
+    return perm
+
+
+def _weights_probe(kind: str, ev: dict):
+    if kind not in RNN_KINDS or not ev.get("want") or not ev.get("got"):
+        return None
+    want, got = ev["want"], ev["got"]
+    for key, w in want.items():
+        a = got.get(key)
+        if a is None or np.shape(a) != np.shape(w) or _same(a, w):
+            continue
+        if key.startswith("bias_hh"):
+            ih = want.get(key.replace("bias_hh", "bias_ih"))
+            if ih is not None and not np.any(w) and _same(a, ih):
+                return ("rnn_bias_duplicated", f"the Keras bias was copied into both bias_ih and bias_hh ({key}): "
+                        "torch adds the two, so the effective bias is doubled",
+                        "bias_ih = keras bias, bias_hh = 0 (weight_converters/recurrent.py)", ONE_BIAS)
+        if key.startswith("bias_ih") and not np.any(a):
+            return ("rnn_bias_dropped", f"{key} is 0 in the port: the Keras bias was not transferred",
+                    "bias_ih = keras bias, bias_hh = 0", f"converted bias max |b| {float(np.max(np.abs(w))):.3g}")
+        perm = _block_perm(kind, np.asarray(w), np.asarray(a))
+        if perm is not None and perm != sorted(perm):
+            names = KERAS_GATE_NAMES[kind]
+            held = ",".join(names[j] for j in perm)
+            keras_order = {"lstm": "i,f,c,o", "gru": "z,r,h"}.get(kind, "")
+            note = " (Keras' own order, copied unconverted)" if held == keras_order else ""
+            return ("rnn_gate_order", f"{key}: gate blocks in the order {held}{note}; torch nn.{kind.upper()} "
+                    f"expects {','.join(TORCH_GATE_NAMES[kind])} (Keras {','.join(names)})",
+                    "reorder the gate blocks with weight_converters.recurrent (GRU: swap z and r)",
+                    f"each {np.shape(w)[0] // len(names)}-row block equals a converted block exactly")
+    return None
+
+
+def _last_step_probe(kind: str, ev: dict):
+    """Keras' Bidirectional(return_sequences=False) = [forward's last step, backward's last step = torch's step
+    0]: a port that takes both halves at step -1 matches on the first half only."""
+    r, p = ev.get("ref_out"), ev.get("port_out")
+    if kind not in RNN_KINDS or r is None or p is None or np.ndim(r) != 2 or np.shape(r) != np.shape(p):
+        return None
+    h = np.shape(r)[1] // 2
+    if h and _same(p[:, :h], r[:, :h]) and not _same(p[:, h:], r[:, h:]):
+        return ("rnn_last_step", "the backward half of the Bidirectional output differs while the forward half "
+                "matches: the port takes the backward direction at the last step, Keras returns its final state, "
+                "which is step 0 of torch's output", "torch.cat([out[:, -1, :H], out[:, 0, H:]], -1) (or h_n)",
+                "forward half equal, backward half not")
+    return None
+
+
 def _keras_kind(cls: str, cfg: dict) -> str | None:
     if cls == "Bidirectional":
         return {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn"}.get((cfg.get("layer") or {}).get("class_name"))
@@ -135,5 +209,6 @@ FAMILY = Family(
     torch_info=_torch_info,
     rules=(_rules,),
     refuse=_refuse,
+    probes=(_weights_probe, _last_step_probe),
     kinds=RNN_KINDS,
 )

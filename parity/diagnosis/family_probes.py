@@ -1,0 +1,39 @@
+"""The layer families' numeric probes (:attr:`parity.core.families.Family.probes`) as one stage rule: for the
+first divergence at a layer of a family kind, gather the evidence a probe reads (the converted reference
+weights and the port's loaded ones, both layer outputs) and keep the first hit (an LSTM's gate blocks in
+another order, a bias copied twice, the backward half of a Bidirectional taken at the wrong step). Nothing
+here names a family: a new family's probes arrive with its entry in the family table."""
+from __future__ import annotations
+
+import numpy as np
+
+from parity.core.families import new_kinds, probe
+from parity.core.results import Finding, TensorDiff
+from parity.diagnosis.common import Run, base, finding, port_acts
+from parity.diagnosis.forward import converted
+from parity.diagnosis.registry import stage_rule
+
+#: before the generic forward rules (which would call a wrong loaded weight "overwritten after loading")
+ORDER = 30
+
+
+def _evidence(run: Run, tap) -> dict:
+    prefix = f"{tap.port}." if tap.port else ""
+    want = {k[len(prefix):]: np.asarray(v) for k, v in converted(run, tap).items() if k.startswith(prefix)}
+    state = run.ts.module.state_dict()
+    got = {k: state[prefix + k].detach().cpu().numpy() for k in want if prefix + k in state}
+    ev = {"want": want, "got": got, "ref_info": run.ref.structure.get(tap.ref, {}) if run.ref is not None else {}}
+    if tap.path in getattr(run.ref, "eval_acts", {}):
+        ev["ref_out"] = np.asarray(run.ref.eval_acts[tap.path])
+        ev["port_out"] = port_acts(run).get(tap.path)
+    return ev
+
+
+@stage_rule("forward_eval", "isolated", "forward_train", "gradients", family="families", order=ORDER)
+def family_probes(run: Run, stage, diff: TensorDiff) -> list[Finding]:
+    path = base(diff.path)
+    tap = run.tap_by_path.get(path)
+    if tap is None or tap.kind not in new_kinds() or not run.arrays or tap.port not in run.ts.modules:
+        return []
+    return [finding(cause, path, message, fix, stage.name, evidence=evidence)
+            for cause, message, fix, evidence in probe(tap.kind, _evidence(run, tap))][:1]
