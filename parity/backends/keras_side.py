@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from parity.core.data import make_batch, randomize_weights
-from parity.core.families import keras_info, keras_var_name
+from parity.core.families import keras_info, keras_var_name, refuse_unsupported
+from parity.core.env import import_tensorflow, trim_heap
+from parity.core.spill import SpillDict
 from parity.optim.adapters import ParamRef, get_adapter
-from parity.core.spec import LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.core.spec import LossSpec, OptimizerSpec, PairSpec, Tap, resolve
 from weight_converters.keras import LAYER_VARS
 
 #: get_config keys copied into the structure description of a Keras layer
@@ -74,8 +76,6 @@ def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarra
             if vals:
                 out[layer.name] = vals
     if store is not None:
-        from parity.core.spill import SpillDict
-
         return SpillDict.from_handles(store, {k: SpillDict.from_handles(store, v) for k, v in out.items()})
     return out
 
@@ -318,8 +318,6 @@ class KerasSide:
             out = self.tap_model(tf.constant(x), training=False)
         del out
         if store is not None:
-            from parity.core.spill import SpillDict
-
             acts = SpillDict.from_handles(store, {t.path: values[t.path] for t in self.tap_list if t.path in values})
             inputs = SpillDict.from_handles(store, {p: [values[k] for k in names]
                                                     for p, names in self.inputs_of.items()})
@@ -335,8 +333,6 @@ def run_reference(spec: PairSpec, *, config: dict, dtype: str, seed: int, batch:
     """Build (or take) the Keras model, run every requested stage, return numpy results. With ``spill`` (a
     :class:`parity.core.spill.SpillStore`) the large arrays go to disk as they are produced; a model built here
     is released before returning (a model passed in is restored to its weights instead)."""
-    from parity.core.env import import_tensorflow
-
     keras = import_tensorflow()
     import tensorflow as tf
     from keras import ops
@@ -370,13 +366,12 @@ def keras_dtype(dtype: str):
 
 def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, optimizer, steps, stages, weights,
                    weights_file, taps, say, t0, store=None) -> ReferenceRun:
-    from parity.core.spec import resolve
-
     owned = model is None and not spec.reference_shared
     if model is None:
         keras.utils.set_random_seed(seed)
         model = resolve(spec.reference)(**config)
     taps = taps if taps is not None else spec.taps(config)
+    refuse_unsupported(model.layers, {t.ref: t.kind for t in taps})  # one line, exit 2, before any conversion
     side = KerasSide(model, taps)
     # a model passed in is given back as it came; one built here is dropped (no copy of its weights needed)
     original = None if owned else side.snapshot()
@@ -442,8 +437,6 @@ def _release_keras(keras) -> None:
     import gc
 
     gc.collect()
-    from parity.core.env import trim_heap
-
     trim_heap()
 
 
@@ -451,8 +444,6 @@ def _new_dict(store):
     """A plain dict, or a :class:`parity.core.spill.SpillDict` (inner dicts assigned to it become SpillDicts too)."""
     if store is None:
         return {}
-    from parity.core.spill import SpillDict
-
     return SpillDict(store)
 
 

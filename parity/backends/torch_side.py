@@ -14,6 +14,7 @@ from parity.core.tensors import hwc_flat_to_chw_flat, nhwc_to_nchw
 from parity.core.errors import UsageError
 from parity.core.families import torch_info
 from parity.core.spec import LossSpec, Tap
+from parity.core.spill import SpillDict
 from weight_converters.keras import LAYER_VARS
 
 TORCH_DTYPES = ("float32", "float64")
@@ -69,6 +70,15 @@ def torch_loss(F, spec: LossSpec, out, y):
 #: activations a Keras layer may carry fused (``Conv2D(..., activation="relu")``), applied to the port module's
 #: output before comparing (the port runs them as separate modules or functional calls)
 PORT_TRANSFORMS = ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear")
+
+
+def gap_as_keras(tap: Tap, t):
+    """A global average pooling tapped at ``nn.AdaptiveAvgPool2d(1)`` is (N, C, 1, 1) in torch, (N, C) in Keras
+    (``GlobalAveragePooling2D(keepdims=False)``, keras/src/layers/pooling/base_global_pooling.py): the same
+    numbers, compared as (N, C)."""
+    if tap.kind == "gap" and getattr(t, "dim", None) is not None and t.dim() == 4 and tuple(t.shape[2:]) == (1, 1):
+        return t.flatten(1)
+    return t
 
 
 def apply_transform(name: str | None, t):
@@ -172,8 +182,6 @@ class TorchSide:
         tensor at a time (a second in-memory copy of GOTURN's weights is 0.9 GB in float64)."""
         if store is None:
             return copy.deepcopy(self.module.state_dict()), self.module.training
-        from parity.core.spill import SpillDict
-
         state = SpillDict(store)
         for k, v in self.module.state_dict().items():
             state[k] = v.detach().cpu().numpy()
@@ -216,8 +224,8 @@ class TorchSide:
                 if sink is not None:
                     sink(tap, self.tap_value(tap, TapRecord(t, 1)))
                     if grad_sink is not None and t.requires_grad and not tap.port_transform:
-                        t.register_hook(lambda g, tap=tap: grad_sink(tap, g.detach().cpu().numpy()))
-                    self.records[tap.path] = TapRecord(tuple(t.shape), 1)
+                        t.register_hook(lambda g, tap=tap: grad_sink(tap, gap_as_keras(tap, g.detach()).cpu().numpy()))
+                    self.records[tap.path] = TapRecord(tuple(gap_as_keras(tap, t).shape), 1)
                     return
                 self.records[tap.path] = TapRecord(t, 1)
 
@@ -236,7 +244,7 @@ class TorchSide:
         return self.torch.from_numpy(a).to(device=self.device, dtype=self.dtype)
 
     def tap_value(self, tap: Tap, rec: TapRecord) -> np.ndarray:
-        t = apply_transform(tap.port_transform, rec.output.detach())
+        t = apply_transform(tap.port_transform, gap_as_keras(tap, rec.output.detach()))
         return t.cpu().numpy()
 
     def forward_eval(self, x_nhwc: np.ndarray, sink=None) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int]]:
@@ -305,7 +313,7 @@ class TorchSide:
                 self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 return None
         out = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
-        return apply_transform(tap.port_transform, out).cpu().numpy()
+        return apply_transform(tap.port_transform, gap_as_keras(tap, out)).cpu().numpy()
 
 
 def torch_key_suffix(kind: str, var: str) -> str | None:

@@ -7,6 +7,7 @@ import os
 from parity.core.errors import UsageError
 from parity.core.spec import PairSpec, Tap, resolve
 from weight_converters.keras import LayerMap
+from weight_converters.h5 import load_keras_weights
 
 
 def layer_maps(taps: list[Tap]):
@@ -17,10 +18,7 @@ def load_weight_file(spec: PairSpec, path: str, expected):
     """Read ``--weights`` with the pair's loader; any problem is a :class:`UsageError` (one line)."""
     if not os.path.exists(path):
         raise UsageError(f"--weights {path}: expected an existing file. Received: no such file. Check the path.")
-    if spec.weights_loader is not None:
-        loader = resolve(spec.weights_loader)
-    else:
-        from weight_converters.h5 import load_keras_weights as loader
+    loader = resolve(spec.weights_loader) if spec.weights_loader is not None else load_keras_weights
     try:
         weights, report = loader(path, expected)
     except ValueError as exc:
