@@ -7,6 +7,7 @@ its own there without touching this module):
 
 - :mod:`~parity.diagnosis.structure`: config rules per aligned pair (eps, momentum, affine, missing
   BatchNorm, bias, kernel, stride, groups, dilation, padding, pooling, LRN, activation, dropout rate);
+- :mod:`~parity.diagnosis.families`: the layer families' config rules (:data:`parity.core.families.FAMILIES`);
 - :mod:`~parity.diagnosis.non_finite`: NaN/Inf, where they first appear and on which side (ranks first);
 - :mod:`~parity.diagnosis.forward`: double softmax, dropout left on in eval, flatten order, forward wiring and
   layer order, the weights the port holds after loading;
@@ -37,7 +38,8 @@ from typing import Any
 from parity.core.results import CheckResult, Finding, TensorDiff
 from parity.core.spec import Tap
 # the rule modules register their rules on import (parity.diagnosis.registry)
-from parity.diagnosis import alignment, forward, non_finite, optimizer, shared, structure, train  # noqa: F401
+from parity.diagnosis import (alignment, families, family_probes, forward, non_finite, optimizer,  # noqa: F401
+                              shared, structure, train)
 from parity.diagnosis.common import PROBE_ACTIVATIONS, PROBE_RTOL, Run, base, finding
 from parity.diagnosis.registry import result_rules, stage_rules_for, structure_rules_for
 

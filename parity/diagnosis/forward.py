@@ -140,8 +140,8 @@ def _flatten_output_probe(run: Run, tap: Tap, path, kind):
     if ref_act is None or port_act is None:
         return None, ""
     if tap.flatten_chw is not None and np.allclose(port_act, ref_act, rtol=PROBE_RTOL, atol=0):
-        return ("the port flattens in Keras' HWC order while the weights and taps assume torch's "
-                f"CHW (C, H, W)={tap.flatten_chw}"), "the port's flatten output equals the reference's without reordering"
+        return (f"the port flattens in Keras' HWC order while the weights and taps assume torch's CHW (C, H, W)="
+                f"{tap.flatten_chw}", "the port's flatten output equals the reference's without reordering")
     if tap.flatten_chw is None and ref_act.ndim == 2:
         chw = _guess_chw(run, path)
         if chw and np.allclose(port_act, hwc_flat_to_chw_flat(ref_act, chw), rtol=PROBE_RTOL, atol=0):

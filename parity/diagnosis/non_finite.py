@@ -20,15 +20,17 @@ MOVING_VARIANCE = "moving_variance"
 #: layers named in the evidence when the layer itself holds nothing suspicious
 MAX_LAYERS_NAMED = 3
 
+#: side -> (where, what it means, fix)
 WHAT = {
-    "both": ("on both sides: the two models agree on NaN/Inf, which proves nothing; the weights or the input "
-             "hold values that this layer turns into NaN/Inf",
+    "both": ("on both sides",
+             "the weights or the input hold values this layer turns into NaN/Inf (two NaNs that agree prove "
+             "nothing)",
              "check the weights file and the input at this layer (a negative BatchNorm moving_variance, a zero "
              "variance with eps 0, an overflow)"),
-    "port": ("in the port only: the port computes NaN/Inf where the reference is finite",
+    "port": ("in the port only", "the port computes NaN/Inf where the reference is finite",
              "look in the port's forward at this layer for log(0), a division by zero, sqrt of a negative number "
              "or an overflow (a missing eps, a float16 cast)"),
-    "reference": ("in the reference only: the reference computes NaN/Inf where the port is finite",
+    "reference": ("in the reference only", "the reference computes NaN/Inf where the port is finite",
                   "check the reference model and its weights at this layer (log(0), a division by zero, sqrt of "
                   "a negative number, an overflow)"),
 }
@@ -59,15 +61,19 @@ def non_finite_later(run: Run) -> list[Finding]:
 
 
 def _finding(run: Run, stage: str, diff: TensorDiff, counts: tuple[int, int], severity: str) -> Finding:
-    side = non_finite_side(counts)
-    what, fix = WHAT[side]
+    where, what, fix = WHAT[non_finite_side(counts)]
     path = base(diff.path)
+    suspects = _weights_evidence(run, path) + _input_evidence(run)
     ev = [diff.note or f"reference {counts[0]}, port {counts[1]} non-finite elements"]
     if diff.index is not None:
         ev.append(f"first at index {diff.index}: reference {diff.ref_value:.6g}, port {diff.port_value:.6g}")
-    ev += _weights_evidence(run, path) + _input_evidence(run)
-    return finding("non_finite", path, f"non-finite values (NaN/Inf) first appear at {diff.path} in {stage} "
-                   f"{what}", fix, stage, evidence="; ".join(ev), severity=severity)
+    return finding("non_finite", path, f"non-finite values (NaN/Inf) {where}, first at {diff.path} in {stage}: "
+                   + (suspects[0] if suspects else what), fix, stage, evidence="; ".join(ev + suspects),
+                   severity=severity)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _suspicious(layer: str, weights: dict) -> list[str]:
@@ -78,10 +84,10 @@ def _suspicious(layer: str, weights: dict) -> list[str]:
             continue
         bad = int(np.count_nonzero(~np.isfinite(a)))
         if bad:
-            out.append(f"{layer}/{var} holds {bad} non-finite values")
+            out.append(f"{layer}/{var} holds {_count(bad, 'non-finite value')}")
         if var == MOVING_VARIANCE and (a < 0).any():
-            out.append(f"{layer}/{var} holds {int(np.count_nonzero(a < 0))} negative values (min {float(a.min()):.3g}): "
-                       "sqrt(moving_variance + epsilon) is NaN there")
+            out.append(f"{layer}/{var} holds {_count(int(np.count_nonzero(a < 0)), 'negative value')} (min "
+                       f"{float(np.nanmin(a)):.3g}): sqrt(moving_variance + epsilon) is NaN there")
     return out
 
 
@@ -107,4 +113,4 @@ def _input_evidence(run: Run) -> list[str]:
         return []
     x = np.asarray(inputs[0])
     bad = int(np.count_nonzero(~np.isfinite(x))) if np.issubdtype(x.dtype, np.floating) else 0
-    return [f"the input batch holds {bad} non-finite values"] if bad else []
+    return [f"the input batch holds {_count(bad, 'non-finite value')}"] if bad else []

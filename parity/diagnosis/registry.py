@@ -12,7 +12,8 @@ points of :mod:`parity.diagnosis` iterate the table without naming any rule::
     @stage_rule("forward_eval", family="recurrent", order=40)
     def gate_order(run, stage, diff) -> list[Finding]: ...   # the first divergence of a check
 
-Structure rules of a kind run in registration order and all their findings are kept. Stage rules run for the
+Structure rules of a kind run in registration order, then those registered for :data:`ANY_KIND`, and all
+their findings are kept. Stage rules run for the
 first divergence of a check, lowest ``order`` first (registration order within one order), rules registered
 for :data:`ANY_STAGE` before the stage's own; the first rule that returns findings ends the search. A stage
 rule with ``when_explained=False`` is skipped when a structure finding already explains the diverging layer;
@@ -28,6 +29,8 @@ from typing import Callable
 
 #: the stage key of a rule that applies to the first divergence whatever its stage
 ANY_STAGE = "*"
+#: the kind key of a structure rule that sees every tap (it reads ``tap.kind`` itself)
+ANY_KIND = "*"
 #: ``order`` of a stage rule that does not give one
 DEFAULT_ORDER = 50
 
@@ -123,7 +126,8 @@ def unregister(fn: Callable) -> None:
 
 
 def structure_rules_for(kind: str) -> list[StructureRule]:
-    return list(STRUCTURE_RULES.get(kind, ()))
+    """The structure rules for a tap of ``kind``: the kind's own, then those for every kind (:data:`ANY_KIND`)."""
+    return list(STRUCTURE_RULES.get(kind, ())) + list(STRUCTURE_RULES.get(ANY_KIND, ()))
 
 
 def stage_rules_for(stage: str) -> list[StageRule]:

@@ -49,7 +49,7 @@ def _port_padding(port: dict):
 
 
 # ---- BatchNorm -----------------------------------------------------------------------------------------------
-@structure_rule("batchnorm")
+@structure_rule("batchnorm", family="conv2d")
 def batchnorm_rules(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     """A missing BatchNorm (nothing else is said then), else eps, momentum and affine."""
     if "eps" not in port and "running_mean" not in str(port.get("class", "")) and not port.get("buffers"):
@@ -102,7 +102,7 @@ def _bn_momentum(tap: Tap, ref: dict, port: dict) -> list[Finding]:
 
 
 # ---- conv / Dense ------------------------------------------------------------------------------------------
-@structure_rule(*CONV_KINDS)
+@structure_rule(*CONV_KINDS, family="conv2d")
 def conv_bias(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     rb, pb = ref.get("use_bias"), port.get("has_bias")
     noun = "Linear" if tap.kind == "dense" else tap.kind
@@ -116,7 +116,7 @@ def conv_bias(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Findi
                        "construct it with bias=True", "the reference's bias is not transferred")]
 
 
-@structure_rule(*CONV_KINDS)
+@structure_rule(*CONV_KINDS, family="conv2d")
 def conv_geometry(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     """Kernel size, stride, groups and dilation."""
     out = []
@@ -143,7 +143,7 @@ def conv_geometry(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[F
     return out
 
 
-@structure_rule(*CONV_KINDS)
+@structure_rule(*CONV_KINDS, family="conv2d")
 def conv_padding(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     """TF "same" pads the extra pixel after (bottom/right); a symmetric torch padding shifts every window."""
     out = []
@@ -166,7 +166,7 @@ def conv_padding(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Fi
 
 
 # ---- pooling -----------------------------------------------------------------------------------------------
-@structure_rule(*POOL_KINDS)
+@structure_rule(*POOL_KINDS, family="conv2d")
 def pool_rules(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     """TF "same" pooling padding, pool size, stride and output rounding."""
     out = []
@@ -221,7 +221,7 @@ def pool_rounding(ref, port, rk, rs):
 
 
 # ---- LRN, activation, dropout ----------------------------------------------------------------------------
-@structure_rule("lrn")
+@structure_rule("lrn", family="conv2d")
 def lrn_rule(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     """LRN: Caffe / torch divide alpha by the window size; TF's depth_radius/alpha is per element."""
     ra, pa = ref.get("alpha"), port.get("alpha")
@@ -263,7 +263,7 @@ def torch_activation_name(a: str) -> str:
             "softmax": "no module (softmax belongs to F.cross_entropy)"}.get(a, a)
 
 
-@structure_rule("activation")
+@structure_rule("activation", family="dense")
 def activation_rule(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     ra, pa = ref_activation(ref), port.get("activation")
     if ra and pa and ra != pa:
@@ -272,7 +272,7 @@ def activation_rule(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list
     return []
 
 
-@structure_rule("dropout")
+@structure_rule("dropout", family="dense")
 def dropout_rate_rule(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
     rr, pr = ref.get("rate"), port.get("p")
     if rr is not None and pr is not None and not close(rr, pr):

@@ -177,3 +177,70 @@ def test_unexplained_is_a_warning_and_attach_stages_sets_the_stage():
     r.findings.append(s)
     diagnosis.attach_stages(r)
     assert s.stage == "forward_eval" and s.evidence == "forward_eval: max|Δ| 1"
+
+
+# --- the rule table ----------------------------------------------------------------------------------------------
+def test_rules_registered_from_outside_are_read_generically():
+    """A layer family adds its rules to the table; the entry points run them without naming them."""
+    from parity.diagnosis import registry
+
+    def reshape_rule(tap, ref, port):
+        return [Finding("toy_reshape", tap.path, f"order {port['order']} vs {ref['order']}", "fix", stage="structure")]
+
+    def forward_rule(run, stage, diff):
+        hit = run.kind(diff.path) == "reshape"
+        return [Finding("toy_forward", diff.path, "toy", "fix", stage=stage.name)] if hit else []
+
+    registry.structure_rule("reshape", family="toy")(reshape_rule)
+    registry.stage_rule("forward_eval", family="toy", order=20)(forward_rule)
+    try:
+        f = diagnosis.structure_findings(Tap("r", "r", "r", "reshape"), {"order": "C"}, {"order": "F"})
+        assert [(x.cause, x.message) for x in f] == [("toy_reshape", "order F vs C")]
+        r = make([StageResult("forward_eval", [td("r", False, 1.0, 2.0)])], rows=[row("r", "reshape", "r", "r")])
+        assert causes(diagnosis.numeric_findings(r, {})) == [("toy_forward", "r")]
+        assert registry.families()["toy"] == ["reshape_rule", "forward_rule"]
+    finally:
+        registry.unregister(reshape_rule)
+        registry.unregister(forward_rule)
+    assert "toy" not in registry.families()
+    assert diagnosis.structure_findings(Tap("r", "r", "r", "reshape"), {"order": "C"}, {"order": "F"}) == []
+
+
+def test_every_layer_family_config_rule_is_a_structure_rule():
+    from parity.core.families import FAMILIES
+    from parity.diagnosis import registry
+
+    with_rules = {name for name, fam in FAMILIES.items() if fam.rules}
+    assert with_rules and with_rules <= set(registry.families())
+    f = diagnosis.structure_findings(Tap("a", "a", "a", "activation"), {"class": "LeakyReLU", "negative_slope": 0.3},
+                                     {"class": "LeakyReLU", "negative_slope": 0.01})
+    assert [(x.cause, x.stage) for x in f] == [("leaky_relu_slope", "structure")]
+
+
+def test_numeric_findings_reads_an_object_with_the_run_fields():
+    class Outputs:
+        loss = "categorical_crossentropy"
+        final = [[0.25, 0.75], [0.5, 0.5]]
+        output_path = "pred"
+
+    r = make([StageResult("forward_eval", [td("pred", False, 1.0, 2.0)])])
+    assert causes(diagnosis.numeric_findings(r, Outputs())) == [("double_softmax", "pred")]
+
+
+def test_a_user_pairs_alignment_travels_on_the_spec():
+    """The diagnosis puts the spec's alignment table and its unaligned layers into the result."""
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(status="ok", ref="c", port="c", kind="conv2d", note="", ref_class="Conv2D",
+                            port_class="Conv2d"),
+            SimpleNamespace(status="unaligned-ref", ref="drop", port=None, kind="dropout", note="",
+                            ref_class="Dropout", port_class=None)]
+    al = SimpleNamespace(rows=rows, ref_nodes=[SimpleNamespace(name="drop", weighted=False)], traced_with="fx",
+                         table=lambda: [{"ref": "c", "port": "c", "status": "ok"}])
+    r = make([StageResult("forward_eval", [td("c")])])
+    diagnosis.numeric_findings(r, {"spec": SimpleNamespace(alignment=al)})
+    assert r.stage("structure").info["alignment"] == [{"ref": "c", "port": "c", "status": "ok"}]
+    assert [(f.cause, f.path, f.severity) for f in r.findings] == [("unaligned", "drop", "info")]
+    r2 = make([StageResult("forward_eval", [td("c")])])
+    diagnosis.numeric_findings(r2, {"spec": SimpleNamespace(alignment=None)})
+    assert "alignment" not in r2.stage("structure").info and r2.findings == []
