@@ -23,7 +23,6 @@ BatchNorm statistics; the port is restored to its loaded state afterwards.
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import sys
 import time
@@ -35,7 +34,7 @@ from parity import diagnosis
 from parity.backends.keras_side import run_reference
 from parity.backends.torch_side import DeviceUnavailable, TorchSide, device_description, resolve_device
 from parity.backends.weights import layer_maps, load_weight_file
-from parity.core.env import import_torch, trim_heap
+from parity.core.env import import_torch, isa_report, trim_heap
 from parity.core.errors import UsageError
 from parity.core.options import ALL_STAGES, check_batch, optimizer_spec, parse_stages, resolve_user  # noqa: F401
 from parity.core.results import STAGE_ORDER, CheckResult
@@ -183,7 +182,7 @@ def _environment(ctx: CheckContext) -> dict[str, Any]:
         if m is not None:
             env[mod] = getattr(m, "__version__", "?")
     env["port_device"] = device_description(ctx.ts.device)
-    env["ONEDNN_MAX_CPU_ISA"] = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    env.update(isa_report())  # the oneDNN ISA cap in force, and why (parity.core.env)
     ref = ctx.ref
     env["reference_seconds"] = {k: round(v, 4) for k, v in ref.seconds.items()}
     if ctx.store.files:  # what waited on disk instead of in memory (parity.core.spill)

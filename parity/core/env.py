@@ -4,8 +4,12 @@ before TensorFlow or PyTorch is imported.
 Why each variable (measured on this project's 2-core CI machine):
 
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN's AVX-512 kernels corrupt the heap in the backward pass of a 1x1
-  stride-2 convolution, in both TensorFlow and PyTorch (intermittent segfault / double free). Capping
-  the ISA at AVX2 made 5/5 runs clean. It must be set before either framework loads oneDNN.
+  stride-2 convolution, in both TensorFlow and PyTorch (intermittent segfault / double free), on a CPU with
+  AVX-512. Capping the ISA at AVX2 made 5/5 runs clean. It must be set before either framework loads oneDNN.
+  A value the user exported is kept when it is AVX2 or lower (:data:`ISA_AT_MOST_AVX2`); a higher one (or
+  ``ALL``) is replaced by AVX2, and :func:`isa_report` says which ISA was in force and why (the check's
+  environment report carries it). ``tests/parity/test_env.py`` holds the crash probe (a 1x1 stride-2 conv
+  backward in both frameworks, in a subprocess).
 - ``TF_ENABLE_ONEDNN_OPTS=0``: TF's oneDNN graph rewrites off; also makes TF CPU numerics deterministic.
 - ``TF_CPP_MIN_LOG_LEVEL=2``: TF's C++ info/warning chatter off (errors still print).
 - ``OMP_NUM_THREADS=1``: PyTorch's CPU kernels on one OpenMP thread. Measured on this 2-core machine: one
@@ -22,8 +26,8 @@ import warnings
 
 from parity.core.errors import UsageError
 
-#: Environment every process of the project runs with. ``setdefault`` semantics: a user who exports
-#: a different value on purpose keeps it.
+#: Environment every process of the project runs with. ``setdefault`` semantics (a user who exports a
+#: different value on purpose keeps it), except ``ONEDNN_MAX_CPU_ISA`` (:func:`_cap_isa`).
 ENVIRONMENT = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "TF_ENABLE_ONEDNN_OPTS": "0",
@@ -35,11 +39,41 @@ ENVIRONMENT = {
 
 _FRAMEWORKS = ("tensorflow", "torch", "keras")
 
+ISA_VAR = "ONEDNN_MAX_CPU_ISA"
+#: The ISA the workaround caps oneDNN at (no AVX-512 kernels).
+WORKAROUND_ISA = "AVX2"
+#: ``ONEDNN_MAX_CPU_ISA`` values at or below AVX2, in oneDNN's order (oneDNN ``dnnl_cpu_isa_t``:
+#: sse41 0x1, avx 0x3, avx2 0x7; everything above, from avx2_vnni 0xf to the AVX-512 and AMX sets, is higher;
+#: oneDNN's "CPU Dispatcher Control" page lists the variable's values). A user's value among these is kept.
+ISA_AT_MOST_AVX2 = ("SSE41", "AVX", "AVX2")
+
+#: How ``ONEDNN_MAX_CPU_ISA`` was decided in this process (filled by :func:`configure`).
+ISA_DECISION: dict[str, str] = {}
+
+
+def _cap_isa() -> dict[str, str]:
+    """Set ``ONEDNN_MAX_CPU_ISA``: AVX2 unless the user exported AVX2 or lower. Returns the decision."""
+    user = os.environ.get(ISA_VAR)
+    if user is None:
+        os.environ[ISA_VAR] = WORKAROUND_ISA
+        why = ("parity's default: oneDNN's AVX-512 kernels corrupt the heap in a 1x1 stride-2 convolution's "
+               "backward pass")
+    elif user.strip().upper() in ISA_AT_MOST_AVX2:
+        why = f"the user's value {user!r} kept (AVX2 or lower)"
+    else:
+        os.environ[ISA_VAR] = WORKAROUND_ISA
+        why = (f"the user's value {user!r} replaced by {WORKAROUND_ISA}: above AVX2, oneDNN's AVX-512 kernels "
+               "corrupt the heap in a 1x1 stride-2 convolution's backward pass")
+    return {"value": os.environ[ISA_VAR], "why": why}
+
 
 def configure() -> list[str]:
     """Set the environment; return the frameworks that were already imported (too late for them)."""
     for key, value in ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+        if key != ISA_VAR:
+            os.environ.setdefault(key, value)
+    if not ISA_DECISION:  # once per process: a second call would read back our own value as the user's
+        ISA_DECISION.update(_cap_isa())
     warnings.filterwarnings("ignore", message=r".*np\.object.*")
     late = [name for name in _FRAMEWORKS if name in sys.modules]
     return late
@@ -48,18 +82,30 @@ def configure() -> list[str]:
 LATE_IMPORTS = configure()
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and whichever frameworks are imported (does not import any)."""
-    import random
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where unknown)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
-    import numpy as np
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(seed)
-    if "keras" in sys.modules:
-        sys.modules["keras"].utils.set_random_seed(seed)
+def isa_report() -> dict[str, str]:
+    """For the environment report: which oneDNN ISA cap was in force in this process and why, and whether it
+    matters here (the CPU's AVX-512) or came too late (a framework imported before this module)."""
+    value = os.environ.get(ISA_VAR)
+    why = ISA_DECISION.get("why", "not set by parity")
+    if value != ISA_DECISION.get("value"):
+        why = f"changed after parity set it (now {value!r})"
+    if LATE_IMPORTS:
+        why += f"; {', '.join(LATE_IMPORTS)} imported before parity set it, so oneDNN may not honour it"
+    flags = cpu_flags()
+    avx512 = "unknown" if not flags else ("yes" if any(f.startswith("avx512") for f in flags) else "no")
+    return {ISA_VAR: str(value), f"{ISA_VAR} why": why, "cpu AVX-512": avx512}
 
 
 def import_tensorflow():
