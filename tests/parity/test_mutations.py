@@ -20,6 +20,9 @@ KNOWN_CAUSES = {
     "double_softmax", "init_after_load", "l2_weight_decay", "adam_epsilon", "loss_reduction", "label_smoothing",
     "flatten_order", "dense_layout", "lrn", "pool_rounding", "dropout_rate", "shared_module", "conv_padding",
     "lr_mult", "lr_in_momentum",
+    # the recurrent and embedding families (parity.core.families.recurrent, embedding)
+    "batch_first", "rnn_last_step", "rnn_bias_duplicated", "rnn_bias_dropped", "rnn_gate_order", "rnn_two_biases",
+    "padding_idx",
 }
 
 

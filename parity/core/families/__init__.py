@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from parity.core.errors import UsageError
 from parity.core.families import activations, conv2d, dense, embedding, normalization, recurrent
 from parity.core.families.base import Family, Named, RuleHit, close  # noqa: F401  (public types)
 
@@ -153,6 +154,30 @@ def keras_var_name(layer: str, name: str, path: str = "") -> str:
             if parts[1].startswith(direction + "_"):
                 return f"{direction}/{name}"
     return name
+
+
+def refuse_unsupported(layers: Iterable, tapped: dict[str, str] | None = None) -> None:
+    """Raise :class:`parity.core.errors.UsageError` (one line, exit 2) before any conversion when a reference
+    layer cannot be checked: a variant its family refuses (``GRU(reset_after=False)``), or a layer with
+    weights that no family covers and no tap of the pair declares (its weights would silently not transfer).
+    ``layers``: Keras layer objects; ``tapped``: ``{layer name: tap kind}`` the pair declares."""
+    tapped = tapped or {}
+    bad = []
+    for layer in layers:
+        cls = type(layer).__name__
+        cfg = layer.get_config() if hasattr(layer, "get_config") else {}
+        why = None
+        for f in FAMILIES.values():
+            why = why or (f.refuse(cls, cfg) if f.refuse is not None else None)
+        if why is None and getattr(layer, "weights", None) and keras_kind(cls, cfg) is None and \
+                tapped.get(layer.name, "other") == "other":
+            why = f"{cls} is not yet supported (no layer family converts its weights)"
+        if why:
+            bad.append(f"layer {layer.name!r} ({cls}): {why}")
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UsageError(f"expected reference layers parity can check. Received: {bad[0]}{more}. Remove or "
+                         "replace the layer, or check the supported part of the model on its own.")
 
 
 def conventions() -> list[tuple[str, Named]]:

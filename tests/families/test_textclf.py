@@ -1,0 +1,45 @@
+"""The text classifier pairs (textclf: Bidirectional LSTM, textgru: Bidirectional GRU) pass every stage in
+float64, and the planted recurrent/embedding bugs of the catalogue are found at their layer and named, through
+the check the CLI runs."""
+from __future__ import annotations
+
+import parity.core.env  # noqa: F401  (environment before the frameworks)
+
+import numpy as np
+import pytest
+
+from benchmarks import mutations as M
+from parity.core.data import make_batch
+
+
+def test_token_batches_are_integer_ids_in_range():
+    x, y = make_batch(0, 0, 8, (12,), ("onehot", 4), (0, 50), "float64", integer=True)
+    assert x.dtype == np.int64 and x.shape == (8, 12) and x.min() >= 0 and x.max() < 50 and y.shape == (8, 4)
+
+
+@pytest.mark.parametrize("pair", ["textclf", "textgru"])
+def test_pair_passes_every_stage_float64(pair):
+    pytest.importorskip("keras")
+    from parity.harness import check
+
+    r = check(pair)
+    assert r.passed, r.findings
+    names = {st.name for st in r.stages}
+    assert {"structure", "forward_eval", "forward_train", "gradients", "step", "isolated"} <= names
+    grads = {t.path for t in r.stage("gradients").tensors}
+    # both directions' kernels are compared (Bidirectional variables forward/... and backward/...)
+    assert {"encoder:weight_ih_l0.grad", "encoder:weight_ih_l0_reverse.grad", "embedding:weight.grad"} <= grads
+
+
+RECURRENT = [m.name for m in M.CATALOGUE if m.pair in ("textclf", "textgru")]
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_planted_recurrent_bug_is_found_where_it_is_and_named(name):
+    pytest.importorskip("keras")
+    m = next(x for x in M.CATALOGUE if x.name == name)
+    o = M.run_mutation(m, stages="ci")
+    assert o.error is None, o.error
+    assert o.detected
+    assert (o.stage, o.path) == (m.stage, m.path)
+    assert o.cause == m.cause, o.cause_message
