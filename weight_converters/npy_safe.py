@@ -8,13 +8,16 @@ only what arrays and plain containers need and refuses every other global before
 does resolve are the ones that allocate (``numpy.core.multiarray._reconstruct``, ``builtins.bytearray``): each is
 wrapped so that it is refused when asked for more bytes than the file holds (a pickle of ``bytearray(2**30)`` is
 20 bytes), and the pickle stream is read from memory, so an opcode declaring a 1 GiB string reads what is there
-instead of allocating what it declares.
+instead of allocating what it declares: every counted length is first checked against the bytes that follow
+(``pickletools.genops`` over the stream), because CPython's unpickler allocates a ``BINBYTES8`` or
+``BYTEARRAY8`` buffer of the declared size before it reads it.
 """
 from __future__ import annotations
 
 import importlib.util
 import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Mapping
 
@@ -103,7 +106,7 @@ class RestrictedUnpickler(pickle.Unpickler):
                 nbytes = n * np.dtype(dtype).itemsize
             except (TypeError, ValueError, OverflowError):
                 raise PickleTooLarge(f"an array of shape {shape!r}") from None
-            self._spend(nbytes, f"an array of shape {tuple(np.atleast_1d(shape))}")
+            self._spend(nbytes, f"an array of shape {tuple(int(d) for d in np.atleast_1d(shape))}")
             return real(np.ndarray, shape, dtype)
 
         return reconstruct
@@ -157,9 +160,15 @@ def read_caffe_npy(path, *, label: str = "--weights") -> dict[str, list[np.ndarr
         shape, _, dtype = _read_header(f, where)
         if not dtype.hasobject:
             raise _bad(where, f"a {dtype} array of shape {tuple(shape)}, not a dict")
-        stream = io.BytesIO(f.read(size))  # what is there, whatever lengths the pickle's opcodes declare
+        data = f.read(size)  # what is there, whatever lengths the pickle's opcodes declare
     try:
-        obj = RestrictedUnpickler(stream, max_bytes=size + ALLOCATION_SLACK).load()
+        for _ in pickletools.genops(io.BytesIO(data)):  # each counted length within the data, before any alloc
+            pass
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:160]
+        raise _bad(where, f"a truncated or corrupt pickle ({type(exc).__name__}: {text})") from None
+    try:
+        obj = RestrictedUnpickler(io.BytesIO(data), max_bytes=size + ALLOCATION_SLACK).load()
     except UnsafePickle as exc:
         raise UnsafePickle(exc.global_name, where) from None
     except PickleTooLarge as exc:
