@@ -32,6 +32,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -181,6 +182,18 @@ def run(ctx: CheckContext) -> None:
     ctx.result.findings += st.findings
 
 
+@dataclass
+class _Legs:
+    """The final output on every leg (None: that leg did not run) and the dtype onnxruntime ran in."""
+
+    keras: np.ndarray
+    torch: np.ndarray
+    ort_dtype: str
+    ort_torch: np.ndarray | None = None
+    ort_keras: np.ndarray | None = None
+    keras_rebuilt: np.ndarray | None = None
+
+
 def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
     """The ``onnx`` stage (see the module docstring)."""
     t0 = time.perf_counter()
@@ -207,59 +220,77 @@ def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
     except Exception as exc:  # forward_eval reports the broken port already
         st.skipped = f"the port's forward raised {_one_line(exc)}"
         return st
-
+    legs = _Legs(keras=np.asarray(keras_out), torch=torch_out, ort_dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="parity-onnx-") as workdir:
-        # -- the port's export: the check's dtype first; float32 where onnxruntime has no kernel for it -------
-        ort_dtype, ort_torch, why32 = dtype, None, None
-        attempts = (dtype, "float32") if dtype != "float32" else ("float32",)
-        for attempt in attempts:
-            ort_dtype, last = attempt, attempt == attempts[-1]
-            try:
-                path = export_torch(ts.module, x_nchw, attempt, workdir)
-            except Exception as exc:  # the exporter cannot trace the port: a finding, not a crash
-                if not last:
-                    why32 = (f"torch.onnx.export failed in {attempt} ({_one_line(exc)}); ran both exports in "
-                             "float32, compared under the float32 forward tolerance")
-                    continue
-                return _not_run(st, t0, tap, f"torch.onnx.export of the port failed: {_one_line(exc)}",
-                                "export a forward without data-dependent control flow, or report it to PyTorch")
-            try:
-                sess = _session(path)
-                ort_torch = _transform(tap, _run(sess, np.ascontiguousarray(x_nchw, dtype=attempt)))
-                break
-            except Exception as exc:
-                if last:
-                    return _not_run(st, t0, tap, f"onnxruntime cannot run the port's export: {_one_line(exc)}", "")
-                why32 = (f"onnxruntime cannot run the {attempt} graph ({_one_line(exc)}); ran both exports in "
-                         "float32, compared under the float32 forward tolerance")
-        st.info["ort_dtype"] = ort_dtype
-        if why32:
-            st.info["why_float32"] = why32
-        st.info["torch_exporter"] = "torch.onnx.export(dynamo=True)"
+        failed = _port_export(st, legs, ts.module, tap, x_nchw, workdir)
+        if failed is not None:
+            return _not_run(st, t0, tap, *failed)
+        _reference_export(st, legs, spec, ref, x_nhwc, workdir)
+    _judge(st, legs, spec, tap, dtype)
+    st.seconds = time.perf_counter() - t0
+    return st
 
-        # -- the reference's export -------------------------------------------------------------------------
-        ort_keras = keras_rebuilt = None
+
+def _port_export(st: StageResult, legs: _Legs, module, tap, x_nchw: np.ndarray, workdir: str):
+    """The port's export run by onnxruntime: the check's dtype first; float32 where onnxruntime has no kernel
+    for it. Fills ``legs.ort_torch``; returns (message, fix) when it cannot run."""
+    why32 = None
+    attempts = (legs.ort_dtype, "float32") if legs.ort_dtype != "float32" else ("float32",)
+    for attempt in attempts:
+        legs.ort_dtype, last = attempt, attempt == attempts[-1]
         try:
-            kpath, keras_rebuilt = export_keras(spec, ref, ort_dtype, np.asarray(x_nhwc, dtype=ort_dtype), workdir)
-            ort_keras = _run(_session(kpath), np.ascontiguousarray(x_nhwc, dtype=ort_dtype))
-            st.info["keras_exporter"] = "keras Model.export(format='onnx') (tf2onnx)"
-        except Exception as exc:  # no TensorFlow (replay), no tf2onnx, or the export failed
-            st.info["keras_export"] = f"not run: {_one_line(exc)}"
+            path = export_torch(module, x_nchw, attempt, workdir)
+        except Exception as exc:  # the exporter cannot trace the port: a finding, not a crash
+            if not last:
+                why32 = (f"torch.onnx.export failed in {attempt} ({_one_line(exc)}); ran both exports in "
+                         "float32, compared under the float32 forward tolerance")
+                continue
+            return (f"torch.onnx.export of the port failed: {_one_line(exc)}",
+                    "export a forward without data-dependent control flow, or report it to PyTorch")
+        try:
+            sess = _session(path)
+            legs.ort_torch = _transform(tap, _run(sess, np.ascontiguousarray(x_nchw, dtype=attempt)))
+            break
+        except Exception as exc:
+            if last:
+                return f"onnxruntime cannot run the port's export: {_one_line(exc)}", ""
+            why32 = (f"onnxruntime cannot run the {attempt} graph ({_one_line(exc)}); ran both exports in "
+                     "float32, compared under the float32 forward tolerance")
+    st.info["ort_dtype"] = legs.ort_dtype
+    if why32:
+        st.info["why_float32"] = why32
+    st.info["torch_exporter"] = "torch.onnx.export(dynamo=True)"
+    return None
 
-    tol = spec.tolerance.for_stage(ort_dtype, "forward_eval")
+
+def _reference_export(st: StageResult, legs: _Legs, spec, ref, x_nhwc: np.ndarray, workdir: str) -> None:
+    """The reference's export run by onnxruntime, in the dtype the port's ran in (when TensorFlow is here)."""
+    dtype = legs.ort_dtype
+    try:
+        kpath, legs.keras_rebuilt = export_keras(spec, ref, dtype, np.asarray(x_nhwc, dtype=dtype), workdir)
+        legs.ort_keras = _run(_session(kpath), np.ascontiguousarray(x_nhwc, dtype=dtype))
+        st.info["keras_exporter"] = "keras Model.export(format='onnx') (tf2onnx)"
+    except Exception as exc:  # no TensorFlow (replay), no tf2onnx, or the export failed
+        st.info["keras_export"] = f"not run: {_one_line(exc)}"
+
+
+def _judge(st: StageResult, legs: _Legs, spec, tap, dtype: str) -> None:
+    """The row (ORT on the port's export against Keras, every other figure as an extra column) and the
+    exporter findings."""
+    tol = spec.tolerance.for_stage(legs.ort_dtype, "forward_eval")
     ftol = spec.tolerance.for_stage(dtype, "forward_eval")
-    keras_ref = np.asarray(keras_out)
+    keras_ref = legs.keras
     extra: dict[str, Any] = {
-        "torch_max_abs": _max_abs(torch_out, keras_ref),
-        "ort_torch_max_abs": _max_abs(ort_torch, keras_ref),
-        "ort_keras_max_abs": _max_abs(ort_keras, keras_ref),
-        "ort_torch_vs_torch": _max_abs(ort_torch, torch_out),
-        "ort_keras_vs_keras": _max_abs(ort_keras, keras_rebuilt),
-        "ort_torch_vs_ort_keras": _max_abs(ort_torch, ort_keras),
-        "ort_dtype": ort_dtype,
+        "torch_max_abs": _max_abs(legs.torch, keras_ref),
+        "ort_torch_max_abs": _max_abs(legs.ort_torch, keras_ref),
+        "ort_keras_max_abs": _max_abs(legs.ort_keras, keras_ref),
+        "ort_torch_vs_torch": _max_abs(legs.ort_torch, legs.torch),
+        "ort_keras_vs_keras": _max_abs(legs.ort_keras, legs.keras_rebuilt),
+        "ort_torch_vs_ort_keras": _max_abs(legs.ort_torch, legs.ort_keras),
+        "ort_dtype": legs.ort_dtype,
     }
-    port_ok = tensor_diff(tap.path, keras_ref, torch_out, ftol).passed
-    row = tensor_diff(tap.path, keras_ref, ort_torch, tol, note=f"ORT(port export, {ort_dtype}) vs Keras")
+    port_ok = tensor_diff(tap.path, keras_ref, legs.torch, ftol).passed
+    row = tensor_diff(tap.path, keras_ref, legs.ort_torch, tol, note=f"ORT(port export, {legs.ort_dtype}) vs Keras")
     if not row.passed and port_ok:
         st.findings.append(Finding(
             "exporter", tap.path,
@@ -267,10 +298,10 @@ def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
             f"{extra['ort_torch_vs_torch']:.3g}) while the port matches the reference: an exporter issue, not a "
             "port issue", "check the exported graph (torch.onnx.export dynamo=True) or report it to PyTorch",
             stage="onnx", evidence=row.describe(), severity="warning"))
-        row = tensor_diff(tap.path, keras_ref, torch_out, ftol,
+        row = tensor_diff(tap.path, keras_ref, legs.torch, ftol,
                           note="the port (torch); its ONNX export differs: exporter issue, see findings")
-    if ort_keras is not None:
-        kd = tensor_diff(f"{tap.path}@keras-export", keras_ref, ort_keras, tol)
+    if legs.ort_keras is not None:
+        kd = tensor_diff(f"{tap.path}@keras-export", keras_ref, legs.ort_keras, tol)
         st.info["keras_export_rel"] = kd.rel
         if not kd.passed:
             st.findings.append(Finding(
@@ -281,5 +312,3 @@ def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
                 severity="warning"))
     row.extra = extra
     st.tensors.append(row)
-    st.seconds = time.perf_counter() - t0
-    return st
