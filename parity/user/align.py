@@ -26,8 +26,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from parity.core import families
 from parity.core.errors import UsageError
 from parity.core.spec import Tap
+from weight_converters.keras import LAYER_VARS, var_to_torch
+
+#: the kinds whose shape rules are written out below (the other families' converters are asked)
+_CNN_KINDS = ("conv2d", "depthwise_conv2d", "separable_conv2d", "dense", "batchnorm")
 
 #: Keras layer class -> tap kind (custom layers fall back to name heuristics, see :func:`_kind_from_name`).
 KERAS_KINDS = {
@@ -62,6 +69,11 @@ FUNCTIONAL_OPS = {
 #: kinds that may be matched although they differ (score 1 instead of 3)
 COMPATIBLE = {frozenset(("conv2d", "depthwise_conv2d")), frozenset(("gap", "avgpool")),
               frozenset(("reshape", "flatten"))}
+
+#: a port path for one call of a module called repeatedly: ``act#2`` (module names cannot hold a ``#``)
+CALL_MARK = "#"
+#: a port conv that pads itself, seen from a reference that pads with an explicit ZeroPadding2D layer
+PADDED_MARK = "#unpadded"
 
 MATCH_SAME_KIND = 3.0
 MATCH_COMPATIBLE = 1.0
@@ -122,6 +134,12 @@ class Alignment:
     traced_with: str = "hooks"
     #: port module groups that stand for one reference layer: group path -> member module paths (in call order)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: port paths that name one use of a module: ``"act#2"`` -> ("call", "act", 2) (the second call of a
+    #: parameter-free module), ``"conv_b#unpadded"`` -> ("padded", "conv_b", (1, 1)) (a padding conv fed the
+    #: reference's explicitly padded input in the isolated stage)
+    aliases: dict[str, tuple] = field(default_factory=dict)
+    #: weighted port modules called for several distinct reference layers: module path -> reference layers
+    shared: dict[str, list[str]] = field(default_factory=dict)
 
     def table(self) -> list[dict]:
         return [r.to_dict() for r in self.rows]
@@ -207,15 +225,18 @@ def _nchw(shape) -> tuple | None:
 def keras_param_shapes(kind: str, var_shapes: dict[str, tuple]) -> dict[str, tuple]:
     """Keras variable shapes -> the torch parameter shapes the converter produces (same rules as
     :mod:`weight_converters.keras`, on shapes only)."""
-    from weight_converters.keras import LAYER_VARS
-
     table = LAYER_VARS.get(kind, {})
     out = {}
     for var, shp in var_shapes.items():
         if var not in table:
             continue
         s = tuple(shp)
-        if var == "pointwise_kernel" or (kind == "conv2d" and var == "kernel"):
+        if kind not in _CNN_KINDS:  # another family: its converter says what shape it makes
+            try:
+                s = tuple(var_to_torch(kind, var, np.zeros(s, dtype=np.float32)).shape)
+            except (ValueError, KeyError, TypeError, IndexError):
+                pass
+        elif var == "pointwise_kernel" or (kind == "conv2d" and var == "kernel"):
             s = (s[3], s[2], s[0], s[1]) if len(s) == 4 else s
         elif var == "depthwise_kernel" or (kind == "depthwise_conv2d" and var == "kernel"):
             s = (s[2] * s[3], 1, s[0], s[1]) if len(s) == 4 else s
@@ -235,7 +256,7 @@ def trace_keras(model) -> list[Node]:
             index[layer.name] = -1
             continue
         cfg = layer.get_config()
-        kind = KERAS_KINDS.get(cls) or _kind_from_name(cls)
+        kind = KERAS_KINDS.get(cls) or families.keras_kind(cls, cfg) or _kind_from_name(cls)
         act = _keras_activation(cls, cfg)
         if cls == "Activation" and act == "softmax":
             kind = "softmax"
@@ -257,7 +278,8 @@ def trace_keras(model) -> list[Node]:
         nodes.append(Node(name=layer.name, cls=cls, kind=kind, act=act, params=params, out_shape=out_shape,
                           in_shapes=ins, producers=[index.get(pn, -1) for pn in parents],
                           cheap=cls in CHEAP_REF or (cls == "Activation" and act == "linear"),
-                          info={"var_shapes": var_shapes, "config": {k: cfg.get(k) for k in (
+                          info={"var_shapes": var_shapes, "padding_cfg": cfg.get("padding"),
+                                "config": {k: cfg.get(k) for k in (
                               "use_bias", "padding", "strides", "kernel_size", "pool_size", "rate", "units",
                               "filters") if k in cfg}}))
     return nodes
@@ -299,6 +321,10 @@ def torch_kind(m) -> tuple[str, str | None]:
         return "flatten", None
     if isinstance(m, nn.LocalResponseNorm):
         return "lrn", None
+    for base in type(m).__mro__:  # a subclass of nn.LSTM is an LSTM
+        fam = families.torch_kind(base.__name__)
+        if fam is not None:
+            return fam, None
     return _kind_from_name(cls), None
 
 
@@ -377,10 +403,10 @@ def trace_torch(module, example, separable=None) -> PortTrace:
         params.update({k2: tuple(v.shape) for k2, v in m.named_buffers() if not k2.endswith("num_batches_tracked")})
         info = {"call": seen_count[c["path"]], "call_k": k}
         if isinstance(m, torch.nn.Conv2d):
-            info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups)
+            info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups,
+                        padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)
         nodes.append(Node(name=c["path"], cls=type(m).__name__, kind=kind, act=act,
-                          params=params if kind in ("conv2d", "depthwise_conv2d", "separable_conv2d", "dense",
-                                                    "batchnorm") else {},
+                          params=params if kind in _CNN_KINDS or kind in LAYER_VARS else {},
                           out_shape=_shape(c["output"]) if c["output"] is not None else None,
                           in_shapes=[_shape(t) for t in c["inputs"]],
                           producers=list(c["producers"]), info=info))
@@ -649,6 +675,8 @@ def anchors(ref: list[Node], port: list[Node], exclude_r=(), exclude_p=()) -> di
 
 
 CONTEXT_BONUS = 1.5
+#: a free pair whose nearest matched predecessors are partners scores this much more, else this much less
+POSITION_BONUS = 1.5
 #: nodes a data-flow walk passes through when they have no partner (an extra Identity / Dropout)
 TRANSPARENT = {("activation", "linear"), ("dropout", None)}
 
@@ -734,15 +762,30 @@ def align_nodes(ref: list[Node], port: list[Node], pins: dict[str, str] | None =
     free_p = [j for j in range(len(port)) if j not in taken]
 
     def scores(matched: dict[int, int]) -> list[list[float]]:
+        # position: the matched pair nearest before each node (a free node between two matched pairs in one
+        # model belongs between their partners in the other)
+        fixed_r = sorted(matched)
+        fixed_p = sorted(matched.values())
+
+        def before(sorted_idx, k):
+            lo = [q for q in sorted_idx if q < k]
+            return lo[-1] if lo else None
+
         sc = []
         for i in free_r:
             r = ref[i]
             want = {matched.get(q, -1) if q >= 0 else -1 for q in r.producers}
+            pr = before(fixed_r, i)
+            anchor_r = matched[pr] if pr is not None else None
             row = []
             for j in free_p:
                 v = score(r, port[j])
                 if v > -math.inf and r.producers and port[j].producers and want & set(port[j].producers):
                     v += CONTEXT_BONUS
+                if v > -math.inf and anchor_r is not None:
+                    anchor_p = before(fixed_p, j)
+                    if anchor_p is not None:
+                        v += POSITION_BONUS if anchor_p == anchor_r else -POSITION_BONUS
                 row.append(v)
             sc.append(row)
         return sc
@@ -850,8 +893,10 @@ def _flatten_order(calls: list[dict], k: int, flat) -> str | None:
     return None
 
 
-def example_input(input_shape, dtype, seed: int = 0):
-    """A (2, C, H, W) torch tensor for an NHWC ``input_shape`` (uniform in [-1, 1], fixed seed)."""
+def example_input(input_shape, dtype, seed: int = 0, integer_range: int | None = None):
+    """A batch of 2 for one reference input of per-sample shape ``input_shape`` (Keras layout), in the port's
+    layout: an image (H, W, C) becomes (2, C, H, W), any other shape stays as it is. Uniform in [-1, 1] (fixed
+    seed), or token ids in ``[0, integer_range)`` (int64) for an integer input."""
     import numpy as np
     import torch
 
@@ -859,7 +904,26 @@ def example_input(input_shape, dtype, seed: int = 0):
     if len(shape) == 3:
         shape = (shape[2], shape[0], shape[1])
     rng = np.random.default_rng(seed)
+    if integer_range is not None:
+        return torch.from_numpy(rng.integers(0, max(int(integer_range), 1), size=(2,) + shape, dtype=np.int64))
     return torch.from_numpy(rng.uniform(-1, 1, size=(2,) + shape)).to(dtype)
+
+
+def integer_input_range(keras_model, index: int = 0) -> int | None:
+    """For an integer input of the Keras model: the ``input_dim`` of the first Embedding reading it (token ids
+    are drawn from ``[0, input_dim)``); 2 when no Embedding reads it; None for a float input."""
+    inp = keras_model.inputs[index]
+    if "int" not in str(getattr(inp, "dtype", "")):
+        return None
+    for layer in keras_model.layers:
+        if type(layer).__name__ == "Embedding":
+            try:
+                sources = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+            except (AttributeError, ValueError):
+                sources = []
+            if any(t is inp for t in sources) or len(keras_model.inputs) == 1:
+                return int(layer.get_config()["input_dim"])
+    return 2
 
 
 def separable_signatures(ref: list[Node]) -> list[tuple]:
@@ -877,10 +941,11 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
 
     ref = trace_keras(keras_model)
     if example is None:
-        if input_shape is None:
-            input_shape = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
-        dtype = next((p.dtype for p in torch_module.parameters()), torch.float32)
-        example = example_input(input_shape, dtype, seed)
+        dtype = next((p.dtype for p in torch_module.parameters() if p.is_floating_point()), torch.float32)
+        shapes = [input_shape] if input_shape is not None and len(keras_model.inputs) == 1 else [
+            tuple(int(d) for d in t.shape[1:]) for t in keras_model.inputs]
+        example = tuple(example_input(s, dtype, seed + k, integer_input_range(keras_model, k))
+                        for k, s in enumerate(shapes))
     trace = trace_torch(torch_module, example, separable=separable_signatures(ref))
     port = trace.nodes
     pairs = align_nodes(ref, port, parse_pins(pins))
@@ -897,6 +962,8 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
     rows: list[Row] = []
     taps: list[Tap] = []
     fused_port: set[int] = set()
+    aliases: dict[str, tuple] = {}
+    shared: dict[str, list[str]] = {}
     pending_chw: tuple[int, int, int] | None = None  # a flatten's (C, H, W) until the Dense that reads it
     for ri, pj, s, status in pairs:
         r = ref[ri] if ri is not None else None
@@ -972,25 +1039,83 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                     f"separate activation layer: build it as {r.cls}(..., activation=None) followed by "
                     f"Activation({fused!r}).")
         if r.kind == "gap" and p.out_shape is not None and len(p.out_shape) == 3 and nxt_node is not None \
-                and nxt_node.kind == "flatten" and not nxt_node.functional and nxt not in matched_port:
-            # AdaptiveAvgPool2d(1) + Flatten in the port == GlobalAveragePooling2D: compare after the flatten
+                and nxt_node.kind == "flatten" and nxt not in matched_port:
+            # AdaptiveAvgPool2d(1) + a flatten (module or view) in the port == GlobalAveragePooling2D: the tap
+            # stays on the pooling (compared as (N, C): parity.backends.torch_side.gap_as_keras)
             fused_port.add(nxt)
             row.note = f"{p.name} + {nxt_node.name} (flatten) == global average pooling"
             rows.append(Row(None, nxt_node.name, nxt_node.kind, None, "fused", port_class=nxt_node.cls,
                             note=f"folded into {r.name}"))
-            p = nxt_node
-            row.port = p.name
+        port_path = p.name
         if p.info.get("call", 1) > 1:
+            first = next((ref[ri2].name for ri2, pj2, _, _ in pairs if ri2 is not None and pj2 is not None
+                          and port[pj2].name == p.name and port[pj2].info.get("call", 1) == 1), None)
+            if p.weighted:
+                # one module (one set of weights) where the reference has distinct layers: no tap, no transfer
+                row.status = "shared"
+                row.note = (f"call {p.info['call']} of port module {p.name}, whose weights already stand for "
+                            f"{first or 'an earlier layer'}: the reference has distinct weights here")
+                shared.setdefault(p.name, [first] if first else []).append(r.name)
+                continue
+            port_path = f"{p.name}{CALL_MARK}{p.info['call']}"
+            aliases[port_path] = ("call", p.name, p.info["call"])
+            row.port = port_path
             row.note = (row.note + "; " if row.note else "") + f"call {p.info['call']} of a module called repeatedly"
+        pad = _explicit_padding(ref, ri, p)
+        if pad is not None:
+            port_path = f"{p.name}{PADDED_MARK}"
+            aliases[port_path] = ("padded", p.name, pad[1])
+            row.port = port_path
+            row.note = (row.note + "; " if row.note else "") + (
+                f"{ref[pad[0]].name} (ZeroPadding2D {pad[1]}) + {r.name} == {p.name}(padding={pad[1]})")
         if not r.weighted and ri in input_only:
             # a parameter-free op on the raw input (a channel split): the port's tensor has no gradient
             row.note = (row.note + "; " if row.note else "") + "computed from the input alone: not tapped"
             continue
-        taps.append(Tap(r.name, r.name, p.name, r.kind, port_transform=transform, flatten_chw=flatten_chw))
+        taps.append(Tap(r.name, r.name, port_path, r.kind, port_transform=transform, flatten_chw=flatten_chw))
     groups = {port[pj].name: tuple(port[pj].info["members"]) for ri, pj, _, _ in pairs
               if ri is not None and pj is not None and "members" in port[pj].info}
+    for r in rows:  # a gap+flatten fusion found after the flatten's own row was written
+        if r.ref is None and r.status != "fused" and r.port in {x.port for x in rows if x.status == "fused"}:
+            r.status = "dropped"
+    rows = [r for r in rows if r.status != "dropped"]
     return Alignment(taps=taps, rows=rows, ref_nodes=ref, port_nodes=port, traced_with=trace.traced_with,
-                     groups=groups)
+                     groups=groups, aliases=aliases, shared=shared)
+
+
+def _explicit_padding(ref: list[Node], ri: int, p: Node):
+    """``(index of the ZeroPadding2D, padding)`` when reference layer ``ri`` is a conv fed only by a symmetric
+    ZeroPadding2D and its port conv pads by the same amount itself (``Conv2d(padding=p)``); else None."""
+    r = ref[ri]
+    if r.kind not in ("conv2d", "depthwise_conv2d") or len(r.producers) != 1 or r.producers[0] < 0:
+        return None
+    q = ref[r.producers[0]]
+    pad = p.info.get("padding")
+    if q.cls != "ZeroPadding2D" or pad is None or not any(pad):
+        return None
+    cfg = q.info.get("padding_cfg")
+    sym = _symmetric_pads(cfg)
+    if sym is None or tuple(sym) != tuple(pad):
+        return None
+    return r.producers[0], tuple(pad)
+
+
+def _symmetric_pads(cfg):
+    """Keras ZeroPadding2D ``padding`` (int, (ph, pw) or ((top, bottom), (left, right))) -> (ph, pw) when
+    symmetric, else None."""
+    if isinstance(cfg, int):
+        return (cfg, cfg)
+    try:
+        a, b = cfg
+    except (TypeError, ValueError):
+        return None
+    if isinstance(a, int) and isinstance(b, int):
+        return (a, b)
+    try:
+        (t, bo), (le, ri) = a, b
+    except (TypeError, ValueError):
+        return None
+    return (t, le) if t == bo and le == ri else None
 
 
 def _ref_only_note(r: Node) -> str:

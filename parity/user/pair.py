@@ -16,11 +16,12 @@ alignment table is kept on the spec (:func:`alignment_of`) and added to the resu
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Callable
 
 from parity.core.errors import UsageError
 from parity.core.options import resolve_user
-from parity.core.results import CheckResult
+from parity.core.results import CheckResult, Finding
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 from parity.diagnosis.alignment import alignment_findings, annotate_alignment  # noqa: F401  (public names)
 from parity.user.view import port_view
@@ -142,11 +143,12 @@ class UserTaps:
         self.alignment = None
         self.spec: PairSpec | None = None
         self.groups: dict[str, tuple[str, ...]] = {}
+        self.aliases: dict[str, tuple] = {}
 
     def view(self, module):
         """The port as the check sees it (:func:`parity.user.view.port_view`): the module groups the alignment
         found and the input unpacking."""
-        return port_view(module, self.groups)
+        return port_view(module, self.groups, aliases=self.aliases)
 
     def __call__(self, config: dict) -> list[Tap]:
         from parity.user.align import AlignmentError, align
@@ -164,6 +166,7 @@ class UserTaps:
             self.spec.conventions = tuple(c for c in self.spec.conventions if c.name != "alignment") + (
                 _alignment_convention(self.alignment),)
         self.groups = dict(self.alignment.groups)
+        self.aliases = dict(self.alignment.aliases)
         if not self.alignment.taps:
             raise _usage_error("user pair: expected at least one reference layer with a port counterpart. "
                                "Received: none aligned. Pin layers with --align REF=PORT.\n"
@@ -301,11 +304,15 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
 
     import_tensorflow()
     kdtype = _keras_dtype(keras_model)
-    dtype = check_kwargs.pop("dtype", None) or kdtype
+    asked = check_kwargs.pop("dtype", None)
+    dtype = asked or kdtype
     if dtype != kdtype:
         raise _usage_error(f"compare(dtype={dtype!r}): expected the Keras model's own dtype ({kdtype}): Keras "
                            "computes in its variables' dtype. Build the model under keras.config.set_floatx("
                            f"{dtype!r}) and keras.config.set_dtype_policy({dtype!r}), or pass dtype={kdtype!r}.")
+    policy = _policy_note(dtype) if dtype != "float64" and asked is None else None
+    if policy is not None:  # said loudly: the README's default is float64, this model cannot run it
+        warnings.warn(f"parity.compare: {policy.message}; {policy.fix}.", UserWarning, stacklevel=2)
     spec = spec_from_objects(keras_model, torch_module, input_shape=input_shape, loss=loss, pins=pins,
                              name=check_kwargs.pop("name", None))
     saved = _torch_snapshot(torch_module)
@@ -314,7 +321,19 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
     finally:
         _torch_restore(torch_module, saved)
     annotate(result, spec)
+    if policy is not None:
+        result.findings.append(policy)
     return result
+
+
+def _policy_note(dtype: str) -> Finding:
+    """Which tolerance policy a ``compare`` of a float32 Keras model ran, and why (an ``info`` finding)."""
+    return Finding("tolerance_policy", "model",
+                   f"the {dtype} tolerance policy ran, not float64: the Keras model computes in {dtype} (its "
+                   "variables' dtype), so both sides ran in it; this policy cannot see conventions below ~1e-3 "
+                   "(e.g. Adam's epsilon placement)",
+                   "for the exact float64 check build the Keras model under keras.config.set_floatx('float64') "
+                   "and keras.config.set_dtype_policy('float64')", severity="info")
 
 
 def _torch_snapshot(module) -> dict[str, Any]:

@@ -126,7 +126,9 @@ def test_functional_op_in_the_port_holds_its_place(user):
     assert _mapping(al.taps)["pool"] == ("pool", "maxpool", None, None)
 
 
-def test_two_separate_convs_for_a_separable_conv_are_reported():
+def test_two_separate_convs_for_a_separable_conv_are_one_group():
+    """A Keras SeparableConv2D <-> a grouped 3x3 conv feeding a 1x1 conv (an nn.Sequential, no names): one
+    group, the converter's keys, the depthwise and pointwise paths named."""
     import keras
     from torch import nn
 
@@ -140,6 +142,33 @@ def test_two_separate_convs_for_a_separable_conv_are_reported():
                          nn.BatchNorm2d(6, eps=KERAS_BN_EPSILON))
     al = align(ref, port)
     sep = next(r for r in al.rows if r.ref == "sep")
-    assert sep.status == "unaligned-ref" and ".depthwise and .pointwise" in sep.note
-    assert {r.port for r in al.rows if r.status == "unaligned-port"} == {"0", "1"}
-    assert _mapping(al.taps) == {"bn": ("2", "batchnorm", None, None)}
+    assert (sep.port, sep.status) == ("0+1", "aligned") and "0 + 1" in sep.note
+    assert al.groups == {"0+1": ("0", "1")}
+    assert not [r for r in al.rows if r.status.startswith("unaligned")], al.format()
+    assert _mapping(al.taps) == {"sep": ("0+1", "separable_conv2d", None, None), "bn": ("2", "batchnorm", None, None)}
+
+
+def test_a_depthwise_conv_with_two_consumers_is_not_a_separable_conv():
+    """The pair is grouped by data flow: a depthwise conv whose output also feeds something else is not the
+    first half of a separable conv, whatever the modules are called."""
+    import keras
+    from torch import nn
+
+    inp = keras.Input((8, 8, 4))
+    x = keras.layers.SeparableConv2D(6, 3, padding="same", use_bias=False, name="sep")(inp)
+    ref = keras.Model(inp, x)
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+            self.pw = nn.Conv2d(4, 6, 1, bias=False)
+            self.side = nn.Conv2d(4, 6, 1, bias=False)
+
+        def forward(self, x):
+            y = self.dw(x)
+            return self.pw(y) + self.side(y)
+
+    al = align(ref, Port())
+    assert not al.groups
+    assert next(r for r in al.rows if r.ref == "sep").status == "unaligned-ref"

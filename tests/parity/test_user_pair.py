@@ -157,7 +157,9 @@ def test_input_shape_for_a_model_without_one(float64):
     result = compare(km, tm, input_shape="10,10,3", stages="structure,forward_eval,forward_train,gradients")
     assert result.passed, result.summary_line()
     rows = {r["ref"]: (r["port"], r["status"]) for r in result.stage("structure").info["alignment"] if r["ref"]}
-    assert rows["g"] == ("2", "aligned")  # AdaptiveAvgPool2d(1) + Flatten == GlobalAveragePooling2D
+    assert rows["g"] == ("1", "aligned")  # AdaptiveAvgPool2d(1) + Flatten == GlobalAveragePooling2D
+    fused = next(r for r in result.stage("structure").info["alignment"] if r["port"] == "2")
+    assert fused["status"] == "fused" and fused["ref"] is None
 
 
 def test_conv_bias_before_batchnorm_is_not_a_false_alarm(float64):

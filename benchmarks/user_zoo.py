@@ -1,0 +1,356 @@
+"""A zoo of ports written the way people write them, against a few Keras references: the user-model mode must
+align them by what they compute, not by what they are called.
+
+References (Keras 3, built in the current float policy):
+
+- ``keras_mini_xception``: an image model with SeparableConv2D residual blocks (mini_XCEPTION's shape, small);
+- ``keras_conv_head``: ``Conv2D(activation="relu")``, ``ZeroPadding2D`` + a 'valid' Conv2D, Flatten, Dense;
+- ``keras_two_input``: two images (target, search), one conv tower each, concatenated, a regression head;
+- ``keras_mlp``: a non-image model (20 features -> Dense -> softmax).
+
+Ports, each correct (every one must PASS), in the styles found in public PyTorch ports: named children with
+any names (``dw``/``pw``, ``depthwise_conv``/``conv1x1``), ``nn.Sequential`` (nested), ``nn.ModuleDict`` /
+``nn.ModuleList``, functional ``F.*`` calls in ``forward`` with the layers' modules defined in ``__init__``,
+in-place activations (``nn.ReLU(inplace=True)`` inside a ``conv_bn_relu`` helper). :data:`ZOO` lists
+(reference, port, input shapes) for the tests and the mutation suite.
+
+Numbers in the ports are the Keras defaults they must reproduce, by name (``parity.core.conventions``).
+"""
+from __future__ import annotations
+
+from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+
+#: mini_XCEPTION-shaped reference: a 27x27 grey image, 4 classes. 27 -> two 'valid' 3x3 convs -> 23 (odd:
+#: a 3x3/2 'same' max-pool pads 1 on each side, as torch's padding=1 does) -> 12.
+XCEPTION_INPUT = (27, 27, 1)
+XCEPTION_CLASSES = 4
+CONV_HEAD_INPUT = (10, 10, 3)
+CONV_HEAD_OUTPUTS = 5
+TWO_INPUT_SHAPE = (12, 12, 3)
+TWO_INPUT_OUTPUTS = 4
+MLP_FEATURES = 20
+MLP_CLASSES = 3
+
+
+# --- references ------------------------------------------------------------------------------------------
+def keras_mini_xception(input_shape=XCEPTION_INPUT, num_classes=XCEPTION_CLASSES):
+    import keras
+    from keras import layers
+
+    inp = keras.Input(input_shape)
+    x = layers.Conv2D(8, 3, use_bias=False, name="conv1")(inp)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.Activation("relu", name="relu1")(x)
+    x = layers.Conv2D(8, 3, use_bias=False, name="conv2")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.Activation("relu", name="relu2")(x)
+    res = layers.Conv2D(16, 1, strides=2, padding="same", use_bias=False, name="res_conv")(x)
+    res = layers.BatchNormalization(name="res_bn")(res)
+    x = layers.SeparableConv2D(16, 3, padding="same", use_bias=False, name="sep1")(x)
+    x = layers.BatchNormalization(name="sep1_bn")(x)
+    x = layers.Activation("relu", name="sep1_relu")(x)
+    x = layers.SeparableConv2D(16, 3, padding="same", use_bias=False, name="sep2")(x)
+    x = layers.BatchNormalization(name="sep2_bn")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool")(x)
+    x = layers.Add(name="add")([x, res])
+    x = layers.Conv2D(num_classes, 3, padding="same", name="head")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Activation("softmax", name="probs")(x)
+    return keras.Model(inp, out, name="mini_xception")
+
+
+def keras_conv_head(input_shape=CONV_HEAD_INPUT, outputs=CONV_HEAD_OUTPUTS):
+    import keras
+    from keras import layers
+
+    inp = keras.Input(input_shape)
+    x = layers.Conv2D(6, 3, padding="same", activation="relu", name="conv_a")(inp)
+    x = layers.ZeroPadding2D(1, name="pad")(x)
+    x = layers.Conv2D(8, 3, strides=2, name="conv_b")(x)
+    x = layers.Activation("relu", name="relu_b")(x)
+    x = layers.Flatten(name="flatten")(x)
+    out = layers.Dense(outputs, name="out")(x)
+    return keras.Model(inp, out, name="conv_head")
+
+
+def keras_two_input(input_shape=TWO_INPUT_SHAPE, outputs=TWO_INPUT_OUTPUTS):
+    import keras
+    from keras import layers
+
+    target = keras.Input(input_shape, name="target")
+    image = keras.Input(input_shape, name="image")
+    a = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="target_conv")(target)
+    b = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="image_conv")(image)
+    x = layers.Concatenate(name="concat")([a, b])
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(16, activation="relu", name="fc")(x)
+    out = layers.Dense(outputs, name="box")(x)
+    return keras.Model([target, image], out, name="two_input")
+
+
+def keras_mlp(features=MLP_FEATURES, classes=MLP_CLASSES):
+    import keras
+    from keras import layers
+
+    inp = keras.Input((features,))
+    x = layers.Dense(32, name="hidden")(inp)
+    x = layers.BatchNormalization(name="hidden_bn")(x)
+    x = layers.Activation("relu", name="hidden_relu")(x)
+    x = layers.Dense(classes, name="logits")(x)
+    out = layers.Activation("softmax", name="probs")(x)
+    return keras.Model(inp, out, name="mlp")
+
+
+# --- ports of keras_mini_xception ----------------------------------------------------------------------
+def _bn(c):
+    from torch import nn
+
+    return nn.BatchNorm2d(c, eps=KERAS_BN_EPSILON, momentum=TORCH_BN_MOMENTUM_FROM_KERAS)
+
+
+def port_named_children():
+    """Named children with their own names: a ``SepConv`` with ``dw`` / ``pw``, a ``Block``."""
+    from torch import nn
+
+    class SepConv(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.dw = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+            self.pw = nn.Conv2d(cin, cout, 1, bias=False)
+
+        def forward(self, x):
+            return self.pw(self.dw(x))
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+            self.shortcut_norm = _bn(cout)
+            self.first = SepConv(cin, cout)
+            self.first_norm = _bn(cout)
+            self.act = nn.ReLU()
+            self.second = SepConv(cout, cout)
+            self.second_norm = _bn(cout)
+            self.down = nn.MaxPool2d(3, stride=2, padding=1)
+
+        def forward(self, x):
+            r = self.shortcut_norm(self.shortcut(x))
+            x = self.act(self.first_norm(self.first(x)))
+            x = self.down(self.second_norm(self.second(x)))
+            return x + r
+
+    class MiniXception(nn.Module):
+        def __init__(self, in_ch=1, classes=XCEPTION_CLASSES):
+            super().__init__()
+            self.stem1 = nn.Conv2d(in_ch, 8, 3, bias=False)
+            self.stem1_bn = _bn(8)
+            self.stem2 = nn.Conv2d(8, 8, 3, bias=False)
+            self.stem2_bn = _bn(8)
+            self.relu = nn.ReLU()
+            self.relu2 = nn.ReLU()
+            self.block = Block(8, 16)
+            self.classifier = nn.Conv2d(16, classes, 3, padding=1)
+            self.gap = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            x = self.relu(self.stem1_bn(self.stem1(x)))
+            x = self.relu2(self.stem2_bn(self.stem2(x)))
+            x = self.block(x)
+            return self.gap(self.classifier(x)).flatten(1)
+
+    return MiniXception()
+
+
+def port_sequential():
+    """Everything in ``nn.Sequential`` (the separable conv a nested Sequential of a grouped and a 1x1 conv);
+    the residual branch the only code in ``forward``."""
+    from torch import nn
+
+    def sep(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, bias=False), _bn(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, bias=False), _bn(8), nn.ReLU())
+            self.residual = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), _bn(16))
+            self.main = nn.Sequential(sep(8, 16), _bn(16), nn.ReLU(), sep(16, 16), _bn(16),
+                                      nn.MaxPool2d(3, 2, 1))
+            self.head = nn.Sequential(nn.Conv2d(16, XCEPTION_CLASSES, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten())
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head(self.main(x) + self.residual(x))
+
+    return Net()
+
+
+def port_module_dict():
+    """Layers in an ``nn.ModuleDict`` (separable parts named ``depthwise_conv`` / ``project``) and an
+    ``nn.ModuleList`` of norms, indexed in ``forward``."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleDict({
+                "conv_1": nn.Conv2d(1, 8, 3, bias=False), "conv_2": nn.Conv2d(8, 8, 3, bias=False),
+                "skip": nn.Conv2d(8, 16, 1, stride=2, bias=False),
+                "depthwise_conv": nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                "project": nn.Conv2d(8, 16, 1, bias=False),
+                "depthwise_conv_2": nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+                "project_2": nn.Conv2d(16, 16, 1, bias=False),
+                "logits": nn.Conv2d(16, XCEPTION_CLASSES, 3, padding=1),
+            })
+            self.norms = nn.ModuleList([_bn(8), _bn(8), _bn(16), _bn(16), _bn(16)])
+            self.act = nn.ReLU()
+            self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        def forward(self, x):
+            L, N = self.layers, self.norms
+            x = self.act(N[0](L["conv_1"](x)))
+            x = self.act(N[1](L["conv_2"](x)))
+            skip = N[2](L["skip"](x))
+            x = self.act(N[3](L["project"](L["depthwise_conv"](x))))
+            x = self.pool(N[4](L["project_2"](L["depthwise_conv_2"](x))))
+            x = L["logits"](x + skip)
+            return x.mean(dim=(2, 3))
+
+    return Net()
+
+
+def port_functional():
+    """Modules for the weights only; ``forward`` in ``F.*`` (relu, max_pool2d, adaptive_avg_pool2d) and
+    ``torch.flatten``; the separable conv as ``depthwise_conv`` + ``conv1x1``."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(1, 8, 3, bias=False), _bn(8)
+            self.c2, self.b2 = nn.Conv2d(8, 8, 3, bias=False), _bn(8)
+            self.res, self.res_bn = nn.Conv2d(8, 16, 1, 2, bias=False), _bn(16)
+            self.depthwise_conv1 = nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False)
+            self.conv1x1_1 = nn.Conv2d(8, 16, 1, bias=False)
+            self.bn_s1 = _bn(16)
+            self.depthwise_conv2 = nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False)
+            self.conv1x1_2 = nn.Conv2d(16, 16, 1, bias=False)
+            self.bn_s2 = _bn(16)
+            self.out = nn.Conv2d(16, XCEPTION_CLASSES, 3, 1, 1)
+
+        def forward(self, x):
+            x = F.relu(self.b1(self.c1(x)))
+            x = F.relu(self.b2(self.c2(x)))
+            r = self.res_bn(self.res(x))
+            x = F.relu(self.bn_s1(self.conv1x1_1(self.depthwise_conv1(x))))
+            x = F.max_pool2d(self.bn_s2(self.conv1x1_2(self.depthwise_conv2(x))), 3, 2, 1)
+            x = F.adaptive_avg_pool2d(self.out(x + r), 1)
+            return torch.flatten(x, 1)
+
+    return Net()
+
+
+def port_inplace():
+    """A ``conv_bn_relu`` helper with ``nn.ReLU(inplace=True)``, the separable conv a class with
+    ``depthwise`` / ``pointwise`` children, ``+=`` for the residual add."""
+    from torch import nn
+
+    def conv_bn_relu(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, bias=False), _bn(cout), nn.ReLU(inplace=True))
+
+    class SeparableConv2D(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+            self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+
+        def forward(self, x):
+            return self.pointwise(self.depthwise(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = conv_bn_relu(1, 8)
+            self.conv2 = conv_bn_relu(8, 8)
+            self.residual = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), _bn(16))
+            self.sep1 = nn.Sequential(SeparableConv2D(8, 16), _bn(16), nn.ReLU(inplace=True))
+            self.sep2 = nn.Sequential(SeparableConv2D(16, 16), _bn(16), nn.MaxPool2d(3, 2, 1))
+            self.conv3 = nn.Conv2d(16, XCEPTION_CLASSES, 3, padding=1)
+            self.gap = nn.AdaptiveAvgPool2d((1, 1))
+
+        def forward(self, x):
+            x = self.conv2(self.conv1(x))
+            r = self.residual(x)
+            x = self.sep2(self.sep1(x))
+            x += r
+            x = self.gap(self.conv3(x))
+            return x.view(x.size(0), -1)
+
+    return Net()
+
+
+# --- ports of the other references ---------------------------------------------------------------------
+def port_conv_head():
+    """``Conv2d(padding=1)`` for ZeroPadding2D + Conv2D, conv + ``nn.ReLU`` for ``Conv2D(activation='relu')``,
+    ``x.view(x.size(0), -1)`` for Flatten (torch's CHW order: the converter reorders the Dense rows)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_a = nn.Conv2d(3, 6, 3, padding=1)
+            self.relu_a = nn.ReLU()
+            self.conv_b = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+            self.fc = nn.Linear(8 * 5 * 5, CONV_HEAD_OUTPUTS)
+
+        def forward(self, x):
+            x = F.relu(self.conv_b(self.relu_a(self.conv_a(x))))
+            return self.fc(x.view(x.size(0), -1))
+
+    return Net()
+
+
+def port_two_input():
+    """``forward(target, image)``: one tower each, ``torch.cat`` on channels, ``nn.Flatten``."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.towers = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(inplace=True))
+                                         for _ in range(2)])
+            self.flat = nn.Flatten()
+            self.fc = nn.Sequential(nn.Linear(8 * 6 * 6, 16), nn.ReLU(inplace=True), nn.Linear(16, TWO_INPUT_OUTPUTS))
+
+        def forward(self, target, image):
+            x = torch.cat([self.towers[0](target), self.towers[1](image)], dim=1)
+            return self.fc(self.flat(x))
+
+    return Net()
+
+
+def port_mlp():
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(MLP_FEATURES, 32), nn.BatchNorm1d(32, eps=KERAS_BN_EPSILON,
+                                                                    momentum=TORCH_BN_MOMENTUM_FROM_KERAS),
+                         nn.ReLU(inplace=True), nn.Linear(32, MLP_CLASSES))
+
+
+#: (reference, port) builder names in this module; every pair is a correct port (the tests expect PASSED)
+ZOO = (
+    ("keras_mini_xception", "port_named_children"),
+    ("keras_mini_xception", "port_sequential"),
+    ("keras_mini_xception", "port_module_dict"),
+    ("keras_mini_xception", "port_functional"),
+    ("keras_mini_xception", "port_inplace"),
+    ("keras_conv_head", "port_conv_head"),
+    ("keras_two_input", "port_two_input"),
+    ("keras_mlp", "port_mlp"),
+)

@@ -1,0 +1,79 @@
+"""Ports written the way people write them (benchmarks.user_zoo): named children with any names,
+nn.Sequential, ModuleDict/ModuleList, functional F.* calls, in-place activations, a padding conv for a
+ZeroPadding2D + Conv2D, a fused activation, a view for Flatten. Each correct port PASSES through
+``parity.compare``; the alignment pairs a Keras SeparableConv2D with a depthwise conv and the 1x1 conv it
+feeds, wherever they live."""
+from __future__ import annotations
+
+import parity.core.env  # noqa: F401  (environment before the frameworks)
+
+import pytest
+
+from benchmarks import user_zoo
+from parity.user.align import align
+from parity.user.pair import compare
+
+keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+
+IMAGE_ZOO = [z for z in user_zoo.ZOO if z[0] in ("keras_mini_xception", "keras_conv_head")]
+
+
+@pytest.fixture
+def float64():
+    old, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(old)
+    keras.config.set_dtype_policy(old_policy)
+
+
+@pytest.mark.parametrize("ref_fn, port_fn", IMAGE_ZOO, ids=[p for _, p in IMAGE_ZOO])
+def test_a_correct_port_in_any_style_passes(float64, ref_fn, port_fn):
+    result = compare(getattr(user_zoo, ref_fn)(), getattr(user_zoo, port_fn)(), seed=2)
+    assert result.passed, result.summary_line()
+    table = result.stage("structure").info["alignment"]
+    weighted = {n for n in ("conv1", "conv2", "sep1", "sep2", "head", "conv_a", "conv_b", "out")}
+    assert all(r["status"] in ("aligned", "pinned") for r in table if r["ref"] in weighted), table
+    assert result.conversion.get("missing", []) == [] and result.conversion.get("unexpected", []) == []
+
+
+@pytest.mark.parametrize("port_fn, dw, pw", [
+    ("port_named_children", "block.first.dw", "block.first.pw"),
+    ("port_sequential", "main.0.0", "main.0.1"),
+    ("port_module_dict", "layers.depthwise_conv", "layers.project"),
+    ("port_functional", "depthwise_conv1", "conv1x1_1"),
+])
+def test_the_separable_conv_is_found_by_structure(port_fn, dw, pw):
+    al = align(user_zoo.keras_mini_xception(), getattr(user_zoo, port_fn)())
+    group = next(name for name, members in al.groups.items() if members == (dw, pw))
+    tap = next(t for t in al.taps if t.ref == "sep1")
+    assert (tap.port, tap.kind) == (group, "separable_conv2d")
+
+
+def test_a_parameter_free_module_called_repeatedly_is_tapped_per_call():
+    """``self.act`` after every norm: each call is compared with its own reference layer."""
+    al = align(user_zoo.keras_mini_xception(), user_zoo.port_module_dict())
+    ports = {t.ref: t.port for t in al.taps}
+    assert (ports["relu1"], ports["relu2"], ports["sep1_relu"]) == ("act", "act#2", "act#3")
+
+
+def test_zero_padding_and_a_valid_conv_is_a_padding_conv():
+    al = align(user_zoo.keras_conv_head(), user_zoo.port_conv_head())
+    ports = {t.ref: t.port for t in al.taps}
+    assert ports["conv_b"] == "conv_b#unpadded" and al.aliases["conv_b#unpadded"] == ("padded", "conv_b", (1, 1))
+    pad = next(r for r in al.rows if r.ref == "pad")
+    assert pad.status == "unaligned-ref" and ports["conv_a"] == "conv_a"
+    assert next(r for r in al.rows if r.port == "relu_a").status == "fused"
+
+
+def test_a_wrong_separable_split_is_caught_at_the_separable_layer(float64):
+    """A planted bug in a zoo port (depthwise and pointwise swapped in order is impossible by shapes; here the
+    pointwise conv gets a bias the reference does not have): found at that layer, not downstream noise."""
+    port = user_zoo.port_named_children()
+    pw = port.block.first.pw
+    port.block.first.pw = torch.nn.Conv2d(pw.in_channels, pw.out_channels, 1, bias=True)
+    result = compare(user_zoo.keras_mini_xception(), port, stages="structure,forward_eval")
+    assert not result.passed
+    assert "sep1" in result.summary_line()
