@@ -119,8 +119,8 @@ summary { cursor: pointer; margin: .5rem 0; }
 {{ table(s.trajectory) }}
 {% endif %}
 {% if s.tensors %}
-<details{% if s.verdict == "FAIL" %} open{% endif %}>
-<summary>tensors ({{ s.tensors.rows | length }})</summary>
+<details>
+<summary>tensors ({{ s.tensors.rows | length }}{% if s.failed %}: {{ s.failed }} failed{% endif %}{% if s.first %}, first divergence {{ s.first }}{% endif %})</summary>
 {{ table(s.tensors) }}
 </details>
 {% endif %}

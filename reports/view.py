@@ -122,6 +122,9 @@ class StageView:
     trajectory: Table
     #: the stage's canonical dict (the plots read it)
     raw: dict
+    #: how many of its tensors failed, and the first that did (the collapsed tensor table's caption)
+    failed: int = 0
+    first: str = ""
 
 
 @dataclass
@@ -404,7 +407,8 @@ def build_view(d: dict) -> ReportView:
         first = obj.first_divergence
         stage_views.append(StageView(s["name"], verdict(obj.passed, obj.skipped), obj.skipped, list(obj.errors),
                                      _tensors(s, first.path if first is not None else None), _info(s),
-                                     _trajectory(s), s))
+                                     _trajectory(s), s, sum(not t.passed for t in obj.tensors),
+                                     first.path if first is not None else ""))
     return ReportView(pair=d["pair"], verdict="PASSED" if d["passed"] else "FAILED",
                       summary=d["summary"], settings=_settings(d), environment=_environment(d),
                       stages=_stage_table(result), findings=_findings(result),

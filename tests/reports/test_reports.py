@@ -250,3 +250,122 @@ def test_a_user_pairs_alignment_is_a_table_in_markdown_and_html():
     table = html.split(">Alignment</h2>", 1)[1].split("</table>", 1)[0]
     assert '<tr class="fail"><td>extra_dense</td>' in table and "<td>fused</td>" in table
     assert "alignment" not in md.split("## Stage `structure`", 1)[1].split("\n## ", 1)[0]
+
+
+# -- the cause first ---------------------------------------------------------------------------------------------
+def _sections(md: str) -> list[str]:
+    return [line[3:] for line in md.splitlines() if line.startswith("## ")]
+
+
+def with_initialisation() -> CheckResult:
+    r = failing()
+    r.initialisation = [Finding(cause="init", path="conv1", stage="structure", severity="warning",
+                                message="weight init: reference glorot_uniform, port kaiming_uniform(a=sqrt(5))",
+                                fix="nn.init.xavier_uniform_(m.weight)", evidence="std ratio port/reference 0.589")]
+    r.stages[0].rows = [{"path": "conv1", "kind": "conv2d", "status": "ok"}]
+    return r
+
+
+def test_markdown_sections_in_reading_order():
+    """verdict -> first divergence -> causes -> stages -> structure -> per-stage tensors -> initialisation ->
+    settings, optimizer, environment last."""
+    md = render_markdown(with_initialisation())
+    order = _sections(md)
+    assert order[:4] == ["First divergence", "Causes", "Not run", "Stages"], order  # failing() ran 3 stages
+    assert order.index("Structure") < order.index("Stage `forward_eval`: FAIL") < order.index("Initialisation")
+    assert order[-3:] == ["Settings", "Optimizer", "Environment"]
+
+
+def test_html_sections_in_reading_order():
+    html = render_html(with_initialisation())
+    ids = ["verdict", "first-divergence", "causes", "stages", "plots", "structure", "stage-1", "initialisation",
+           "settings", "optimizer", "environment"]
+    where = [html.index(f'id="{i}"') for i in ids]
+    assert where == sorted(where), dict(zip(ids, where))
+
+
+def test_initialisation_is_its_own_section_never_a_cause():
+    r = with_initialisation()
+    md = render_markdown(r)
+    causes = md.split("## Causes", 1)[1].split("\n## ", 1)[0]
+    init = md.split("## Initialisation", 1)[1].split("\n## ", 1)[0]
+    assert "glorot_uniform" not in causes and "| conv1 | weight init: reference glorot_uniform" in init
+    assert "cannot cause a divergence in this check" in init and "forward_eval" not in init
+    d = json.loads(to_json(r))
+    assert d["initialisation"][0]["cause"] == "init" and all(f["cause"] != "init" for f in d["findings"])
+    assert CheckResult.from_dict(d).initialisation == r.initialisation
+
+
+def test_causes_ranked_grouped_with_every_layer():
+    """One row per cause, the first divergence's first; its layers in one cell; warnings after errors."""
+    late = Finding(cause="momentum", path="output", stage="gradients", message="late error")
+    warn = Finding(cause="param_count", path="conv1", stage="structure", message="counts differ", severity="warning")
+    r = failing()
+    r.findings = [warn, late] + [Finding(cause="bn_epsilon", path=p, stage="forward_eval", message="eps differs",
+                                         fix=FIX) for p in ("block1/bn2", "b/bn", "c/bn", "d/bn", "e/bn", "f/bn")]
+    assert [f.cause for f in r.causes()][:2] == ["bn_epsilon", "bn_epsilon"] and r.causes()[-1] is warn
+    md = render_markdown(r)
+    rows = [line for line in md.split("## Causes", 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| error | bn_epsilon | block1/bn2, b/bn, c/bn, d/bn (+2 more) | forward_eval |")
+    assert rows[2].startswith("| error | momentum | output | gradients |") and rows[3].startswith("| warning |")
+    assert "(and 5 more layers: b/bn, c/bn, d/bn, e/bn (+1 more))" in md
+
+
+def test_skipped_stages_say_what_they_would_have_added():
+    """--stages forward_eval finds the layer but no rule names a cause: the result says the structure stage
+    was skipped and what it names."""
+    r = _check([StageResult("forward_eval", tensors=[_diff("bn1", 1e-3, mismatched=6)])])
+    skipped = {k.stage: k for k in r.skipped}
+    assert set(skipped) == {"structure", "forward_train", "gradients", "step", "isolated"}
+    assert "config causes" in skipped["structure"].adds and skipped["structure"].reason == "not among the stages run"
+    assert r.summary_line().endswith("; no cause named: structure stage skipped (it names config causes: eps, "
+                                     "momentum, padding, strides, bias)")
+    assert r.headline().startswith("forward_eval bn1: max|Δ| 0.001 (allowed 1e-10); no cause named: structure")
+    md = render_markdown(r)
+    assert "- no cause named: structure stage skipped (not among the stages run): it names config causes" in md
+    assert "| structure | not among the stages run | it names config causes" in md
+    assert json.loads(to_json(r))["skipped"][0]["stage"] == "structure"
+    assert not failing().skipped or all(k.stage != "structure" for k in failing().skipped)
+
+
+def test_optimizer_is_a_readable_key_value_list_not_json():
+    r = passing()
+    r.optimizer = {"kind": "sgd", "lr": 0.01, "l2": {"conv1": 0.01}, "lr_schedule": [], "rules": ["rule one", "two"]}
+    md = render_markdown(r)
+    opt = md.split("## Optimizer", 1)[1].split("\n## ", 1)[0]
+    assert "| kind | sgd |" in opt and "| l2 | conv1: 0.01 |" in opt and "| lr_schedule | none |" in opt
+    assert "| rule 1 | rule one |" in opt and "{" not in opt
+
+
+def test_check_result_str_repr_and_raise_for_failure():
+    r = failing()
+    assert str(r) == (r.summary_line() + f"\n  cause: bn_epsilon at block1/bn2 -> {FIX}")
+    assert repr(r) == ("CheckResult(pair='mini_xception', passed=False, dtype='float64', first_divergence="
+                       "'forward_eval block1/bn2', cause='bn_epsilon', stages=['structure', 'forward_eval', "
+                       "'gradients'])")
+    assert len(repr(r)) < 300 and repr(r.stages[1]).startswith("StageResult(name='forward_eval', passed=False, "
+                                                               "tensors=3, first_divergence='block1/bn2')")
+    fd = r.first_divergence
+    stage, tensor = fd
+    assert (stage.name, tensor.path, fd.cause.cause, fd.where) == ("forward_eval", "block1/bn2", "bn_epsilon",
+                                                                  "forward_eval block1/bn2")
+    assert r.stage("forward_eval").first_divergence is tensor  # the same kind of member on both
+    with pytest.raises(AssertionError) as e:
+        r.raise_for_failure()
+    assert type(e.value).__name__ == "ParityFailure" and e.value.result is r
+    assert str(e.value).splitlines()[0] == r.summary_line()
+    with pytest.raises(AssertionError):
+        r.assert_ok()
+    ok = passing()
+    assert ok.raise_for_failure() is ok and ok.assert_ok() is ok and ok.first_divergence is None
+    assert str(ok) == ok.summary_line() and "\n" not in str(ok)
+
+
+def test_plot_y_range_holds_the_tolerance_line():
+    """A passing stage's errors (~1e-16) sit far below its tolerance (1e-10): the y-range holds both."""
+    from reports.plots import y_limits
+
+    low, high = y_limits([1e-16, 3e-17, 1e-18], [1e-10, 1e-10, 1e-10])
+    assert low <= 1e-18 and high >= 1e-10 * 10
+    low, high = y_limits([1e-3, 5e-2], [1e-10])
+    assert low <= 1e-10 <= high and high >= 5e-2
