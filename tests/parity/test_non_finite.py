@@ -110,36 +110,40 @@ def test_non_finite_after_a_finite_first_divergence_is_a_warning():
 
 
 # --- through the check: a BatchNorm moving variance of -1 -----------------------------------------------------
-@pytest.fixture(scope="module")
-def negative_variance_run():
-    """The reference run of mini_XCEPTION (fast config) whose block2 separable-conv BatchNorm has one moving
-    variance of -1 (set directly: a weights file with it is refused by the converter)."""
+NEGATIVE_VARIANCE = [
+    # Keras layer,         channels, tap path: the first BatchNorm (the case that used to read as dropout left on
+    # in eval) and one deep in the network
+    ("base_bn1", 8, "base/bn1"),
+    ("block2_sepconv1_bn", 32, "block2/sepconv1/bn"),
+]
+
+
+@pytest.mark.parametrize("layer,channels,path", NEGATIVE_VARIANCE, ids=[c[0] for c in NEGATIVE_VARIANCE])
+def test_negative_moving_variance_fails_at_that_batchnorm_named_non_finite(layer, channels, path):
+    """mini_XCEPTION (fast config) with one BatchNorm moving variance of -1, set directly in the reference run
+    the check is given (a weights file with it is refused by the converter before any check)."""
     pytest.importorskip("keras")
     from parity.backends.keras_side import run_reference
     from parity.core.options import optimizer_spec
+    from parity.harness import check
     from parity.pairs import registry
 
     spec = registry.get("minixception")
-    var = np.full(32, 1.0)
+    var = np.full(channels, 1.0)
     var[5] = -1.0
-    return run_reference(spec, config=spec.config(**spec.fast_config), dtype="float64", seed=0, batch=4,
-                         optimizer=optimizer_spec(spec, None), steps=1, stages={"structure", "forward_eval"},
-                         weights={"block2_sepconv1_bn": {"moving_variance": var}})
-
-
-def test_negative_moving_variance_fails_at_that_batchnorm_named_non_finite(negative_variance_run):
-    from parity.harness import check
-
-    r = check("minixception", reference_run=negative_variance_run, stages="structure,forward_eval")
+    run = run_reference(spec, config=spec.config(**spec.fast_config), dtype="float64", seed=0, batch=4,
+                        optimizer=optimizer_spec(spec, None), steps=1, stages={"structure", "forward_eval"},
+                        weights={layer: {"moving_variance": var}})
+    r = check("minixception", reference_run=run, stages="structure,forward_eval")
     assert not r.passed
     fd = r.first_divergence
-    assert (fd.stage.name, fd.path) == ("forward_eval", "block2/sepconv1/bn")
-    assert fd.cause.cause == "non_finite" and fd.cause.path == "block2/sepconv1/bn"
-    assert ("block2_sepconv1_bn/moving_variance holds 1 negative value (min -1): sqrt(moving_variance + "
-            "epsilon) is NaN there") in fd.cause.message
-    assert "on both sides" in fd.cause.message
+    assert (fd.stage.name, fd.path) == ("forward_eval", path)
+    assert fd.cause.cause == "non_finite" and fd.cause.path == path
+    assert fd.cause.message == (f"non-finite values (NaN/Inf) on both sides, first at {path} in forward_eval: "
+                                f"{layer}/moving_variance holds 1 negative value (min -1): sqrt(moving_variance + "
+                                "epsilon) is NaN there")
     assert not [f for f in r.findings if f.cause == "train_eval_mode"]
-    assert r.summary_line().startswith("FAILED: first divergence at forward_eval block2/sepconv1/bn max|Δ| nan")
+    assert r.summary_line().startswith(f"FAILED: first divergence at forward_eval {path} max|Δ| nan")
 
 
 def test_a_weights_file_that_overflows_fails_at_the_first_conv_named_non_finite(tmp_path, capsys):
