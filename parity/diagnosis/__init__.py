@@ -7,7 +7,8 @@ its own there without touching this module):
 
 - :mod:`~parity.diagnosis.structure`: config rules per aligned pair (eps, momentum, affine, missing
   BatchNorm, bias, kernel, stride, groups, dilation, padding, pooling, LRN, activation, dropout rate);
-- :mod:`~parity.diagnosis.families`: the layer families' config rules (:data:`parity.core.families.FAMILIES`);
+- :mod:`~parity.diagnosis.families` and :mod:`~parity.diagnosis.family_probes`: the layer families' config
+  rules and numeric probes (:data:`parity.core.families.FAMILIES`), read from the family table;
 - :mod:`~parity.diagnosis.non_finite`: NaN/Inf, where they first appear and on which side (ranks first);
 - :mod:`~parity.diagnosis.forward`: double softmax, dropout left on in eval, flatten order, forward wiring and
   layer order, the weights the port holds after loading;
