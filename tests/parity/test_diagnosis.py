@@ -236,7 +236,8 @@ def test_a_user_pairs_alignment_travels_on_the_spec():
             SimpleNamespace(status="unaligned-ref", ref="drop", port=None, kind="dropout", note="",
                             ref_class="Dropout", port_class=None)]
     al = SimpleNamespace(rows=rows, ref_nodes=[SimpleNamespace(name="drop", weighted=False)], traced_with="fx",
-                         table=lambda: [{"ref": "c", "port": "c", "status": "ok"}])
+                         table=lambda: [{"ref": "c", "port": "c", "status": "ok"}],
+                         incomplete=lambda: None)  # parity.user.align.Alignment's interface: nothing left
     r = make([StageResult("forward_eval", [td("c")])])
     diagnosis.numeric_findings(r, {"spec": SimpleNamespace(alignment=al)})
     assert r.stage("structure").info["alignment"] == [{"ref": "c", "port": "c", "status": "ok"}]
