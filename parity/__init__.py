@@ -24,16 +24,31 @@ __all__ = ["__version__", "check", "compare", "CheckResult", "ParityFailure", "c
 #: The variables ``import parity`` set itself (absent from the environment before), name -> value.
 ENVIRONMENT_APPLIED = {k: v for k, v in _env.ENVIRONMENT.items() if k not in _ENVIRON_BEFORE}
 
+#: The variables of :data:`parity.core.env.ENVIRONMENT` each framework reads as it loads or first runs: set
+#: after that, they do not reach it. OpenMP (libgomp, loaded with torch and TensorFlow) reads ``OMP_NUM_THREADS``
+#: when the library loads; oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once, at its first kernel dispatch
+#: (oneapi-src/oneDNN src/cpu/x64/cpu_isa_traits.cpp); TensorFlow reads ``TF_CPP_MIN_LOG_LEVEL`` when its logging
+#: starts (tsl/platform/default/logging.cc) and ``TF_ENABLE_ONEDNN_OPTS`` in ``IsMKLEnabled``
+#: (tensorflow/core/util/util.cc); Keras 3 picks its backend from ``KERAS_BACKEND`` at import
+#: (keras-team/keras keras/src/backend/config.py). ``PYTHONHASHSEED`` only ever reaches child processes.
+READ_AT_IMPORT = {
+    "torch": ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA"),
+    "tensorflow": ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL"),
+    "keras": ("KERAS_BACKEND",),
+}
+
 _warned = False
 
 
 def _warn_late(frameworks: list[str], names: dict[str, str], stacklevel: int) -> None:
-    """Warn once per process: ``frameworks`` were imported before parity set ``names``."""
+    """Warn once per process: ``frameworks`` were imported before parity set ``names``; the warning names the
+    variables those frameworks read as they load (:data:`READ_AT_IMPORT`)."""
     global _warned
-    if _warned or not frameworks or not names:
+    late = {k: v for k, v in names.items() if any(k in READ_AT_IMPORT.get(f, ()) for f in frameworks)}
+    if _warned or not late:
         return
     _warned = True
-    settings = ", ".join(f"{k}={v}" for k, v in names.items())
+    settings = ", ".join(f"{k}={v}" for k, v in late.items())
     warnings.warn(f"parity's environment came after {', '.join(frameworks)} was imported, so it was not applied "
                   f"to {'them' if len(frameworks) > 1 else 'it'}: {settings}. Import parity before any framework "
                   f"(or export these variables before Python starts).", RuntimeWarning, stacklevel=stacklevel)

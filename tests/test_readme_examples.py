@@ -87,3 +87,24 @@ def test_compare_of_a_float32_model_says_which_policy_ran():
     assert result.passed and result.dtype == "float32"
     note = next(f for f in result.findings if f.cause == "tolerance_policy")
     assert note.severity == "info" and "keras.config.set_floatx('float64')" in note.fix
+
+
+@pytest.mark.parametrize("first, named", [
+    ("torch", "ONEDNN_MAX_CPU_ISA=AVX2, OMP_NUM_THREADS=1"),
+    (None, None),
+])
+def test_importing_a_framework_before_parity_warns_once_naming_what_was_not_applied(first, named):
+    """The README: import parity first; a framework imported before it has read its environment already."""
+    if first is not None:
+        pytest.importorskip(first)
+    code = (f"import {first}\n" if first else "") + "import parity\nimport parity\nparity.configure_environment()\n"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA", "KERAS_BACKEND",
+                                                            "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    warned = [line for line in res.stderr.splitlines() if "RuntimeWarning" in line]
+    if named is None:
+        assert warned == [], res.stderr
+    else:
+        assert len(warned) == 1 and f"<string>:2: RuntimeWarning: parity's environment came after {first} was " \
+            f"imported, so it was not applied to it: {named}." in warned[0], res.stderr
