@@ -1,5 +1,6 @@
 """Tensor comparison (numpy only), in torch.testing's spirit: max |Δ|, where, how many elements exceed
-the allowance, cosine similarity, and the smallest relative tolerance that would have passed."""
+the allowance, cosine similarity, and the smallest relative tolerance that would have passed. A NaN or Inf on
+either side always fails, and the comparison says on which side and how many."""
 from __future__ import annotations
 
 import math
