@@ -335,6 +335,9 @@ class CheckResult:
         """The first numeric divergence in stage order, else the first failed stage (structure errors);
         None when the check passed. Same kind of member as :attr:`StageResult.first_divergence`."""
         ordered = self._ordered()
+        for s in ordered:  # a structural verdict (``info["verdict"]``: e.g. an incomplete alignment) comes first
+            if s.info.get("verdict") and not s.passed:
+                return Divergence(s, None, self.cause_for(s.info["verdict"]))
         for s in ordered:
             if s.name != "structure" and s.first_divergence is not None:
                 return Divergence(s, s.first_divergence, self.cause_for(s.first_divergence.path))
@@ -410,8 +413,8 @@ class CheckResult:
                 return f"FAILED: first divergence at {stage.name} {diff.path}: {diff.note}{ctxt}"
             return (f"FAILED: first divergence at {stage.name} {diff.path} max|Δ| {diff.max_abs:.3g} "
                     f"(allowed {diff.allowed:.3g}){ctxt}")
-        err = stage.errors[0] if stage and stage.errors else "unknown"
-        return f"FAILED: {stage.name if stage else '?'}: {err}{ctxt}"
+        err = stage.errors[0] if stage is not None and stage.errors else "unknown"
+        return f"FAILED: {stage.name if stage is not None else '?'}: {err}{ctxt}"
 
     def headline(self) -> str:
         """Where and why, in one line a test report can show alone: ``forward_eval base/bn1: BatchNorm eps

@@ -144,6 +144,35 @@ class Alignment:
     def table(self) -> list[dict]:
         return [r.to_dict() for r in self.rows]
 
+    def incomplete(self) -> dict[str, Any] | None:
+        """What keeps weights from being transferred, or None when every weighted layer has a partner:
+        ``ref_left`` (reference layers with weights and no port counterpart, each with its closest port
+        candidates and the ``--align`` pin that would fix it), ``port_left`` (port modules with parameters and
+        no reference counterpart) and ``shared`` (port modules standing for several distinct reference layers)."""
+        ref_by = {n.name: n for n in self.ref_nodes}
+        port_by = {n.name: n for n in self.port_nodes if not n.functional}
+        left_port = [r.port for r in self.rows if r.status == "unaligned-port" and r.port in port_by
+                     and port_by[r.port].weighted]
+        ref_left = []
+        for r in self.rows:
+            n = ref_by.get(r.ref)
+            if r.status != "unaligned-ref" or n is None or not n.weighted:
+                continue
+            pool = [port_by[q] for q in left_port]
+            ranked = sorted(((score(n, p), p.name) for p in pool), key=lambda t: -t[0])
+            cands = [name for sc, name in ranked if sc > -math.inf][:3]
+            after = next((self.rows[k].port for k in range(len(self.rows)) if self.rows[k].ref is not None
+                          and self.rows[k].port and any(ref_by.get(self.rows[k].ref) is self.ref_nodes[q]
+                                                         for q in n.producers if q >= 0)), None)
+            ref_left.append({"layer": n.name, "class": n.cls, "candidates": cands, "after": after,
+                             "pin": f"--align {n.name}={cands[0]}" if cands else None})
+        if not ref_left and not left_port and not self.shared:
+            return None
+        return {"ref_left": ref_left,
+                "port_left": [{"module": q, "class": port_by[q].cls,
+                               "params": sorted(port_by[q].params)} for q in left_port],
+                "shared": [{"module": m, "calls": len(refs), "layers": list(refs)} for m, refs in self.shared.items()]}
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.rows:

@@ -24,6 +24,7 @@ from parity.core.options import resolve_user
 from parity.core.results import CheckResult, Finding
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 from parity.diagnosis.alignment import alignment_findings, annotate_alignment  # noqa: F401  (public names)
+from parity.diagnosis.registry import result_rule
 from parity.user.view import port_view
 
 #: Optimizers offered for user pairs (``--optimizer``): plain SGD with momentum by default, Adam with Keras 3's
@@ -365,3 +366,57 @@ def annotate(result: CheckResult, spec=None) -> CheckResult:
     the findings (idempotent; :func:`parity.diagnosis.alignment.annotate_alignment`, which the check's
     diagnosis also runs)."""
     return annotate_alignment(result, alignment_of(spec))
+
+
+# --- an incomplete alignment is a verdict of its own ----------------------------------------------------------
+#: the path of the alignment verdict's finding (``CheckResult.first_divergence`` reports it before any number)
+ALIGNMENT_VERDICT = "alignment"
+
+
+def alignment_verdict(al) -> tuple[str, Finding] | None:
+    """The structure error and the finding that say a user pair's alignment left weights untransferred (or a
+    port module stands for several reference layers); None when it is complete. Numbers computed after an
+    untransferred layer are not evidence of anything, so this is the check's first cause."""
+    inc = al.incomplete() if al is not None else None
+    if inc is None:
+        return None
+    parts, fixes = [], []
+    for r in inc["ref_left"]:
+        cand = (f" (closest port candidates: {', '.join(r['candidates'])})" if r["candidates"] else
+                f" (no port module left for it: the port computes nothing here" + (
+                    f", after {r['after']})" if r["after"] else ")"))
+        parts.append(f"reference layer {r['layer']} ({r['class']}) has weights and no port counterpart{cand}")
+        if r["pin"]:
+            fixes.append(r["pin"])
+    for p in inc["port_left"]:
+        parts.append(f"port module {p['module']} ({p['class']}) has parameters ({', '.join(p['params'])}) and no "
+                     "reference counterpart: they keep their initial values")
+    for s in inc["shared"]:
+        parts.append(f"port module {s['module']} is called {s['calls']} times for distinct reference layers "
+                     f"{', '.join(s['layers'])}: one set of weights where the reference has {s['calls']}")
+    n_ref, n_port = len(inc["ref_left"]), len(inc["port_left"])
+    head = ("alignment incomplete: " + ", ".join(x for x in (
+        f"{n_ref} reference layer(s) with weights left ({', '.join(r['layer'] for r in inc['ref_left'])})" if n_ref
+        else "", f"{n_port} port module(s) with parameters left ({', '.join(p['module'] for p in inc['port_left'])})"
+        if n_port else "", f"{len(inc['shared'])} port module(s) shared by distinct reference layers ("
+        f"{', '.join(s['module'] for s in inc['shared'])})" if inc["shared"] else "") if x)
+        + "; numbers after these layers are not evidence")
+    fix = ("pin them: " + " ".join(fixes)) if fixes else (
+        "create one module per reference layer (e.g. nn.ModuleList([Block() for _ in range(n)]))" if inc["shared"]
+        else "add the missing layers to the port, or remove its extra modules, or pin with --align REF=PORT")
+    return head, Finding("alignment_incomplete", ALIGNMENT_VERDICT, "; ".join(parts), fix, stage="structure",
+                         evidence=head, severity="error")
+
+
+@result_rule(order=5)
+def incomplete_alignment_first(run) -> None:
+    """A user pair whose alignment is incomplete fails on that, first (see :func:`alignment_verdict`)."""
+    result = run.result
+    found = alignment_verdict(getattr(run.spec, "alignment", None))
+    st = result.stage("structure")
+    if found is None or st is None or any(f.cause == "alignment_incomplete" for f in result.findings):
+        return
+    head, finding = found
+    st.errors.insert(0, head)
+    st.info["verdict"] = ALIGNMENT_VERDICT
+    result.findings.insert(0, finding)

@@ -77,3 +77,66 @@ def test_a_wrong_separable_split_is_caught_at_the_separable_layer(float64):
     result = compare(user_zoo.keras_mini_xception(), port, stages="structure,forward_eval")
     assert not result.passed
     assert "sep1" in result.summary_line()
+
+
+def test_an_incomplete_alignment_is_the_verdict_not_the_numbers_after_it(float64):
+    """A port without the BatchNorm after its first separable conv: the check fails on the alignment, first,
+    naming the layer and where the port lacks it; no numeric divergence downstream is given as the cause."""
+    port = user_zoo.port_named_children()
+    port.block.first_norm = torch.nn.Identity()
+    result = compare(user_zoo.keras_mini_xception(), port, stages="structure,forward_eval,gradients")
+    line = result.summary_line()
+    assert line.startswith("FAILED: structure: alignment incomplete: 1 reference layer(s) with weights left "
+                           "(sep1_bn)"), line
+    first = result.causes()[0]
+    assert (first.cause, first.path) == ("alignment_incomplete", "alignment")
+    assert "after block/first/dw+pw" in first.message
+    assert result.first_divergence.tensor is None
+
+
+def test_an_extra_weighted_port_module_is_named_with_the_pin(float64):
+    """A reference Dense the port computes with a differently shaped Linear: both are left over, the closest
+    candidate and the exact --align pin are named."""
+    from torch import nn
+
+    inp = keras.Input((6,))
+    x = keras.layers.Dense(5, name="a")(inp)
+    x = keras.layers.Dense(3, name="b")(x)
+    km = keras.Model(inp, x)
+    port = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 3))
+    result = compare(km, port, stages="structure,forward_eval")
+    first = result.causes()[0]
+    assert first.cause == "alignment_incomplete"
+    assert "port module 2 (Linear) has parameters (bias, weight) and no reference counterpart" in first.message
+    assert result.summary_line().startswith("FAILED: structure: alignment incomplete: 1 port module(s) with "
+                                            "parameters left (2)")
+
+
+def test_a_module_called_for_distinct_reference_layers_is_named_and_the_optimizer_builds(float64):
+    """One Linear called three times where Keras has three Dense layers: found and named (module, calls,
+    reference layers); the optimizer gets each parameter once (no crash in the step stage)."""
+    from torch import nn
+
+    inp = keras.Input((4,))
+    x = inp
+    for k in range(3):
+        x = keras.layers.Dense(4, name=f"d{k}")(x)
+    km = keras.Model(inp, keras.layers.Dense(2, name="out")(x))
+
+    class Reused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Linear(4, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            for _ in range(3):
+                x = self.block(x)
+            return self.out(x)
+
+    result = compare(km, Reused())
+    assert not result.passed
+    first = result.causes()[0]
+    assert first.cause == "alignment_incomplete"
+    assert "port module block is called 3 times for distinct reference layers d0, d1, d2" in first.message
+    assert result.stage("step") is not None
