@@ -82,11 +82,18 @@ def test_bad_weight_file_exit_2_one_line(tmp_path, capsys):
 
 
 def test_bad_output_name_exit_2(files, tmp_path, capsys):
+    from parity.core.errors import UsageError
+    from parity.io.convert import _output_format
+
     assert main(["convert", str(files / "mx.weights.h5"), "--pair", "minixception", "-o",
                  str(tmp_path / "p.bin"), "-q"]) == 2
-    assert capsys.readouterr().err == (f"parity: error: --output {tmp_path / 'p.bin'}: expected a file name ending "
-                                       "in .safetensors or .pt. Received: '.bin'. Name it port.safetensors or "
-                                       "port.pt.\n")
+    err = capsys.readouterr().err
+    assert err.startswith("parity: error: ") and len(err.strip().splitlines()) == 1
+    assert "p.bin" in err and ".safetensors or .pt" in err
+    with pytest.raises(UsageError) as info:  # the library call says the same, for callers outside the CLI
+        _output_format(str(tmp_path / "p.bin"))
+    assert str(info.value) == (f"--output {tmp_path / 'p.bin'}: expected a file name ending in .safetensors or "
+                               ".pt. Received: '.bin'. Name it port.safetensors or port.pt.")
 
 
 def test_weights_of_another_config_exit_2(files, tmp_path, capsys):
@@ -115,3 +122,68 @@ def test_self_checks_fail_and_write_nothing(files, tmp_path, port, why):
     lines, ok = convert(spec, str(files / "mx.weights.h5"), str(out))
     assert not ok and lines[-1].startswith(why), lines[-1]
     assert lines[-1].endswith("(nothing written)") and not out.exists()
+
+
+def _with_negative_variance(src, dst, layer="block1_sepconv1_bn"):
+    """A Keras 3 ``.weights.h5`` copy with one BatchNorm moving_variance entry set to -1."""
+    import shutil
+
+    import h5py
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        for key in f["layers"]:
+            vars_ = f["layers"][key]["vars"]
+            if vars_.attrs.get("name") == layer:
+                a = np.array(vars_["3"])  # gamma, beta, moving_mean, moving_variance
+                a[0] = -1.0
+                vars_["3"][...] = a
+                return dst
+    raise AssertionError(f"{layer} not in {src}")
+
+
+def test_negative_batchnorm_variance_is_refused_by_name_and_nothing_is_written(files, tmp_path, capsys):
+    """Eval-mode BatchNorm of a negative variance is NaN on both sides, which must never read as "max|Δ| 0":
+    the weights file's report names the variance, exit 2, one line, no file."""
+    bad = _with_negative_variance(files / "mx.weights.h5", tmp_path / "negvar.weights.h5")
+    out = tmp_path / "p.safetensors"
+    assert main(["convert", str(bad), "--pair", "minixception", "-o", str(out), "-q"]) == 2
+    std, err = capsys.readouterr()
+    assert err.startswith(f"parity: error: --weights {bad}: expected weights matching the reference model. "
+                          "Received: invalid block1_sepconv1_bn/moving_variance: 1 of "), err
+    assert "negative (min -1)" in err and len(err.strip().splitlines()) == 1 and "max|Δ| 0" not in std + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["negvar.weights.h5"]
+
+
+@pytest.mark.parametrize("dst", ["port.pt", "port.safetensors"])
+def test_outputs_are_replaced_atomically_with_the_umask_mode_never_through_a_symlink(files, tmp_path, capsys, dst):
+    import os
+
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    out = tmp_path / dst
+    out.symlink_to(target)
+    old = os.umask(0o022)
+    try:
+        assert main(["convert", str(files / "mx.weights.h5"), "--pair", "minixception", "-o", str(out), "-q"]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    assert target.read_text() == "keep me"
+    assert not out.is_symlink() and (out.stat().st_mode & 0o777) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dst, "victim.txt"])  # no temporary left
+    assert len(_load(str(out))) > 80
+
+
+def test_a_directory_output_is_refused_up_front(files, tmp_path, capsys):
+    from parity.core.errors import UsageError
+    from parity.io.convert import _output_format
+
+    out = tmp_path / "out.pt"
+    out.mkdir()
+    assert main(["convert", str(files / "mx.weights.h5"), "--pair", "minixception", "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("parity: error: ") and "Received: a directory" in err, err
+    assert list(out.iterdir()) == []
+    with pytest.raises(UsageError, match=r"^--output .*out\.pt: expected a file name\. Received: a directory\."):
+        _output_format(str(out))

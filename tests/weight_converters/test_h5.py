@@ -331,6 +331,28 @@ def test_nan_in_a_kernel_is_listed_in_nonfinite(files, originals, tmp_path):
     assert np.isnan(weights["block1_sepconv1"]["pointwise_kernel"]).any()
 
 
+def test_negative_moving_variance_is_reported_as_invalid(files, originals, tmp_path):
+    """A variance below zero makes eval-mode BatchNorm NaN (sqrt(var + eps)) on both sides, which would compare
+    as "equal": the reader's report and the keras -> torch conversion both name it, and the report fails."""
+    def plant(a):
+        a[2] = -1.0
+        return a
+
+    path = _edited_copy(files[FORMAT_LEGACY], tmp_path / "negvar.h5", "block1_sepconv1_bn", "moving_variance", plant)
+    weights, report = load_keras_weights(path, _expected(originals))
+    n = originals["block1_sepconv1_bn"]["moving_variance"].size
+    assert report.invalid == [f"block1_sepconv1_bn/moving_variance: 1 of {n} values negative (min -1); a BatchNorm "
+                              "variance is >= 0 and eval mode takes sqrt(variance + eps)"]
+    assert not report.ok and not report.nonfinite and report.summary().endswith(", 1 invalid")
+    assert report.problems() == [f"invalid {report.invalid[0]}"]
+    with pytest.raises(ConversionError, match="block1_sepconv1_bn/moving_variance: 1 of"):
+        load_keras_weights(path, _expected(originals), strict=True)
+    maps = [LayerMap(t.ref, t.port, t.kind, t.flatten_chw) for t in SPEC.taps(CONFIG) if t.weighted]
+    _, to_torch = keras_to_torch(weights, maps, strict=False)
+    assert [k.split(":")[0] for k in to_torch.invalid] == ["block1_sepconv1_bn/moving_variance"]
+    assert to_torch.to_dict()["invalid"] == to_torch.invalid and not to_torch.to_dict()["ok"]
+
+
 def test_reference_layer_absent_from_file_is_missing_and_extra_file_layer_is_unexpected(files, originals):
     expected = _expected(originals)
     expected["extra_dense"] = {"kernel": (4, 2), "bias": (2,)}
