@@ -259,8 +259,9 @@ def _pair_or_user(args, command: str) -> PairSpec | None:
     if ref and port:
         return None
     got = "--reference only" if ref else "--port only" if port else "neither"
+    why = " (the port replay will check)" if command == "record" else ""
     raise CliError(f"{command}: expected a pair NAME (see `parity list`) or both --reference MOD:FN and --port "
-                   f"MOD:FN. Received: {got}.")
+                   f"MOD:FN{why}. Received: {got}.")
 
 
 # -- rendering ---------------------------------------------------------------------------------------------------
@@ -438,7 +439,7 @@ def cmd_record(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    check_input_file(args.trace, "replay", "trace file")
+    check_input_file(args.trace, "replay", "trace file written by `parity record`")
     stages = parse_stages(args.stages) if args.stages is not None else None
     check_device_name(args.device)
     if args.port is not None:

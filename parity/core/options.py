@@ -483,7 +483,7 @@ def check_input_file(path, option: str, what: str = "file") -> str:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise UsageError(f"{option} {path}: expected an existing {what}. Received: no such file.") from None
+        raise UsageError(f"{option} {path}: expected a {what}. Received: no such file.") from None
     except OSError as exc:
         raise UsageError(f"{option} {path}: expected a readable {what}. Received: {exc.strerror}.") from None
     if not stat.S_ISREG(st.st_mode):

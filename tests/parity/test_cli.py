@@ -112,7 +112,7 @@ def test_corrupt_h5(tmp_path, capsys):
 
 def test_missing_weights_file(tmp_path, capsys):
     msg = _one_line_error(*run(capsys, "check", "minixception", "--weights", str(tmp_path / "nope.h5"), "-q"))
-    assert "expected an existing weights file. Received: no such file." in msg
+    assert "expected a weights file. Received: no such file." in msg
 
 
 @pytest.fixture(scope="module")
