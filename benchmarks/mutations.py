@@ -404,6 +404,68 @@ def tg_batch_first_missing(**cfg):
     return _tc(**cfg, batch_first=False)
 
 
+# ==== transformer (attention, normalisation, activations) =========================================================
+def _tf(**cfg):
+    from ported_torch.transformer import transformer_block
+
+    return transformer_block(**cfg)
+
+
+def tf_layernorm_eps_torch_default(**cfg):
+    """nn.LayerNorm left at torch's eps 1e-5 (Keras LayerNormalization: 1e-3)."""
+    from parity.core.families.normalization import TORCH_LAYERNORM_EPSILON
+
+    return _tf(**cfg, ln_eps=TORCH_LAYERNORM_EPSILON)
+
+
+def tf_gelu_tanh(**cfg):
+    """nn.GELU(approximate='tanh') for Keras' exact 'gelu'."""
+    return _tf(**cfg, gelu_approximate="tanh")
+
+
+def tf_attention_unscaled(**cfg):
+    """Hand-written attention without the 1/sqrt(head_dim) scale."""
+    return _tf(**cfg, attention_scale=1.0)
+
+
+def tf_pre_norm(**cfg):
+    """The pre-norm block (norm before attention/MLP) for Keras' post-norm one."""
+    return _tf(**cfg, norm_first=True)
+
+
+def tf_query_key_swapped(**cfg):
+    """A loader that maps Keras' query kernel to k_proj and key to q_proj."""
+    m = _tf(**cfg)
+    state = {"done": False}
+
+    def hook(mod, sd, prefix, *args):
+        if not state["done"]:
+            state["done"] = True
+            for p in ("weight", "bias"):
+                q, k = prefix + f"q_proj.{p}", prefix + f"k_proj.{p}"
+                sd[q], sd[k] = sd[k], sd[q]
+
+    m.attention.register_load_state_dict_pre_hook(hook)
+    return m
+
+
+def tf_heads_flattened_wrong(**cfg):
+    """A loader that flattens the (d, h, k) query kernel as (d, k, h)."""
+    m = _tf(**cfg)
+    state = {"done": False}
+    h = m.attention.num_heads
+
+    def hook(mod, sd, prefix, *args):
+        if not state["done"]:
+            state["done"] = True
+            w = sd[prefix + "q_proj.weight"]
+            k = w.shape[0] // h
+            sd[prefix + "q_proj.weight"] = w.reshape(h, k, -1).transpose(0, 1).reshape(w.shape).contiguous()
+
+    m.attention.register_load_state_dict_pre_hook(hook)
+    return m
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -761,6 +823,19 @@ CATALOGUE: tuple[Mutation, ...] = (
        "rnn_gate_order", ci_stages=EVAL),
     _m("tg_batch_first_missing", "textgru", "nn.GRU batch_first=False fed (N, L, C)", "forward_eval", "encoder",
        "batch_first", ci_stages=EVAL),
+    # --- transformer: attention, layer normalisation, gelu -------------------------------------------------------
+    _m("tf_layernorm_eps_torch_default", "transformer", "nn.LayerNorm eps 1e-5 (torch default)", "forward_eval",
+       "attn_norm", "layernorm_eps", ci_stages=EVAL),
+    _m("tf_gelu_tanh", "transformer", "nn.GELU(approximate='tanh') for Keras' erf gelu", "forward_eval", "ffn_gelu",
+       "gelu_approximate", ci_stages=EVAL),
+    _m("tf_attention_unscaled", "transformer", "attention scores not scaled by 1/sqrt(head_dim)", "forward_eval",
+       "attention", "attention_scale", ci_stages=EVAL),
+    _m("tf_query_key_swapped", "transformer", "query and key projections swapped on load", "forward_eval",
+       "attention", "attention_qkv_order", ci_stages=EVAL),
+    _m("tf_heads_flattened_wrong", "transformer", "per-head query kernel flattened (k, h)", "forward_eval",
+       "attention", "attention_head_layout", ci_stages=EVAL),
+    _m("tf_pre_norm", "transformer", "pre-norm block for a post-norm reference", "forward_eval", "attention",
+       "forward_wiring", ci_stages=EVAL),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
@@ -773,7 +848,7 @@ CATALOGUE: tuple[Mutation, ...] = (
 #: correct pairs for the false-alarm sweep: (pair, user builders or None)
 CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None), ("textclf", None),
-    ("textgru", None),
+    ("textgru", None), ("transformer", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
 )
 

@@ -207,8 +207,9 @@ def keras_to_torch(weights: Mapping[str, Mapping[str, np.ndarray]], mapping: Seq
 
 def _family_to_torch(m: LayerMap, layer, prefix: str, table, out: dict, report: ConversionReport) -> None:
     """One layer of a family with its own converter (weight_converters/families.py)."""
-    known = {v: a for v, a in layer.items() if v in table}
-    report.unexpected += [f"{m.ref}/{v}" for v in layer if v not in table]
+    extra = getattr(CONVERTERS[m.kind], "EXTRA_VARS", {}).get(m.kind, ())  # many-to-one (packed attention)
+    known = {v: a for v, a in layer.items() if v in table or v in extra}
+    report.unexpected += [f"{m.ref}/{v}" for v in layer if v not in table and v not in extra]
     try:
         conv = CONVERTERS[m.kind].layer_to_torch(m.kind, known, report)
     except ConversionError as exc:
@@ -223,8 +224,9 @@ def _family_to_torch(m: LayerMap, layer, prefix: str, table, out: dict, report: 
 def _family_to_keras(m: LayerMap, state_dict, prefix: str, table, expected, used: set, report) -> dict:
     conv = CONVERTERS[m.kind]
     want = (expected or {}).get(m.ref)
+    extra = getattr(conv, "EXTRA_VARS", {}).get(m.kind, ())
     if want is not None:
-        variables = [v for v in want if v in table]
+        variables = [v for v in want if v in table or v in extra]
     else:  # no expected layout: the variables whose torch keys exist, Bidirectional when a reverse key does
         present = [v for v, k in table.items() if prefix + k in state_dict]
         bidi = any(v.startswith("backward/") for v in present)

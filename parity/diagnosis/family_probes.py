@@ -9,7 +9,7 @@ import numpy as np
 
 from parity.core.families import new_kinds, probe
 from parity.core.results import Finding, TensorDiff
-from parity.diagnosis.common import Run, base, finding, port_acts
+from parity.diagnosis.common import Run, base, finding, module_inputs, port_acts
 from parity.diagnosis.forward import converted
 from parity.diagnosis.registry import stage_rule
 
@@ -26,6 +26,7 @@ def _evidence(run: Run, tap) -> dict:
     if tap.path in getattr(run.ref, "eval_acts", {}):
         ev["ref_out"] = np.asarray(run.ref.eval_acts[tap.path])
         ev["port_out"] = port_acts(run).get(tap.path)
+        ev["port_in"] = module_inputs(run, tap)
     return ev
 
 

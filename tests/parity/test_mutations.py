@@ -22,7 +22,8 @@ KNOWN_CAUSES = {
     "lr_mult", "lr_in_momentum",
     # the recurrent and embedding families (parity.core.families.recurrent, embedding)
     "batch_first", "rnn_last_step", "rnn_bias_duplicated", "rnn_bias_dropped", "rnn_gate_order", "rnn_two_biases",
-    "padding_idx",
+    "padding_idx", "layernorm_eps", "gelu_approximate", "attention_scale", "attention_qkv_order",
+    "attention_head_layout",
 }
 
 

@@ -31,6 +31,15 @@ CASES = {
     "layernorm": ({"gamma": (5,), "beta": (5,)}, {"weight": (5,), "bias": (5,)}),
     "groupnorm": ({"gamma": (6,), "beta": (6,)}, {"weight": (6,), "bias": (6,)}),
     "prelu": ({"alpha": (1, 1, 6)}, {"weight": (6,)}),
+    "attention": ({f"{v}/{p}": s for v in ("query", "key", "value") for p, s in (("kernel", (8, 2, 4)), ("bias", (2, 4)))}
+                  | {"attention_output/kernel": (2, 4, 8), "attention_output/bias": (8,)},
+                  {f"{t}_proj.{p}": s for t in "qkv" for p, s in (("weight", (8, 8)), ("bias", (8,)))}
+                  | {"out_proj.weight": (8, 8), "out_proj.bias": (8,)}),
+    "attention_packed": ({f"{v}/{p}": s for v in ("query", "key", "value")
+                          for p, s in (("kernel", (8, 2, 4)), ("bias", (2, 4)))}
+                         | {"attention_output/kernel": (2, 4, 8), "attention_output/bias": (8,)},
+                         {"in_proj_weight": (24, 8), "in_proj_bias": (24,), "out_proj.weight": (8, 8),
+                          "out_proj.bias": (8,)}),
 }
 
 
@@ -82,3 +91,18 @@ def test_torch_bias_hh_nonzero_folds_into_keras_bias():
           "m.bias_hh_l0": np.full(8, 0.5)}
     back, _ = torch_to_keras(sd, [LayerMap("l", "m", "lstm")])
     assert np.array_equal(back["l"]["bias"], np.full(8, 1.5))
+
+
+def test_attention_packed_is_query_key_value_head_major():
+    d, h, k = 4, 2, 2
+    q = np.arange(d * h * k, dtype=float).reshape(d, h, k)
+    w = {"m": {"query/kernel": q, "key/kernel": q + 100, "value/kernel": q + 200,
+               "query/bias": np.zeros((h, k)), "key/bias": np.ones((h, k)), "value/bias": np.full((h, k), 2.0),
+               "attention_output/kernel": np.ones((h, k, d)), "attention_output/bias": np.zeros(d)}}
+    sd, rep = keras_to_torch(w, [LayerMap("m", "att", "attention_packed")])
+    packed = sd["att.in_proj_weight"]
+    assert np.array_equal(packed[:h * k], q.reshape(d, h * k).T) and np.array_equal(packed[h * k:2 * h * k] - 100,
+                                                                                    packed[:h * k])
+    assert np.array_equal(sd["att.in_proj_bias"], np.repeat([0.0, 1.0, 2.0], h * k))
+    # head j owns rows j*k .. (j+1)*k: row 1 is head 0, dim 1 = Keras q[:, 0, 1]
+    assert np.array_equal(packed[1], q[:, 0, 1])

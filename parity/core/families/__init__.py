@@ -11,16 +11,19 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from parity.core.errors import UsageError
-from parity.core.families import activations, conv2d, dense, embedding, normalization, recurrent
+from parity.core.families import activations, attention, conv2d, dense, embedding, normalization, recurrent
 from parity.core.families.base import Family, Named, RuleHit, close  # noqa: F401  (public types)
 
 #: every family, by name (order: the 2-D CNN core first, then as they were added)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     conv2d.FAMILY, dense.FAMILY, activations.FAMILY, normalization.FAMILY, embedding.FAMILY, recurrent.FAMILY,
+    attention.FAMILY,
 )}
 
 #: Keras layers that carry no computation of their own a check could get wrong
 NEUTRAL_KERAS = ("InputLayer",)
+#: MultiHeadAttention's sub-layers, whose variables all share the names ``kernel`` / ``bias``
+ATTENTION_SUBLAYERS = ("query", "key", "value", "attention_output")
 
 
 def new_kinds() -> tuple[str, ...]:
@@ -147,12 +150,15 @@ def unsupported(layers: Iterable) -> list[str]:
 def keras_var_name(layer: str, name: str, path: str = "") -> str:
     """A Keras variable's name inside its layer: ``name`` (``kernel``), or ``forward/kernel`` /
     ``backward/kernel`` inside a Bidirectional wrapper (whose two directions use the same names; Keras 3 paths
-    read ``<layer>/forward_<inner>/<cell>/kernel``: keras/src/layers/rnn/bidirectional.py)."""
+    read ``<layer>/forward_<inner>/<cell>/kernel``: keras/src/layers/rnn/bidirectional.py), ``query/kernel``
+    inside a MultiHeadAttention (keras/src/layers/attention/multi_head_attention.py)."""
     parts = path.split("/") if path else []
     if len(parts) > 2 and parts[0] == layer:
         for direction in ("forward", "backward"):
             if parts[1].startswith(direction + "_"):
                 return f"{direction}/{name}"
+        if parts[1] in ATTENTION_SUBLAYERS:  # MultiHeadAttention: <layer>/query/kernel
+            return f"{parts[1]}/{name}"
     return name
 
 

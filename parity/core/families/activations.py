@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from parity.core.conventions import float32_rounded
 from parity.core.families.base import Family, Named, RuleHit
 
 KERAS_GELU_APPROXIMATE = False
@@ -17,6 +18,11 @@ KERAS2_HARD_SIGMOID_SLOPE = 0.2
 """Keras 2 (tf.keras <= 2.15, keras/backend.py ``hard_sigmoid``): clip(0.2 x + 0.5, 0, 1)."""
 KERAS3_HARD_SIGMOID_SLOPE = 1.0 / 6.0
 """Keras 3 (keras/src/backend/tensorflow/nn.py ``hard_sigmoid``): relu6(x + 3) / 6 == torch nn.Hardsigmoid."""
+TF_GELU_INV_SQRT2 = float32_rounded(1.0 / math.sqrt(2.0))
+"""Keras 3 ``gelu(approximate=False)`` on TensorFlow is ``0.5 * x * erfc(-x * cast(0.7071067811865476))``
+(tensorflow/python/ops/nn_ops.py ``gelu``): the Python float goes through a float32 tensor, so a float64 model
+uses 1/sqrt(2) rounded to float32 (off by 1.7e-8; outputs differ from torch's exact nn.GELU by up to ~5e-9).
+A float64 port matches with the same constant (``ported_torch.transformer.KerasGELU``)."""
 TORCH_SOFTPLUS_THRESHOLD = 20.0
 """torch nn.Softplus(beta=1, threshold=20) returns x itself where beta*x > 20 (torch/nn/modules/activation.py);
 Keras computes log(1 + exp(x)) everywhere: they differ by log1p(exp(-x)) < 2.1e-9 there."""
@@ -38,6 +44,8 @@ def _sigmoid(x):
 #: activation name -> the definitions in use: {label: numpy function}. The first is Keras 3's.
 DEFINITIONS = {
     "gelu": {"erf (Keras 'gelu', torch approximate='none')": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+             "erf with TensorFlow's float32-rounded 1/sqrt(2) (Keras on TF in float64)":
+                 lambda x: 0.5 * x * (1.0 + _erf(x * TF_GELU_INV_SQRT2)),
              "tanh approximation (torch approximate='tanh', Keras approximate=True)":
                  lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))},
     "hard_sigmoid": {"Keras 3 / torch Hardsigmoid: relu6(x + 3) / 6": lambda x: np.clip(x / 6.0 + 0.5, 0.0, 1.0),
@@ -71,7 +79,7 @@ def which_definition(name: str, x: np.ndarray, y: np.ndarray, rtol: float = 1e-6
 def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
     out: list[RuleHit] = []
     act = ref.get("activation")
-    if port.get("class") == "GELU" and act == "gelu" and port.get("approximate") not in (None, "none"):
+    if act == "gelu" and port.get("approximate") not in (None, "none"):  # nn.GELU or a subclass
         out.append(("gelu_approximate", f"GELU approximate={port['approximate']!r} in the port, the exact erf "
                     "form in the reference (Keras 'gelu' has approximate=False)", "nn.GELU() (approximate='none')",
                     "differs by up to ~5e-4 around |x| ~ 2"))
@@ -88,6 +96,8 @@ FAMILY = Family(
     conventions=(
         Named("gelu", "erf (approximate=False)", "nn.GELU(approximate='none'); 'tanh' differs",
               "keras/src/activations/activations.py; torch/nn/modules/activation.py"),
+        Named("gelu constant in float64", "TF: 1/sqrt(2) rounded to float32", "exact 1/sqrt(2)",
+              "tensorflow/python/ops/nn_ops.py"),
         Named("hard_sigmoid", "Keras 3: relu6(x+3)/6; Keras 2: clip(0.2x+0.5, 0, 1)", "nn.Hardsigmoid = relu6(x+3)/6",
               "keras/src/backend/tensorflow/nn.py; tf-keras keras/backend.py"),
         Named("swish", "x * sigmoid(x)", "nn.SiLU", "keras/src/activations/activations.py"),
