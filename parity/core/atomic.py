@@ -18,7 +18,9 @@ Use :func:`atomic_output` for a file object, :func:`atomic_path` for a library t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import stat
 import tempfile
 from typing import IO, Iterator
@@ -29,6 +31,8 @@ from parity.core.errors import UsageError
 NEW_FILE_MODE = 0o666
 #: Suffix of the temporary file next to the destination (``.port.safetensors.a1b2c3.tmp``).
 TMP_SUFFIX = ".tmp"
+#: errno values meaning "the disk (or the user's quota) is full": a usage error naming the directory
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def current_umask() -> int:
@@ -93,9 +97,19 @@ def atomic_path(path: str, label: str = "--output") -> Iterator[str]:
         finally:
             os.close(fd)
         os.replace(tmp, full)
-    except BaseException:
+    except BaseException as exc:
+        written = 0
+        with contextlib.suppress(OSError):
+            written = os.path.getsize(tmp)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            free = ""
+            with contextlib.suppress(OSError):
+                free = f", {shutil.disk_usage(directory).free / 1e6:.1f} MB free"
+            raise UsageError(f"{label} {path}: expected room in {directory} for the file ({written / 1e6:.1f} MB "
+                             f"written when it failed{free}). Received: {os.strerror(exc.errno)}. Free disk space or "
+                             "write it elsewhere.") from None
         raise
     _fsync_dir(directory)
 

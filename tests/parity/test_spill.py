@@ -232,3 +232,42 @@ def test_a_full_disk_is_a_usage_error_naming_the_directory_and_the_size(tmp_path
     assert os.listdir(store.dir) == [spill.MARKER]  # the partial file is gone
     store.close()
     assert os.listdir(tmp_path) == []
+
+
+_CHECK_CHILD = """
+import sys
+from parity.core import spill
+spill.SPILL_MIN_BYTES = 0  # every array to disk, so the directory is there to leave behind
+from parity.cli import main
+sys.exit(main(["check", "minixception", "--out", sys.argv[1] + "/report", "-q"]))
+"""
+
+
+def test_sigterm_during_a_check_leaves_no_spill_directory(tmp_path, monkeypatch):
+    """The issue's scenario: ``parity check`` stopped by SIGTERM (a CI timeout, a container stop) while the
+    reference's results wait on disk."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("keras")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spill_root = tmp_path / "spill"
+    spill_root.mkdir()
+    env = {**os.environ, spill.SPILL_DIR_ENV: str(spill_root)}
+    proc = subprocess.Popen([sys.executable, "-c", _CHECK_CHILD, str(tmp_path)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    spilled = 0
+    while time.time() < deadline and proc.poll() is None:
+        spilled = sum(len(files) for _, _, files in os.walk(spill_root))
+        if spilled > 20:
+            break
+        time.sleep(0.05)
+    assert spilled > 20, "the check never spilled"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == spill.SIGTERM_EXIT, err[-2000:]
+    assert os.listdir(spill_root) == []
+    assert "Traceback" not in err

@@ -204,7 +204,11 @@ def test_a_failed_write_leaves_no_temporary_file(trace, tmp_path, monkeypatch):
 
     run, _ = trace_mod.load_trace(trace, lazy=False)
     run.eval_acts["zz/last"] = FullDisk()
-    with pytest.raises(OSError, match="No space left"):
+    from parity.core.errors import UsageError
+
+    with pytest.raises(UsageError, match=rf"^--output {tmp_path / 't.safetensors'}: expected room in {tmp_path} "
+                                         r"for the file \(.* MB written when it failed, .* MB free\)\. Received: No "
+                                         "space left on device. Free disk space or write it elsewhere."):
         trace_mod.write_trace(str(tmp_path / "t.safetensors"), run)
     assert list(tmp_path.iterdir()) == []
 
