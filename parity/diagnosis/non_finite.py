@@ -8,6 +8,8 @@ warning says where.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from parity.core.results import STAGE_ORDER, Finding, TensorDiff
@@ -61,15 +63,33 @@ def non_finite_later(run: Run) -> list[Finding]:
 
 
 def _finding(run: Run, stage: str, diff: TensorDiff, counts: tuple[int, int], severity: str) -> Finding:
-    where, what, fix = WHAT[non_finite_side(counts)]
+    side = non_finite_side(counts)
+    where, what, fix = WHAT[side]
     path = base(diff.path)
     suspects = _weights_evidence(run, path) + _input_evidence(run)
+    if not suspects and side == "both" and _is_inf(diff):
+        suspects = [_overflow(run, path)]
     ev = [diff.note or f"reference {counts[0]}, port {counts[1]} non-finite elements"]
     if diff.index is not None:
         ev.append(f"first at index {diff.index}: reference {diff.ref_value:.6g}, port {diff.port_value:.6g}")
     return finding("non_finite", path, f"non-finite values (NaN/Inf) {where}, first at {diff.path} in {stage}: "
                    + (suspects[0] if suspects else what), fix, stage, evidence="; ".join(ev + suspects),
                    severity=severity)
+
+
+def _is_inf(diff: TensorDiff) -> bool:
+    """The first non-finite value is an Inf (not a NaN) on every side that has one."""
+    vals = [v for v in (diff.ref_value, diff.port_value) if v is not None and not math.isfinite(v)]
+    return bool(vals) and all(math.isinf(v) for v in vals)
+
+
+def _overflow(run: Run, path: str) -> str:
+    """An Inf from finite weights and inputs: the layer's outputs overflow the dtype's range."""
+    layer = run.ref_layer(path)
+    weights = (run.ref.weights.get(layer) or {}) if run.ref is not None and layer else {}
+    sizes = [f"{layer}/{var} max |w| {float(np.max(np.abs(w))):.3g}" for var, w in weights.items()
+             if np.asarray(w).size and np.issubdtype(np.asarray(w).dtype, np.floating)]
+    return "the outputs overflow the dtype's range (Inf)" + (f" ({', '.join(sizes)})" if sizes else "")
 
 
 def _count(n: int, noun: str) -> str:
