@@ -36,7 +36,7 @@ from parity.backends.torch_side import DeviceUnavailable, TorchSide, device_desc
 from parity.backends.weights import layer_maps, load_weight_file
 from parity.core.env import import_torch, isa_report, trim_heap
 from parity.core.errors import UsageError
-from parity.core.options import ALL_STAGES, check_batch, optimizer_spec, parse_stages, resolve_user  # noqa: F401
+from parity.core.options import check_batch, optimizer_spec, parse_stages, resolve_user
 from parity.core.results import STAGE_ORDER, CheckResult
 from parity.core.spec import OptimizerSpec, PairSpec, resolve
 from parity.core.spill import SpillStore
