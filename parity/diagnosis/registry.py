@@ -6,16 +6,20 @@ points of :mod:`parity.diagnosis` iterate the table without naming any rule::
 
     from parity.diagnosis.registry import stage_rule, structure_rule
 
-    @structure_rule("batchnorm", family="normalisation")
+    @structure_rule("batchnorm", family="normalization")
     def bn_config(tap, ref, port) -> list[Finding]: ...      # config of one aligned layer pair
 
     @stage_rule("forward_eval", family="recurrent", order=40)
     def gate_order(run, stage, diff) -> list[Finding]: ...   # the first divergence of a check
 
+The layer families of :data:`parity.core.families.FAMILIES` need no registration of their own: their config
+rules and numeric probes are read from the family table (:mod:`parity.diagnosis.families`,
+:mod:`parity.diagnosis.family_probes`).
+
 Structure rules of a kind run in registration order, then those registered for :data:`ANY_KIND`, and all
-their findings are kept. Stage rules run for the
-first divergence of a check, lowest ``order`` first (registration order within one order), rules registered
-for :data:`ANY_STAGE` before the stage's own; the first rule that returns findings ends the search. A stage
+their findings are kept. Stage rules run for the first divergence of a check, lowest ``order`` first
+(registration order within one order), rules registered for :data:`ANY_STAGE` before the stage's own; the
+first rule that returns findings ends the search. A stage
 rule with ``when_explained=False`` is skipped when a structure finding already explains the diverging layer;
 ``rank_first=True`` puts its findings before every other finding of the check (a cause that makes the others
 moot, such as non-finite values). Result rules (``@result_rule``) run on every check, in ``order``, before
