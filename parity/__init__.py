@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-_ENVIRON_BEFORE = frozenset(os.environ)  # what the user had exported, before parity.core.env sets the rest
+_ENVIRON_BEFORE = dict(os.environ)  # what the user had exported, before parity.core.env sets the rest
 
 from parity.core import env as _env  # noqa: E402  (must run before any framework import)
 from parity.core.results import CheckResult, ParityFailure  # noqa: E402
@@ -19,10 +19,11 @@ from parity.core.results import CheckResult, ParityFailure  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "check", "compare", "CheckResult", "ParityFailure", "configure_environment",
-           "ENVIRONMENT_APPLIED"]
+           "take_back_environment", "ENVIRONMENT_APPLIED"]
 
-#: The variables ``import parity`` set itself (absent from the environment before), name -> value.
-ENVIRONMENT_APPLIED = {k: v for k, v in _env.ENVIRONMENT.items() if k not in _ENVIRON_BEFORE}
+#: The variables ``import parity`` set or changed, name -> the value it set.
+ENVIRONMENT_APPLIED = {k: os.environ[k] for k in _env.ENVIRONMENT
+                       if k in os.environ and os.environ[k] != _ENVIRON_BEFORE.get(k)}
 
 #: The variables of :data:`parity.core.env.ENVIRONMENT` each framework reads as it loads or first runs: set
 #: after that, they do not reach it. OpenMP (libgomp, loaded with torch and TensorFlow) reads ``OMP_NUM_THREADS``
@@ -59,14 +60,35 @@ def _late_frameworks() -> list[str]:
 
 
 def configure_environment() -> dict[str, str]:
-    """Set parity's environment in this process, as ``import parity`` does (a variable already set is kept);
-    returns the variables it set now. Warns once, naming them, when a framework is already imported. The
-    pytest plugin calls it for the tests that use parity only."""
-    missing = {k: v for k, v in _env.ENVIRONMENT.items() if k not in os.environ}
+    """Set parity's environment in this process, as ``import parity`` does (a variable the user set is kept,
+    ``ONEDNN_MAX_CPU_ISA`` as :mod:`parity.core.env` decides); returns the variables it set or changed now.
+    Warns once, naming them, when a framework that reads them is already imported. The pytest plugin calls
+    it for the tests that use parity only."""
+    before = {k: os.environ.get(k) for k in _env.ENVIRONMENT}
     late = _late_frameworks()
     _env.configure()
-    _warn_late(late, missing, stacklevel=3)
-    return missing
+    changed = {k: os.environ[k] for k in _env.ENVIRONMENT if os.environ.get(k) != before[k] and k in os.environ}
+    _warn_late(late, changed, stacklevel=3)
+    return changed
+
+
+def take_back_environment() -> dict[str, str]:
+    """Undo what ``import parity`` set, while no framework has read it (the pytest plugin, loaded in every pytest
+    run of an environment where parity is installed, sets it per test instead): each variable back to the
+    value it had before, or unset. Returns what was taken back; nothing once a framework is imported."""
+    if _late_frameworks():
+        return {}
+    taken = {}
+    for key, value in ENVIRONMENT_APPLIED.items():
+        if os.environ.get(key) != value:
+            continue  # changed since: not ours to undo
+        taken[key] = value
+        if key in _ENVIRON_BEFORE:
+            os.environ[key] = _ENVIRON_BEFORE[key]
+        else:
+            del os.environ[key]
+    getattr(_env, "ISA_DECISION", {}).clear()  # the ISA cap is decided again, from the user's value, next time
+    return taken
 
 
 # stacklevel 3: the line that imported parity (``warnings`` skips importlib's own frames)

@@ -61,13 +61,9 @@ from parity.user.pair import compare as _compare
 from parity.user.pair import spec_from_user_models
 from reports import write_reports
 
-#: what ``import parity`` set while pytest loaded this plugin, taken back here (no framework is loaded yet,
-#: so nothing has read it): set again by :func:`parity.configure_environment` for the tests that use parity
-DEFERRED_ENVIRONMENT = {}
-if not _parity._late_frameworks():
-    for _key, _value in _parity.ENVIRONMENT_APPLIED.items():
-        if os.environ.get(_key) == _value:
-            DEFERRED_ENVIRONMENT[_key] = os.environ.pop(_key)
+#: what ``import parity`` set while pytest loaded this plugin, taken back here (no framework is loaded yet, so
+#: nothing has read it); :func:`parity.configure_environment` sets it again for the tests that use parity
+DEFERRED_ENVIRONMENT = _parity.take_back_environment()
 
 MARKER = ("parity(name=None, reference=None, port=None, **check_kwargs): a parity check of a model pair; "
           "the arguments become the defaults of the `parity` fixture's check, which runs automatically when "

@@ -130,34 +130,47 @@ def test_it(parity, tmp_path_factory):
 
 
 ENV_INNER = '''
+import json
 import os
 
 import pytest
 
-PARITY_ENV = {"OMP_NUM_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2", "KERAS_BACKEND": "tensorflow"}
+PLAIN, WITH_PARITY = json.loads(os.environ["EXPECTED_ENVIRONMENT"])
+
+
+def _env():
+    return {k: os.environ.get(k) for k in WITH_PARITY}
 
 
 def test_a_test_without_parity_keeps_the_environment():
-    assert not set(PARITY_ENV) & set(os.environ)
+    assert _env() == PLAIN
 
 
 def test_the_fixture_sets_it(parity):
-    assert {k: os.environ.get(k) for k in PARITY_ENV} == PARITY_ENV
+    assert _env() == WITH_PARITY
 
 
 @pytest.mark.parity("minixception")
 def test_the_marker_sets_it():
-    assert {k: os.environ.get(k) for k in PARITY_ENV} == PARITY_ENV
+    assert _env() == WITH_PARITY
 '''
+PARITY_VARS = ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA", "KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")
 
 
-def test_environment_only_for_tests_that_use_parity(tmp_path):
+@pytest.mark.parametrize("exported, with_parity", [
+    ({}, {"OMP_NUM_THREADS": "1", "ONEDNN_MAX_CPU_ISA": "AVX2", "KERAS_BACKEND": "tensorflow"}),
+    # a user's own values: kept outside parity's tests; inside, OMP kept, the ISA capped (parity.core.env)
+    ({"OMP_NUM_THREADS": "3", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+     {"OMP_NUM_THREADS": "3", "ONEDNN_MAX_CPU_ISA": "AVX2", "KERAS_BACKEND": "tensorflow"}),
+])
+def test_environment_only_for_tests_that_use_parity(tmp_path, exported, with_parity):
     """pytest loads the plugin in every run where parity is installed: OMP_NUM_THREADS, ONEDNN_MAX_CPU_ISA &
     co. are set for the tests that use the fixture or the marker, not for the run (a fresh process; the
     tests in order: the plain test first)."""
     (tmp_path / "test_env.py").write_text(ENV_INNER)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA", "KERAS_BACKEND",
-                                                            "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    plain = {k: exported.get(k) for k in with_parity}
+    env = {k: v for k, v in os.environ.items() if k not in PARITY_VARS}
+    env.update(exported, EXPECTED_ENVIRONMENT=json.dumps([plain, with_parity]))
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::RuntimeWarning",
                           str(tmp_path / "test_env.py")], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
@@ -168,6 +181,6 @@ def test_importing_the_plugin_imports_no_framework_and_sets_no_environment():
     code = ("import os, sys; import parity.pytest_plugin as p; "
             "assert not {'torch', 'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules); "
             "assert 'OMP_NUM_THREADS' not in os.environ and 'ONEDNN_MAX_CPU_ISA' not in os.environ; "
-            "assert p.DEFERRED_ENVIRONMENT['ONEDNN_MAX_CPU_ISA'] == 'AVX2'")
+            "assert p.DEFERRED_ENVIRONMENT['ONEDNN_MAX_CPU_ISA'] == 'AVX2'")  # taken back
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
