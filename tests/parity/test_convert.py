@@ -187,3 +187,29 @@ def test_a_directory_output_is_refused_up_front(files, tmp_path, capsys):
     assert list(out.iterdir()) == []
     with pytest.raises(UsageError, match=r"^--output .*out\.pt: expected a file name\. Received: a directory\."):
         _output_format(str(out))
+
+
+def test_a_non_finite_forward_fails_and_never_reads_as_max_delta_0(files, tmp_path):
+    """The forward self-check judges finiteness before differences: NaN on one (or both) sides is a failure
+    naming the side, never "max|Δ| 0 (scale 0)"."""
+    import dataclasses
+
+    from parity.io.convert import convert
+    from parity.pairs import registry
+    from ported_torch.minixception import mini_xception
+
+    def nan_port(**cfg):
+        m = mini_xception(**cfg)
+        forward = m.forward
+        m.forward = lambda x: forward(x) * float("nan")
+        return m
+
+    spec = dataclasses.replace(registry.get("minixception"), port=nan_port)
+    out = tmp_path / "p.safetensors"
+    lines, ok = convert(spec, str(files / "mx.weights.h5"), str(out))
+    assert not ok and not out.exists()
+    forward = next(line for line in lines if line.startswith("forward (float64, eval"))
+    assert "non-finite output on" in forward and "(port 14/14 values NaN or inf)" in forward, forward
+    assert "max|Δ|" not in forward
+    assert lines[-1].startswith("FAILED convert minixception: forward: non-finite output on") and \
+        lines[-1].endswith("(nothing written)")
