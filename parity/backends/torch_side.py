@@ -258,7 +258,8 @@ class TorchSide:
             try:
                 out = self.module(self.to_input(x_nhwc))
             except Exception as exc:  # a broken port: keep what was tapped before it failed
-                self.error = f"port forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.error = (f"port forward ({type(self.module).__qualname__}.forward) raised {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}")
         if sink is not None:
             acts = {t.path: recs[t.path].output for t in self.taps if t.path in recs}
         else:
@@ -282,7 +283,8 @@ class TorchSide:
             try:
                 out = self.module(self.to_input(x_nhwc))
             except Exception as exc:
-                self.error = f"port forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.error = (f"port forward ({type(self.module).__qualname__}.forward) raised {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}")
                 return None
         yt = torch.as_tensor(y).to(device=self.device, dtype=self.dtype)
         loss = torch_loss(F, loss_spec, out, yt)

@@ -62,4 +62,10 @@ def user_function(fn: Callable, what: str | None = None) -> Callable:
         return call_user(fn, label, *args, **kwargs)
 
     wrapper.__parity_user_function__ = True
+    wrapper.__parity_label__ = label
     return wrapper
+
+
+def label_of(fn) -> str:
+    """How the user named ``fn`` (``--port mypkg.port:build``), else its ``module:qualname``."""
+    return getattr(fn, "__parity_label__", None) or function_name(fn)

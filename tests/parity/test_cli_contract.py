@@ -378,3 +378,32 @@ def test_out_template_keeps_both_runs_and_the_default_says_what_it_replaced(tmp_
     assert "replaced" not in p3.stdout
     assert "replaced the PASSED report of " in p4.stdout and "parity-report/minixception" in p4.stdout
     assert p4.stdout.strip().splitlines()[-1].startswith("PASSED")
+
+
+def port_forward_raises(**config):
+    """The registered port, whose forward raises on every batch."""
+    from ported_torch.minixception import mini_xception
+
+    module = mini_xception(**config)
+
+    def forward(x):
+        raise RuntimeError("boom in the port's forward")
+
+    module.forward = forward
+    return module
+
+
+def test_a_port_whose_forward_raises_is_a_failed_verdict_naming_it(tmp_path):
+    """The port is what is under test: a forward that cannot run is a parity failure (exit 1), and the verdict
+    line names the forward and the exception (never ``FAILED: ?: unknown``)."""
+    p = run_cli(tmp_path, "check", "minixception", "--fast", "--stages", "structure,forward_eval", "-q",
+                "--port", f"{HERE}:port_forward_raises", "--out", str(tmp_path / "r"))
+    assert p.returncode == 1, p.stderr[-3000:]
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith("FAILED: forward_eval: port forward (MiniXception.forward) raised RuntimeError: boom in "
+                           "the port's forward"), last
+
+
+def test_user_pair_port_returning_a_non_module_is_named(tmp_path):
+    p = run_cli(tmp_path, "check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "os:getcwd", "-q")
+    assert_usage_error(p, "--port os:getcwd: expected a function returning a torch.nn.Module. Received: str.")
