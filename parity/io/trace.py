@@ -11,7 +11,14 @@ The file format (``parity.io.trace/1``):
   (a layer's input is usually the previous layer's output);
 - everything else is JSON in the safetensors metadata (``str -> str``): ``parity.io.trace`` holds the run with
   each array replaced by ``{"__array__": key}``, plus ``meta`` (pair, config, dtype, seed, batch, steps,
-  optimizer, recorded stages, versions, conventions, the port builder), the taps and the parameter refs.
+  optimizer, recorded stages, versions, conventions, the port builder's name as information), the taps and the
+  parameter refs.
+
+A trace is untrusted input, like a weights file (it travels between machines): it may only *name* a pair. A
+registered pair is taken from the registry by that name; the port of your own models comes from ``--port`` (or
+the Python call), never from the file; the config is checked against the builder's signature (JSON scalars and
+lists of the parameter's type, no unknown keys) and the run settings as data (:func:`validated_config`). The
+JSON's nesting is bounded before it is parsed (:data:`MAX_TRACE_JSON_DEPTH`), only regular files are opened.
 
 No pickle anywhere: safetensors holds raw little-endian buffers and a JSON header. ``parity record`` writes
 that layout itself, one array at a time from the run's spill directory (:func:`write_trace`; the safetensors
