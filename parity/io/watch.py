@@ -11,7 +11,6 @@ Ctrl-C ends the session; the exit status is the last verdict's (0 passed, 1 fail
 """
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import sys
@@ -130,10 +129,16 @@ class Watcher:
             self._tmp.cleanup()
             self._tmp = None
 
-    def _snapshot(self) -> None:
-        if self.port_module:
-            self.files = watched_modules(self.port_module)
-        self.stamps = {name: _stamp(path) for name, path in self.files.items()}
+    def _discover(self, since_ns: int) -> None:
+        """Watch the modules the port has loaded so far. A file first seen now is stamped as it is, unless it
+        was written after ``since_ns`` (the start of the check that imported it): then it counts as changed."""
+        if not self.port_module:
+            return
+        self.files = watched_modules(self.port_module)
+        for name, path in self.files.items():
+            if name not in self.stamps:
+                st = _stamp(path)
+                self.stamps[name] = None if st is not None and st[0] >= since_ns else st
 
     def changed(self) -> set[str]:
         """Watched modules whose file changed since the last look."""
@@ -186,11 +191,10 @@ class Watcher:
         try:
             if self.ref is None:
                 self.start()
+            since = time.time_ns()
             self.check_once()
             checks += 1
-            self._snapshot()
-            gc.collect()
-            gc.freeze()  # what is loaded now (torch, the reference) lives for the session: later passes skip it
+            self._discover(since)
             if on_check is not None:
                 on_check(checks)
             while max_checks is None or checks < max_checks:
@@ -198,21 +202,20 @@ class Watcher:
                 changed = self.changed()
                 if not changed:
                     continue
-                names = ", ".join(sorted(changed))
-                self._print(f"parity: watch: changed {names}", err=True)
-                ok = self.reload(changed)
-                self._snapshot()
-                if not ok:
+                since = time.time_ns()
+                # stamped before the files are read again: a save during the reload is seen at the next look
+                self.stamps.update({name: _stamp(path) for name, path in self.files.items()})
+                self._print(f"parity: watch: changed {', '.join(sorted(changed))}", err=True)
+                if not self.reload(changed):
                     continue
                 self.check_once()
                 checks += 1
-                self._snapshot()  # a module the new port imports is watched from now on
+                self._discover(since)  # a module the new port imports is watched from now on
                 if on_check is not None:
                     on_check(checks)
         except KeyboardInterrupt:
             self._print("parity: watch: stopped", err=True)
         finally:
-            gc.unfreeze()
             self.close()
         return self.last_code if self.last_code is not None else EXIT_INTERRUPTED
 
