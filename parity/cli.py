@@ -31,7 +31,7 @@ from parity.core.errors import UsageError
 from parity.core.options import (ALL_STAGES, OUT_FIELDS, SEED_LIMIT, Target, check_batch, check_config_values,
                                  check_accepts, check_device_name, check_input_file, check_int, check_output_dir,
                                  check_output_file, expand_out, locate, optimizer_spec, parse_config, parse_stages,
-                                 plan_steps)
+                                 plan_steps, resolve_user)
 from parity.core.spec import PairSpec
 from parity.harness import check
 from parity.io.convert import FORMATS as CONVERT_FORMATS
@@ -431,7 +431,9 @@ def cmd_record(args) -> int:
                                          pins=args.align)
         path, summary = record(spec, args.output, stages=",".join(stages), dtype=args.dtype, batch=args.batch,
                                seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights,
-                               config=cfg, reference=(args.reference if args.name else None), port=args.port,
+                               config=cfg, port=args.port,
+                               reference=(resolve_user(args.reference, "--reference", "a Keras model")
+                                          if args.name and args.reference else None),
                                progress=say)
     # recording checks nothing: no PASSED/FAILED (those are verdicts)
     print(re.sub(r"^(PASSED|FAILED) record\b", "recorded", summary))
@@ -501,7 +503,9 @@ def _add_model_options(p, *, record: bool = False) -> None:
                          "--reference)") if record else "torch module builder (your own port)")
     p.add_argument("--weights", metavar="FILE",
                    help="Keras .h5 / .weights.h5, or Caffe .npy / .caffemodel, for the reference")
-    p.add_argument("--input-shape", metavar="H,W,C", help="one reference input (your own models)")
+    p.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
+                   help="per-sample shape of a reference input in the Keras layout (20, 12,8, 64,64,1); repeat or "
+                        "name it (image=227,227,3) for several inputs; default: the model's own (your own models)")
     p.add_argument("--loss", choices=None, metavar="|".join(LOSSES), help="loss (your own models; default inferred)")
     p.add_argument("--align", action="append", metavar="REF=PORT",
                    help="pin a reference layer to a port module path (your own models; repeatable)")

@@ -23,6 +23,7 @@ import pytest
 
 from parity import cli
 from parity.core import options
+from parity.pairs import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = "tests.parity.test_cli_contract"
@@ -407,3 +408,26 @@ def test_a_port_whose_forward_raises_is_a_failed_verdict_naming_it(tmp_path):
 def test_user_pair_port_returning_a_non_module_is_named(tmp_path):
     p = run_cli(tmp_path, "check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "os:getcwd", "-q")
     assert_usage_error(p, "--port os:getcwd: expected a function returning a torch.nn.Module. Received: str.")
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_pair_passes_its_own_validation_without_a_framework(name):
+    """The early checks agree with every registered pair's builders (default and fast config), from source."""
+    import argparse
+
+    spec = registry.get(name)
+    for fast in (False, True):
+        args = argparse.Namespace(config=None)
+        targets = cli._builder_targets(args, spec)
+        assert all(t.signature is not None for t in targets), [t.text for t in targets]
+        assert cli._validated_config(args, spec, targets, fast) == (dict(spec.fast_config) if fast else {})
+    key, value = next(iter(spec.default_config.items()))
+    args = argparse.Namespace(config=[f"{key}={value!r}"])
+    assert cli._validated_config(args, spec, cli._builder_targets(args, spec), False) == {key: value}
+
+
+def test_record_with_a_reference_builder_that_raises_is_named(tmp_path):
+    p = run_cli(tmp_path, "record", "minixception", "--fast", "--stages", "structure", "-q", "-o", "t.safetensors",
+                "--reference", f"{HERE}:reference_builder_raises")
+    assert_usage_error(p, f"--reference {HERE}:reference_builder_raises raised RuntimeError")
+    assert not (p.work / "t.safetensors").exists()
