@@ -42,6 +42,10 @@ TARGET_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Z
 MAX_SOURCE_BYTES = 4 * 2**20
 """A module source larger than this is not parsed for the static look-up (the module is imported instead)."""
 
+DYNAMIC_BINDING = (b"globals()", b"setattr(", b"exec(", b"vars()", b"__dict__")
+"""Source text that may bind module names at run time: a name the source does not bind is then looked up by
+importing the module instead of being reported missing."""
+
 SEED_LIMIT = 2**32
 """Seeds are numpy ``default_rng`` / Keras ``set_random_seed`` seeds: integers in [0, 2**32)."""
 
@@ -414,15 +418,16 @@ def locate(text, option: str, what: str) -> Target:
         if os.path.getsize(origin) > MAX_SOURCE_BYTES:
             return target
         with open(origin, "rb") as f:
-            tree = ast.parse(f.read(), filename=origin)
+            source = f.read()
+        tree = ast.parse(source, filename=origin)
     except (OSError, SyntaxError, ValueError, MemoryError, RecursionError):
         return target  # the import will report it
     bound, star, constants = _module_bindings(tree)
     first = attr.split(".")[0]
     nodes = bound.get(first)
     if not nodes:
-        if star or "__getattr__" in bound:
-            return target
+        if star or "__getattr__" in bound or any(w in source for w in DYNAMIC_BINDING):
+            return target  # names bound at run time: only the import can tell
         defined = sorted(n for n, b in bound.items() if any(isinstance(x, (ast.FunctionDef, ast.ClassDef))
                                                              for x in b) and not n.startswith("_"))
         hint = f" It defines: {', '.join(defined[:12])}{' ...' if len(defined) > 12 else ''}." if defined else ""

@@ -431,3 +431,11 @@ def test_record_with_a_reference_builder_that_raises_is_named(tmp_path):
                 "--reference", f"{HERE}:reference_builder_raises")
     assert_usage_error(p, f"--reference {HERE}:reference_builder_raises raised RuntimeError")
     assert not (p.work / "t.safetensors").exists()
+
+
+def test_a_name_bound_at_run_time_is_looked_up_by_importing(tmp_path, monkeypatch):
+    (tmp_path / "h4_dynamic.py").write_text("def _make():\n    return lambda **kw: None\n\n"
+                                           "globals()['build'] = _make()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    t = options.locate("h4_dynamic:build", "--port", "a torch.nn.Module")  # not refused from the source alone
+    assert t.signature is None and callable(t.load())
