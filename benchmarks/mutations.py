@@ -466,6 +466,47 @@ def tf_heads_flattened_wrong(**cfg):
     return m
 
 
+# ==== encdec (transposed conv, up-sampling, skip concatenation) ===================================================
+def _ed(**cfg):
+    from ported_torch.encdec import encoder_decoder
+
+    return encoder_decoder(**cfg)
+
+
+def ed_transpose_padding_1_1(**cfg):
+    """nn.ConvTranspose2d(k=3, s=2, padding=1, output_padding=1) for Keras 'same': one pixel off."""
+    from torch import nn
+
+    w = cfg.get("width", 8)
+    return _ed(**cfg, transpose=nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1, output_padding=1))
+
+
+def ed_upsample_bilinear(**cfg):
+    """nn.Upsample(mode='bilinear') where Keras' UpSampling2D is nearest."""
+    from torch import nn
+
+    return _ed(**cfg, upsample=nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+
+
+def ed_skip_reversed(**cfg):
+    """torch.cat([skip, up]) where Keras concatenates [up, skip]."""
+    return _ed(**cfg, skip_order="reversed")
+
+
+def ed_transpose_kernel_flipped(**cfg):
+    """A loader that rotates the transposed-conv kernel by 180 degrees."""
+    m = _ed(**cfg)
+    state = {"done": False}
+
+    def hook(mod, sd, prefix, *args):
+        if not state["done"]:
+            state["done"] = True
+            sd[prefix + "weight"] = sd[prefix + "weight"].flip(-1, -2).contiguous()
+
+    m.up1.register_load_state_dict_pre_hook(hook)
+    return m
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -836,6 +877,15 @@ CATALOGUE: tuple[Mutation, ...] = (
        "attention", "attention_head_layout", ci_stages=EVAL),
     _m("tf_pre_norm", "transformer", "pre-norm block for a post-norm reference", "forward_eval", "attention",
        "forward_wiring", ci_stages=EVAL),
+    # --- encdec: transposed conv, up-sampling, skip concatenation ----------------------------------------------------
+    _m("ed_transpose_padding_1_1", "encdec", "ConvTranspose2d(padding=1, output_padding=1) for 'same' (k=3, s=2)",
+       "forward_eval", "up1", "conv_transpose_same", ci_stages=EVAL),
+    _m("ed_upsample_bilinear", "encdec", "bilinear up-sampling for Keras' nearest", "forward_eval", "up2",
+       "upsample_mode", ci_stages=EVAL),
+    _m("ed_skip_reversed", "encdec", "skip concatenation in the other order", "forward_eval", "skip2",
+       "forward_wiring", ci_stages=EVAL),
+    _m("ed_transpose_kernel_flipped", "encdec", "transposed-conv kernel rotated 180 degrees on load",
+       "forward_eval", "up1", "conv_transpose_flipped", ci_stages=EVAL),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
@@ -848,7 +898,7 @@ CATALOGUE: tuple[Mutation, ...] = (
 #: correct pairs for the false-alarm sweep: (pair, user builders or None)
 CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None), ("textclf", None),
-    ("textgru", None), ("transformer", None),
+    ("textgru", None), ("transformer", None), ("encdec", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
 )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.core.families import new_kinds, probe
+from parity.core.families import has_probes, probe
 from parity.core.results import Finding, TensorDiff
 from parity.diagnosis.common import Run, base, finding, module_inputs, port_acts
 from parity.diagnosis.forward import converted
@@ -34,7 +34,7 @@ def _evidence(run: Run, tap) -> dict:
 def family_probes(run: Run, stage, diff: TensorDiff) -> list[Finding]:
     path = base(diff.path)
     tap = run.tap_by_path.get(path)
-    if tap is None or tap.kind not in new_kinds() or not run.arrays or tap.port not in run.ts.modules:
+    if tap is None or not run.arrays or tap.port not in run.ts.modules or not has_probes(tap.kind):
         return []
     return [finding(cause, path, message, fix, stage.name, evidence=evidence)
             for cause, message, fix, evidence in probe(tap.kind, _evidence(run, tap))][:1]

@@ -74,6 +74,9 @@ def test_bidirectional_variable_names():
      "layernorm_axes"),
     ("groupnorm", {"epsilon": 1e-3, "groups": 2}, {"eps": 1e-3, "num_groups": 4}, "groupnorm_groups"),
     ("batchnorm", {"input_shape": [12, 6]}, {"class": "BatchNorm1d", "num_features": 12}, "bn1d_axis"),
+    ("conv2d_transpose", {"padding": "same", "kernel_size": [3, 3], "strides": [2, 2]},
+     {"class": "ConvTranspose2d", "padding": [1, 1], "output_padding": [1, 1]}, "conv_transpose_same"),
+    ("upsample", {"interpolation": "bilinear"}, {"mode": "bilinear", "align_corners": True}, "upsample_align_corners"),
     ("embedding", {"input_dim": 50, "output_dim": 8, "mask_zero": False},
      {"num_embeddings": 50, "embedding_dim": 8, "padding_idx": 0}, "padding_idx"),
     ("lstm", {"units": 6, "bidirectional": True}, {"hidden_size": 6, "bidirectional": True, "batch_first": False},
@@ -144,3 +147,16 @@ def test_check_refuses_unsupported_layer_before_conversion():
         check(spec, stages="structure,forward_eval")
     msg = str(exc.value)
     assert "\n" not in msg and "layer 'gru' (GRU): GRU(reset_after=False) is not yet supported" in msg
+
+
+@pytest.mark.parametrize("k, s, want", [(3, 2, (0, None)), (4, 2, (1, 0)), (2, 2, (0, 0)), (3, 1, (1, 0)),
+                                        (5, 2, (1, None))])
+def test_transposed_same_as_torch_padding(k, s, want):
+    """Keras 'same' crops (k - s) // 2 first; torch padding p crops p first and output_padding adds at the end."""
+    from parity.core.families.upsampling import same_transpose_crop
+
+    assert same_transpose_crop(k, s) == want
+    p, op = want
+    if op is not None:  # the torch output size then equals Keras' in * s
+        n = 5
+        assert (n - 1) * s - 2 * p + k + op == n * s

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from parity.core.errors import UsageError
-from parity.core.families import activations, attention, conv2d, dense, embedding, normalization, recurrent
+from parity.core.families import (activations, attention, conv2d, dense, embedding, normalization, recurrent,
+                                  upsampling)
 from parity.core.families.base import Family, Named, RuleHit, close  # noqa: F401  (public types)
 
 #: every family, by name (order: the 2-D CNN core first, then as they were added)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     conv2d.FAMILY, dense.FAMILY, activations.FAMILY, normalization.FAMILY, embedding.FAMILY, recurrent.FAMILY,
-    attention.FAMILY,
+    attention.FAMILY, upsampling.FAMILY,
 )}
 
 #: Keras layers that carry no computation of their own a check could get wrong
@@ -101,6 +102,11 @@ def config_findings(kind: str, ref: dict, port: dict) -> list[RuleHit]:
         for rule in f.rules:
             out += rule(kind, ref, port)
     return out
+
+
+def has_probes(kind: str) -> bool:
+    """Some family has numeric probes for layers of this tap kind."""
+    return any(f.probes and (kind in f.kinds or kind in f.weighted) for f in FAMILIES.values())
 
 
 def probe(kind: str, evidence: dict) -> list[RuleHit]:
