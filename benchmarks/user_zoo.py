@@ -26,7 +26,8 @@ XCEPTION_INPUT = (27, 27, 1)
 XCEPTION_CLASSES = 4
 CONV_HEAD_INPUT = (10, 10, 3)
 CONV_HEAD_OUTPUTS = 5
-TWO_INPUT_SHAPE = (12, 12, 3)
+#: odd sizes: a 3x3/2 'same' conv then pads 1 on each side, as torch's padding=1 does (on 12x12 TF pads (0, 1))
+TWO_INPUT_SHAPE = (13, 13, 3)
 TWO_INPUT_OUTPUTS = 4
 MLP_FEATURES = 20
 MLP_CLASSES = 3
@@ -326,7 +327,7 @@ def port_two_input():
             self.towers = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(inplace=True))
                                          for _ in range(2)])
             self.flat = nn.Flatten()
-            self.fc = nn.Sequential(nn.Linear(8 * 6 * 6, 16), nn.ReLU(inplace=True), nn.Linear(16, TWO_INPUT_OUTPUTS))
+            self.fc = nn.Sequential(nn.Linear(8 * 7 * 7, 16), nn.ReLU(inplace=True), nn.Linear(16, TWO_INPUT_OUTPUTS))
 
         def forward(self, target, image):
             x = torch.cat([self.towers[0](target), self.towers[1](image)], dim=1)

@@ -28,7 +28,7 @@ import traceback
 
 from parity.core import env as _env  # noqa: F401  (environment before any framework import)
 from parity.core.errors import UsageError
-from parity.core.options import (ALL_STAGES, OUT_FIELDS, SEED_LIMIT, Target, check_batch, check_config_values,
+from parity.core.options import (ALL_STAGES, SEED_LIMIT, Target, check_batch, check_config_values,
                                  check_accepts, check_device_name, check_input_file, check_int, check_output_dir,
                                  check_output_file, expand_out, locate, optimizer_spec, parse_config, parse_stages,
                                  plan_steps, resolve_user)
@@ -506,7 +506,7 @@ def _add_model_options(p, *, record: bool = False) -> None:
     p.add_argument("--input-shape", action="append", metavar="[NAME=]SHAPE",
                    help="per-sample shape of a reference input in the Keras layout (20, 12,8, 64,64,1); repeat or "
                         "name it (image=227,227,3) for several inputs; default: the model's own (your own models)")
-    p.add_argument("--loss", choices=None, metavar="|".join(LOSSES), help="loss (your own models; default inferred)")
+    p.add_argument("--loss", metavar="|".join(LOSSES), help="loss (your own models; default inferred)")
     p.add_argument("--align", action="append", metavar="REF=PORT",
                    help="pin a reference layer to a port module path (your own models; repeatable)")
 

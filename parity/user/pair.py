@@ -19,12 +19,14 @@ import re
 import warnings
 from typing import Any, Callable
 
-from parity.core.errors import UsageError
+from parity.core.errors import UsageError, label_of
 from parity.core.options import resolve_user
 from parity.core.results import CheckResult, Finding
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 from parity.diagnosis.alignment import alignment_findings, annotate_alignment  # noqa: F401  (public names)
 from parity.diagnosis.registry import result_rule
+from parity.user.inputs import (LAYOUT_SEQ_CHANNELS_FIRST, assign_shapes, choose_layouts, example_inputs,
+                                input_names, packed_reference, parse_input_shapes, to_port_layout, torch_unpacker)
 from parity.user.view import port_view
 
 #: Optimizers offered for user pairs (``--optimizer``): plain SGD with momentum by default, Adam with Keras 3's
@@ -41,22 +43,10 @@ def _usage_error(msg: str):
     return UserPairError(msg)
 
 
-def parse_input_shape(text) -> tuple[int, ...] | None:
-    """``"64,64,1"`` / ``(64, 64, 1)`` -> ``(64, 64, 1)`` (H, W, C)."""
-    if text is None:
-        return None
-    if isinstance(text, (tuple, list)):
-        vals = list(text)
-    else:
-        vals = [v for v in re.split(r"[,x ]+", str(text).strip()) if v]
-    try:
-        shape = tuple(int(v) for v in vals)
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise _usage_error(f"--input-shape: expected H,W,C (three positive integers, e.g. 64,64,1). "
-                           f"Received: {text!r}.")
-    return shape
+def parse_input_shape(text) -> list[tuple[str | None, tuple[int, ...]]]:
+    """``--input-shape`` value(s) -> ``[(name or None, per-sample shape)]`` (any shape, in the Keras model's
+    layout; repeated or ``name=`` for several inputs): :func:`parity.user.inputs.parse_input_shapes`."""
+    return parse_input_shapes(text)
 
 
 def _resolve_builder(target, option: str, what: str) -> Callable:
@@ -73,9 +63,10 @@ def _is_torch_module(obj) -> bool:
     return hasattr(obj, "named_modules") and hasattr(obj, "state_dict") and callable(obj)
 
 
-def _with_input_shape(model, input_shape):
-    """A model whose input shape is fully defined: builds an unbuilt Sequential, or clones a model with
-    ``None`` spatial dimensions onto ``keras.Input(input_shape)`` (same layer names, same weights)."""
+def _with_input_shape(model, shapes):
+    """A model whose input shapes are fully defined: builds an unbuilt Sequential, or clones a one-input model
+    with ``None`` dimensions onto ``keras.Input(shape)`` (same layer names, same weights). ``shapes``: the
+    parsed ``--input-shape`` values; a fully defined model keeps its own (and must agree with them)."""
     import keras
 
     try:
@@ -83,22 +74,20 @@ def _with_input_shape(model, input_shape):
     except (AttributeError, ValueError):
         inputs = None
     if not inputs:
-        if input_shape is None:
-            raise _usage_error(f"--input-shape: expected H,W,C for the reference model {model.name!r}, which was "
-                               "built without an input shape. Received: none. Pass --input-shape (or input_shape=).")
-        model.build((None,) + tuple(input_shape))
+        if not shapes:
+            raise _usage_error(f"--input-shape: expected the per-sample input shape of the reference model "
+                               f"{model.name!r}, which was built without one. Received: none. Pass --input-shape "
+                               "(or input_shape=).")
+        model.build((None,) + tuple(shapes[0][1]))
         return model
-    dims = tuple(inputs[0].shape[1:])
-    if all(d is not None for d in dims):
-        if input_shape is not None and tuple(int(d) for d in dims) != tuple(input_shape):
-            raise _usage_error(f"--input-shape: expected the reference model's own input shape "
-                               f"{tuple(int(d) for d in dims)}. Received: {tuple(input_shape)}. Drop the option or "
-                               "build the model for that shape.")
+    own = list(zip(input_names(model), (tuple(t.shape[1:]) for t in inputs)))
+    wanted = assign_shapes(own, shapes)
+    if all(d is not None for _, dims in own for d in dims):
         return model
-    if input_shape is None:
-        raise _usage_error(f"--input-shape: expected H,W,C: the reference model's input shape is {dims}. "
-                           "Received: none. Pass --input-shape (or input_shape=).")
-    clone = keras.models.clone_model(model, input_tensors=keras.Input(tuple(input_shape)))
+    if len(inputs) > 1:
+        raise _usage_error(f"reference model {model.name!r}: expected fully defined input shapes for a model with "
+                           f"several inputs. Received: {[d for _, d in own]}. Build it with keras.Input(shape).")
+    clone = keras.models.clone_model(model, input_tensors=keras.Input(tuple(wanted[0])))
     clone.set_weights(model.get_weights())
     return clone
 
@@ -135,10 +124,11 @@ class UserTaps:
     """``spec.taps``: aligns the reference model the harness just built (recorded by the reference builder)
     with a port instance, once per config; keeps the :class:`parity.user.align.Alignment`."""
 
-    def __init__(self, port_builder, pins, input_shape, port_object=None):
+    def __init__(self, port_builder, pins, slots, port_object=None):
         self.port_builder = port_builder
         self.pins = pins
-        self.input_shape = input_shape
+        #: the reference's inputs (:class:`parity.user.inputs.InputSlot`), packed into one array when several
+        self.slots = slots
         self.port_object = port_object
         self.model = None          # the reference model the harness built last
         self.alignment = None
@@ -149,7 +139,16 @@ class UserTaps:
     def view(self, module):
         """The port as the check sees it (:func:`parity.user.view.port_view`): the module groups the alignment
         found and the input unpacking."""
-        return port_view(module, self.groups, aliases=self.aliases)
+        return port_view(module, self.groups, aliases=self.aliases, unpack=self.unpack())
+
+    def unpack(self):
+        """The view's input function: the packed inputs cut apart (several inputs), or a sequence transposed to
+        NCL (one input of a Conv1d port); None when the harness's own NHWC -> NCHW is all it takes."""
+        if len(self.slots) > 1:
+            return torch_unpacker(self.slots)
+        if self.slots and self.slots[0].layout == LAYOUT_SEQ_CHANNELS_FIRST:
+            return lambda x: (to_port_layout(x, LAYOUT_SEQ_CHANNELS_FIRST),)
+        return None
 
     def __call__(self, config: dict) -> list[Tap]:
         from parity.user.align import AlignmentError, align
@@ -158,8 +157,15 @@ class UserTaps:
         if model is None:
             raise _usage_error("user pair: the reference model was not built before the taps were asked for")
         port = self.port_object if self.port_object is not None else self.port_builder(**config)
+        if not _is_torch_module(port):
+            raise _usage_error(f"{label_of(self.port_builder)}: expected a function returning a torch.nn.Module. "
+                               f"Received: {type(port).__name__}.")
+        import torch
+
+        dtype = next((p.dtype for p in port.parameters() if p.is_floating_point()), torch.float32)
+        self.slots = choose_layouts(port, self.slots, dtype)
         try:
-            self.alignment = align(model, port, pins=self.pins, input_shape=self.input_shape)
+            self.alignment = align(model, port, pins=self.pins, example=example_inputs(self.slots, dtype))
         except AlignmentError as exc:
             raise _usage_error(str(exc)) from None
         if self.spec is not None:
@@ -214,7 +220,7 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
 
     ref_fn = _resolve_builder(reference, "--reference", "a Keras model")
     port_fn = _resolve_builder(port, "--port", "a torch.nn.Module")
-    shape = parse_input_shape(input_shape)
+    shapes = parse_input_shapes(input_shape)
     from parity.user.align import parse_pins, AlignmentError
 
     try:
@@ -226,13 +232,13 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
     if not _is_keras_model(probe):
         raise _usage_error(f"--reference {reference}: expected a function returning a keras.Model. Received: "
                            f"{type(probe).__name__}.")
-    probe = _with_input_shape(probe, shape)
+    probe, slots = packed_reference(_with_input_shape(probe, shapes))
     shape = tuple(int(d) for d in probe.inputs[0].shape[1:])
     loss_spec = infer_loss(probe, loss)
-    taps = UserTaps(port_fn, pin_map, shape)
+    taps = UserTaps(port_fn, pin_map, slots)
 
     def build_reference(**config):
-        model = _with_input_shape(ref_fn(**config), shape)
+        model, _ = packed_reference(_with_input_shape(ref_fn(**config), shapes))
         taps.model = model
         return model
 
@@ -263,10 +269,9 @@ def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None,
         pin_map = parse_pins(pins)
     except AlignmentError as exc:
         raise _usage_error(str(exc)) from None
-    shape = parse_input_shape(input_shape)
-    model = _with_input_shape(keras_model, shape)
+    model, slots = packed_reference(_with_input_shape(keras_model, parse_input_shapes(input_shape)))
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    taps = UserTaps(None, pin_map, shape, port_object=torch_module)
+    taps = UserTaps(None, pin_map, slots, port_object=torch_module)
     taps.model = model
 
     def build_reference(**config):

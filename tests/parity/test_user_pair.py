@@ -137,11 +137,15 @@ def test_cli_usage_errors_are_one_line(capsys):
 def test_input_shape_parsing():
     from parity.core.errors import UsageError
 
-    assert parse_input_shape("64,64,1") == (64, 64, 1)
-    assert parse_input_shape((8, 8, 3)) == (8, 8, 3)
-    with pytest.raises(UsageError, match=r"--input-shape: expected H,W,C \(three positive integers, e\.g\. "
-                                         r"64,64,1\)\. Received: '64,64'\."):
-        parse_input_shape("64,64")
+    assert parse_input_shape("64,64,1") == [(None, (64, 64, 1))]
+    assert parse_input_shape((8, 8, 3)) == [(None, (8, 8, 3))]
+    assert parse_input_shape("20") == [(None, (20,))]
+    assert parse_input_shape(["target=227,227,3", "image=227,227,3"]) == [("target", (227, 227, 3)),
+                                                                          ("image", (227, 227, 3))]
+    with pytest.raises(UsageError, match=r"--input-shape: expected a per-sample shape of positive integers in the "
+                                         r"Keras model's layout \(e\.g\. 20, 12,8 or 64,64,1\), optionally named "
+                                         r"\(image=64,64,1\)\. Received: '64,0'\."):
+        parse_input_shape("64,0")
 
 
 def test_input_shape_for_a_model_without_one(float64):

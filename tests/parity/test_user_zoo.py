@@ -140,3 +140,53 @@ def test_a_module_called_for_distinct_reference_layers_is_named_and_the_optimize
     assert first.cause == "alignment_incomplete"
     assert "port module block is called 3 times for distinct reference layers d0, d1, d2" in first.message
     assert result.stage("step") is not None
+
+
+@pytest.mark.parametrize("ref_fn, port_fn", [("keras_two_input", "port_two_input"), ("keras_mlp", "port_mlp")])
+def test_two_inputs_and_a_non_image_model_pass(float64, ref_fn, port_fn):
+    """``forward(target, image)`` is called with the reference's inputs in the Keras model's order, each in
+    the port's layout; a (20,) feature vector is passed as it is."""
+    result = compare(getattr(user_zoo, ref_fn)(), getattr(user_zoo, port_fn)())
+    assert result.passed, result.summary_line()
+
+
+def test_inputs_are_packed_in_the_keras_order_and_unpacked_in_the_ports_layout(float64):
+    from parity.user.inputs import LAYOUT_IMAGE, packed_reference, torch_unpacker
+
+    km = user_zoo.keras_two_input()
+    packed, slots = packed_reference(km)
+    assert [(s.name, s.shape, s.start, s.layout) for s in slots] == [
+        ("target", (13, 13, 3), 0, LAYOUT_IMAGE), ("image", (13, 13, 3), 507, LAYOUT_IMAGE)]
+    assert packed.get_layer("fc") is km.get_layer("fc")  # the same layers, names and weights
+    x = torch.arange(2 * 1014, dtype=torch.float64).reshape(2, 1014)
+    target, image = torch_unpacker(slots)(x)
+    assert target.shape == (2, 3, 13, 13) and float(image[0, 0, 0, 0]) == 507.0 and float(image[0, 1, 0, 0]) == 508.0
+
+
+def test_input_shapes_by_name_order_and_default():
+    from parity.core.errors import UsageError
+    from parity.user.inputs import assign_shapes, parse_input_shapes
+
+    own = [("target", (None, None, 3)), ("image", (8, 8, 3))]
+    assert assign_shapes(own, parse_input_shapes(["image=8,8,3", "target=5,5,3"])) == [(5, 5, 3), (8, 8, 3)]
+    assert assign_shapes(own, parse_input_shapes("5,5,3")) == [(5, 5, 3), (8, 8, 3)]
+    with pytest.raises(UsageError, match=r"expected a shape for reference input 'target', whose shape is "
+                                         r"\(None, None, 3\)\. Received: none\."):
+        assign_shapes(own, [])
+    with pytest.raises(UsageError, match=r"expected the name of a reference input \(target, image\)\. "
+                                         r"Received: 'search'\."):
+        assign_shapes(own, parse_input_shapes("search=8,8,3"))
+
+
+def test_cli_two_named_inputs_and_a_feature_vector(capsys, tmp_path):
+    from parity.cli import main
+
+    rc = main(["check", "--reference", "benchmarks.user_zoo:keras_mlp", "--port", "benchmarks.user_zoo:port_mlp",
+               "--input-shape", "20", "--stages", "structure,forward_eval,gradients", "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and out[-1].startswith("PASSED"), out[-3:]
+    rc = main(["check", "--reference", "benchmarks.user_zoo:keras_two_input", "--port",
+               "benchmarks.user_zoo:port_two_input", "--input-shape", "image=13,13,3", "--input-shape",
+               "target=13,13,3", "--stages", "structure,forward_eval", "--out", str(tmp_path / "b")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and out[-1].startswith("PASSED"), out[-3:]
