@@ -191,7 +191,7 @@ def _optimizer(d: dict) -> Table:
 def _environment(d: dict) -> Table:
     t = Table(["component", "version"])
     for k, v in (d.get("environment") or {}).items():
-        t.add([str(k), cell(v)])
+        t.add([str(k), _readable(v)])
     return t
 
 
