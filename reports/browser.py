@@ -7,6 +7,7 @@ writes the measured boxes into the DOM that ``--dump-dom`` prints.
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -55,7 +56,7 @@ def _run(browser: str, args: list[str], timeout: float) -> subprocess.CompletedP
                               text=True, timeout=timeout, check=False)
 
 
-def screenshot(html: str | os.PathLike, png: str | os.PathLike, *, size: tuple[int, int] = VIEWPORT,
+def screenshot(page: str | os.PathLike, png: str | os.PathLike, *, size: tuple[int, int] = VIEWPORT,
                browser: str | None = None, timeout: float = 120) -> Path:
     """A PNG of the page's first ``size`` pixels (width, height) as Chromium draws it."""
     browser = browser or find_browser()
@@ -64,20 +65,20 @@ def screenshot(html: str | os.PathLike, png: str | os.PathLike, *, size: tuple[i
                                 "none. Install one (e.g. `apt-get install chromium`) or set PARITY_BROWSER.")
     png = Path(png).resolve()
     res = _run(browser, [f"--window-size={size[0]},{size[1]}", f"--screenshot={png}",
-                         Path(html).resolve().as_uri()], timeout)
+                         Path(page).resolve().as_uri()], timeout)
     if not png.is_file():
         raise RuntimeError(f"{browser} wrote no screenshot (exit {res.returncode}): {res.stderr[-2000:]}")
     return png
 
 
-def layout(html: str | os.PathLike, *, size: tuple[int, int] = VIEWPORT, browser: str | None = None,
+def layout(page: str | os.PathLike, *, size: tuple[int, int] = VIEWPORT, browser: str | None = None,
            timeout: float = 120) -> dict:
     """Where the report's sections are in a ``size`` window: ``{"scrollWidth", "innerWidth", "innerHeight",
     "boxes": {id: {top, bottom, left, right}}}`` (CSS pixels, from the top of the page)."""
     browser = browser or find_browser()
     if browser is None:
         raise FileNotFoundError("expected a Chromium-family browser on PATH. Received: none.")
-    text = Path(html).read_text(encoding="utf-8")
+    text = Path(page).read_text(encoding="utf-8")
     probe = text.replace("</body>", _MEASURE % json.dumps(list(MEASURED)) + "</body>", 1)
     with tempfile.TemporaryDirectory(prefix="parity-layout-") as d:
         page = Path(d) / "page.html"
@@ -86,4 +87,4 @@ def layout(html: str | os.PathLike, *, size: tuple[int, int] = VIEWPORT, browser
     found = _LAYOUT.search(res.stdout)
     if found is None:
         raise RuntimeError(f"{browser} printed no layout (exit {res.returncode}): {res.stderr[-2000:]}")
-    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    return json.loads(html.unescape(found.group(1)))

@@ -282,8 +282,8 @@ class Divergence:
         return (self.stage, self.tensor)[i]
 
     def __call__(self) -> "Divergence":
-        """Code written when ``first_divergence`` was a method keeps working (a passing result gives None,
-        which is not callable: read the property)."""
+        """Itself: ``result.first_divergence()`` reads as the property does where a divergence exists (a passing
+        result's property is None: test it before calling)."""
         return self
 
     def __repr__(self) -> str:
