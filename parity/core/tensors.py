@@ -60,7 +60,7 @@ def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale
     idx = np.unravel_index(flat, r.shape)
     max_abs = float(d.reshape(-1)[flat])
     mismatched = int(np.count_nonzero(d > allowed))
-    norm_rel = _norm_rel(r, d)
+    norm_rel = _norm_rel(r, d, scale_floor)
     del d
     return TensorDiff(path=path, shape=tuple(r.shape), max_abs=max_abs, scale=scale, allowed=allowed,
                       rtol=tol.rtol, mismatched=mismatched, numel=int(r.size),
@@ -115,9 +115,11 @@ def non_finite_side(counts: tuple[int, int]) -> str:
     return "both" if all(counts) else ("reference" if counts[0] else "port")
 
 
-def _norm_rel(a: np.ndarray, absdiff: np.ndarray) -> float:
-    """||a - b|| / ||a||, given |a - b| (finite inputs)."""
-    na = float(np.linalg.norm(a.reshape(-1)))
+def _norm_rel(a: np.ndarray, absdiff: np.ndarray, floor: float = 0.0) -> float:
+    """||a - b|| / ||a||, given |a - b| (finite inputs). ``floor``: the layer-scale floor of
+    :func:`layer_scale_floor`; a norm is at least its largest element, so ||a|| is taken as at least ``floor``
+    (an analytically-zero gradient, such as attention's key bias under the softmax, is rounding noise alone)."""
+    na = max(float(np.linalg.norm(a.reshape(-1))), float(floor))
     nd = float(np.linalg.norm(absdiff.reshape(-1)))
     if na == 0.0:
         return 0.0 if nd == 0.0 else math.inf
