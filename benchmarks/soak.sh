@@ -8,7 +8,7 @@ N=${1:-100}
 PARITY=${PARITY:-.venv/bin/parity}
 TMPROOT=$(mktemp -d "${TMPDIR:-/tmp}/parity-soak.XXXXXX")
 export TMPDIR="$TMPROOT" PARITY_SPILL_DIR="$TMPROOT" PARITY_CACHE_DIR="$TMPROOT/cache"
-OUT="$TMPROOT/out"; LOG=$(mktemp)
+OUT="$TMPROOT/out"; LOG="$TMPROOT.log"
 du_kb() { du -sk --exclude=cache --exclude=out "$TMPROOT" 2>/dev/null | cut -f1; }
 start_kb=$(du_kb); fails=0; max_kb=$start_kb; t0=$(date +%s.%N)
 for i in $(seq 1 "$N"); do
