@@ -56,7 +56,7 @@ def test_he_normal_truncated_vs_kaiming_normal_plain():
 def test_user_cnn_defaults_differ_and_a_keras_style_init_matches():
     pytest.importorskip("keras")
     from parity.user.align import align
-    from tests import user_models
+    from benchmarks import user_models
 
     km = user_models.keras_cnn()
     torch.manual_seed(0)
