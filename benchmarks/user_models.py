@@ -4,6 +4,8 @@ benchmarks.user_models:torch_cnn``) and for ``parity.compare``. Variants add an 
 a bug."""
 from __future__ import annotations
 
+from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+
 NUM_CLASSES = 5
 INPUT_SHAPE = (16, 16, 3)
 
@@ -41,7 +43,6 @@ def keras_cnn_extra_linear(**kw):
 def _torch_cnn_class():
     from torch import nn
 
-    from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
     from ported_torch.layers import Add, Conv2dSame
 
     class TorchCNN(nn.Module):
@@ -122,7 +123,6 @@ def keras_sequential():
 def torch_sequential():
     from torch import nn
 
-    from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
 
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, bias=False),

@@ -42,7 +42,7 @@ from parity.io.watch import watch_from_cli
 from parity.io.trace import record, replay
 from parity.pairs import registry
 from parity.user.align import parse_pins
-from parity.user.pair import LOSSES, USER_ADAM, USER_SGD, parse_input_shape, spec_from_user_models
+from parity.user.pair import LOSSES, USER_ADAM, USER_SGD, is_model_file, parse_input_shape, spec_from_user_models
 from reports import to_json, write_reports
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -185,7 +185,7 @@ def _builder_targets(args, spec: PairSpec | None) -> list[Target]:
     """The builders a check will call, located (not imported) and named by the option that chose them."""
     targets = []
     if spec is not None:  # a registered pair; --reference / --port replace its own builders
-        if getattr(args, "reference", None):
+        if getattr(args, "reference", None) and not is_model_file(args.reference):
             targets.append(locate(args.reference, "--reference", "a Keras model"))
         elif isinstance(spec.reference, str):
             targets.append(locate(spec.reference, "", "the pair's Keras model"))
@@ -194,7 +194,10 @@ def _builder_targets(args, spec: PairSpec | None) -> list[Target]:
         elif isinstance(spec.port, str):
             targets.append(locate(spec.port, "", "the pair's torch module"))
     else:
-        targets.append(locate(args.reference, "--reference", "a Keras model"))
+        if is_model_file(args.reference):  # a saved model: checked as a file, loaded with safe_mode=True
+            check_input_file(args.reference, "--reference", "saved Keras model (.keras, .h5)")
+        else:
+            targets.append(locate(args.reference, "--reference", "a Keras model"))
         targets.append(locate(args.port, "--port", "a torch.nn.Module"))
     return targets
 
@@ -405,7 +408,7 @@ def cmd_check(args) -> int:
         if spec is None:
             say("reference: build your model (imports TensorFlow)")
             spec = spec_from_user_models(args.reference, args.port, input_shape=args.input_shape, loss=args.loss,
-                                         pins=args.align)
+                                         pins=args.align, custom_objects=getattr(args, "custom_objects", None))
             if not args.out:
                 out_dir = _out_dir(args, spec.name)
         if args.watch:  # parity.io.watch: one warm process, the port re-checked on every save
@@ -428,7 +431,7 @@ def cmd_record(args) -> int:
         if spec is None:
             say("reference: build your model (imports TensorFlow)")
             spec = spec_from_user_models(args.reference, args.port, input_shape=args.input_shape, loss=args.loss,
-                                         pins=args.align)
+                                         pins=args.align, custom_objects=getattr(args, "custom_objects", None))
         path, summary = record(spec, args.output, stages=",".join(stages), dtype=args.dtype, batch=args.batch,
                                seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights,
                                config=cfg, port=args.port,
@@ -497,7 +500,10 @@ COMMANDS = {"list": cmd_list, "check": cmd_check, "record": cmd_record, "replay"
 # -- the parser -----------------------------------------------------------------------------------------------------
 def _add_model_options(p, *, record: bool = False) -> None:
     p.add_argument("name", nargs="?", help="registered pair (see `parity list`)")
-    p.add_argument("--reference", metavar="MOD:FN", help="Keras model builder (your own model)")
+    p.add_argument("--reference", metavar="MOD:FN|FILE",
+                   help="Keras model builder, or a saved model (.keras, .h5: its own weights) (your own model)")
+    p.add_argument("--custom-objects", metavar="MOD",
+                   help="module holding the custom layers of a saved --reference model")
     p.add_argument("--port", metavar="MOD:FN",
                    help=("torch module builder stored in the trace as replay's default port (needed with "
                          "--reference)") if record else "torch module builder (your own port)")

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from parity.backends.torch_side import apply_transform
 from parity.core import families
-from parity.core.errors import UsageError
+from parity.core.errors import UsageError, UserCodeError
 from parity.core.spec import Tap
 from weight_converters.keras import LAYER_VARS, var_to_torch
 
@@ -418,6 +419,12 @@ def trace_torch(module, example, separable=None) -> PortTrace:
     try:
         with torch.no_grad():
             module(*examples)
+    except UsageError:
+        raise
+    except Exception as exc:  # the user's forward raised: theirs to fix (exit 2), not a bug in parity
+        raise UserCodeError(f"the port's forward ({type(module).__name__}.forward, called with "
+                            f"{len(examples)} input(s) of shape {', '.join(str(tuple(t.shape)) for t in examples)})",
+                            exc) from exc
     finally:
         for h in handles:
             h.remove()
@@ -891,8 +898,6 @@ def _close_names(name: str, names: list[str], k: int = 3) -> str:
 def supported_transforms() -> set[str]:
     """Activation names ``parity.backends.torch_side.apply_transform`` accepts (feature-detected)."""
     import torch
-
-    from parity.backends.torch_side import apply_transform
 
     ok = set()
     for name in ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "gelu", "swish", "silu", "linear"):

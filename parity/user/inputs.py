@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parity.core.errors import UsageError
+from parity.user.align import integer_input_range
 
 #: the layouts the converter may give a reference input in the port (Keras layout -> port layout)
 LAYOUT_IMAGE = "NHWC -> NCHW"
@@ -114,8 +115,6 @@ def input_names(model) -> list[str]:
 
 def input_slots(model) -> list[InputSlot]:
     """The reference model's inputs as slots of one packed array (order: ``model.inputs``)."""
-    from parity.user.align import integer_input_range
-
     slots, start = [], 0
     names = input_names(model)
     for k, t in enumerate(model.inputs):

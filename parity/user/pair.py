@@ -15,16 +15,20 @@ alignment table is kept on the spec (:func:`alignment_of`) and added to the resu
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from typing import Any, Callable
 
-from parity.core.errors import UsageError, label_of
-from parity.core.options import resolve_user
+from parity.core.env import import_tensorflow
+from parity.core.errors import UsageError, UserCodeError, label_of
+from parity.core.options import check_input_file, resolve_user
 from parity.core.results import CheckResult, Finding
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 from parity.diagnosis.alignment import alignment_findings, annotate_alignment  # noqa: F401  (public names)
 from parity.diagnosis.registry import result_rule
+from parity.harness import check
+from parity.user.align import AlignmentError, align, parse_pins, trace_keras
 from parity.user.inputs import (LAYOUT_SEQ_CHANNELS_FIRST, assign_shapes, choose_layouts, example_inputs,
                                 input_names, packed_reference, parse_input_shapes, to_port_layout, torch_unpacker)
 from parity.user.view import port_view
@@ -47,6 +51,88 @@ def parse_input_shape(text) -> list[tuple[str | None, tuple[int, ...]]]:
     """``--input-shape`` value(s) -> ``[(name or None, per-sample shape)]`` (any shape, in the Keras model's
     layout; repeated or ``name=`` for several inputs): :func:`parity.user.inputs.parse_input_shapes`."""
     return parse_input_shapes(text)
+
+
+#: what ``--reference FILE`` accepts: a model saved by Keras 3 (``.keras``, ``.h5``) or a Keras 2-era full-model
+#: HDF5 file (``model.save("m.h5")``), loaded by ``keras.saving.load_model`` with ``safe_mode=True``
+MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def is_model_file(reference) -> bool:
+    """``--reference`` names a saved model (by its suffix) rather than a ``module:function`` builder."""
+    return isinstance(reference, str) and reference.lower().endswith(MODEL_FILE_SUFFIXES) and ":" not in reference
+
+
+def custom_objects_of(module_name: str | None) -> dict[str, Any]:
+    """``--custom-objects MOD``: the public classes and functions of the module the user named (imported, as
+    a builder module is); Keras uses those the file's config refers to by name."""
+    if not module_name:
+        return {}
+    import importlib
+
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _usage_error(f"--custom-objects {module_name}: expected an importable module holding the model's "
+                           f"custom layers. Received: {type(exc).__name__}: {exc}.") from None
+    except Exception as exc:  # noqa: BLE001  (the user's module raised on import)
+        raise UserCodeError(f"--custom-objects {module_name} (importing it)", exc) from exc
+    return {k: v for k, v in vars(mod).items() if not k.startswith("_") and callable(v)}
+
+
+def reference_from_file(path: str, custom_objects: str | None = None) -> Callable:
+    """A builder that loads the saved model at ``path`` with its own weights. Loading executes nothing named in
+    the file beyond Keras' own deserialisation under ``safe_mode=True`` (a ``Lambda`` holding Python code is
+    refused); the optimizer state is not loaded (``compile=False``)."""
+    check_input_file(path, "--reference", "saved Keras model (.keras, .h5)")
+    objects = custom_objects_of(custom_objects)
+
+    def load_reference(**_config):
+        import keras
+
+        try:
+            return in_current_floatx(keras.saving.load_model(path, custom_objects=objects, compile=False,
+                                                             safe_mode=True))
+        except (ValueError, TypeError, OSError, KeyError) as exc:
+            text = str(exc).strip().splitlines()
+            raise _usage_error(f"--reference {path}: expected a model saved by Keras (model.save) whose layers "
+                               f"Keras can rebuild safely. Received: {type(exc).__name__}: "
+                               f"{text[0] if text else ''}. Pass its custom layers with --custom-objects MODULE "
+                               "(a Lambda layer is refused: rebuild the model with a builder instead).") from None
+
+    load_reference.__qualname__ = load_reference.__name__ = re.sub(r"\W+", "_", os.path.basename(path)) or "saved"
+    return load_reference
+
+
+def in_current_floatx(model):
+    """A loaded model computes in the dtype it was saved with; the check runs in ``keras.config.floatx()``
+    (float64 by default): the same layers rebuilt in that dtype, with the saved weights cast to it (exact
+    for float32 -> float64)."""
+    import keras
+    import numpy as np
+
+    want = keras.config.floatx()
+    have = {str(w.dtype) for w in model.weights if "float" in str(w.dtype)}
+    if not have or have == {want}:
+        return model
+
+    def rebuild(layer):
+        cfg = layer.get_config()
+        if "dtype" in cfg:
+            cfg["dtype"] = want
+        return layer.__class__.from_config(cfg)
+
+    names = input_names(model)
+    inputs = [keras.Input(tuple(t.shape[1:]), dtype=want if "float" in str(t.dtype) else t.dtype, name=n)
+              for t, n in zip(model.inputs, names)]
+    try:
+        clone = keras.models.clone_model(model, clone_function=rebuild,
+                                         input_tensors=inputs if len(inputs) > 1 else inputs[0])
+    except (ValueError, TypeError, KeyError, NotImplementedError):
+        return model  # a layer that cannot be rebuilt: checked in its saved dtype (the tolerance says so)
+    clone.set_weights([np.asarray(w, dtype=want) if np.issubdtype(np.asarray(w).dtype, np.floating) else w
+                       for w in model.get_weights()])
+    return clone
 
 
 def _resolve_builder(target, option: str, what: str) -> Callable:
@@ -101,8 +187,6 @@ def _output_width(model) -> int:
 
 
 def _ends_in_softmax(model) -> bool:
-    from parity.user.align import trace_keras
-
     nodes = trace_keras(model)
     return bool(nodes) and (nodes[-1].kind == "softmax" or nodes[-1].act == "softmax")
 
@@ -151,8 +235,6 @@ class UserTaps:
         return None
 
     def __call__(self, config: dict) -> list[Tap]:
-        from parity.user.align import AlignmentError, align
-
         model = self.model
         if model is None:
             raise _usage_error("user pair: the reference model was not built before the taps were asked for")
@@ -190,7 +272,7 @@ def _alignment_convention(al) -> Convention:
 
 
 def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss, input_shape,
-          port_object=None, shared: bool = False) -> PairSpec:
+          port_object=None, shared: bool = False, own_weights: bool = False) -> PairSpec:
     width = _output_width(model)
     target = ("onehot", width) if loss.name == "categorical_crossentropy" else ("regression", width)
     spec = PairSpec(
@@ -201,7 +283,8 @@ def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss,
             ", inferred: the model ends in softmax" if loss.name == "categorical_crossentropy" and not
             loss.reference_from_logits else ""), "F.cross_entropy on logits" if loss.name ==
             "categorical_crossentropy" else loss.name, "parity.user.pair.infer_loss"),),
-        default_config={}, fast_config={}, default_batch=4, reference_shared=shared)
+        default_config={}, fast_config={}, default_batch=4, reference_shared=shared,
+        randomize_bn=not own_weights)  # a saved model is checked with its own trained weights, as they are
     taps.spec = spec
     return spec
 
@@ -211,18 +294,16 @@ def _safe_name(text: str) -> str:
 
 
 def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None = None, pins=None,
-                          name: str | None = None) -> PairSpec:
+                          name: str | None = None, custom_objects: str | None = None) -> PairSpec:
     """A :class:`PairSpec` for your own models: ``reference`` / ``port`` are ``"module:function"`` (or
     callables) returning a Keras model / a torch module; ``input_shape`` ``"H,W,C"`` or a tuple (needed when
     the Keras model does not fix it); ``loss`` overrides the inferred one; ``pins``
     ``["keras_layer=port.module.path", ...]`` override the automatic alignment."""
-    from parity.core.env import import_tensorflow
-
-    ref_fn = _resolve_builder(reference, "--reference", "a Keras model")
+    from_file = is_model_file(reference)
+    ref_fn = (reference_from_file(reference, custom_objects) if from_file
+              else _resolve_builder(reference, "--reference", "a Keras model"))
     port_fn = _resolve_builder(port, "--port", "a torch.nn.Module")
     shapes = parse_input_shapes(input_shape)
-    from parity.user.align import parse_pins, AlignmentError
-
     try:
         pin_map = parse_pins(pins)
     except AlignmentError as exc:
@@ -253,7 +334,7 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
     pname = getattr(port_fn, "__name__", "port")
     spec_name = name or _safe_name(f"{rname}-vs-{pname}")
     return _spec(spec_name, f"user models {reference} <-> {port}", build_reference, build_port, taps, probe,
-                 loss_spec, shape)
+                 loss_spec, shape, own_weights=from_file)
 
 
 def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None, pins=None,
@@ -263,8 +344,6 @@ def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None,
         raise _usage_error(f"compare: expected a keras.Model as the reference. Received: {type(keras_model).__name__}.")
     if not _is_torch_module(torch_module):
         raise _usage_error(f"compare: expected a torch.nn.Module as the port. Received: {type(torch_module).__name__}.")
-    from parity.user.align import AlignmentError, parse_pins
-
     try:
         pin_map = parse_pins(pins)
     except AlignmentError as exc:
@@ -305,9 +384,6 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
     defaults to the Keras model's own (build it under ``keras.config.set_floatx("float64")`` and
     ``keras.config.set_dtype_policy("float64")`` for the exact comparison); the rest of ``check_kwargs`` go
     to :func:`parity.harness.check` (``stages``, ``batch``, ``seed``, ``optimizer``, ``steps``...)."""
-    from parity.core.env import import_tensorflow
-    from parity.harness import check
-
     import_tensorflow()
     kdtype = _keras_dtype(keras_model)
     asked = check_kwargs.pop("dtype", None)

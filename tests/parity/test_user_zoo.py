@@ -190,3 +190,48 @@ def test_cli_two_named_inputs_and_a_feature_vector(capsys, tmp_path):
                "target=13,13,3", "--stages", "structure,forward_eval", "--out", str(tmp_path / "b")])
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and out[-1].startswith("PASSED"), out[-3:]
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_saved_model_is_a_reference_with_its_own_weights(tmp_path, capsys, suffix):
+    """``--reference model.keras`` / ``model.h5``: loaded with safe_mode=True and checked with the weights it
+    was saved with (a port that loads them passes; BatchNorm statistics are not redrawn)."""
+    import numpy as np
+
+    from parity.cli import main
+    from parity.user.pair import reference_from_file
+
+    km = user_zoo.keras_mlp()
+    rng = np.random.default_rng(3)
+    km.set_weights([rng.normal(0.5, 0.3, w.shape).astype(w.dtype) if "variance" not in w.path
+                    else rng.uniform(0.5, 2.0, w.shape).astype(w.dtype) for w in km.weights])
+    path = tmp_path / f"mlp{suffix}"
+    km.save(path)
+    loaded = reference_from_file(str(path))()
+    assert all(np.array_equal(a, b) for a, b in zip(km.get_weights(), loaded.get_weights()))
+    rc = main(["check", "--reference", str(path), "--port", "benchmarks.user_zoo:port_mlp",
+               "--stages", "structure,forward_eval,gradients", "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and out[-1].startswith("PASSED"), out[-3:]
+
+
+def test_a_saved_model_with_a_lambda_is_refused_without_running_it(tmp_path, capsys):
+    from parity.cli import main
+
+    inp = keras.Input((4,))
+    out = keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Dense(2)(inp))
+    path = tmp_path / "lam.keras"
+    keras.Model(inp, out).save(path)
+    rc = main(["check", "--reference", str(path), "--port", "benchmarks.user_zoo:port_mlp"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith(f"parity: error: --reference {path}: expected a model saved by Keras"), err
+    assert "Lambda" in err[-1]
+
+
+def test_a_port_whose_forward_raises_is_the_users_error(capsys):
+    from parity.cli import main
+
+    rc = main(["check", "--reference", "benchmarks.user_zoo:keras_mlp", "--port", "benchmarks.user_zoo:port_mlp",
+               "--input-shape", "21"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "--input-shape: expected a shape that fits reference input" in err[-1]
