@@ -31,7 +31,7 @@ from parity.core.errors import UsageError
 from parity.core.options import (ALL_STAGES, SEED_LIMIT, Target, check_batch, check_config_values,
                                  check_accepts, check_device_name, check_input_file, check_int, check_output_dir,
                                  check_output_file, expand_out, locate, optimizer_spec, parse_config, parse_stages,
-                                 plan_steps, resolve_user)
+                                 locate_module, plan_steps, resolve_user)
 from parity.core.spec import PairSpec
 from parity.harness import check
 from parity.io.convert import FORMATS as CONVERT_FORMATS
@@ -238,7 +238,7 @@ def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> t
         raise UsageError(f"--optimizer: expected one of {USER_ADAM.kind}, {USER_SGD.kind} for your own models. "
                          f"Received: {args.optimizer!r}.")
     if spec is not None:
-        for opt in ("input_shape", "loss", "align"):
+        for opt in ("input_shape", "loss", "align", "custom_objects"):
             if getattr(args, opt, None):
                 raise UsageError(f"--{opt.replace('_', '-')}: expected only with your own models (--reference "
                                  f"MOD:FN --port MOD:FN). Received: it with the registered pair {spec.name!r}, "
@@ -251,6 +251,12 @@ def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> t
         raise UsageError(f"--loss: expected one of {', '.join(LOSSES)}. Received: {args.loss!r}.")
     if getattr(args, "align", None):
         parse_pins(args.align)
+    if getattr(args, "custom_objects", None):
+        if not is_model_file(getattr(args, "reference", None)):
+            raise UsageError(f"--custom-objects {args.custom_objects}: expected only with a saved --reference model "
+                             "(.keras, .h5). Received: it with a --reference builder, whose module defines its own "
+                             "layers. Drop the option.")
+        locate_module(args.custom_objects, "--custom-objects", "the saved model's custom layers")
     targets = _builder_targets(args, spec)
     return _validated_config(args, spec, targets, args.fast), stages
 

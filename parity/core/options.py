@@ -439,6 +439,23 @@ def locate(text, option: str, what: str) -> Target:
     return target
 
 
+def locate_module(name, option: str, what: str) -> str:
+    """A module the user named (``--custom-objects MOD``), found on the path without importing it."""
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", name):
+        raise UsageError(f"{option}: expected a module name (e.g. mypkg.layers) holding {what}. Received: {name!r}.")
+    try:
+        found = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        found = None
+    except Exception as exc:  # a parent package's __init__ raised
+        raise UserCodeError(f"{option} {name}: importing its package", exc) from exc
+    if found is None:
+        raise UsageError(f"{option} {name}: expected an importable module holding {what}. Received: no module "
+                         f"named {name!r} on the path (working directory {os.getcwd()}). Run from the directory "
+                         "that holds it, or install it.")
+    return name
+
+
 def check_accepts(target: Target, config: dict[str, Any], *, user_keys=()) -> None:
     """The builder takes ``config`` as keyword arguments: every key a parameter (or ``**kwargs``), every
     required parameter given. ``user_keys``: the keys the user passed with ``--config`` (named in the error)."""

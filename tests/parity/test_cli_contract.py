@@ -87,6 +87,7 @@ def assert_usage_error(p, *needles):
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs")
     (d / "a_file").write_text("x")
+    (d / "a_file.keras").write_text("x")
     (d / "empty.h5").write_bytes(b"")
     (d / "a_dir").mkdir()
     os.mkfifo(d / "pipe.h5")
@@ -132,12 +133,19 @@ BAD_INPUTS = [
     ((*CHK, "--reference", "no_such_module_x:build"), "--reference no_such_module_x:build"),
     ((*CHK, "--input-shape", "64,64,1"), "--input-shape: expected only with your own models"),
     ((*CHK, "--loss", "mse"), "--loss: expected only with your own models"),
+    ((*CHK, "--custom-objects", "os"), "--custom-objects: expected only with your own models"),
+    (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
+      "--custom-objects", "os"), "--custom-objects os: expected only with a saved --reference model"),
+    (("check", "--reference", "{F}/a_file.keras", "--port", "benchmarks.user_models:torch_cnn",
+      "--custom-objects", "no_such_layers_x"), "--custom-objects no_such_layers_x: expected an importable module"),
+    (("record", "--reference", "{F}/a_file.keras", "--port", "benchmarks.user_models:torch_cnn", "-o", "t.safetensors",
+      "--custom-objects", "bad name"), "--custom-objects: expected a module name"),
     ((*CHK, "--bogus-flag"), "unrecognized arguments"),
     (("check", "nosuchpair"), "unknown pair 'nosuchpair'"),
     (("check",), "check: expected a pair NAME"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn"), "Received: --reference only"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
-      "--input-shape", "1,2"), "--input-shape: expected H,W,C"),
+      "--input-shape", "64,0,1"), "--input-shape: expected a per-sample shape of positive integers"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
       "--loss", "hinge"), "--loss: expected one of"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
