@@ -41,13 +41,14 @@ def function_name(fn: Any) -> str:
 
 def call_user(fn: Callable, what: str, *args, **kwargs):
     """Call a user's function; any exception it raises becomes a :class:`UserCodeError` naming ``what``
-    (e.g. ``"--port mypkg.port:build"``). Usage errors pass through unchanged; ``KeyboardInterrupt`` and
-    ``SystemExit`` are not caught."""
+    (e.g. ``"--port mypkg.port:build"``). Usage errors pass through unchanged; a ``sys.exit()`` in the user's
+    function is reported like an exception (it would otherwise end parity with the function's exit code);
+    ``KeyboardInterrupt`` is not caught."""
     try:
         return fn(*args, **kwargs)
     except UsageError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserCodeError(what, exc) from exc
 
 

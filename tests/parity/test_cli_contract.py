@@ -447,3 +447,19 @@ def test_a_name_bound_at_run_time_is_looked_up_by_importing(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     t = options.locate("h4_dynamic:build", "--port", "a torch.nn.Module")  # not refused from the source alone
     assert t.signature is None and callable(t.load())
+
+
+def test_call_user_names_the_function_and_keeps_the_cause():
+    from parity.core.errors import UserCodeError, call_user
+
+    def build(**kw):
+        raise KeyError("num_classes")
+
+    with pytest.raises(UserCodeError) as info:
+        call_user(build, "--port pkg:build", num_classes=3)
+    assert str(info.value).startswith("--port pkg:build raised KeyError: 'num_classes'. ")
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(UserCodeError, match="raised SystemExit: 1"):  # exit 1 is reserved for FAILED verdicts
+        call_user(lambda: sys.exit(1), "--reference pkg:build")
+    with pytest.raises(options.UsageError, match="^bad$"):  # the project's own usage errors pass through
+        call_user(lambda: (_ for _ in ()).throw(options.UsageError("bad")), "x")
