@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-false-alarms", action="store_true", help="skip the false-alarm sweep")
     ap.add_argument("--no-mutations", action="store_true", help="only the false-alarm sweep")
     ap.add_argument("--json", help="write every outcome to this JSON file")
+    ap.add_argument("--no-zoo", action="store_true",
+                    help="skip the ports written by other people's styles (benchmarks.user_zoo), reported separately")
     args = ap.parse_args(argv)
 
     from benchmarks import mutations as M
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
                           flush=True)
         n_alarm = sum(not a["passed"] for a in alarms)
         print(f"\nfalse alarms: {n_alarm}/{len(alarms)} checks of correct pairs", flush=True)
+    zoo = {} if args.no_zoo else _zoo(args, M)
     print(f"total time {time.perf_counter() - t_all:.0f} s", flush=True)
     if outcomes:
         t = M.totals(outcomes)
@@ -96,8 +99,48 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"mutations": [o.to_dict() for o in outcomes], "skipped": skipped,
-                       "totals": M.totals(outcomes) if outcomes else {}, "false_alarms": alarms}, fh, indent=1)
+                       "totals": M.totals(outcomes) if outcomes else {}, "false_alarms": alarms, "zoo": zoo}, fh,
+                      indent=1)
     return 0
+
+
+def _zoo(args, M) -> dict:
+    """The same scoring on ports written in other people's styles (benchmarks.user_zoo: named children,
+    Sequential, ModuleDict, functional, in-place, two inputs, a feature vector), through the user-model mode:
+    planted bugs, then every correct zoo port over the seeds and dtypes. Reported on its own."""
+    from benchmarks import user_zoo as Z
+
+    names = args.names.split(",") if args.names else None
+    outcomes, alarms = [], []
+    if not args.no_mutations:
+        print(f"\n{'zoo mutation':<28} {'detected':>8} {'layer':>6} {'cause':>6} {'secs':>6}  first divergence -> cause",
+              flush=True)
+        for name, ref, port, summary, stage, path, cause in Z.ZOO_MUTATIONS:
+            if names and name not in names:
+                continue
+            m = M.Mutation(name, "user", summary, stage, path, cause, port=None,
+                           user=(f"benchmarks.user_zoo:{ref}", f"benchmarks.user_zoo:{port}"))
+            o = M.run_mutation(m, stages=None)
+            outcomes.append(o)
+            got = f"({o.stage}, {o.path}) -> {o.cause}" if o.error is None else f"ERROR {o.error}"
+            print(f"{name:<28} {_flag(o.detected):>8} {_flag(o.layer_ok):>6} {_flag(o.cause_ok):>6} {o.seconds:6.1f}  "
+                  f"{got}", flush=True)
+    if not args.no_false_alarms:
+        print(f"\n{'correct zoo port':<34} {'dtype':<8} {'seed':>4} {'result':>7} {'secs':>6}  summary", flush=True)
+        for ref, port in Z.ZOO:
+            user = (f"benchmarks.user_zoo:{ref}", f"benchmarks.user_zoo:{port}")
+            for dtype in [d for d in args.dtypes.split(",") if d]:
+                for seed in range(args.seeds):
+                    ok, line, secs = M.run_correct("user", user, dtype=dtype, seed=seed)
+                    alarms.append({"port": port, "dtype": dtype, "seed": seed, "passed": ok, "summary": line})
+                    print(f"{port:<34} {dtype:<8} {seed:>4} {'ok' if ok else 'ALARM':>7} {secs:6.1f}  {line[:120]}",
+                          flush=True)
+    t = M.totals(outcomes) if outcomes else {}
+    n_alarm = sum(not a["passed"] for a in alarms)
+    if outcomes:
+        print(f"ZOO TOTALS detected {t['detected_pct']:.1f} % | layer {t['layer_pct']:.1f} % | cause "
+              f"{t['cause_pct']:.1f} % | false alarms {n_alarm}/{len(alarms)}", flush=True)
+    return {"mutations": [o.to_dict() for o in outcomes], "totals": t, "false_alarms": alarms}
 
 
 if __name__ == "__main__":

@@ -355,3 +355,117 @@ ZOO = (
     ("keras_two_input", "port_two_input"),
     ("keras_mlp", "port_mlp"),
 )
+
+
+# --- planted bugs in the zoo's styles (the mutation suite runs them next to the project's own ports) -----------
+def _set(module, path: str, new) -> None:
+    parent, _, name = path.rpartition(".")
+    owner = module.get_submodule(parent) if parent else module
+    if isinstance(owner, (list, tuple)) or name.isdigit():
+        owner[int(name)] = new
+    elif hasattr(owner, "__getitem__") and not hasattr(owner, name):
+        owner[name] = new
+    else:
+        setattr(owner, name, new)
+
+
+def zoo_bn_eps_default():
+    """Named children: one BatchNorm at torch's default eps (1e-5 for Keras' 1e-3)."""
+    from torch import nn
+
+    port = port_named_children()
+    port.stem1_bn = nn.BatchNorm2d(8, momentum=TORCH_BN_MOMENTUM_FROM_KERAS)
+    return port
+
+
+def zoo_bn_momentum_keras():
+    """nn.Sequential: Keras' momentum 0.99 passed to torch as is (torch's momentum is 1 - Keras')."""
+    from torch import nn
+
+    port = port_sequential()
+    port.stem[1] = nn.BatchNorm2d(8, eps=KERAS_BN_EPSILON, momentum=0.99)
+    return port
+
+
+def zoo_conv_bias():
+    """ModuleDict: a conv with a bias the reference does not have (the bias keeps its random values)."""
+    from torch import nn
+
+    port = port_module_dict()
+    port.layers["conv_1"] = nn.Conv2d(1, 8, 3, bias=True)
+    return port
+
+
+def zoo_head_stride2():
+    """Functional forward: the head conv built with stride 2."""
+    from torch import nn
+
+    port = port_functional()
+    port.out = nn.Conv2d(16, XCEPTION_CLASSES, 3, 2, 1)
+    return port
+
+
+def zoo_leaky_relu():
+    """In-place activations: LeakyReLU(inplace=True) where the reference has ReLU."""
+    from torch import nn
+
+    port = port_inplace()
+    port.conv1[2] = nn.LeakyReLU(0.1, inplace=True)
+    return port
+
+
+def zoo_symmetric_stride2_conv():
+    """A 3x3/2 'same' conv on an even size ported as padding=1 (TF pads bottom/right only)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_a = nn.Conv2d(3, 6, 3, padding=1)
+            self.relu_a = nn.ReLU()
+            self.conv_b = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+            self.fc = nn.Linear(8 * 5 * 5, CONV_HEAD_OUTPUTS)
+
+        def forward(self, x):
+            x = self.relu_a(self.conv_a(x))
+            x = F.relu(self.conv_b(F.pad(x, (1, 1, 1, 1))[:, :, 1:-1, 1:-1]))
+            return self.fc(x.flatten(1))
+
+    return Net()
+
+
+def zoo_mlp_bn_eps():
+    from torch import nn
+
+    port = port_mlp()
+    port[1] = nn.BatchNorm1d(32, momentum=TORCH_BN_MOMENTUM_FROM_KERAS)
+    return port
+
+
+def zoo_two_input_no_relu():
+    """Two inputs: the search image's tower without its ReLU (the reference fuses activation='relu')."""
+    from torch import nn
+
+    port = port_two_input()
+    port.towers[1][1] = nn.Identity()
+    return port
+
+
+#: planted bugs: (name, reference, port, summary, expected stage, expected layer, expected cause)
+ZOO_MUTATIONS = (
+    ("zoo_bn_eps_default", "keras_mini_xception", "zoo_bn_eps_default", "named children: BatchNorm eps 1e-5",
+     "forward_eval", "bn1", "bn_eps"),
+    ("zoo_bn_momentum_keras", "keras_mini_xception", "zoo_bn_momentum_keras", "Sequential: BN momentum 0.99 as is",
+     "forward_train", "bn1", "bn_momentum"),
+    ("zoo_conv_bias", "keras_mini_xception", "zoo_conv_bias", "ModuleDict: conv bias in the port only",
+     "forward_eval", "conv1", "conv_bias"),
+    ("zoo_head_stride2", "keras_mini_xception", "zoo_head_stride2", "functional: head conv with stride 2",
+     "forward_eval", "head", "stride"),
+    ("zoo_leaky_relu", "keras_mini_xception", "zoo_leaky_relu", "in-place: LeakyReLU for ReLU",
+     "forward_eval", "relu1", "activation"),
+    ("zoo_mlp_bn_eps", "keras_mlp", "zoo_mlp_bn_eps", "non-image: BatchNorm1d eps 1e-5",
+     "forward_eval", "hidden_bn", "bn_eps"),
+    ("zoo_two_input_no_relu", "keras_two_input", "zoo_two_input_no_relu", "two inputs: a tower without its ReLU",
+     "forward_eval", "image_conv", "activation"),
+)

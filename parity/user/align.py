@@ -141,6 +141,8 @@ class Alignment:
     aliases: dict[str, tuple] = field(default_factory=dict)
     #: weighted port modules called for several distinct reference layers: module path -> reference layers
     shared: dict[str, list[str]] = field(default_factory=dict)
+    #: (reference layer, port module, activation): a fused ``activation=`` the port's forward never applies
+    missing_activations: list[tuple[str, str, str]] = field(default_factory=list)
 
     def table(self) -> list[dict]:
         return [r.to_dict() for r in self.rows]
@@ -998,6 +1000,7 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
     fused_port: set[int] = set()
     aliases: dict[str, tuple] = {}
     shared: dict[str, list[str]] = {}
+    missing_acts: list[tuple[str, str, str]] = []
     pending_chw: tuple[int, int, int] | None = None  # a flatten's (C, H, W) until the Dense that reads it
     for ri, pj, s, status in pairs:
         r = ref[ri] if ri is not None else None
@@ -1059,6 +1062,12 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             if fused == "softmax" and r.name == last_ref:
                 transform = "softmax"
                 row.note = "softmax fused in the reference's last layer: compared as softmax(port logits)"
+            elif fused in supported and not follows and "fx" in trace.traced_with and not (
+                    nxt_node is not None and nxt_node.functional and _act_norm(nxt_node.act) == _act_norm(fused)):
+                # the whole forward is known (torch.fx) and no such activation follows: compare the raw output
+                row.note = (f"activation={fused!r} fused in the reference; the port applies no {fused} after "
+                            f"{p.name}")
+                missing_acts.append((r.name, p.name, fused))
             elif fused in supported:
                 transform = fused
                 row.note = f"activation={fused!r} fused in the reference: compared as {fused}(port output)"
@@ -1114,7 +1123,7 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             r.status = "dropped"
     rows = [r for r in rows if r.status != "dropped"]
     return Alignment(taps=taps, rows=rows, ref_nodes=ref, port_nodes=port, traced_with=trace.traced_with,
-                     groups=groups, aliases=aliases, shared=shared)
+                     groups=groups, aliases=aliases, shared=shared, missing_activations=missing_acts)
 
 
 def _explicit_padding(ref: list[Node], ri: int, p: Node):

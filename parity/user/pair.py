@@ -489,6 +489,18 @@ def alignment_verdict(al) -> tuple[str, Finding] | None:
                          evidence=head, severity="error")
 
 
+@result_rule(order=6)
+def missing_fused_activation(run) -> list[Finding]:
+    """A reference layer with ``activation=`` fused whose port module is followed by no such activation in the
+    port's (fully traced) forward."""
+    al = getattr(run.spec, "alignment", None)
+    have = {(f.cause, f.path) for f in run.result.findings}
+    return [Finding("activation", ref, f"activation {act!r} fused in the reference layer {ref}; the port applies no "
+                    f"{act} after {port}", f"apply {act} to {port}'s output in forward (e.g. F.{act} / nn.ReLU())"
+                    if act == "relu" else f"apply {act} to {port}'s output in forward", stage="structure")
+            for ref, port, act in (getattr(al, "missing_activations", None) or []) if ("activation", ref) not in have]
+
+
 @result_rule(order=5)
 def incomplete_alignment_first(run) -> None:
     """A user pair whose alignment is incomplete fails on that, first (see :func:`alignment_verdict`)."""

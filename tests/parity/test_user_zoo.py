@@ -235,3 +235,17 @@ def test_a_port_whose_forward_raises_is_the_users_error(capsys):
                "--input-shape", "21"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "--input-shape: expected a shape that fits reference input" in err[-1]
+
+
+@pytest.mark.parametrize("name, ref_fn, port_fn, summary, stage, path, cause", user_zoo.ZOO_MUTATIONS,
+                         ids=[m[0] for m in user_zoo.ZOO_MUTATIONS])
+def test_a_planted_bug_in_a_zoo_port_is_located_and_named(name, ref_fn, port_fn, summary, stage, path, cause):
+    """Through the code the CLI runs (benchmarks.mutations.run_mutation -> parity.harness.check): the first
+    divergent layer and the cause of each planted convention bug, in every zoo style."""
+    from benchmarks import mutations as M
+
+    m = M.Mutation(name, "user", summary, stage, path, cause, port=None,
+                   user=(f"benchmarks.user_zoo:{ref_fn}", f"benchmarks.user_zoo:{port_fn}"))
+    o = M.run_mutation(m, stages=("structure", "forward_eval", "forward_train"))
+    assert o.error is None and o.detected, o
+    assert (o.stage, o.path, o.cause) == (stage, path, cause), o.cause_message
