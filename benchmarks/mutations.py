@@ -507,6 +507,146 @@ def ed_transpose_kernel_flipped(**cfg):
     return m
 
 
+def tc_forget_bias_plus_one(**cfg):
+    """A loader that adds TF 1's forget_bias=1.0 to the forget gate (Keras' stored bias already holds it)."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith("bias_ih"):
+            h = t.shape[0] // 4
+            t = t.clone()
+            t[h:2 * h] += 1.0
+            sd[prefix + name] = t
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def tc_gate_order_ifog(**cfg):
+    """A loader that writes the LSTM gates as i,f,o,g (the cell candidate last)."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith(("weight_ih", "weight_hh", "bias_ih")):
+            sd[prefix + name] = _reorder_blocks(t, (0, 1, 3, 2))
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def tc_softmax_output(**cfg):
+    """The port ends in a softmax and is trained with F.cross_entropy (softmax twice)."""
+    from torch import nn
+
+    m = _tc(**cfg)
+    m.classifier = nn.Sequential(m.classifier, nn.Softmax(dim=-1))
+    return m
+
+
+def tc_unidirectional(**cfg):
+    """bidirectional=False where Keras wraps the LSTM in Bidirectional."""
+    from ported_torch.textclf import LastStepLSTM
+
+    m = _tc(**cfg)
+    e = m.encoder
+    m.encoder = LastStepLSTM(e.input_size, e.hidden_size, batch_first=True, bidirectional=False)
+    return m
+
+
+def tg_bias_rows_swapped(**cfg):
+    """A GRU loader that puts Keras' bias[0] (input) into bias_hh and bias[1] (recurrent) into bias_ih."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith("bias_ih"):
+            other = prefix + name.replace("bias_ih", "bias_hh")
+            sd[prefix + name], sd[other] = sd[other], t
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def tg_last_step_sequence_end(**cfg):
+    return _tc(**cfg, last="sequence_end")
+
+
+def tg_bias_gates_unconverted(**cfg):
+    """GRU kernels reordered z,r,h -> r,z,n but the biases copied in Keras' order."""
+    m = _tc(**cfg)
+
+    def edit(name, t, sd, prefix):
+        if name.startswith(("bias_ih", "bias_hh")):
+            sd[prefix + name] = _reorder_blocks(t, (1, 0, 2))
+
+    _rnn_load_hook(m.encoder, edit)
+    return m
+
+
+def tf_layernorm_no_affine(**cfg):
+    """nn.LayerNorm(elementwise_affine=False) for a LayerNormalization with center/scale."""
+    from torch import nn
+
+    m = _tf(**cfg)
+    m.attn_norm = nn.LayerNorm(m.attn_norm.normalized_shape, eps=m.attn_norm.eps, elementwise_affine=False)
+    return m
+
+
+def tf_layernorm_over_sequence(**cfg):
+    """nn.LayerNorm([L, d]): normalises over time and features where Keras normalises the last axis."""
+    from torch import nn
+
+    m = _tf(**cfg)
+    m.attn_norm = nn.LayerNorm([cfg.get("seq_len", 10), cfg.get("d_model", 16)], eps=m.attn_norm.eps)
+    return m
+
+
+def tf_gelu_torch_exact(**cfg):
+    """nn.GELU() (exact 1/sqrt(2)) where Keras on TensorFlow uses 1/sqrt(2) rounded to float32."""
+    from torch import nn
+
+    m = _tf(**cfg)
+    m.ffn_gelu = nn.GELU()
+    return m
+
+
+def tf_ffn_relu(**cfg):
+    """ReLU in the MLP for Keras' gelu."""
+    from torch import nn
+
+    m = _tf(**cfg)
+    m.ffn_gelu = nn.ReLU()
+    return m
+
+
+def tf_key_value_swapped(**cfg):
+    """A loader that maps Keras' key kernel to v_proj and value to k_proj."""
+    m = _tf(**cfg)
+    state = {"done": False}
+
+    def hook(mod, sd, prefix, *args):
+        if not state["done"]:
+            state["done"] = True
+            for p in ("weight", "bias"):
+                k, v = prefix + f"k_proj.{p}", prefix + f"v_proj.{p}"
+                sd[k], sd[v] = sd[v], sd[k]
+
+    m.attention.register_load_state_dict_pre_hook(hook)
+    return m
+
+
+def tf_four_heads(**cfg):
+    """num_heads=4 for Keras' 2 (same weights, other head split)."""
+    return _tf(**{**cfg, "num_heads": 4})
+
+
+def ed_transpose_padding_1_0(**cfg):
+    """nn.ConvTranspose2d(k=3, s=2, padding=1) without output_padding: one pixel short."""
+    from torch import nn
+
+    w = cfg.get("width", 8)
+    return _ed(**cfg, transpose=nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1))
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -886,6 +1026,35 @@ CATALOGUE: tuple[Mutation, ...] = (
        "forward_wiring", ci_stages=EVAL),
     _m("ed_transpose_kernel_flipped", "encdec", "transposed-conv kernel rotated 180 degrees on load",
        "forward_eval", "up1", "conv_transpose_flipped", ci_stages=EVAL),
+    # --- more recurrent, transformer and encoder-decoder mistakes ---------------------------------------------------
+    _m("tc_forget_bias_plus_one", "textclf", "TF 1 forget_bias=1.0 added to the loaded bias", "forward_eval",
+       "encoder", "rnn_forget_bias", ci_stages=EVAL),
+    _m("tc_gate_order_ifog", "textclf", "LSTM gates loaded as i,f,o,g", "forward_eval", "encoder", "rnn_gate_order",
+       ci_stages=EVAL),
+    _m("tc_softmax_output", "textclf", "softmax in the port and in F.cross_entropy", "forward_eval", "classifier",
+       "double_softmax", ci_stages=EVAL),
+    _m("tc_unidirectional", "textclf", "nn.LSTM without bidirectional=True", "forward_eval", "encoder",
+       "bidirectional", ci_stages=EVAL),
+    _m("tg_bias_rows_swapped", "textgru", "GRU input and recurrent biases swapped on load", "forward_eval",
+       "encoder", "gru_bias_swapped", ci_stages=EVAL),
+    _m("tg_last_step_sequence_end", "textgru", "backward GRU taken at the last step", "forward_eval", "encoder",
+       "rnn_last_step", ci_stages=EVAL),
+    _m("tg_bias_gates_unconverted", "textgru", "GRU biases left in Keras' z,r,h order", "forward_eval", "encoder",
+       "rnn_gate_order", ci_stages=EVAL),
+    _m("tf_layernorm_no_affine", "transformer", "LayerNorm without gamma/beta", "structure", "attn_norm",
+       "layernorm_affine", ci_stages=EVAL),
+    _m("tf_layernorm_over_sequence", "transformer", "nn.LayerNorm([L, d]) for Keras' last axis", "forward_eval",
+       "attn_norm", "layernorm_axes", ci_stages=EVAL),
+    _m("tf_gelu_torch_exact", "transformer", "nn.GELU with the exact 1/sqrt(2) (TF: float32-rounded)",
+       "forward_eval", "ffn_gelu", "activation_definition", ci_stages=EVAL),
+    _m("tf_ffn_relu", "transformer", "ReLU in the MLP for gelu", "forward_eval", "ffn_gelu", "activation",
+       ci_stages=EVAL),
+    _m("tf_key_value_swapped", "transformer", "key and value projections swapped on load", "forward_eval",
+       "attention", "attention_qkv_order", ci_stages=EVAL),
+    _m("tf_four_heads", "transformer", "num_heads=4 for the reference's 2", "forward_eval", "attention",
+       "attention_heads", ci_stages=EVAL),
+    _m("ed_transpose_padding_1_0", "encdec", "ConvTranspose2d(padding=1) for 'same': one pixel short",
+       "forward_eval", "up1", "conv_transpose_same", ci_stages=EVAL),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,

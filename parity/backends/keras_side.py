@@ -384,7 +384,9 @@ def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, o
         weights = None
     elif spec.randomize_bn:
         # only the variables randomize_weights draws for (BatchNorm and biases): not a copy of every kernel
-        w = keras_weights(model, only=lambda layer, var: kinds.get(layer) == "batchnorm" or var == "bias")
+        # "forward/bias", "query/bias": the biases of a Bidirectional or MultiHeadAttention layer too
+        w = keras_weights(model, only=lambda layer, var: kinds.get(layer) == "batchnorm"
+                          or var.rsplit("/", 1)[-1] == "bias")
         randomize_weights(w, kinds, seed)
         set_keras_weights(model, w)
         del w

@@ -45,5 +45,5 @@ def randomize_weights(weights: dict[str, dict[str, np.ndarray]], kinds: dict[str
                     vars_[var] = rng.normal(0.0, 0.2, a.shape).astype(a.dtype)
                 elif var == "moving_variance":
                     vars_[var] = rng.uniform(0.5, 2.0, a.shape).astype(a.dtype)
-            elif var == "bias":
+            elif var.rsplit("/", 1)[-1] == "bias":  # also "forward/bias" (Bidirectional), "query/bias"
                 vars_[var] = rng.normal(0.0, 0.2, a.shape).astype(a.dtype)

@@ -49,5 +49,4 @@ SPEC = register(PairSpec(
     default_config={"input_shape": (16, 16, 3), "width": 8, "num_classes": 3},
     fast_config={"input_shape": (16, 16, 3), "width": 8, "num_classes": 3},
     default_batch=4,
-    randomize_bn=False,
 ))

@@ -39,7 +39,6 @@ SPEC = register(PairSpec(
     default_config={"seq_len": 12, "vocab": 50, "embed_dim": 8, "units": 6, "num_classes": 4, "cell": "lstm"},
     fast_config={"seq_len": 12, "vocab": 50, "embed_dim": 8, "units": 6, "num_classes": 4, "cell": "lstm"},
     default_batch=8,
-    randomize_bn=False,
     input_range=(0, 50),
 ))
 

@@ -49,5 +49,4 @@ SPEC = register(PairSpec(
     default_config={"seq_len": 10, "d_model": 16, "num_heads": 2, "ff_dim": 32, "num_classes": 3},
     fast_config={"seq_len": 10, "d_model": 16, "num_heads": 2, "ff_dim": 32, "num_classes": 3},
     default_batch=8,
-    randomize_bn=False,
 ))

@@ -23,7 +23,9 @@ KNOWN_CAUSES = {
     # the recurrent and embedding families (parity.core.families.recurrent, embedding)
     "batch_first", "rnn_last_step", "rnn_bias_duplicated", "rnn_bias_dropped", "rnn_gate_order", "rnn_two_biases",
     "padding_idx", "layernorm_eps", "gelu_approximate", "attention_scale", "attention_qkv_order",
-    "attention_head_layout", "conv_transpose_same", "upsample_mode", "conv_transpose_flipped",
+    "attention_head_layout", "conv_transpose_same", "upsample_mode", "conv_transpose_flipped", "rnn_forget_bias",
+    "bidirectional", "gru_bias_swapped", "layernorm_affine", "layernorm_axes", "activation_definition",
+    "attention_heads",
 }
 
 

@@ -106,7 +106,8 @@ def config_findings(kind: str, ref: dict, port: dict) -> list[RuleHit]:
 
 def has_probes(kind: str) -> bool:
     """Some family has numeric probes for layers of this tap kind."""
-    return any(f.probes and (kind in f.kinds or kind in f.weighted) for f in FAMILIES.values())
+    return kind == "activation" or any(f.probes and (kind in f.kinds or kind in f.weighted)
+                                       for f in FAMILIES.values())
 
 
 def probe(kind: str, evidence: dict) -> list[RuleHit]:

@@ -86,6 +86,25 @@ def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
     return out
 
 
+def _definition_probe(kind: str, ev: dict):
+    """Which definition of the reference's activation each side follows, on the port's own input."""
+    act = (ev.get("ref_info") or {}).get("activation")
+    ins, r, p = ev.get("port_in") or [], ev.get("ref_out"), ev.get("port_out")
+    if kind != "activation" or not isinstance(act, str) or act not in DEFINITIONS and act not in ALIASES \
+            or len(ins) != 1 or r is None or p is None or np.shape(ins[0]) != np.shape(p):
+        return None
+    x = np.asarray(ins[0], dtype=np.float64)
+    if x.ndim == 4:  # the port is channels-first, the reference channels-last
+        x = x.transpose(0, 2, 3, 1)
+        p = np.asarray(p).transpose(0, 2, 3, 1)
+    ours = which_definition(act, x, p, rtol=1e-13)
+    theirs = which_definition(act, x, r, rtol=1e-13)
+    if ours and theirs and ours != theirs:
+        return ("activation_definition", f"{act}: the port computes {ours}; the reference {theirs}",
+                f"implement {theirs}", "both sides recomputed in numpy on the port's input")
+    return None
+
+
 FAMILY = Family(
     name="activations",
     summary="gelu, swish/silu, hard_sigmoid, hard_swish, softplus, elu, selu (Activation layer or fused)",
@@ -109,4 +128,5 @@ FAMILY = Family(
     keras_keys=("activation",),
     torch_attrs=("approximate", "threshold", "beta"),
     rules=(_rules,),
+    probes=(_definition_probe,),
 )

@@ -120,6 +120,21 @@ def _weights_probe(kind: str, ev: dict):
         if key.startswith("bias_ih") and not np.any(a):
             return ("rnn_bias_dropped", f"{key} is 0 in the port: the Keras bias was not transferred",
                     "bias_ih = keras bias, bias_hh = 0", f"converted bias max |b| {float(np.max(np.abs(w))):.3g}")
+        if kind == "gru" and key.startswith("bias_"):
+            other = "bias_hh" + key[len("bias_ih"):] if key.startswith("bias_ih") else "bias_ih" + key[len("bias_hh"):]
+            if other in want and _same(a, want[other]):
+                return ("gru_bias_swapped", f"{key} holds the other GRU bias: Keras' bias[0] is the input bias "
+                        "(bias_ih), bias[1] the recurrent one (bias_hh, inside the reset gate's product)",
+                        "bias_ih = bias[0], bias_hh = bias[1] (gates reordered)", "")
+        if kind == "lstm" and key.startswith(("bias_ih", "bias_hh")):
+            h = np.shape(w)[0] // 4
+            delta = np.asarray(a, dtype=np.float64) - np.asarray(w, dtype=np.float64)
+            if _same(delta[:h], np.zeros(h)) and _same(delta[2 * h:], np.zeros(2 * h)) and \
+                    np.allclose(delta[h:2 * h], delta[h], rtol=1e-9, atol=0) and abs(delta[h]) > 0:
+                return ("rnn_forget_bias", f"{key}: the forget-gate bias is shifted by {delta[h]:+g}, the other "
+                        "gates match: a forget_bias added at conversion (TF 1 LSTMCell adds forget_bias=1.0 at run "
+                        "time; Keras unit_forget_bias=True only initialises it, the stored bias already holds it)",
+                        "copy the Keras bias as is", "")
         perm = _block_perm(kind, np.asarray(w), np.asarray(a))
         if perm is not None and perm != sorted(perm):
             names = KERAS_GATE_NAMES[kind]
