@@ -647,6 +647,26 @@ def ed_transpose_padding_1_0(**cfg):
     return _ed(**cfg, transpose=nn.ConvTranspose2d(2 * w, w, 3, stride=2, padding=1))
 
 
+def tf_attention_scaled_by_embed_dim(**cfg):
+    """Scores scaled by 1/sqrt(d_model) (the whole embedding) instead of 1/sqrt(head_dim)."""
+    import math
+
+    return _tf(**cfg, attention_scale=1.0 / math.sqrt(cfg.get("d_model", 16)))
+
+
+def tc_classifier_no_bias(**cfg):
+    """nn.Linear(bias=False) for a Dense with a bias."""
+    from torch import nn
+
+    m = _tc(**cfg)
+    m.classifier = nn.Linear(m.classifier.in_features, m.classifier.out_features, bias=False)
+    return m
+
+
+def tg_padding_idx(**cfg):
+    return _tc(**cfg, padding_idx=0)
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -1055,6 +1075,12 @@ CATALOGUE: tuple[Mutation, ...] = (
        "attention_heads", ci_stages=EVAL),
     _m("ed_transpose_padding_1_0", "encdec", "ConvTranspose2d(padding=1) for 'same': one pixel short",
        "forward_eval", "up1", "conv_transpose_same", ci_stages=EVAL),
+    _m("tf_attention_scaled_by_embed_dim", "transformer", "scores scaled by 1/sqrt(d_model), not 1/sqrt(head_dim)",
+       "forward_eval", "attention", "attention_scale", ci_stages=EVAL),
+    _m("tc_classifier_no_bias", "textclf", "nn.Linear(bias=False) for a Dense with a bias", "forward_eval",
+       "classifier", "conv_bias", ci_stages=EVAL),
+    _m("tg_padding_idx", "textgru", "nn.Embedding(padding_idx=0) where Keras trains row 0", "gradients",
+       "embedding", "padding_idx", ci_stages=GRADS),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
