@@ -469,3 +469,21 @@ ZOO_MUTATIONS = (
     ("zoo_two_input_no_relu", "keras_two_input", "zoo_two_input_no_relu", "two inputs: a tower without its ReLU",
      "forward_eval", "image_conv", "activation"),
 )
+
+
+# --- an Xception-sized user port (the alignment's cost benchmark) ---------------------------------------------
+def port_xception_user_style(**config):
+    """The registered Xception port rewritten the way a user writes separable convs: every
+    ``.depthwise``/``.pointwise`` unit replaced by an ``nn.Sequential`` of its two convs (no names), so the
+    alignment must find the 34 SeparableConv2D groups by structure. Same weights layout, same numbers."""
+    from torch import nn
+
+    from ported_torch.xception import xception
+
+    model = xception(**config)
+    for path, m in list(model.named_modules()):
+        if path and hasattr(m, "depthwise") and hasattr(m, "pointwise"):
+            parent, _, name = path.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            setattr(owner, name, nn.Sequential(m.depthwise, m.pointwise))
+    return model

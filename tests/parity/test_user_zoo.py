@@ -9,9 +9,16 @@ import parity.core.env  # noqa: F401  (environment before the frameworks)
 
 import pytest
 
+from benchmarks import mutations as M
 from benchmarks import user_zoo
+from parity.cli import main
+from parity.core.errors import UsageError
+from parity.core.spec import resolve
+from parity.harness import check
+from parity.pairs import registry
 from parity.user.align import align
-from parity.user.pair import compare
+from parity.user.inputs import LAYOUT_IMAGE, assign_shapes, packed_reference, parse_input_shapes, torch_unpacker
+from parity.user.pair import compare, reference_from_file, spec_from_user_models
 
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
@@ -151,8 +158,6 @@ def test_two_inputs_and_a_non_image_model_pass(float64, ref_fn, port_fn):
 
 
 def test_inputs_are_packed_in_the_keras_order_and_unpacked_in_the_ports_layout(float64):
-    from parity.user.inputs import LAYOUT_IMAGE, packed_reference, torch_unpacker
-
     km = user_zoo.keras_two_input()
     packed, slots = packed_reference(km)
     assert [(s.name, s.shape, s.start, s.layout) for s in slots] == [
@@ -164,9 +169,6 @@ def test_inputs_are_packed_in_the_keras_order_and_unpacked_in_the_ports_layout(f
 
 
 def test_input_shapes_by_name_order_and_default():
-    from parity.core.errors import UsageError
-    from parity.user.inputs import assign_shapes, parse_input_shapes
-
     own = [("target", (None, None, 3)), ("image", (8, 8, 3))]
     assert assign_shapes(own, parse_input_shapes(["image=8,8,3", "target=5,5,3"])) == [(5, 5, 3), (8, 8, 3)]
     assert assign_shapes(own, parse_input_shapes("5,5,3")) == [(5, 5, 3), (8, 8, 3)]
@@ -179,8 +181,6 @@ def test_input_shapes_by_name_order_and_default():
 
 
 def test_cli_two_named_inputs_and_a_feature_vector(capsys, tmp_path):
-    from parity.cli import main
-
     rc = main(["check", "--reference", "benchmarks.user_zoo:keras_mlp", "--port", "benchmarks.user_zoo:port_mlp",
                "--input-shape", "20", "--stages", "structure,forward_eval,gradients", "--out", str(tmp_path / "a")])
     out = capsys.readouterr().out.strip().splitlines()
@@ -198,9 +198,6 @@ def test_a_saved_model_is_a_reference_with_its_own_weights(tmp_path, capsys, suf
     was saved with (a port that loads them passes; BatchNorm statistics are not redrawn)."""
     import numpy as np
 
-    from parity.cli import main
-    from parity.user.pair import reference_from_file
-
     km = user_zoo.keras_mlp()
     rng = np.random.default_rng(3)
     km.set_weights([rng.normal(0.5, 0.3, w.shape).astype(w.dtype) if "variance" not in w.path
@@ -216,8 +213,6 @@ def test_a_saved_model_is_a_reference_with_its_own_weights(tmp_path, capsys, suf
 
 
 def test_a_saved_model_with_a_lambda_is_refused_without_running_it(tmp_path, capsys):
-    from parity.cli import main
-
     inp = keras.Input((4,))
     out = keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Dense(2)(inp))
     path = tmp_path / "lam.keras"
@@ -229,8 +224,6 @@ def test_a_saved_model_with_a_lambda_is_refused_without_running_it(tmp_path, cap
 
 
 def test_a_port_whose_forward_raises_is_the_users_error(capsys):
-    from parity.cli import main
-
     rc = main(["check", "--reference", "benchmarks.user_zoo:keras_mlp", "--port", "benchmarks.user_zoo:port_mlp",
                "--input-shape", "21"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -242,10 +235,20 @@ def test_a_port_whose_forward_raises_is_the_users_error(capsys):
 def test_a_planted_bug_in_a_zoo_port_is_located_and_named(name, ref_fn, port_fn, summary, stage, path, cause):
     """Through the code the CLI runs (benchmarks.mutations.run_mutation -> parity.harness.check): the first
     divergent layer and the cause of each planted convention bug, in every zoo style."""
-    from benchmarks import mutations as M
-
     m = M.Mutation(name, "user", summary, stage, path, cause, port=None,
                    user=(f"benchmarks.user_zoo:{ref_fn}", f"benchmarks.user_zoo:{port_fn}"))
     o = M.run_mutation(m, stages=("structure", "forward_eval", "forward_train"))
     assert o.error is None and o.detected, o
     assert (o.stage, o.path, o.cause) == (stage, path, cause), o.cause_message
+
+
+def test_an_xception_sized_user_style_port_aligns_and_passes():
+    """The registered Xception port with every separable unit rewritten as an nn.Sequential of two convs: the 34
+    separable convs are found by structure and the check passes (the pair's fast size)."""
+    pair = registry.get("xception")
+    cfg = pair.config(**pair.fast_config)
+    spec = spec_from_user_models(lambda: resolve(pair.reference)(**cfg),
+                                 lambda: user_zoo.port_xception_user_style(**cfg), name="xception-user-style")
+    result = check(spec, stages="structure,forward_eval")
+    assert result.passed, result.summary_line()
+    assert len(spec.alignment.groups) == 34 and spec.alignment.counts() == {"aligned": len(spec.alignment.rows)}
