@@ -25,6 +25,10 @@ from reports import write_reports
 
 #: how often the port's files are looked at (seconds): a save is seen within this
 POLL_SECONDS = 0.2
+#: a changed file is read once it has kept its size and time for this long (seconds), looked at up to
+#: ``SETTLE_LOOKS`` times
+SETTLE_SECONDS = 0.03
+SETTLE_LOOKS = 30
 #: the exit status of a session stopped before its first verdict (128 + SIGINT, the shell's convention)
 EXIT_INTERRUPTED = 130
 
@@ -140,6 +144,18 @@ class Watcher:
                 st = _stamp(path)
                 self.stamps[name] = None if st is not None and st[0] >= since_ns else st
 
+    def _settled(self) -> dict[str, tuple | None]:
+        """The watched files' stamps once two looks :data:`SETTLE_SECONDS` apart agree (an editor that writes
+        in place truncates first: the half-written file is not imported)."""
+        now = {name: _stamp(path) for name, path in self.files.items()}
+        for _ in range(SETTLE_LOOKS):
+            time.sleep(SETTLE_SECONDS)
+            again = {name: _stamp(path) for name, path in self.files.items()}
+            if again == now:
+                break
+            now = again
+        return now
+
     def changed(self) -> set[str]:
         """Watched modules whose file changed since the last look."""
         out = set()
@@ -204,7 +220,7 @@ class Watcher:
                     continue
                 since = time.time_ns()
                 # stamped before the files are read again: a save during the reload is seen at the next look
-                self.stamps.update({name: _stamp(path) for name, path in self.files.items()})
+                self.stamps.update(self._settled())
                 self._print(f"parity: watch: changed {', '.join(sorted(changed))}", err=True)
                 if not self.reload(changed):
                     continue
