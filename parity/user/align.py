@@ -164,6 +164,12 @@ class Alignment:
             pool = [port_by[q] for q in left_port]
             ranked = sorted(((score(n, p), p.name) for p in pool), key=lambda t: -t[0])
             cands = [name for sc, name in ranked if sc > -math.inf][:3]
+            if n.kind == "separable_conv2d":  # a depthwise conv and a 1x1 conv of its shapes, left over
+                dws = [p.name for p in pool if p.kind == "depthwise_conv2d"
+                       and p.params.get("weight") == n.params.get("depthwise.weight")]
+                pws = [p.name for p in pool if p.kind == "conv2d"
+                       and p.params.get("weight") == n.params.get("pointwise.weight")]
+                cands = [f"{a}{GROUP_JOIN}{b}" for a in dws for b in pws][:3]
             after = next((self.rows[k].port for k in range(len(self.rows)) if self.rows[k].ref is not None
                           and self.rows[k].port and any(ref_by.get(self.rows[k].ref) is self.ref_nodes[q]
                                                          for q in n.producers if q >= 0)), None)
@@ -390,7 +396,7 @@ class PortTrace:
     traced_with: str
 
 
-def trace_torch(module, example, separable=None) -> PortTrace:
+def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
     """Run ``module`` once (eval, no grad) on ``example`` (a tensor, or a tuple of tensors for a port with
     several inputs) with hooks on every unit; return the call sequence as nodes. The module's mode is
     restored; its weights are not touched.
@@ -448,8 +454,8 @@ def trace_torch(module, example, separable=None) -> PortTrace:
                           out_shape=_shape(c["output"]) if c["output"] is not None else None,
                           in_shapes=[_shape(t) for t in c["inputs"]],
                           producers=list(c["producers"]), info=info))
-    if separable:
-        nodes = group_separable(nodes, separable)
+    if separable or forced_groups:
+        nodes = group_separable(nodes, separable or [], forced_groups)
     traced = "hooks"
     fx_nodes = _fx_sequence(module, units)
     if fx_nodes is not None:
@@ -479,7 +485,7 @@ def group_name(members) -> str:
     return "/".join(common + [GROUP_JOIN.join(rest)])
 
 
-def group_separable(nodes: list[Node], separable) -> list[Node]:
+def group_separable(nodes: list[Node], separable, forced=()) -> list[Node]:
     """Merge each depthwise conv whose output feeds exactly one call, a 1x1 stride-1 ungrouped conv, into one
     ``separable_conv2d`` node when the (depthwise, pointwise) weight shapes are one of the reference's
     separable convolutions (``separable``: a list of shape pairs; each is used as often as it occurs).
@@ -493,7 +499,20 @@ def group_separable(nodes: list[Node], separable) -> list[Node]:
         for q in n.producers:
             consumers.setdefault(q, []).append(j)
     merge: dict[int, int] = {}
+    index = {}
     for i, n in enumerate(nodes):
+        index.setdefault(n.name, i)
+    for members in forced:  # pinned by the user (--align REF=DW+PW): merged whatever the data flow says
+        i, j = index.get(members[0]), index.get(members[-1])
+        if i is None or j is None or i == j:
+            raise AlignmentError(f"--align ...={GROUP_JOIN.join(members)}: expected two module paths of the port "
+                                 f"that run in forward (depthwise{GROUP_JOIN}pointwise). Received: "
+                                 f"{[m for m in members if m not in index] or list(members)}."
+                                 f"{_close_names(members[0], list(index))}")
+        merge[i] = j
+    for i, n in enumerate(nodes):
+        if i in merge:
+            continue
         if n.kind != "depthwise_conv2d" or n.cls.lower().startswith("separable") or "weight" not in n.params:
             continue
         cons = consumers.get(i, [])
@@ -505,7 +524,7 @@ def group_separable(nodes: list[Node], separable) -> list[Node]:
                 or pw.info.get("groups") != 1 or pw.producers != [i] or "weight" not in pw.params):
             continue
         sig = (tuple(n.params["weight"]), tuple(pw.params["weight"]))
-        if budget.get(sig, 0) < 1 or j in merge.values():
+        if budget.get(sig, 0) < 1 or j in merge.values() or j in merge:
             continue
         budget[sig] -= 1
         merge[i] = j
@@ -982,9 +1001,12 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             tuple(int(d) for d in t.shape[1:]) for t in keras_model.inputs]
         example = tuple(example_input(s, dtype, seed + k, integer_input_range(keras_model, k))
                         for k, s in enumerate(shapes))
-    trace = trace_torch(torch_module, example, separable=separable_signatures(ref))
+    pin_map = parse_pins(pins)
+    forced = [tuple(v.split(GROUP_JOIN)) for v in pin_map.values() if GROUP_JOIN in v]
+    pin_map = {k: (group_name(v.split(GROUP_JOIN)) if GROUP_JOIN in v else v) for k, v in pin_map.items()}
+    trace = trace_torch(torch_module, example, separable=separable_signatures(ref), forced_groups=forced)
     port = trace.nodes
-    pairs = align_nodes(ref, port, parse_pins(pins))
+    pairs = align_nodes(ref, port, pin_map)
     supported = supported_transforms()
     call_index = {j: p.info["call_k"] for j, p in enumerate(port) if not p.functional and "call_k" in p.info}
     matched_port = {pj for ri, pj, _, _ in pairs if ri is not None and pj is not None}

@@ -252,3 +252,32 @@ def test_an_xception_sized_user_style_port_aligns_and_passes():
     result = check(spec, stages="structure,forward_eval")
     assert result.passed, result.summary_line()
     assert len(spec.alignment.groups) == 34 and spec.alignment.counts() == {"aligned": len(spec.alignment.rows)}
+
+
+def test_a_separable_conv_the_structure_cannot_group_is_named_with_its_pin_and_the_pin_fixes_it():
+    """A depthwise conv whose output also feeds a side branch is not grouped automatically; the verdict names
+    the depthwise + 1x1 pair and the exact pin, and that pin makes the pair one group."""
+    from torch import nn
+
+    inp = keras.Input((8, 8, 4))
+    x = keras.layers.SeparableConv2D(6, 3, padding="same", use_bias=False, name="sep")(inp)
+    km = keras.Model(inp, keras.layers.GlobalAveragePooling2D(name="gap")(x))
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.spatial = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+            self.mix = nn.Conv2d(4, 6, 1, bias=False)
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.probe = nn.Identity()  # a user's debugging tap on the depthwise output: a second consumer
+
+        def forward(self, x):
+            y = self.spatial(x)
+            self.probe(y)
+            return self.gap(self.mix(y)).flatten(1)
+
+    al = align(km, Port())
+    inc = al.incomplete()
+    assert inc is not None and inc["ref_left"][0]["pin"] == "--align sep=spatial+mix", inc
+    pinned = align(km, Port(), pins=["sep=spatial+mix"])
+    assert pinned.groups == {"spatial+mix": ("spatial", "mix")} and pinned.incomplete() is None
