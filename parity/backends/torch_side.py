@@ -93,6 +93,15 @@ def apply_transform(name: str | None, t):
     return fns[name](t)
 
 
+def apply_transform_np(name: str | None, a: np.ndarray) -> np.ndarray:
+    """:func:`apply_transform` on a numpy array (one implementation of each transform: torch's)."""
+    if name is None or name == "linear":
+        return a
+    import torch
+
+    return apply_transform(name, torch.from_numpy(np.ascontiguousarray(a))).numpy()
+
+
 def module_info(m) -> dict[str, Any]:
     """The structure description of a torch module (mirrors reference_side.layer_info)."""
     info: dict[str, Any] = {"class": type(m).__name__}
@@ -173,9 +182,6 @@ class TorchSide:
             if k in sd and tuple(sd[k].shape) == tuple(np.shape(v)):
                 tensors[k] = torch.as_tensor(np.asarray(v)).to(device=self.device, dtype=sd[k].dtype)
         self.module.load_state_dict(tensors, strict=False)
-
-    def state_numpy(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.module.state_dict().items()}
 
     def snapshot(self, store=None):
         """The module's state and mode. With a :class:`parity.core.spill.SpillStore` the state goes to disk, one
@@ -316,7 +322,3 @@ class TorchSide:
                 return None
         out = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
         return apply_transform(tap.port_transform, gap_as_keras(tap, out)).cpu().numpy()
-
-
-def torch_key_suffix(kind: str, var: str) -> str | None:
-    return LAYER_VARS.get(kind, {}).get(var)

@@ -32,7 +32,7 @@ from parity.core.env import import_tensorflow, import_torch
 from parity.core.errors import UsageError
 from parity.core.spec import PairSpec, resolve
 from parity.core.tensors import nhwc_to_nchw, tensor_diff
-from parity.stages.onnx import _output_tap, _transform
+from parity.stages.onnx import output_tap, port_output
 from weight_converters.keras import keras_to_torch, torch_to_keras
 
 FORMATS = (".safetensors", ".pt")
@@ -158,8 +158,8 @@ def convert(spec: PairSpec, weights_path: str, output: str, *, config: dict | No
                                 for k, v in state.items()}, strict=True)
         with torch.no_grad():
             out = module(torch.from_numpy(np.ascontiguousarray(nhwc_to_nchw(x)))).numpy()
-        tap = _output_tap(taps)
-        port_out = _transform(tap, out) if tap is not None else out
+        tap = output_tap(taps)
+        port_out = port_output(tap, out) if tap is not None else out
         tol = spec.tolerance.for_stage("float64", "forward_eval")
         d = tensor_diff(tap.path if tap is not None else "output", ref_out, port_out, tol)
         bad = {side: int(np.size(a) - np.count_nonzero(np.isfinite(a)))

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from parity.backends.keras_side import set_keras_weights
+from parity.backends.torch_side import apply_transform_np
 from parity.core.env import import_tensorflow
 from parity.core.results import Finding, StageResult
 from parity.core.spec import resolve
@@ -142,19 +143,14 @@ def export_keras(spec, ref, dtype: str, x_nhwc: np.ndarray, workdir: str) -> tup
     return path, out
 
 
-def _output_tap(taps):
+def output_tap(taps):
+    """The tap of the model's output (port path ``""``), else the last tap."""
     return next((t for t in reversed(taps) if t.port == ""), taps[-1] if taps else None)
 
 
-def _transform(tap, a: np.ndarray) -> np.ndarray:
-    """The tap's ``port_transform`` (softmax of the port's logits) in numpy."""
-    if tap.port_transform is None:
-        return a
-    if tap.port_transform == "softmax":
-        z = a - a.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-    raise ValueError(f"expected port_transform None or 'softmax'. Received: {tap.port_transform!r}")
+def port_output(tap, a: np.ndarray) -> np.ndarray:
+    """The tap's ``port_transform`` (e.g. softmax of the port's logits) applied to a port output in numpy."""
+    return apply_transform_np(tap.port_transform, a)
 
 
 def _max_abs(a, b) -> float | None:
@@ -208,7 +204,7 @@ def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
                       "pip install -e .[onnx]")
         return st
     st.info["onnxruntime"] = onnxruntime.__version__
-    tap = _output_tap(taps)
+    tap = output_tap(taps)
     keras_out = ref.eval_acts.get(tap.path) if tap is not None else None
     if keras_out is None:
         st.skipped = "needs the reference's eval-mode forward: add forward_eval to --stages"
@@ -216,7 +212,7 @@ def onnx_stage(spec, ref, ts, taps, *, dtype: str) -> StageResult:
     x_nhwc = np.asarray(ref.inputs[0])
     x_nchw = nhwc_to_nchw(x_nhwc)
     try:
-        torch_out = _transform(tap, torch_forward(ts.module, x_nchw, dtype))
+        torch_out = port_output(tap, torch_forward(ts.module, x_nchw, dtype))
     except Exception as exc:  # forward_eval reports the broken port already
         st.skipped = f"the port's forward raised {_one_line(exc)}"
         return st
@@ -249,7 +245,7 @@ def _port_export(st: StageResult, legs: _Legs, module, tap, x_nchw: np.ndarray, 
                     "export a forward without data-dependent control flow, or report it to PyTorch")
         try:
             sess = _session(path)
-            legs.ort_torch = _transform(tap, _run(sess, np.ascontiguousarray(x_nchw, dtype=attempt)))
+            legs.ort_torch = port_output(tap, _run(sess, np.ascontiguousarray(x_nchw, dtype=attempt)))
             break
         except Exception as exc:
             if last:
