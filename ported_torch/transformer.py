@@ -57,7 +57,7 @@ class KerasGELU(nn.GELU):
         return 0.5 * x * torch.erfc(-x * TF_GELU_INV_SQRT2)
 
 
-class MeanOverTime(nn.Module):
+class GlobalAvgPool1d(nn.Module):
     """``keras.layers.GlobalAveragePooling1D``: mean over the time axis of (N, L, C)."""
 
     def forward(self, x):
@@ -77,7 +77,7 @@ class TransformerClassifier(nn.Module):
         self.ffn_out = nn.Linear(ff_dim, d_model)
         self.ffn_residual = Add()
         self.ffn_norm = nn.LayerNorm(d_model, eps=ln_eps)
-        self.pool = MeanOverTime()
+        self.pool = GlobalAvgPool1d()
         self.classifier = nn.Linear(d_model, num_classes)
 
     def forward(self, x):

@@ -298,7 +298,9 @@ def trace_keras(model) -> list[Node]:
         act = _keras_activation(cls, cfg)
         if cls == "Activation" and act == "softmax":
             kind = "softmax"
-        var_shapes = {w.name.split("/")[-1].split(":")[0]: tuple(int(d) for d in w.shape) for w in layer.weights}
+        # names inside the layer: "forward/kernel" (Bidirectional), "query/kernel" (MultiHeadAttention)
+        var_shapes = {families.keras_var_name(layer.name, w.name.split("/")[-1].split(":")[0], getattr(w, "path", "")):
+                      tuple(int(d) for d in w.shape) for w in layer.weights}
         params = keras_param_shapes(kind, var_shapes)
         if var_shapes and not params:
             kind = "other"  # weights the converter has no rule for (nested model, custom layer)
@@ -325,13 +327,15 @@ def trace_keras(model) -> list[Node]:
 
 # --- port side -------------------------------------------------------------------------------------------------
 def _is_unit(m) -> bool:
-    return hasattr(m, "depthwise") and hasattr(m, "pointwise")
+    return (hasattr(m, "depthwise") and hasattr(m, "pointwise")) or families.torch_unit_kind(m) is not None
 
 
 def torch_kind(m) -> tuple[str, str | None]:
     from torch import nn
 
     cls = type(m).__name__
+    if families.torch_unit_kind(m) is not None:  # one layer made of children (hand-written attention)
+        return families.torch_unit_kind(m), None
     if _is_unit(m):
         return "separable_conv2d", None
     if isinstance(m, nn.Conv2d):

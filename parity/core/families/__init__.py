@@ -68,6 +68,19 @@ def torch_kind(cls: str) -> str | None:
     return None
 
 
+#: structural recognisers of torch modules that compute one layer through children (hand-written attention)
+TORCH_UNITS = (attention.torch_unit,)
+
+
+def torch_unit_kind(module) -> str | None:
+    """The tap kind of a torch module that is one layer made of children, by its structure (None: not one)."""
+    for match in TORCH_UNITS:
+        kind = match(module)
+        if kind is not None:
+            return kind
+    return None
+
+
 def keras_info(cls: str, config: dict) -> dict[str, Any]:
     """The family config keys of one Keras layer (``layer.get_config()``) for the structure stage."""
     info: dict[str, Any] = {}

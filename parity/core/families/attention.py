@@ -35,6 +35,13 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and bool(np.all(np.abs(a - b) <= PROBE_RTOL * max(float(np.max(np.abs(b))), 1e-300)))
 
 
+def torch_unit(module) -> str | None:
+    """A hand-written attention is one unit by structure: q_proj, k_proj, v_proj and out_proj children (its
+    Linear layers are not aligned one by one)."""
+    return "attention" if all(hasattr(module, p) for p in PROJECTIONS + ("out_proj",)) and \
+        not hasattr(module, "in_proj_weight") else None
+
+
 def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
     out: list[RuleHit] = []
     if kind not in ("attention", "attention_packed"):
