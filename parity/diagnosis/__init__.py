@@ -71,10 +71,15 @@ def numeric_findings(result: CheckResult, outputs=None) -> list[Finding]:
     out += _first_divergence_findings(run, stage, diff)
     known = {f.path for f in result.findings if f.severity == "error"} | {f.path for f in out if f.severity == "error"}
     if not known:
-        out.append(finding("unexplained", base(diff.path),
-                           f"first divergence here in {stage.name}; no configuration difference found",
-                           "compare this layer's weights and code by hand (see the isolated stage)",
-                           stage.name, evidence=diff.describe(), severity="warning"))
+        if any(s.name == "structure" for s in result.stages):
+            msg, fix = (f"first divergence here in {stage.name}; no configuration difference found",
+                        "compare this layer's weights and code by hand (see the isolated stage)")
+        else:  # no config rule ran: say so instead of implying none would match
+            msg, fix = (f"first divergence here in {stage.name}; no cause named: the structure stage (the "
+                        "configuration rules: eps, momentum, padding, strides, bias) was not run",
+                        "add structure to --stages (or run all stages) to compare this layer's configuration")
+        out.append(finding("unexplained", base(diff.path), msg, fix, stage.name, evidence=diff.describe(),
+                           severity="warning"))
     return out
 
 
