@@ -17,6 +17,7 @@ import numpy as np
 
 from parity.core.data import make_batch, randomize_weights
 from parity.core.families import keras_info, keras_var_name, refuse_unsupported
+from parity.core.families.embedding import token_range
 from parity.core.env import import_tensorflow, trim_heap
 from parity.core.spill import SpillDict
 from parity.optim.adapters import ParamRef, get_adapter
@@ -399,9 +400,10 @@ def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, o
     refs = param_refs_for(model, taps)
     n_steps = max(steps, 1) if "step" in stages else (1 if ({"gradients", "forward_train"} & stages) else 0)
     inputs, labels = [], []
+    integer = "int" in str(model.inputs[0].dtype)  # token ids for an Embedding, within its vocabulary
+    in_range = token_range(model.layers, spec.input_range) if integer else spec.input_range
     for k in range(max(n_steps, 1)):
-        x, y = make_batch(seed, k, batch, input_shape, spec.target(config), spec.input_range, dtype,
-                          integer="int" in str(model.inputs[0].dtype))  # token ids for an Embedding
+        x, y = make_batch(seed, k, batch, input_shape, spec.target(config), in_range, dtype, integer=integer)
         inputs.append(x)
         labels.append(y)
     run = ReferenceRun(

@@ -10,6 +10,13 @@ MASK_ZERO_VS_PADDING_IDX = (
 """keras/src/layers/core/embedding.py (``compute_mask``), torch/nn/modules/sparse.py (``padding_idx``)."""
 
 
+def token_range(layers, default: tuple[float, float]) -> tuple[float, float]:
+    """Token ids a check may draw for a model with integer inputs: ``[0, V)`` with V the smallest
+    ``input_dim`` of its Embedding layers (every id valid for every table); ``default`` without one."""
+    dims = [int(layer.get_config()["input_dim"]) for layer in layers if type(layer).__name__ == "Embedding"]
+    return (0, min(dims)) if dims else default
+
+
 def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
     out: list[RuleHit] = []
     if kind != "embedding":
