@@ -163,7 +163,9 @@ def watch_loop(args, tmp: str) -> tuple[list[dict], int]:
     env = environment(tmp, os.path.join(tmp, "cache-watch"))
     argv = check_argv(args, port, os.path.join(tmp, "rep-watch")) + ["--watch"]
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    # Ctrl-C must reach the session even when this benchmark runs in the background (which ignores SIGINT)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     q_out, q_err = queue.Queue(), queue.Queue()
     log: list[str] = []
     threading.Thread(target=_reader, args=(p.stdout, q_out, log), daemon=True).start()

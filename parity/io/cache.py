@@ -139,7 +139,7 @@ def _module_file(name: str) -> str | None:
     return None
 
 
-def _imported_names(path: str, module: str) -> set[str]:
+def imported_names(path: str, module: str) -> set[str]:
     """Every module name ``path`` imports (top level and inside functions; ``from a import b`` gives ``a`` and
     ``a.b``; relative imports resolved against ``module``)."""
     with open(path, "rb") as f:
@@ -182,7 +182,7 @@ def source_closure(roots, follow: tuple[str, ...]) -> dict[str, str]:
         out[name] = path
         if traverse:
             followed.add(name)
-            for imp in _imported_names(path, name):
+            for imp in imported_names(path, name):
                 if imp.split(".")[0] in follow and imp not in followed:
                     todo.append((imp, True))
         parent = name.rpartition(".")[0]

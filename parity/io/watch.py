@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from parity.core.errors import UsageError
-from parity.io.cache import (PORT_PACKAGES, ReferenceCache, Request, _imported_names, enabled, make_request,
+from parity.io.cache import (PORT_PACKAGES, ReferenceCache, Request, imported_names, enabled, make_request,
                              reference_for, run_port_check)
 from reports import write_reports
 
@@ -65,7 +65,7 @@ def reload_order(changed: set[str], files: dict[str, str]) -> list[str]:
     deps = {}
     for name, path in files.items():
         try:
-            deps[name] = {m for m in _imported_names(path, name) if m in files and m != name}
+            deps[name] = {m for m in imported_names(path, name) if m in files and m != name}
         except (OSError, SyntaxError, ValueError):
             deps[name] = set()
     affected = set(changed)

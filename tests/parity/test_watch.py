@@ -123,7 +123,9 @@ def test_cli_watch_rechecks_on_save_and_ctrl_c_exits_with_the_last_verdict(tmp_p
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), ROOT, env.get("PYTHONPATH", "")])
     argv = [sys.executable, "-m", "parity", "check", "minixception", "--fast", "--stages", EVAL_STAGES,
             "--port", f"{name}.minixception:mini_xception", "--watch", "--out", str(tmp_path / "rep")]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    # SIGINT reaches the child even when the suite runs as a background job (which ignores SIGINT)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     q_out, q_err = queue.Queue(), queue.Queue()
     threading.Thread(target=_reader, args=(p.stdout, q_out), daemon=True).start()
     threading.Thread(target=_reader, args=(p.stderr, q_err), daemon=True).start()
