@@ -1,22 +1,31 @@
 """Automatic alignment of a user's Keras model with a user's torch port: which reference layer is which port
-module, without a hand-written tap list.
+module (or group of modules), by what they compute, never by what they are called.
 
 1. Trace the reference: ``model.layers`` in topological order, each with its class, config, weight shapes
    converted to torch layout by the converter's rules (HWIO -> OIHW, Dense (in, out) -> (out, in), depthwise
-   (kh, kw, in, m) -> (in*m, 1, kh, kw)) and its output shape in NCHW.
-2. Trace the port: the modules that compute something (leaf modules, plus ``depthwise``+``pointwise`` units)
-   in call order, via forward hooks on one example input in eval mode, with their parameter shapes and
-   output shapes; functional ops that matter (add, cat, relu, softmax, flatten, pooling) join the sequence
-   from a ``torch.fx`` trace when the model is traceable (they cannot be tapped, but they hold their place).
-3. Map both to tap kinds (:data:`parity.core.spec.TAP_KINDS`).
-4. Align the two sequences with Needleman-Wunsch: a match scores kind agreement, equal converted parameter
-   shapes, equal output shapes and equal activation functions; a gap (an extra or missing layer on either
-   side) costs a little, more for a layer with weights. Pins (``ref_layer=port.path``) are fixed first.
-   Same-kind layers left over on both sides are then paired when their shapes agree uniquely (the two
-   graphs may visit branches in different orders).
+   (kh, kw, in, m) -> (in*m, 1, kh, kw); other families: their converter) and its output shape in NCHW.
+2. Trace the port: the modules that compute something (leaf modules; ``depthwise``+``pointwise`` units and
+   modules whose parameters are one multi-module layer's) in call order, via forward hooks on one example
+   input in eval mode, with their parameter shapes, output shapes and data flow (which call made each input,
+   recorded at hook time, so an in-place activation is a producer like any other); functional ops that
+   matter (add, cat, relu, softmax, flatten, pooling) join the sequence from a ``torch.fx`` trace when the
+   model is traceable (they cannot be tapped, but they hold their place).
+3. Group by structure: a depthwise conv (groups = in_channels) whose output feeds exactly one call, a 1x1
+   stride-1 conv, with the weight shapes of one of the reference's SeparableConv2D, becomes one
+   ``separable_conv2d`` node wherever the two modules live (children with any names, an ``nn.Sequential``,
+   siblings); ``--align REF=DW+PW`` forces such a group.
+4. Align the two sequences: pins first, then anchors (weighted layers with a unique signature), data flow,
+   then Needleman-Wunsch over the rest, where a match scores kind agreement, equal converted parameter
+   shapes, equal output shapes, equal activations, inputs from matched partners and the same matched
+   neighbour before it; a gap costs a little, more for a layer with weights.
 5. Every layer ends in the table with a status: ``aligned``, ``pinned``, ``fused`` (a port activation folded
-   into the reference layer's ``activation=``), ``functional`` (a port op that is not a module: no tap),
-   ``unaligned-ref`` or ``unaligned-port``. Nothing is dropped silently.
+   into the reference layer's ``activation=``, or a flatten into a global pooling), ``functional`` (a port
+   op that is not a module: no tap), ``shared`` (a later call of a weighted port module that already stands
+   for another reference layer), ``unaligned-ref`` or ``unaligned-port``. Nothing is dropped silently.
+   :meth:`Alignment.incomplete` says what keeps weights from being transferred (the check's first verdict).
+6. What the port's own modules cannot express is named for :mod:`parity.user.view`: module groups,
+   per-call aliases of a parameter-free module called repeatedly (``act#2``), and a padding conv seen from
+   a reference that pads with ZeroPadding2D (``conv#unpadded``).
 
 Frameworks are imported inside the functions (TensorFlow for the reference trace, torch for the port's).
 """

@@ -3,15 +3,19 @@ never seen, aligned automatically (:mod:`parity.user.align`), so that every stag
 
 Two entry points:
 
-- ``parity check --reference mymod:build_keras --port mymod:build_torch [--input-shape H,W,C] [--loss mse]
-  [--align keras_layer=port.module.path ...]`` -> :func:`spec_from_user_models`;
+- ``parity check --reference mymod:build_keras|model.keras --port mymod:build_torch [--input-shape [NAME=]SHAPE
+  ...] [--loss mse] [--align keras_layer=port.module.path ...] [--custom-objects MOD]`` ->
+  :func:`spec_from_user_models`;
 - ``parity.compare(keras_model, torch_module, **check_kwargs)`` -> :func:`compare`, on live objects.
 
 What is inferred: the taps (alignment), the loss (a reference that ends in softmax is trained with
 categorical cross-entropy, the port's logits going through ``F.cross_entropy``; anything else with MSE),
-the target (one-hot classes or regression values of the output's width) and the input shape. The
-alignment table is kept on the spec (:func:`alignment_of`) and added to the result: the structure stage's
-``info["alignment"]`` and, for every layer left without a partner, a finding.
+the target (one-hot classes or regression values of the output's width) and the inputs (any per-sample shape,
+several inputs packed into one array and handed to the port's ``forward`` in the Keras model's order and the
+port's layout: :mod:`parity.user.inputs`). The port is checked through a view (:mod:`parity.user.view`) that
+adds the module groups and call aliases the alignment found. The alignment travels on the spec
+(``spec.alignment``) into the result; an incomplete one (weights left on either side, one port module for
+several reference layers) is the check's first verdict (:func:`alignment_verdict`).
 """
 from __future__ import annotations
 
