@@ -328,6 +328,7 @@ def trace_keras(model) -> list[Node]:
                           in_shapes=ins, producers=[index.get(pn, -1) for pn in parents],
                           cheap=cls in CHEAP_REF or (cls == "Activation" and act == "linear"),
                           info={"var_shapes": var_shapes, "padding_cfg": cfg.get("padding"),
+                                "family": families.keras_info(cls, cfg),
                                 "config": {k: cfg.get(k) for k in (
                               "use_bias", "padding", "strides", "kernel_size", "pool_size", "rate", "units",
                               "filters") if k in cfg}}))
@@ -1124,6 +1125,12 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             row.note = f"{p.name} + {nxt_node.name} (flatten) == global average pooling"
             rows.append(Row(None, nxt_node.name, nxt_node.kind, None, "fused", port_class=nxt_node.cls,
                             note=f"folded into {r.name}"))
+        fam = r.info.get("family") or {}
+        if transform is None and fam.get("return_sequences") is False and p.cls in ("LSTM", "GRU", "RNN"):
+            # torch's module returns the whole sequence, Keras the last step (a Bidirectional's backward half: its
+            # step 0): compared after taking that step (parity.core.families.recurrent)
+            transform = "bidirectional_last_step" if fam.get("bidirectional") else "last_step"
+            row.note = (row.note + "; " if row.note else "") + f"compared at Keras' last step ({transform})"
         port_path = p.name
         if p.info.get("call", 1) > 1:
             first = next((ref[ri2].name for ri2, pj2, _, _ in pairs if ri2 is not None and pj2 is not None
