@@ -69,7 +69,17 @@ def torch_loss(F, spec: LossSpec, out, y):
 
 #: activations a Keras layer may carry fused (``Conv2D(..., activation="relu")``), applied to the port module's
 #: output before comparing (the port runs them as separate modules or functional calls)
-PORT_TRANSFORMS = ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear")
+PORT_TRANSFORMS = ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear", "last_step",
+                   "bidirectional_last_step")
+
+
+def _bidirectional_last_step(x):
+    """What Keras' ``Bidirectional(rnn, return_sequences=False)`` returns, from torch's (N, L, 2H) sequence: the
+    forward half at the last step, the backward half at step 0 (its last step; parity.core.families.recurrent)."""
+    import torch
+
+    h = x.shape[-1] // 2
+    return torch.cat([x[:, -1, :h], x[:, 0, h:]], dim=-1)
 
 
 def gap_as_keras(tap: Tap, t):
@@ -87,7 +97,8 @@ def apply_transform(name: str | None, t):
     import torch.nn.functional as F
 
     fns = {"softmax": lambda x: x.softmax(dim=1), "relu": F.relu, "relu6": F.relu6, "sigmoid": lambda x: x.sigmoid(),
-           "tanh": lambda x: x.tanh(), "elu": F.elu, "swish": F.silu, "silu": F.silu}
+           "tanh": lambda x: x.tanh(), "elu": F.elu, "swish": F.silu, "silu": F.silu,
+           "last_step": lambda x: x[:, -1], "bidirectional_last_step": _bidirectional_last_step}
     if name not in fns:
         raise ValueError(f"expected port_transform None or one of {', '.join(PORT_TRANSFORMS)}. Received: {name!r}")
     return fns[name](t)
@@ -228,10 +239,11 @@ class TorchSide:
                     return
                 t = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
                 if sink is not None:
-                    sink(tap, self.tap_value(tap, TapRecord(t, 1)))
+                    value = self.tap_value(tap, TapRecord(t, 1))
+                    sink(tap, value)
                     if grad_sink is not None and t.requires_grad and not tap.port_transform:
                         t.register_hook(lambda g, tap=tap: grad_sink(tap, gap_as_keras(tap, g.detach()).cpu().numpy()))
-                    self.records[tap.path] = TapRecord(tuple(gap_as_keras(tap, t).shape), 1)
+                    self.records[tap.path] = TapRecord(tuple(value.shape), 1)  # as compared (after a transform)
                     return
                 self.records[tap.path] = TapRecord(t, 1)
 
