@@ -33,6 +33,7 @@ from parity.diagnosis.alignment import alignment_findings, annotate_alignment  #
 from parity.diagnosis.registry import result_rule
 from parity.harness import check
 from parity.user.align import AlignmentError, align, parse_pins, trace_keras
+from parity.user.inputs import describe as describe_inputs
 from parity.user.inputs import (LAYOUT_SEQ_CHANNELS_FIRST, assign_shapes, choose_layouts, example_inputs,
                                 input_names, packed_reference, parse_input_shapes, to_port_layout, torch_unpacker)
 from parity.user.view import port_view
@@ -256,8 +257,8 @@ class UserTaps:
             raise _usage_error(str(exc)) from None
         if self.spec is not None:
             self.spec.alignment = self.alignment  # travels on the spec (read by the diagnosis)
-            self.spec.conventions = tuple(c for c in self.spec.conventions if c.name != "alignment") + (
-                _alignment_convention(self.alignment),)
+            self.spec.conventions = tuple(c for c in self.spec.conventions if c.name not in ("alignment", "inputs")) + (
+                _alignment_convention(self.alignment), _inputs_convention(self.slots))
         self.groups = dict(self.alignment.groups)
         self.aliases = dict(self.alignment.aliases)
         if not self.alignment.taps:
@@ -265,6 +266,14 @@ class UserTaps:
                                "Received: none aligned. Pin layers with --align REF=PORT.\n"
                                + self.alignment.format())
         return self.alignment.taps
+
+
+def _inputs_convention(slots) -> Convention:
+    """How the reference's inputs reach the port's ``forward`` (order, layout, token ids): reported."""
+    return Convention("inputs", describe_inputs(slots),
+                      f"forward({', '.join(s.name for s in slots)})" + (" (one packed array, cut apart by the view)"
+                                                                         if len(slots) > 1 else ""),
+                      "parity.user.inputs")
 
 
 def _alignment_convention(al) -> Convention:

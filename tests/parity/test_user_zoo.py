@@ -281,3 +281,11 @@ def test_a_separable_conv_the_structure_cannot_group_is_named_with_its_pin_and_t
     assert inc is not None and inc["ref_left"][0]["pin"] == "--align sep=spatial+mix", inc
     pinned = align(km, Port(), pins=["sep=spatial+mix"])
     assert pinned.groups == {"spatial+mix": ("spatial", "mix")} and pinned.incomplete() is None
+
+
+def test_the_inputs_convention_is_reported(float64):
+    result = compare(user_zoo.keras_two_input(), user_zoo.port_two_input(), stages="structure")
+    assert result.passed, result.summary_line()
+    text = str(result.to_dict())
+    assert "target (13, 13, 3) NHWC -> NCHW; image (13, 13, 3) NHWC -> NCHW" in text
+    assert "forward(target, image) (one packed array, cut apart by the view)" in text
