@@ -175,8 +175,11 @@ def watch_loop(args, tmp: str) -> tuple[list[dict], int]:
         t, line = _next(q_out, ("PASSED", "FAILED"), 1800)
         rows.append({"edit": "(none: first check)", "expect": "PASSED", "verdict": line, "seconds": t - t0})
         print(f"  watch first verdict {t - t0:.2f} s after start: {line[:90]}", flush=True)
+        cpu = []
         for i in range(args.edits):
-            _next(q_err, ("  verdict in",), 600)  # the reports of the last check are written: the loop waits
+            _, done = _next(q_err, ("  verdict in",), 600)  # the last check's reports are written: the loop waits
+            if i:
+                cpu.append(float(done.split("(")[1].split(" s CPU")[0]))
             time.sleep(0.5)
             new = EPS_BUG if i % 2 == 0 else EPS_FIX
             t_edit = time.perf_counter()
@@ -185,7 +188,9 @@ def watch_loop(args, tmp: str) -> tuple[list[dict], int]:
             rows.append({"edit": new, "expect": EXPECT[new], "verdict": line, "seconds": t - t_edit})
             print(f"  watch edit {i + 1} ({new}): verdict {t - t_edit:.2f} s after the save: {line[:90]}",
                   flush=True)
-        _next(q_err, ("  verdict in",), 600)
+        _, done = _next(q_err, ("  verdict in",), 600)
+        cpu.append(float(done.split("(")[1].split(" s CPU")[0]))
+        rows[-1]["check_cpu"] = cpu
         p.send_signal(signal.SIGINT)
         code = p.wait(120)
         time.sleep(0.2)
@@ -253,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             target = WATCH_TARGET_S.get(args.pair)
             ok = bool(lat) and target is not None and max(lat) <= target and not wrong
             want_code = 0 if rows[-1]["verdict"].startswith("PASSED") else 1
+            cpu = rows[-1].get("check_cpu") or [float("nan")]
             lines.append(f"--watch edit-to-verdict: median {statistics.median(lat):.2f} s, max {max(lat):.2f} s"
+                         f" (the check's own CPU: median {statistics.median(cpu):.2f} s)"
                          f" <= {target} s: {'met' if ok else 'NOT met'}"
                          + (f"; {len(wrong)} verdicts did not follow the edit" if wrong else ""))
             lines.append(f"--watch Ctrl-C: exit {code} (last verdict wants {want_code}): "
