@@ -136,6 +136,10 @@ def shared_module_findings(ctx: CheckContext) -> list[Finding]:
     shows (the second alias), with the parameter gap it explains."""
     from ported_torch.inspect import find_shared_modules
 
+    if getattr(ctx.spec, "alignment", None) is not None:
+        # a user pair: its alignment knows which reference layers a reused module stands for (a layer the
+        # reference shares too is no finding); parity.user.pair.alignment_verdict names the rest
+        return []
     ts, taps = ctx.ts, ctx.taps
     ts.module.eval()
     try:

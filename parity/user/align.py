@@ -163,8 +163,11 @@ class Alignment:
         no reference counterpart) and ``shared`` (port modules standing for several distinct reference layers)."""
         ref_by = {n.name: n for n in self.ref_nodes}
         port_by = {n.name: n for n in self.port_nodes if not n.functional}
+        # a later call of a module whose first call is aligned reuses transferred weights (a layer the reference
+        # shares too, e.g. one tower for two inputs): not a leftover
+        transferred = {r.port for r in self.rows if r.status in ("aligned", "pinned")}
         left_port = [r.port for r in self.rows if r.status == "unaligned-port" and r.port in port_by
-                     and port_by[r.port].weighted]
+                     and port_by[r.port].weighted and r.port not in transferred]
         ref_left = []
         for r in self.rows:
             n = ref_by.get(r.ref)

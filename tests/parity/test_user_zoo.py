@@ -289,3 +289,26 @@ def test_the_inputs_convention_is_reported(float64):
     text = str(result.to_dict())
     assert "target (13, 13, 3) NHWC -> NCHW; image (13, 13, 3) NHWC -> NCHW" in text
     assert "forward(target, image) (one packed array, cut apart by the view)" in text
+
+
+def test_a_layer_shared_on_both_sides_is_not_a_leftover(float64):
+    """One Dense applied to two inputs in Keras, one Linear called twice in the port: the same weights on both
+    sides, no verdict."""
+    from torch import nn
+
+    a, b = keras.Input((6,), name="a"), keras.Input((6,), name="b")
+    shared = keras.layers.Dense(4, name="tower")
+    x = keras.layers.Concatenate(name="cat")([shared(a), shared(b)])
+    km = keras.Model([a, b], keras.layers.Dense(2, name="out")(x))
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tower = nn.Linear(6, 4)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, a, b):
+            return self.out(torch.cat([self.tower(a), self.tower(b)], dim=1))
+
+    result = compare(km, Port(), stages="structure,forward_eval,gradients,step")
+    assert result.passed, result.summary_line()
