@@ -31,17 +31,18 @@ from typing import Any, Callable
 import numpy as np
 
 from parity import diagnosis
-from parity.backends.keras_side import run_reference
+from parity.backends.keras_side import keras_dtype, run_reference
 from parity.backends.torch_side import DeviceUnavailable, TorchSide, device_description, resolve_device
 from parity.backends.weights import layer_maps, load_weight_file
-from parity.core.env import import_torch, isa_report, trim_heap
-from parity.core.errors import UsageError
+from parity.core.env import import_tensorflow, import_torch, isa_report, trim_heap
+from parity.core.errors import UsageError, function_name
 from parity.core.options import check_batch, optimizer_spec, parse_stages, resolve_user
 from parity.core.results import STAGE_ORDER, CheckResult
 from parity.core.spec import OptimizerSpec, PairSpec, resolve
 from parity.core.spill import SpillStore
 from parity.diagnosis.initialisation import init_findings_from_run
 from parity.optim.adapters import get_adapter
+from parity.optim.user import with_user_training  # also registers the "user" optimizer adapter
 from parity.pairs import registry
 from parity.stages import forward, isolated, structure, train
 from parity.stages import onnx as onnx_leg
@@ -56,12 +57,19 @@ compares the port with the reference's eval-mode outputs runs while the port hol
 def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: str = "cpu",
           batch: int | None = None, seed: int = 0, optimizer=None, steps: int = 1, weights: str | None = None,
           config: dict | None = None, port: str | Callable | None = None, reference: str | Callable | None = None,
-          reference_run=None, onnx: bool = False, progress: Callable[[str], None] | None = None) -> CheckResult:
-    """Run a parity check of a registered pair (or a :class:`PairSpec`). See the module docstring."""
+          reference_run=None, onnx: bool = False, progress: Callable[[str], None] | None = None,
+          port_optimizer: str | Callable | None = None, port_loss: str | Callable | None = None) -> CheckResult:
+    """Run a parity check of a registered pair (or a :class:`PairSpec`). See the module docstring.
+
+    ``port_optimizer`` (``fn(port_module) -> torch optimizer`` or ``(optimizer, scheduler)``) and ``port_loss``
+    (``loss(output, target)``), callables or ``"module:function"``: the port trains with yours, the reference
+    with its ``model.compile(...)`` configuration (:mod:`parity.optim.user`)."""
     t_start = time.perf_counter()
     spec = registry.get(pair) if isinstance(pair, str) else pair
     if reference is not None:
         spec = dataclasses.replace(spec, reference=resolve_user(reference, "--reference", "a Keras model"))
+    if port_optimizer is not None or port_loss is not None:
+        spec = _user_training(spec, isinstance(pair, str), config, dtype, port_optimizer, port_loss)
     ctx = _request(spec, stages, dtype=dtype, device=device, batch=batch, seed=seed, optimizer=optimizer,
                    steps=steps, config=config, reference_run=reference_run, onnx=onnx, progress=progress)
     # -- port device first: a missing GPU is a usage error before any slow work ---------------------------
@@ -79,6 +87,27 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         return _diagnose(ctx, t_start)
     finally:
         ctx.store.close()
+
+
+def _user_training(spec: PairSpec, registered: bool, config, dtype: str, port_optimizer, port_loss) -> PairSpec:
+    """The spec trained with the user's optimizer / loss against the compiled configuration of its reference
+    (built once here to read it). A registered pair is copied; a user's spec is changed in place (its taps
+    keep a reference to it)."""
+    if registered:
+        spec = dataclasses.replace(spec)
+    fns = {}
+    for name, option, what, value in (("opt", "--port-optimizer", "a torch optimizer", port_optimizer),
+                                      ("loss", "--port-loss", "a loss(output, target)", port_loss)):
+        if value is None:
+            continue
+        fns[name] = ((resolve_user(value, option, what), f"{option} {value}") if isinstance(value, str)
+                     else (value, f"{option.lstrip('-').replace('-', '_')}={function_name(value)}"))
+    import_tensorflow()
+    with keras_dtype(dtype):
+        model = resolve(spec.reference)(**spec.config(**(config or {})))
+    opt, opt_label = fns.get("opt", (None, ""))
+    loss, loss_label = fns.get("loss", (None, ""))
+    return with_user_training(spec, model, opt, loss, optimizer_label=opt_label, loss_label=loss_label)
 
 
 def _request(spec: PairSpec, stages, *, dtype, device, batch, seed, optimizer, steps, config, reference_run,
@@ -165,7 +194,7 @@ def _diagnose(ctx: CheckContext, t_start: float) -> CheckResult:
 
 
 def _opt_dict(opt: OptimizerSpec, steps: int) -> dict:
-    d = dataclasses.asdict(opt)
+    d = opt.as_dict() if hasattr(opt, "as_dict") else dataclasses.asdict(opt)  # a user's: no functions in JSON
     d["steps"] = steps
     try:
         d["rules"] = list(get_adapter(opt.kind).rules)

@@ -16,6 +16,7 @@ its own there without touching this module):
   n/(n-1), loss reduction and label smoothing;
 - :mod:`~parity.diagnosis.optimizer`: lr schedule in the momentum recursion, lr_mult, L2 vs weight decay,
   Adam's epsilon;
+- :mod:`~parity.diagnosis.training_config`: a user's own optimizer and loss against the compiled Keras ones;
 - :mod:`~parity.diagnosis.shared` (one finding per shared module), :mod:`~parity.diagnosis.alignment` (a user
   pair's alignment table and unaligned layers), :mod:`~parity.diagnosis.initialisation` (initialiser parity).
 
@@ -40,7 +41,7 @@ from parity.core.results import CheckResult, Finding, TensorDiff
 from parity.core.spec import Tap
 # the rule modules register their rules on import (parity.diagnosis.registry)
 from parity.diagnosis import (alignment, families, family_probes, forward, non_finite, optimizer,  # noqa: F401
-                              shared, structure, train)
+                              shared, structure, train, training_config)
 from parity.diagnosis.common import PROBE_ACTIVATIONS, PROBE_RTOL, Run, base, finding
 from parity.diagnosis.registry import result_rules, stage_rules_for, structure_rules_for
 

@@ -1,0 +1,82 @@
+"""The user's own training step: the reference trains with its model.compile(...) configuration, the port with
+the user's optimizer factory and loss; a correct pair passes the step stage over 2 steps, and each planted
+training-configuration bug is located and named (parity.diagnosis.training_config)."""
+from __future__ import annotations
+
+import pytest
+
+from parity.core.errors import UsageError, UserCodeError
+from parity.harness import check
+from parity.user.pair import spec_from_user_models
+from tests.parity import user_training_models as M
+
+STAGES = "forward_eval,forward_train,gradients,step"
+
+
+def _run(keras_builder, port_optimizer=None, port_loss=None, steps=2):
+    spec = spec_from_user_models(keras_builder, M.port)
+    return check(spec, stages=STAGES, steps=steps, port_optimizer=port_optimizer, port_loss=port_loss)
+
+
+def _cause(result):
+    fd = result.first_divergence
+    assert fd is not None, result
+    assert fd.cause is not None, str(result)
+    return fd.cause
+
+
+@pytest.mark.parametrize("factory", [M.sgd_ok, M.sgd_ok_with_scheduler])
+def test_correct_sgd_optimizer_and_loss_pass_two_steps(factory):
+    r = _run(M.keras_sgd, factory, M.ce_ok)
+    assert r.passed, str(r)
+    step = r.stage("step")
+    assert any("@step2" in t.path for t in step.tensors)
+    assert any(t.path.endswith(".momentum@step2") for t in step.tensors)  # slots compared by name
+    assert r.optimizer["kind"] == "user" and r.optimizer["reference"]["class"] == "SGD"
+
+
+def test_correct_adam_passes_two_steps():
+    r = _run(M.keras_adam, M.adam_ok, M.ce_ok)
+    assert r.passed, str(r)
+    assert any(t.path.endswith(".v@step2") for t in r.stage("step").tensors)
+    assert any("epsilon placement" in a for a in r.stage("step").info["applied"])
+
+
+@pytest.mark.parametrize("keras_builder, factory, loss, cause, path, words", [
+    (M.keras_adam, M.adam_torch_eps, M.ce_ok, "adam_epsilon", None, "epsilon 1e-08 in the port"),
+    (M.keras_sgd, M.sgd_no_weight_decay, M.ce_ok, "l2_weight_decay", "conv", "weight decay missing"),
+    (M.keras_sgd, M.sgd_lambda_not_2lambda, M.ce_ok, "l2_weight_decay", "conv", "= lam, not 2*lam"),
+    (M.keras_sgd, M.sgd_decay_everywhere, M.ce_ok, "weight_decay_unregularised", "conv", "a bias"),
+    (M.keras_sgd, M.sgd_lr, M.ce_ok, "learning_rate", None, "learning rate 0.01 in the port"),
+    (M.keras_sgd, M.sgd_momentum, M.ce_ok, "momentum", None, "momentum 0.8 in the port"),
+    (M.keras_sgd, M.sgd_ok, M.ce_on_probabilities, "loss_on_probabilities", "loss", "probabilities"),
+    (M.keras_sgd, M.sgd_ok, M.ce_sum, "loss_reduction", "loss", "reduces with sum"),
+])
+def test_planted_training_bug_located_and_named(keras_builder, factory, loss, cause, path, words):
+    r = _run(keras_builder, factory, loss)
+    assert not r.passed
+    c = _cause(r)
+    assert c.cause == cause, str(r)
+    assert words in c.message, c.message
+    if path is not None:
+        assert c.path == path, (c.path, str(r))
+    stage = r.first_divergence.stage.name
+    assert stage == ("gradients" if path == "loss" else "step"), str(r)
+
+
+def test_without_user_options_the_training_configuration_is_said_to_be_parity_s_own():
+    spec = spec_from_user_models(M.keras_sgd, M.port)
+    r = check(spec, stages=STAGES, steps=1)
+    assert r.passed, str(r)
+    assert "parity's own" in r.optimizer["training_configuration"]
+    assert any(f.cause == "training_configuration" and f.severity == "info" for f in r.findings)
+
+
+def test_user_factory_that_raises_is_the_user_s_error():
+    with pytest.raises(UserCodeError, match="sgd_raises raised RuntimeError: no optimizer today"):
+        _run(M.keras_sgd, M.sgd_raises, M.ce_ok, steps=1)
+
+
+def test_uncompiled_reference_is_refused_with_one_line():
+    with pytest.raises(UsageError, match=r"compiled with model.compile\(optimizer=..., loss=...\)"):
+        _run(M.keras_uncompiled, M.sgd_ok, M.ce_ok, steps=1)
