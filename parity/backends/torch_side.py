@@ -55,7 +55,10 @@ def device_description(dev) -> dict[str, Any]:
 
 
 def torch_loss(F, spec: LossSpec, out, y):
-    """The port's loss: ``categorical_crossentropy`` -> ``F.cross_entropy`` on logits (softmax inside)."""
+    """The port's loss: ``categorical_crossentropy`` -> ``F.cross_entropy`` on logits (softmax inside); a
+    callable ``spec`` is the user's own loss (``parity.optim.user.UserLoss``)."""
+    if callable(spec):
+        return spec(out, y)
     if spec.name == "categorical_crossentropy":
         return F.cross_entropy(out, y, reduction=spec.reduction, label_smoothing=spec.label_smoothing)
     if spec.name == "mse":

@@ -115,8 +115,12 @@ def start(ctx: CheckContext) -> Training:
     tr = Training(n_steps=ctx.steps if "step" in ctx.stages else 1, refs=refs, params=params, old_stats=old_stats)
     if "step" in ctx.stages:
         tr.adapter = get_adapter(ctx.optimizer.kind)
-        tr.opt_torch = tr.adapter.torch_optimizer(ctx.optimizer, refs, ref.l2)
+        with_module = getattr(tr.adapter, "torch_optimizer_for_module", None)  # the user's factory takes the port
+        tr.opt_torch = (with_module(ctx.optimizer, ts.module, refs, ref.l2) if with_module is not None
+                        else tr.adapter.torch_optimizer(ctx.optimizer, refs, ref.l2))
         tr.step = StageResult("step", info={"optimizer": ctx.optimizer.kind, "steps": tr.n_steps})
+        if hasattr(tr.opt_torch, "describe"):  # the user's optimizer: its param groups, for the diagnosis
+            tr.step.info["port_optimizer"] = tr.opt_torch.describe({id(p): k for k, p in params.items()})
         tr.traj = StageResult("trajectory", info={"what": "per-parameter weight divergence, and BatchNorm running "
                                                           "statistics, after each step"})
     return tr
@@ -337,6 +341,8 @@ def _finish(ctx: CheckContext, tr: Training) -> None:
     if tr.adapter is None:
         return
     tr.step.info["rules"] = list(tr.adapter.rules)
+    if getattr(tr.opt_torch, "applied", None):  # same-setting conventions applied to the user's optimizer
+        tr.step.info["applied"] = list(tr.opt_torch.applied)
     ctx.result.stages.append(tr.step)
     if tr.n_steps > 1:
         tr.traj.info.update(steps=list(range(1, tr.n_steps + 1)), series=tr.series,
