@@ -30,9 +30,18 @@ def hwc_flat_to_chw_flat(a: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray
 NON_FINITE_KEYS = ("non_finite_reference", "non_finite_port")
 
 
-def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale_floor: float = 0.0) -> TensorDiff:
+#: ``TensorDiff.extra`` key: how many elements were not judged (``tensor_diff(skip=...)``)
+NOT_JUDGED_KEY = "not_judged"
+
+
+def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale_floor: float = 0.0,
+                skip=None, skip_why: str = "") -> TensorDiff:
     """Compare two arrays: max |ref - port| against ``tol.allowed(scale)``, scale = max |ref| (or
     ``scale_floor`` when larger: see :func:`layer_scale_floor`).
+
+    ``skip``: flat indices of elements not judged (the float32 sign-noise policy of
+    :class:`parity.core.spec.StageTolerance`): their difference counts as 0 and the norm-wise ratio is taken over
+    the judged elements; the note says how many and ``skip_why`` (``extra[NOT_JUDGED_KEY]`` holds the count).
 
     A NaN or +-Inf on either side fails the tensor, even where both sides agree on it (a NaN equal to a NaN
     proves nothing): ``max_abs`` is NaN, every non-finite element counts as mismatched, ``index`` is the first
@@ -56,16 +65,24 @@ def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale
     # one temporary the size of the tensor (|r - p|, in place): GOTURN's fc6 is 75 M elements (0.6 GB)
     d = np.subtract(r, p, out=np.empty(r.shape, np.float64))
     np.abs(d, out=d)
+    extra, skipped_sq = {}, 0.0
+    if skip is not None and len(skip):
+        skip = np.asarray(skip, dtype=np.int64)
+        d.reshape(-1)[skip] = 0.0
+        skipped_sq = float(np.sum(np.square(r.reshape(-1)[skip])))
+        extra[NOT_JUDGED_KEY] = int(skip.size)
+        why = f"{skip.size} of {r.size} elements not judged" + (f": {skip_why}" if skip_why else "")
+        note = f"{note}; {why}" if note else why
     flat = int(np.argmax(d))
     idx = np.unravel_index(flat, r.shape)
     max_abs = float(d.reshape(-1)[flat])
     mismatched = int(np.count_nonzero(d > allowed))
-    norm_rel = _norm_rel(r, d, scale_floor)
+    norm_rel = _norm_rel(r, d, scale_floor, skipped_sq)
     del d
     return TensorDiff(path=path, shape=tuple(r.shape), max_abs=max_abs, scale=scale, allowed=allowed,
                       rtol=tol.rtol, mismatched=mismatched, numel=int(r.size),
                       index=tuple(int(i) for i in idx), ref_value=float(r[idx]), port_value=float(p[idx]),
-                      cosine=_cosine(r, p), note=note, norm_rel=norm_rel, norm_rtol=tol.norm_rtol)
+                      cosine=_cosine(r, p), note=note, extra=extra, norm_rel=norm_rel, norm_rtol=tol.norm_rtol)
 
 
 def _non_finite_diff(path, r, p, tol, scale, allowed, note) -> TensorDiff:
@@ -115,11 +132,15 @@ def non_finite_side(counts: tuple[int, int]) -> str:
     return "both" if all(counts) else ("reference" if counts[0] else "port")
 
 
-def _norm_rel(a: np.ndarray, absdiff: np.ndarray, floor: float = 0.0) -> float:
+def _norm_rel(a: np.ndarray, absdiff: np.ndarray, floor: float = 0.0, skipped_sq: float = 0.0) -> float:
     """||a - b|| / ||a||, given |a - b| (finite inputs). ``floor``: the layer-scale floor of
     :func:`layer_scale_floor`; a norm is at least its largest element, so ||a|| is taken as at least ``floor``
-    (an analytically-zero gradient, such as attention's key bias under the softmax, is rounding noise alone)."""
-    na = max(float(np.linalg.norm(a.reshape(-1))), float(floor))
+    (an analytically-zero gradient, such as attention's key bias under the softmax, is rounding noise alone).
+    ``skipped_sq``: the squared norm of ``a`` over elements not judged (their ``absdiff`` already 0), left out."""
+    na = float(np.linalg.norm(a.reshape(-1)))
+    if skipped_sq:
+        na = math.sqrt(max(na * na - skipped_sq, 0.0))
+    na = max(na, float(floor))
     nd = float(np.linalg.norm(absdiff.reshape(-1)))
     if na == 0.0:
         return 0.0 if nd == 0.0 else math.inf

@@ -58,6 +58,13 @@ class OptimizerAdapter:
     #: names of the slots, in the Keras convention, compared by the step stage
     slot_names: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
+    #: the slot whose sign sets each element's update when the update is normalised per element (Adam's first
+    #: moment ``m``: the update is about +-lr whatever the gradient's size), else None; read by the float32
+    #: step policy (``parity.core.spec.StageTolerance.sign_noise``)
+    sign_slot: str | None = None
+    #: slots held as-is in torch's optimizer state (Keras slot name -> torch state key): the float32 step policy
+    #: sets the elements it does not judge to the reference's values through them before the next step
+    torch_state_keys: dict[str, str] = {}
 
     # -- Keras side -------------------------------------------------------------------------------------
     def keras_optimizer(self, spec: OptimizerSpec, refs: list[ParamRef]):
@@ -156,6 +163,8 @@ class SGDAdapter(OptimizerAdapter):
 class AdamAdapter(OptimizerAdapter):
     kind = "adam"
     slot_names = ("m", "v")
+    sign_slot = "m"
+    torch_state_keys = {"m": "exp_avg", "v": "exp_avg_sq"}
     rules = ("Keras adds epsilon to the uncorrected sqrt(v); torch to the corrected one: torch eps at step t = "
              "eps_keras / sqrt(1 - beta_2**t), set on every step (parity.core.conventions.torch_adam_eps_from_keras)",
              "Keras' bias corrections use float32-rounded betas (tf.cast of a Python float): torch lr scaled per "

@@ -20,9 +20,11 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from parity.backends.torch_side import LAYOUT_TRANSFORMS
 from parity.core.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
 from parity.core.env import trim_heap
 from parity.core.results import StageResult
+from parity.core.spec import FLOAT32_EPS
 from parity.core.tensors import layer_scale_floor, tensor_diff
 from parity.optim.adapters import get_adapter
 from parity.stages.context import TRAIN_STAGES, CheckContext
@@ -45,6 +47,8 @@ class Training:
     bn_chain: dict = field(default_factory=dict)  # {path: (torch running_var, its Keras equivalent)}
     series: dict = field(default_factory=dict)  # {tensor path: [rel after each step]}
     losses: list = field(default_factory=list)  # the port's loss at each step
+    #: {parameter key: flat indices of update elements not judged} (float32 sign noise, see ``_below_sign_noise``)
+    below_noise: dict = field(default_factory=dict)
 
 
 class _Param(NamedTuple):
@@ -200,7 +204,8 @@ def gradients_stage(ctx: CheckContext, tr: Training, t0: float, loss, acts, grad
     st = StageResult("gradients")
     st.tensors.append(tensor_diff("loss", np.array(ref.loss), np.array(loss), tol))
     for tap in ctx.taps:
-        if tap.path not in ref.act_grads or tap.path not in acts or tap.port_transform:
+        if tap.path not in ref.act_grads or tap.path not in acts or (
+                tap.port_transform and tap.port_transform not in LAYOUT_TRANSFORMS):  # an axis move keeps grads
             continue
         if tap.path in grad_diffs:
             st.tensors.append(grad_diffs[tap.path])
@@ -245,6 +250,7 @@ def optimizer_step(ctx: CheckContext, tr: Training, k: int) -> None:
     tr.adapter.torch_prepare(ctx.optimizer, k, tr.opt_torch)
     tr.opt_torch.step()
     at = f"@step{k + 1}" if tr.n_steps > 1 else ""
+    factor = _sign_noise(ctx, tr)
     judged = _LayerJudged()
     for r in tr.refs:
         tap = ctx.tap_by_ref.get(r.layer)
@@ -253,15 +259,82 @@ def optimizer_step(ctx: CheckContext, tr: Training, k: int) -> None:
         p = _Param(r, tap, f"{tap.path}:{r.key[len(tap.port) + 1:] if tap.port else r.key}")
         if tr.n_steps > 1:  # the weights themselves, step by step: how a small difference grows
             _weight_trajectory(ctx, tr, k, p)
-        judged.add(f"{tap.path}|update", functools.partial(_update_diff, ctx, k, p, f"{p.name}.update{at}"))
+        skip = _below_sign_noise(ctx, tr, k, p, factor) if factor else None
+        judged.add(f"{tap.path}|update", functools.partial(_update_diff, ctx, k, p, f"{p.name}.update{at}",
+                                                           skip=skip, skip_why=_skip_why(tr, factor)))
         _slot_diffs(ctx, tr, k, p, at, judged)
     tr.step.tensors += judged.judged("update")
+    if factor and k + 1 < tr.n_steps:
+        _resync_below_noise(ctx, tr, k)
     tr.step.seconds += time.perf_counter() - t + ctx.ref.seconds.get(f"step{k}", 0.0)
 
 
-def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float = 0.0):
+def _sign_noise(ctx: CheckContext, tr: Training) -> float | None:
+    """The step policy's sign-noise factor (float32 only) when the optimizer's update is normalised per element
+    (``OptimizerAdapter.sign_slot``), else None: every element is judged."""
+    factor = ctx.tol["step"].sign_noise
+    return factor if factor and getattr(tr.adapter, "sign_slot", None) else None
+
+
+def _skip_why(tr: Training, factor: float | None) -> str:
+    slot = getattr(tr.adapter, "sign_slot", None)
+    return (f"|{slot}| within {factor:g}x its float32 noise |{slot}_ref - {slot}_port| (the sign of a normalised "
+            f"update, about +-lr, is rounding there)") if factor else ""
+
+
+def _below_sign_noise(ctx: CheckContext, tr: Training, k: int, p: _Param, factor: float):
+    """Flat indices of the update elements of ``p`` not judged at step ``k`` (and at any earlier step: the
+    update is cumulative), per :class:`parity.core.spec.StageTolerance` ``sign_noise``: the sign slot (Adam's
+    first moment) differs between the sides and ``|m_ref| <= factor x max(|m_ref - m_port|, FLOAT32_EPS x
+    max|m_ref|)``. None (judge every element) when the slot itself is off by more than the step's norm-wise
+    bound: then the difference is no rounding noise, and the slot's own comparison fails."""
+    slot, r = tr.adapter.sign_slot, p.r
+    src = (ctx.ref.steps[k]["slots"].get(r.key) or {}).get(slot)
+    port = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [r]).get(r.key) or {}).get(slot)
+    if src is None or port is None:
+        return None
+    m_ref = np.asarray(var_to_torch(r.kind, r.var, src, flatten_chw=p.tap.flatten_chw)).reshape(-1)
+    m_port = np.asarray(port).reshape(-1)
+    if m_ref.shape != m_port.shape or not (np.isfinite(m_ref).all() and np.isfinite(m_port).all()):
+        return None
+    noise = np.abs(m_ref - m_port)
+    norm_rtol = ctx.tol["step"].norm_rtol
+    if norm_rtol is not None and float(np.linalg.norm(noise)) > norm_rtol * float(np.linalg.norm(m_ref)):
+        return None
+    mag = np.abs(m_ref)
+    floor = FLOAT32_EPS * float(mag.max()) if mag.size else 0.0
+    below = np.flatnonzero((noise > 0) & (mag <= factor * np.maximum(noise, floor)))
+    tr.below_noise[r.key] = below
+    return below
+
+
+def _resync_below_noise(ctx: CheckContext, tr: Training, k: int) -> None:
+    """Before step ``k + 1``: the elements not judged at step ``k`` (``_below_sign_noise``) take the reference's
+    weight and slot values (``OptimizerAdapter.torch_state_keys``), so that an update sign decided by float32
+    rounding (a weight 2 x lr apart) does not move every later gradient; every other element runs on as the
+    port computed it."""
+    import torch
+
+    keys = tr.adapter.torch_state_keys
+    for r in tr.refs:
+        idx = tr.below_noise.pop(r.key, None)
+        tap = ctx.tap_by_ref.get(r.layer)
+        if idx is None or not idx.size or tap is None:
+            continue
+        at = torch.as_tensor(idx, device=r.param.device)
+        pairs = [(r.param, ctx.ref.steps[k]["params"][r.layer][r.var])]
+        state = tr.opt_torch.state.get(r.param, {})
+        slots = ctx.ref.steps[k]["slots"].get(r.key) or {}
+        pairs += [(state[keys[s]], slots[s]) for s in keys if s in slots and keys[s] in state]
+        with torch.no_grad():
+            for dst, src in pairs:
+                val = np.asarray(var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)).reshape(-1)[idx]
+                dst.view(-1)[at] = torch.as_tensor(val, dtype=dst.dtype, device=dst.device)
+
+
+def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float = 0.0, skip=None, skip_why=""):
     """One parameter's update at step ``k`` (new - initial) on both sides. One loaded array at a time, freed as
-    soon as used (GOTURN's fc6 is 0.6 GB per copy)."""
+    soon as used (GOTURN's fc6 is 0.6 GB per copy). ``skip``: elements not judged (``_below_sign_noise``)."""
     r, tap = p.r, p.tap
     src = ctx.ref.steps[k]["params"][r.layer][r.var]
     upd_ref = var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)
@@ -276,7 +349,7 @@ def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float =
     else:
         upd_port = new_port - init_port.detach().cpu().numpy()
     del init_port
-    return tensor_diff(path, upd_ref, upd_port, ctx.tol["step"], scale_floor=floor)
+    return tensor_diff(path, upd_ref, upd_port, ctx.tol["step"], scale_floor=floor, skip=skip, skip_why=skip_why)
 
 
 def _slot_diffs(ctx: CheckContext, tr: Training, k: int, p: _Param, at: str, judged: _LayerJudged) -> None:

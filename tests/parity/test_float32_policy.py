@@ -1,0 +1,107 @@
+"""The float32 step policy for normalised-update optimizers (Adam): an update element whose first moment is
+within float32 noise of zero is not judged (its sign, hence an update of about +-lr, is rounding), counted in the
+note, and set to the reference's value before the next step. float64 judges every element. Also: a port whose
+forward raises is named in the summary."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import mutations as M
+from parity.core.spec import FLOAT32_POLICY, FLOAT64_POLICY, StageTolerance
+from parity.core.tensors import NOT_JUDGED_KEY, tensor_diff
+from parity.optim.adapters import AdamAdapter, SGDAdapter
+
+NORM = StageTolerance(rtol=1e-2, norm_rtol=5e-2)
+
+
+def _sign_flip():
+    """576 Adam-like updates of +-1e-3, one of which the port has with the other sign (a flipped gradient)."""
+    ref = np.where(np.arange(576) % 2, 1e-3, -1e-3)
+    port = ref.copy()
+    port[7] = -port[7]
+    return ref, port
+
+
+def test_one_flipped_sign_fails_the_norm_wise_bound():
+    ref, port = _sign_flip()
+    d = tensor_diff("w.update", ref, port, NORM)
+    assert not d.passed
+    assert d.norm_rel == pytest.approx(2 / math.sqrt(576))  # 0.083 > 0.05: the false alarm this policy removes
+
+
+def test_skipped_elements_are_not_judged_and_counted():
+    ref, port = _sign_flip()
+    d = tensor_diff("w.update", ref, port, NORM, skip=np.array([7]), skip_why="|m| within float32 noise")
+    assert d.passed and d.norm_rel == 0.0 and d.max_abs == 0.0
+    assert d.extra[NOT_JUDGED_KEY] == 1
+    assert "1 of 576 elements not judged: |m| within float32 noise" in d.note
+
+
+def test_skipping_leaves_a_real_difference_visible():
+    ref, port = _sign_flip()
+    port[100:] *= 1.2  # a bug moves the whole tensor: skipping the noisy element does not hide it
+    d = tensor_diff("w.update", ref, port, NORM, skip=np.array([7]))
+    assert not d.passed
+    assert d.norm_rel > 0.1
+
+
+def test_float64_judges_every_element_and_float32_step_models_sign_noise():
+    assert all(t.sign_noise is None for t in FLOAT64_POLICY.values())
+    assert FLOAT32_POLICY["step"].sign_noise and FLOAT32_POLICY["step"].sign_noise > 0
+    assert AdamAdapter.sign_slot == "m" and SGDAdapter.sign_slot is None
+
+
+# -- through the harness, as a user runs it ---------------------------------------------------------------------
+def _check(**kw):
+    pytest.importorskip("keras")
+    from parity.harness import check
+    from parity.pairs import registry
+
+    return check("minixception", config=dict(registry.get("minixception").fast_config), **kw)
+
+
+@pytest.mark.parametrize("seed,steps", [(0, 1), (2, 3)])
+def test_correct_pair_passes_float32_adam(seed, steps):
+    """Seeds 0 and 2 flipped the sign of a near-zero gradient element in float32 (``base/conv2`` update off by
+    2 x lr, ||Δ||/||ref|| 0.083 > 0.05) and failed naming epsilon placement."""
+    r = _check(dtype="float32", optimizer="adam", seed=seed, steps=steps, stages=("gradients", "step"))
+    assert r.passed, r.summary_line()
+    step = next(s for s in r.stages if s.name == "step")
+    skipped = [d for d in step.tensors if (d.extra or {}).get(NOT_JUDGED_KEY)]
+    assert skipped, "the sign-flipped elements were expected to be reported as not judged"
+    total = sum(d.numel for d in step.tensors if ".update" in d.path)
+    assert sum(d.extra[NOT_JUDGED_KEY] for d in skipped) < 0.01 * total * steps  # a few elements, not a layer
+    assert all("float32 noise" in d.note for d in skipped)
+
+
+def test_float64_adam_epsilon_placement_is_still_caught():
+    pytest.importorskip("keras")
+    m = next(x for x in M.CATALOGUE if x.name == "mx_adam_plain_eps")
+    o = M.run_mutation(m, stages="ci")
+    assert o.error is None, o.error
+    assert o.detected and (o.stage, o.path, o.cause) == (m.stage, m.path, m.cause), o.cause_message
+
+
+def broken_forward_port(**cfg):
+    """A user's port whose forward raises."""
+    from ported_torch.minixception import mini_xception
+
+    model = mini_xception(**cfg)
+
+    def forward(x):
+        raise RuntimeError("planted: forward is broken")
+
+    model.forward = forward
+    return model
+
+
+def test_a_port_whose_forward_raises_is_named():
+    r = _check(port=broken_forward_port, stages=("forward_eval",))
+    line = r.summary_line()
+    assert not r.passed
+    assert line.startswith("FAILED")
+    assert "MiniXception.forward" in line and "RuntimeError: planted: forward is broken" in line
+    assert "unknown" not in line and "?:" not in line
