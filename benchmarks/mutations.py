@@ -667,6 +667,24 @@ def tg_padding_idx(**cfg):
     return _tc(**cfg, padding_idx=0)
 
 
+# ==== seqconv (1-D convolution) ======================================================================================
+def sc_causal_as_symmetric(**cfg):
+    """Conv1d(padding=2) (symmetric) for Keras' causal padding: each output sees two future steps."""
+    from ported_torch.seqconv import ConvReLU1d, sequence_cnn
+
+    return sequence_cnn(**cfg, conv1=ConvReLU1d(cfg.get("channels", 4), cfg.get("filters", 8), 5, padding=2))
+
+
+def sc_dilation_dropped(**cfg):
+    """The dilated Conv1D ported without dilation."""
+    from ported_torch.seqconv import ConvReLU1d, sequence_cnn
+
+    m = sequence_cnn(**cfg)
+    c = m.conv2
+    m.conv2 = ConvReLU1d(c.in_channels, c.out_channels, 4, padding="same")
+    return m
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -1081,6 +1099,11 @@ CATALOGUE: tuple[Mutation, ...] = (
        "classifier", "conv_bias", ci_stages=EVAL),
     _m("tg_padding_idx", "textgru", "nn.Embedding(padding_idx=0) where Keras trains row 0", "gradients",
        "embedding", "padding_idx", ci_stages=GRADS),
+    # --- seqconv: 1-D convolution ------------------------------------------------------------------------------------
+    _m("sc_causal_as_symmetric", "seqconv", "symmetric padding for Keras' causal Conv1D", "forward_eval", "conv1",
+       "causal_padding", ci_stages=EVAL),
+    _m("sc_dilation_dropped", "seqconv", "dilated Conv1D ported without dilation", "forward_eval", "conv2",
+       "dilation", ci_stages=EVAL),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
@@ -1093,7 +1116,7 @@ CATALOGUE: tuple[Mutation, ...] = (
 #: correct pairs for the false-alarm sweep: (pair, user builders or None)
 CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None), ("textclf", None),
-    ("textgru", None), ("transformer", None), ("encdec", None),
+    ("textgru", None), ("transformer", None), ("encdec", None), ("seqconv", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
 )
 

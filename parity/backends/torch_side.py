@@ -73,7 +73,10 @@ def torch_loss(F, spec: LossSpec, out, y):
 #: activations a Keras layer may carry fused (``Conv2D(..., activation="relu")``), applied to the port module's
 #: output before comparing (the port runs them as separate modules or functional calls)
 PORT_TRANSFORMS = ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear", "last_step",
-                   "bidirectional_last_step")
+                   "bidirectional_last_step", "channels_last")
+#: transforms that only move axes: the module's inputs get the inverse (isolated stage), its gradient the same
+#: transform (gradients stage). ``channels_last``: a Conv1d's (N, C, L) compared as Keras' (N, L, C).
+LAYOUT_TRANSFORMS = {"channels_last": lambda x: x.transpose(1, -1).contiguous() if x.dim() == 3 else x}
 
 
 def _bidirectional_last_step(x):
@@ -101,7 +104,8 @@ def apply_transform(name: str | None, t):
 
     fns = {"softmax": lambda x: x.softmax(dim=1), "relu": F.relu, "relu6": F.relu6, "sigmoid": lambda x: x.sigmoid(),
            "tanh": lambda x: x.tanh(), "elu": F.elu, "swish": F.silu, "silu": F.silu,
-           "last_step": lambda x: x[:, -1], "bidirectional_last_step": _bidirectional_last_step}
+           "last_step": lambda x: x[:, -1], "bidirectional_last_step": _bidirectional_last_step,
+           **LAYOUT_TRANSFORMS}
     if name not in fns:
         raise ValueError(f"expected port_transform None or one of {', '.join(PORT_TRANSFORMS)}. Received: {name!r}")
     return fns[name](t)
@@ -244,8 +248,11 @@ class TorchSide:
                 if sink is not None:
                     value = self.tap_value(tap, TapRecord(t, 1))
                     sink(tap, value)
-                    if grad_sink is not None and t.requires_grad and not tap.port_transform:
-                        t.register_hook(lambda g, tap=tap: grad_sink(tap, gap_as_keras(tap, g.detach()).cpu().numpy()))
+                    if grad_sink is not None and t.requires_grad and (not tap.port_transform
+                                                                      or tap.port_transform in LAYOUT_TRANSFORMS):
+                        t.register_hook(lambda g, tap=tap: grad_sink(tap, apply_transform(
+                            tap.port_transform if tap.port_transform in LAYOUT_TRANSFORMS else None,
+                            gap_as_keras(tap, g.detach())).cpu().numpy()))
                     self.records[tap.path] = TapRecord(tuple(value.shape), 1)  # as compared (after a transform)
                     return
                 self.records[tap.path] = TapRecord(t, 1)
@@ -327,7 +334,8 @@ class TorchSide:
             a = np.asarray(a)
             if tap.kind == "dense" and tap.flatten_chw is not None and a.ndim == 2:
                 a = hwc_flat_to_chw_flat(a, tap.flatten_chw)
-            xs.append(self.to_input(a))
+            x = self.to_input(a)
+            xs.append(LAYOUT_TRANSFORMS[tap.port_transform](x) if tap.port_transform in LAYOUT_TRANSFORMS else x)
         self.module.eval()
         with torch.no_grad():
             try:

@@ -174,7 +174,7 @@ def pool_rules(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Find
     inp = ref.get("input_shape")
     if ref.get("padding") == "same" and not port.get("tf_padding"):
         pad = _port_padding(port)
-        if rk and rs and inp and isinstance(inp[0], int):
+        if rk and rs and len(rk) == 2 and inp and isinstance(inp[0], int):
             want = [tf_same_pads(inp[i], rk[i], rs[i]) for i in (0, 1)]
             if pad is None or any(w != (pad[i], pad[i]) for i, w in enumerate(want)):
                 out.append(structural(
@@ -183,13 +183,15 @@ def pool_rules(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Find
                     "use ported_torch.layers.MaxPool2dSame, or F.pad(x, (l, r, t, b), value=-inf) then "
                     "MaxPool2d without padding"))
     pk, ps = pair(port.get("kernel_size")), pair(port.get("stride"))
+    if rk and len(rk) == 1:  # 1-D pooling (MaxPooling1D pool_size [2] vs MaxPool1d kernel_size 2)
+        pk, ps = pk and pk[:1], ps and ps[:1]
     if rk and pk and rk != pk:
         out.append(structural(tap, "kernel_size", f"pool size {pk} in the port, {rk} in the reference",
                               f"use kernel_size={rk}"))
     if rs and ps and rs != ps:
         out.append(structural(tap, "stride", f"pool stride {ps} in the port, {rs} in the reference",
                               f"use stride={rs}"))
-    if "ceil_mode" in port and rk and rs and pk and ps and rk == pk and rs == ps:
+    if "ceil_mode" in port and rk and rs and len(rk) == 2 and pk and ps and rk == pk and rs == ps:
         rounding = pool_rounding(ref, port, rk, rs)
         if rounding:
             out.append(structural(tap, "pool_rounding", *rounding))

@@ -17,7 +17,7 @@ def test_token_batches_are_integer_ids_in_range():
     assert x.dtype == np.int64 and x.shape == (8, 12) and x.min() >= 0 and x.max() < 50 and y.shape == (8, 4)
 
 
-@pytest.mark.parametrize("pair", ["textclf", "textgru", "transformer", "encdec"])
+@pytest.mark.parametrize("pair", ["textclf", "textgru", "transformer", "encdec", "seqconv"])
 def test_pair_passes_every_stage_float64(pair):
     pytest.importorskip("keras")
     from parity.harness import check
@@ -27,7 +27,9 @@ def test_pair_passes_every_stage_float64(pair):
     names = {st.name for st in r.stages}
     assert {"structure", "forward_eval", "forward_train", "gradients", "step", "isolated"} <= names
     grads = {t.path for t in r.stage("gradients").tensors}
-    if pair == "encdec":  # the transposed conv's kernel (in, out, kh, kw) is compared
+    if pair == "seqconv":  # channels-first activations compared channels-last, their gradients too
+        assert {"conv1:grad", "conv1:weight.grad", "pool1:grad"} <= grads
+    elif pair == "encdec":  # the transposed conv's kernel (in, out, kh, kw) is compared
         assert {"up1:weight.grad", "up1:bias.grad"} <= grads
     elif pair == "transformer":  # every attention projection is compared (per-head kernels converted)
         assert {f"attention:{p}_proj.weight.grad" for p in "qkv"} | {"attn_norm:weight.grad"} <= grads
@@ -35,7 +37,7 @@ def test_pair_passes_every_stage_float64(pair):
         assert {"encoder:weight_ih_l0.grad", "encoder:weight_ih_l0_reverse.grad", "embedding:weight.grad"} <= grads
 
 
-RECURRENT = [m.name for m in M.CATALOGUE if m.pair in ("textclf", "textgru", "transformer", "encdec")]
+RECURRENT = [m.name for m in M.CATALOGUE if m.pair in ("textclf", "textgru", "transformer", "encdec", "seqconv")]
 
 
 @pytest.mark.parametrize("name", RECURRENT)

@@ -25,7 +25,7 @@ KNOWN_CAUSES = {
     "padding_idx", "layernorm_eps", "gelu_approximate", "attention_scale", "attention_qkv_order",
     "attention_head_layout", "conv_transpose_same", "upsample_mode", "conv_transpose_flipped", "rnn_forget_bias",
     "bidirectional", "gru_bias_swapped", "layernorm_affine", "layernorm_axes", "activation_definition",
-    "attention_heads",
+    "attention_heads", "causal_padding",
 }
 
 

@@ -35,6 +35,7 @@ CASES = {
                   | {"attention_output/kernel": (2, 4, 8), "attention_output/bias": (8,)},
                   {f"{t}_proj.{p}": s for t in "qkv" for p, s in (("weight", (8, 8)), ("bias", (8,)))}
                   | {"out_proj.weight": (8, 8), "out_proj.bias": (8,)}),
+    "conv1d": ({"kernel": (5, 3, 4), "bias": (4,)}, {"weight": (4, 3, 5), "bias": (4,)}),
     "conv2d_transpose": ({"kernel": (3, 3, 4, 6), "bias": (4,)}, {"weight": (6, 4, 3, 3), "bias": (4,)}),
     "attention_packed": ({f"{v}/{p}": s for v in ("query", "key", "value")
                           for p, s in (("kernel", (8, 2, 4)), ("bias", (2, 4)))}
