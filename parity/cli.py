@@ -238,7 +238,7 @@ def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> t
         raise UsageError(f"--optimizer: expected one of {USER_ADAM.kind}, {USER_SGD.kind} for your own models. "
                          f"Received: {args.optimizer!r}.")
     if spec is not None:
-        for opt in ("input_shape", "loss", "align", "custom_objects"):
+        for opt in ("input_shape", "loss", "align", "custom_objects", "port_optimizer", "port_loss"):
             if getattr(args, opt, None):
                 raise UsageError(f"--{opt.replace('_', '-')}: expected only with your own models (--reference "
                                  f"MOD:FN --port MOD:FN). Received: it with the registered pair {spec.name!r}, "
@@ -251,6 +251,10 @@ def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> t
         raise UsageError(f"--loss: expected one of {', '.join(LOSSES)}. Received: {args.loss!r}.")
     if getattr(args, "align", None):
         parse_pins(args.align)
+    for opt, what in (("port_optimizer", "a torch optimizer from the port module"),
+                      ("port_loss", "a loss(output, target)")):
+        if getattr(args, opt, None):  # found (not imported) before any framework, like --port
+            locate(getattr(args, opt), "--" + opt.replace("_", "-"), what)
     if getattr(args, "custom_objects", None):
         if not is_model_file(getattr(args, "reference", None)):
             raise UsageError(f"--custom-objects {args.custom_objects}: expected only with a saved --reference model "
@@ -405,6 +409,11 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
+def _user_training_args(args) -> dict:
+    """``--port-optimizer`` / ``--port-loss`` for :func:`parity.harness.check` (your own models only)."""
+    return {k: getattr(args, k) for k in ("port_optimizer", "port_loss") if getattr(args, k, None)}
+
+
 def cmd_check(args) -> int:
     spec = _pair_or_user(args, "check")
     cfg, stages = _validate_run(args, spec)
@@ -424,7 +433,7 @@ def cmd_check(args) -> int:
         result = run(spec, stages=",".join(stages), dtype=args.dtype, device=args.device, batch=args.batch,
                      seed=args.seed, optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=cfg,
                      port=args.port if args.name else None, reference=(args.reference if args.name else None),
-                     onnx=args.onnx, progress=say)
+                     onnx=args.onnx, progress=say, **_user_training_args(args))
         return _render(result, args, out_dir, say)
 
 
@@ -567,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check a pair: structure, forward, backward, optimizer step, isolated layers")
     _add_model_options(p)
     p.add_argument("--onnx", action="store_true", help="add onnxruntime as a third leg of the forward comparison")
+    p.add_argument("--port-optimizer", metavar="MOD:FN",
+                   help="your torch optimizer: FN(port_module) -> optimizer or (optimizer, scheduler); the reference "
+                        "trains with its model.compile(...) configuration (your own models)")
+    p.add_argument("--port-loss", metavar="MOD:FN",
+                   help="your loss(output, target), or FN() returning it (class indices as targets of a classifier)")
     p.add_argument("--no-cache", action="store_true",
                    help="compute the reference now, without the reference cache (registered pairs use it: "
                         "$PARITY_CACHE_DIR, else $XDG_CACHE_HOME/parity or ~/.cache/parity)")

@@ -80,3 +80,28 @@ def test_user_factory_that_raises_is_the_user_s_error():
 def test_uncompiled_reference_is_refused_with_one_line():
     with pytest.raises(UsageError, match=r"compiled with model.compile\(optimizer=..., loss=...\)"):
         _run(M.keras_uncompiled, M.sgd_ok, M.ce_ok, steps=1)
+
+
+def _cli(*argv):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__)), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "parity.cli", "check", "--reference",
+                           "user_training_models:keras_sgd", "--port", "user_training_models:port", *argv, "-q",
+                           "--out", os.path.join(os.environ.get("TMPDIR", "/tmp"), "parity-user-training")],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_cli_port_optimizer_missing_function_exits_2_before_any_framework():
+    p = _cli("--port-optimizer", "user_training_models:nope")
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "--port-optimizer user_training_models:nope" in p.stderr
+
+
+def test_cli_port_optimizer_that_raises_exits_2_naming_it():
+    p = _cli("--port-optimizer", "user_training_models:sgd_raises", "--port-loss", "user_training_models:ce_ok",
+             "--stages", "gradients,step")
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "--port-optimizer user_training_models:sgd_raises raised RuntimeError: no optimizer today" in p.stderr
