@@ -144,8 +144,9 @@ class Alignment:
     traced_with: str = "hooks"
     #: port module groups that stand for one reference layer: group path -> member module paths (in call order)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    #: port paths that name one use of a module: ``"act#2"`` -> ("call", "act", 2) (the second call of a
-    #: parameter-free module), ``"conv_b#unpadded"`` -> ("padded", "conv_b", (1, 1)) (a padding conv fed the
+    #: port paths that name one use of a module (dots as slashes): ``"block/act#2"`` -> ("call", "block.act", 2)
+    #: (the second call of a parameter-free module), ``"conv_b#unpadded"`` -> ("padded", "conv_b", (1, 1)) (a
+    #: padding conv fed the
     #: reference's explicitly padded input in the isolated stage)
     aliases: dict[str, tuple] = field(default_factory=dict)
     #: weighted port modules called for several distinct reference layers: module path -> reference layers
@@ -485,6 +486,11 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
 #: separator between the member paths of a module group (a group is not a module of the user's port; its name
 #: must not contain a dot, so the members' dots become slashes)
 GROUP_JOIN = "+"
+
+
+def _dotless(path: str) -> str:
+    """A port path as the name of one module of the view (module names cannot hold dots)."""
+    return path.replace(".", "/")
 
 
 def group_name(members) -> str:
@@ -1145,13 +1151,13 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                             f"{first or 'an earlier layer'}: the reference has distinct weights here")
                 shared.setdefault(p.name, [first] if first else []).append(r.name)
                 continue
-            port_path = f"{p.name}{CALL_MARK}{p.info['call']}"
+            port_path = f"{_dotless(p.name)}{CALL_MARK}{p.info['call']}"
             aliases[port_path] = ("call", p.name, p.info["call"])
             row.port = port_path
             row.note = (row.note + "; " if row.note else "") + f"call {p.info['call']} of a module called repeatedly"
         pad = _explicit_padding(ref, ri, p)
         if pad is not None:
-            port_path = f"{p.name}{PADDED_MARK}"
+            port_path = f"{_dotless(p.name)}{PADDED_MARK}"
             aliases[port_path] = ("padded", p.name, pad[1])
             row.port = port_path
             row.note = (row.note + "; " if row.note else "") + (

@@ -485,21 +485,38 @@ def alignment_verdict(al) -> tuple[str, Finding] | None:
     for p in inc["port_left"]:
         parts.append(f"port module {p['module']} ({p['class']}) has parameters ({', '.join(p['params'])}) and no "
                      "reference counterpart: they keep their initial values")
-    for s in inc["shared"]:
+    blocks = _shared_blocks(inc["shared"])
+    for s in blocks:
         parts.append(f"port module {s['module']} is called {s['calls']} times for distinct reference layers "
                      f"{', '.join(s['layers'])}: one set of weights where the reference has {s['calls']}")
     n_ref, n_port = len(inc["ref_left"]), len(inc["port_left"])
     head = ("alignment incomplete: " + ", ".join(x for x in (
         f"{n_ref} reference layer(s) with weights left ({', '.join(r['layer'] for r in inc['ref_left'])})" if n_ref
         else "", f"{n_port} port module(s) with parameters left ({', '.join(p['module'] for p in inc['port_left'])})"
-        if n_port else "", f"{len(inc['shared'])} port module(s) shared by distinct reference layers ("
-        f"{', '.join(s['module'] for s in inc['shared'])})" if inc["shared"] else "") if x)
+        if n_port else "", f"{len(blocks)} port module(s) shared by distinct reference layers ("
+        f"{', '.join(s['module'] for s in blocks)})" if blocks else "") if x)
         + "; numbers after these layers are not evidence")
     fix = ("pin them: " + " ".join(fixes)) if fixes else (
         "create one module per reference layer (e.g. nn.ModuleList([Block() for _ in range(n)]))" if inc["shared"]
         else "add the missing layers to the port, or remove its extra modules, or pin with --align REF=PORT")
     return head, Finding("alignment_incomplete", ALIGNMENT_VERDICT, "; ".join(parts), fix, stage="structure",
                          evidence=head, severity="error")
+
+
+def _shared_blocks(shared: list[dict]) -> list[dict]:
+    """Shared leaves called equally often under one parent: the parent block, once (``middle.0`` called 8x
+    rather than its six layers), with the first reference layer of each call."""
+    by_calls: dict[int, list[dict]] = {}
+    for s in shared:
+        by_calls.setdefault(s["calls"], []).append(s)
+    out = []
+    for calls, items in by_calls.items():
+        parents = {s["module"].rpartition(".")[0] for s in items}
+        if len(items) > 1 and len(parents) == 1 and next(iter(parents)):
+            out.append({"module": next(iter(parents)), "calls": calls, "layers": list(items[0]["layers"])})
+        else:
+            out += items
+    return out
 
 
 @result_rule(order=6)

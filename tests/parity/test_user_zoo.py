@@ -312,3 +312,17 @@ def test_a_layer_shared_on_both_sides_is_not_a_leftover(float64):
 
     result = compare(km, Port(), stages="structure,forward_eval,gradients,step")
     assert result.passed, result.summary_line()
+
+
+def test_a_middle_flow_block_reused_8x_is_named_not_a_crash():
+    """The Xception port with one middle-flow block called 8x (benchmarks.mutations.xc_shared_middle) as a user
+    pair: the verdict names the block, its calls and the distinct reference layers; the optimizer builds."""
+    pair = registry.get("xception")
+    cfg = pair.config(**pair.fast_config)
+    spec = spec_from_user_models(lambda: resolve(pair.reference)(**cfg), lambda: M.xc_shared_middle(**cfg),
+                                 name="xception-shared-middle")
+    result = check(spec, stages="structure,forward_eval")
+    assert result.summary_line().startswith("FAILED: structure: alignment incomplete: 1 port module(s) shared by "
+                                            "distinct reference layers (middle.0)"), result.summary_line()
+    assert ("port module middle.0 is called 8 times for distinct reference layers block5_sepconv1, "
+            "block6_sepconv1") in result.causes()[0].message
