@@ -255,15 +255,20 @@ def make_request(spec: PairSpec, *, stages=None, dtype: str = "float64", batch: 
                    optimizer=optimizer_spec(spec, optimizer), weights=weights)
 
 
+def reference_sources(req: Request) -> dict[str, str]:
+    """``{module: file}`` of every source the reference run depends on (see the module docstring)."""
+    ref_target = req.reference if req.reference is not None else req.spec.reference
+    roots = [m for m in (_module_of(ref_target), _module_of(req.spec.taps), *REFERENCE_MACHINERY) if m]
+    follow = tuple(sorted({*PROJECT_PACKAGES, *(m.split(".")[0] for m in roots)} - set(PORT_PACKAGES)))
+    return source_closure(roots, follow)
+
+
 def key_material(req: Request) -> dict[str, Any]:
     """Everything the key hashes, as JSON-able data (source files by content digest)."""
     spec = req.spec
     ref_target = req.reference if req.reference is not None else spec.reference
     ref_module = _module_of(ref_target)
-    pair_module = _module_of(spec.taps)
-    roots = [m for m in (ref_module, pair_module, *REFERENCE_MACHINERY) if m]
-    follow = tuple(sorted({*PROJECT_PACKAGES, *(m.split(".")[0] for m in roots)} - set(PORT_PACKAGES)))
-    files = source_closure(roots, follow)
+    files = reference_sources(req)
     if ref_module and ref_module not in files:
         raise UsageError(f"reference cache: expected the reference builder's module {ref_module!r} as a source "
                          "file. Received: no such file on the module path. Pass --no-cache.")

@@ -6,7 +6,8 @@ builder's module, every loaded module of its package, and of ``ported_torch``) a
 :data:`POLL_SECONDS`; when one changes, the changed modules and the loaded modules that import them are
 re-imported (``importlib.reload``, dependencies first) and only the port side, the comparison and the
 diagnosis run again. The verdict line is printed first (stdout), the reports are written after. A module that
-no longer imports (a syntax error mid-edit) is reported on stderr and the loop waits for the next save.
+no longer imports (a syntax error mid-edit) is reported on stderr and the loop waits for the next save. An edit
+of the reference's own sources is reported, not followed: the session keeps the reference it started with.
 Ctrl-C ends the session; the exit status is the last verdict's (0 passed, 1 failed).
 """
 from __future__ import annotations
@@ -19,8 +20,8 @@ import time
 from typing import Callable
 
 from parity.core.errors import UsageError
-from parity.io.cache import (PORT_PACKAGES, ReferenceCache, Request, imported_names, enabled, make_request,
-                             reference_for, run_port_check)
+from parity.io.cache import (PORT_PACKAGES, ReferenceCache, Request, enabled, imported_names, make_request,
+                             reference_for, reference_sources, run_port_check)
 from reports import write_reports
 
 #: how often the port's files are looked at (seconds): a save is seen within this
@@ -106,6 +107,8 @@ class Watcher:
         self.err = err or sys.stderr
         self.port_module = _module_name(port if port is not None else req.spec.port)
         self.ref = None
+        self.ref_files: dict[str, str] = {}
+        self.ref_stamps: dict[str, tuple | None] = {}
         self.stamps: dict[str, tuple] = {}
         self.files: dict[str, str] = {}
         self.last_code: int | None = None
@@ -121,6 +124,8 @@ class Watcher:
         else:  # the reference lives in a temporary directory for this session only
             self._tmp = tempfile.TemporaryDirectory(prefix="parity-watch-")
             cache = ReferenceCache(self._tmp.name, max_bytes=1 << 62)
+        self.ref_files = reference_sources(self.req)
+        self.ref_stamps = {name: _stamp(path) for name, path in self.ref_files.items()}
         self.ref = reference_for(self.req, cache, self.say)
         stop = getattr(self.say, "stop", None)  # a live progress display ends here: the loop prints lines
         if callable(stop):
@@ -155,6 +160,17 @@ class Watcher:
                 break
             now = again
         return now
+
+    def reference_changed(self) -> list[str]:
+        """Sources of the reference that changed since the session began (said once: the session keeps the
+        reference it started with; a new session computes the new one)."""
+        out = [name for name, path in self.ref_files.items() if _stamp(path) != self.ref_stamps.get(name)]
+        if out:
+            self._print(f"parity: watch: the reference's source changed ({', '.join(sorted(out)[:5])}); this "
+                        "session keeps comparing against the reference it started with: restart to recompute it",
+                        err=True)
+            self.ref_stamps.update({name: _stamp(self.ref_files[name]) for name in out})
+        return out
 
     def changed(self) -> set[str]:
         """Watched modules whose file changed since the last look."""
@@ -215,6 +231,8 @@ class Watcher:
                 on_check(checks)
             while max_checks is None or checks < max_checks:
                 time.sleep(self.poll)
+                if self.ref_files:
+                    self.reference_changed()
                 changed = self.changed()
                 if not changed:
                     continue

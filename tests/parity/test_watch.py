@@ -144,3 +144,19 @@ def test_cli_watch_rechecks_on_save_and_ctrl_c_exits_with_the_last_verdict(tmp_p
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_an_edit_of_the_reference_is_reported_not_followed(tmp_path):
+    ref_file = tmp_path / "model.py"
+    ref_file.write_text("WIDTH = 8\n")
+    err = io.StringIO()
+    w = watch.Watcher(cache.make_request(SPEC, stages=EVAL_STAGES), out_dir=str(tmp_path), out=io.StringIO(),
+                      err=err)
+    assert set(cache.reference_sources(w.req)) >= {"reference_keras.minixception", "parity.pairs.minixception"}
+    w.ref_files = {"refpkg.model": str(ref_file)}
+    w.ref_stamps = {"refpkg.model": watch._stamp(str(ref_file))}
+    assert w.reference_changed() == []
+    ref_file.write_text("WIDTH = 16  # the reference edited\n")
+    assert w.reference_changed() == ["refpkg.model"]
+    assert "the reference's source changed (refpkg.model)" in err.getvalue() and "restart" in err.getvalue()
+    assert w.reference_changed() == []  # said once
