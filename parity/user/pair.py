@@ -396,7 +396,9 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
     Both objects are used as they are and left as found (weights, dtype, device, train/eval mode). ``dtype``
     defaults to the Keras model's own (build it under ``keras.config.set_floatx("float64")`` and
     ``keras.config.set_dtype_policy("float64")`` for the exact comparison); the rest of ``check_kwargs`` go
-    to :func:`parity.harness.check` (``stages``, ``batch``, ``seed``, ``optimizer``, ``steps``...)."""
+    to :func:`parity.harness.check` (``stages``, ``batch``, ``seed``, ``optimizer``, ``steps``, and
+    ``port_optimizer=fn(port_module)`` / ``port_loss=loss(output, target)``: your own training step against the
+    Keras model's ``model.compile(...)`` configuration, :mod:`parity.optim.user`)."""
     import_tensorflow()
     kdtype = _keras_dtype(keras_model)
     asked = check_kwargs.pop("dtype", None)

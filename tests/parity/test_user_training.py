@@ -105,3 +105,16 @@ def test_cli_port_optimizer_that_raises_exits_2_naming_it():
              "--stages", "gradients,step")
     assert p.returncode == 2, p.stderr[-2000:]
     assert "--port-optimizer user_training_models:sgd_raises raised RuntimeError: no optimizer today" in p.stderr
+
+
+def test_compare_takes_the_user_s_optimizer_and_loss():
+    import parity
+    from parity.backends.keras_side import keras_dtype
+
+    with keras_dtype("float64"):
+        keras_model = M.keras_sgd()
+    port = M.port()
+    ok = parity.compare(keras_model, port, stages=STAGES, steps=2, port_optimizer=M.sgd_ok, port_loss=M.ce_ok())
+    assert ok.passed, str(ok)
+    bad = parity.compare(keras_model, port, stages=STAGES, steps=2, port_optimizer=M.sgd_lr, port_loss=M.ce_ok())
+    assert _cause(bad).cause == "learning_rate", str(bad)
