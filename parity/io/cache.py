@@ -325,6 +325,14 @@ class ReferenceCache:
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.warn = warn
 
+    def writable(self) -> bool:
+        """Whether entries can be written here (the directory is created if needed)."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(self.directory, os.W_OK | os.X_OK)
+
     def path(self, key: str) -> str:
         return os.path.join(self.directory, key + ENTRY_SUFFIX)
 
@@ -447,6 +455,10 @@ def _check_settings(meta: dict, req: Request) -> None:
 
 
 # -- the check ---------------------------------------------------------------------------------------------------
+class CacheUnavailable(UsageError):
+    """The cache directory cannot be written: the check runs without the cache (with a warning)."""
+
+
 def reference_for(req: Request, cache: ReferenceCache | None = None, progress=None) -> CachedReference:
     """The reference run for ``req``: from the cache, or computed (TensorFlow), stored, and read back through
     the same reader, so a first and a later check compare against the same bytes."""
@@ -456,6 +468,10 @@ def reference_for(req: Request, cache: ReferenceCache | None = None, progress=No
     run = cache.lookup(key, req)
     hit = run is not None
     if not hit:
+        if not cache.writable():
+            raise CacheUnavailable(f"reference cache {cache.directory}: expected a writable directory. Received: "
+                                   f"one that cannot be created or written. Set {CACHE_DIR_ENV} to another "
+                                   "directory, or pass --no-cache.")
         say(f"reference: not in the cache ({key[:12]}), computing it")
         path = cache.store(key, req, progress=say)
         run, _ = load_trace(path)
@@ -488,7 +504,13 @@ def cached_check(spec: PairSpec, *, stages=None, dtype: str = "float64", device:
                              reference=reference, onnx=True, progress=progress)
     req = make_request(spec, stages=stages, dtype=dtype, batch=batch, seed=seed, optimizer=optimizer, steps=steps,
                        weights=weights, config=config, reference=reference)
-    ref = reference_for(req, cache, progress)
+    try:
+        ref = reference_for(req, cache, progress)
+    except CacheUnavailable as exc:
+        (cache.warn if cache is not None else _warn)(f"{exc.args[0]} Checking without the cache.")
+        return harness_check(spec, stages=stages, dtype=dtype, device=device, batch=batch, seed=seed,
+                             optimizer=optimizer, steps=steps, weights=weights, config=config, port=port,
+                             reference=reference, progress=progress)
     return run_port_check(req, ref, device=device, port=port, progress=progress)
 
 

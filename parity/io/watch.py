@@ -119,9 +119,12 @@ class Watcher:
         print(line, file=stream, flush=True)
 
     def start(self) -> None:
-        if self.use_cache:
-            cache = ReferenceCache()
-        else:  # the reference lives in a temporary directory for this session only
+        cache = ReferenceCache() if self.use_cache else None
+        if cache is not None and not cache.writable():
+            self._print(f"parity: warning: reference cache {cache.directory}: expected a writable directory; "
+                        "this session keeps its reference in a temporary one", err=True)
+            cache = None
+        if cache is None:  # the reference lives in a temporary directory for this session only
             self._tmp = tempfile.TemporaryDirectory(prefix="parity-watch-")
             cache = ReferenceCache(self._tmp.name, max_bytes=1 << 62)
         self.ref_files = reference_sources(self.req)

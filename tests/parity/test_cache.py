@@ -308,3 +308,15 @@ def test_optimizers_step_identically_without_importing_dynamo():
         runs[mode] = p.stdout.split("\n")
     assert runs["plain"][0] == runs["torch"][0]  # bit-identical parameters after 3 steps of each optimizer
     assert runs["plain"][1] == "no dynamo" and runs["torch"][1] == "dynamo"
+
+
+def test_unwritable_cache_directory_checks_without_it(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    warnings = []
+    c = cache.ReferenceCache(str(blocker / "cache"), warn=warnings.append)
+    assert not c.writable()
+    result = cache.cached_check(SPEC, stages=EVAL_STAGES, config=FAST, cache=c)
+    assert result.passed and result.reference_source == "keras"
+    assert len(warnings) == 1 and "expected a writable directory" in warnings[0]
+    assert "Checking without the cache." in warnings[0]
