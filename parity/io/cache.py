@@ -486,7 +486,8 @@ def reference_for(req: Request, cache: ReferenceCache | None = None, progress=No
 
 def annotate(result, ref: CachedReference) -> None:
     """Say in the result where its reference came from."""
-    result.reference_source = f"cache:{ref.key}"
+    # what the reports show under the settings: the key (which entry) and when the reference was computed
+    result.reference_source = f"cache:{ref.key} (recorded {ref.recorded})"
     env = getattr(result, "environment", None)
     if isinstance(env, dict):
         env["reference_cache"] = {"key": ref.key, "hit": ref.hit, "recorded": ref.recorded, "path": ref.path,

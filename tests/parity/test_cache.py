@@ -113,7 +113,9 @@ def test_hit_replays_the_same_numbers_as_a_fresh_check(tmp_path):
     assert fresh.passed and first.passed and again.passed
     assert first.environment["reference_cache"]["hit"] is False
     assert again.environment["reference_cache"]["hit"] is True
-    assert again.reference_source == "cache:" + again.environment["reference_cache"]["key"]
+    info = again.environment["reference_cache"]
+    assert again.reference_source == f"cache:{info['key']} (recorded {info['recorded']})"
+    assert info["recorded"] == first.environment["reference_cache"]["recorded"] != "?"
 
     def table(result):
         return {(s.name, t.path): (t.max_abs, t.rel) for s in result.stages for t in s.tensors}
