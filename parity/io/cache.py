@@ -496,13 +496,14 @@ def annotate(result, ref: CachedReference) -> None:
 
 def cached_check(spec: PairSpec, *, stages=None, dtype: str = "float64", device: str = "cpu", batch=None,
                  seed: int = 0, optimizer=None, steps: int = 1, weights=None, config=None, port=None, reference=None,
-                 onnx: bool = False, progress=None, cache: ReferenceCache | None = None):
+                 onnx: bool = False, progress=None, cache: ReferenceCache | None = None, **more):
     """``parity.harness.check`` with the reference from the cache (see the module docstring). With ``onnx`` the
-    Keras model is exported again anyway: the check runs as without a cache."""
-    if onnx:
+    Keras model is exported again anyway, and other ``check`` arguments (``more``: the user's own training
+    step) are the harness's alone: those checks run as without a cache."""
+    if onnx or any(v is not None for v in more.values()):
         return harness_check(spec, stages=stages, dtype=dtype, device=device, batch=batch, seed=seed,
                              optimizer=optimizer, steps=steps, weights=weights, config=config, port=port,
-                             reference=reference, onnx=True, progress=progress)
+                             reference=reference, onnx=onnx, progress=progress, **more)
     req = make_request(spec, stages=stages, dtype=dtype, batch=batch, seed=seed, optimizer=optimizer, steps=steps,
                        weights=weights, config=config, reference=reference)
     try:
