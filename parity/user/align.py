@@ -1140,6 +1140,13 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             # step 0): compared after taking that step (parity.core.families.recurrent)
             transform = "bidirectional_last_step" if fam.get("bidirectional") else "last_step"
             row.note = (row.note + "; " if row.note else "") + f"compared at Keras' last step ({transform})"
+        if transform is None and r.out_shape is not None and p.out_shape is not None and len(r.out_shape) == 2 \
+                and tuple(p.out_shape) == tuple(reversed(r.out_shape)) and (
+                    r.out_shape[0] != r.out_shape[1] or p.kind in ("conv1d", "maxpool", "avgpool")):
+            # a channels-first port module (N, C, L) of a channels-last sequence layer (N, L, C); a square (L == C)
+            # output decides by the module: torch's 1-D convolutions and pools are channels-first
+            transform = "channels_last"
+            row.note = (row.note + "; " if row.note else "") + "(N, C, L) compared as Keras' (N, L, C)"
         port_path = p.name
         if p.info.get("call", 1) > 1:
             first = next((ref[ri2].name for ri2, pj2, _, _ in pairs if ri2 is not None and pj2 is not None
