@@ -15,11 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parity.core.families.conv1d import causal_pad
-
-
-class ChannelsFirst(nn.Module):
-    def forward(self, x):
-        return x.transpose(1, 2)
+from ported_torch.transformer import GlobalAvgPool1d
 
 
 class CausalConv1d(nn.Conv1d):
@@ -41,15 +37,15 @@ class ConvReLU1d(nn.Conv1d):
 class SequenceCNN(nn.Module):
     def __init__(self, seq_len=32, channels=4, filters=8, num_classes=3, *, conv1=None, conv2_padding="same"):
         super().__init__()
-        self.to_ncl = ChannelsFirst()
         self.conv1 = conv1 or CausalConv1d(channels, filters, 5)
         self.pool1 = nn.MaxPool1d(2)
         self.conv2 = ConvReLU1d(filters, 2 * filters, 4, padding=conv2_padding, dilation=2)
+        self.gap = GlobalAvgPool1d()
         self.classifier = nn.Linear(2 * filters, num_classes)
 
     def forward(self, x):
-        x = self.conv2(self.pool1(self.conv1(self.to_ncl(x))))
-        return self.classifier(x.mean(dim=-1))
+        x = self.conv2(self.pool1(self.conv1(x.transpose(1, 2))))  # Keras' (N, L, C) -> torch's (N, C, L)
+        return self.classifier(self.gap(x.transpose(1, 2)))  # back to (N, L, C): Keras' pooling, Keras' layout
 
 
 def sequence_cnn(**cfg) -> SequenceCNN:

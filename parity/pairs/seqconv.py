@@ -14,6 +14,7 @@ def taps(config: dict) -> list[Tap]:
         Tap("conv1", "conv1", "conv1", "conv1d", port_transform=NLC),
         Tap("pool1", "pool1", "pool1", "maxpool", port_transform=NLC),
         Tap("conv2", "conv2", "conv2", "conv1d", port_transform=NLC),
+        Tap("gap", "gap", "gap", "gap"),
         Tap("classifier", "classifier", "classifier", "dense"),
         Tap("predictions", "predictions", "", "softmax", port_transform="softmax"),
     ]
