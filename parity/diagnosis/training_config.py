@@ -187,6 +187,20 @@ def _ce(logits: np.ndarray, y: np.ndarray, reduction: str = "mean", smoothing: f
     return float(per.mean() if reduction == "mean" else per.sum())
 
 
+KERAS_EPSILON = 1e-7
+"""keras.config.epsilon(): Keras' categorical cross-entropy on probabilities clips them to [eps, 1 - eps] after
+dividing by their sum (keras/src/backend/tensorflow/nn.py ``categorical_crossentropy``)."""
+
+
+def _keras_ce_on_values(values: np.ndarray, y: np.ndarray, reduction: str, smoothing: float) -> float:
+    """Keras' ``categorical_crossentropy(from_logits=False)`` of ``values`` taken as probabilities."""
+    p = np.clip(values / values.sum(axis=1, keepdims=True), KERAS_EPSILON, 1 - KERAS_EPSILON)
+    n = y.shape[1]
+    t = y * (1 - smoothing) + smoothing / n
+    per = -(t * np.log(p)).sum(axis=1)
+    return float(per.mean() if reduction == "mean" else per.sum())
+
+
 def _port_logits(run: Run):
     """The port's train-mode output on the reference's first batch (its state restored after)."""
     ts = run.ts
@@ -229,10 +243,11 @@ def user_loss(run: Run, stage, diff) -> list[Finding]:
         return [finding("loss_reduction", "loss", f"loss reduction: the port reduces with {other} over the batch, "
                         f"the reference with {red} (Keras {'sum_over_batch_size' if red == 'mean' else 'sum'})",
                         f"use {fix_red} in the port's loss", "gradients", evidence=ev)]
-    if spec.loss.reference_from_logits and close(ref, _ce(_softmax(z), y, red, ls), 1e-6):
-        return [finding("from_logits", "loss", "the reference's compiled loss has from_logits=True on a model that "
-                        "ends in softmax: Keras applies softmax to probabilities", "compile with from_logits=False "
-                        "(or remove the reference's softmax)", "gradients", evidence=ev)]
+    if not spec.loss.reference_from_logits and close(ref, _keras_ce_on_values(z, y, red, ls), 1e-6):
+        return [finding("from_logits", "loss", "the reference's compiled loss reads its model's logits as "
+                        "probabilities (from_logits=False on an output without softmax: Keras normalises and clips "
+                        "them); the port's loss takes logits", "compile the Keras model with "
+                        "CategoricalCrossentropy(from_logits=True) (or end it in softmax)", "gradients", evidence=ev)]
     ce = _ce(z, y, red, 0.0)
     uni = _ce(z, y, red, 1.0) * 1.0
     if abs(uni - ce) > 1e-12:

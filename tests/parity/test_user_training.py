@@ -51,6 +51,10 @@ def test_correct_adam_passes_two_steps():
     (M.keras_sgd, M.sgd_momentum, M.ce_ok, "momentum", None, "momentum 0.8 in the port"),
     (M.keras_sgd, M.sgd_ok, M.ce_on_probabilities, "loss_on_probabilities", "loss", "probabilities"),
     (M.keras_sgd, M.sgd_ok, M.ce_sum, "loss_reduction", "loss", "reduces with sum"),
+    (M.keras_sgd, M.sgd_no_nesterov, M.ce_ok, "nesterov", None, "Nesterov momentum off in the port"),
+    (M.keras_sgd, M.sgd_decay_on_batchnorm, M.ce_ok, "weight_decay_unregularised", "bn", "a BatchNorm parameter"),
+    (M.keras_sgd, M.sgd_ok, M.ce_label_smoothing, "label_smoothing", "loss", "label smoothing 0.1 in the port"),
+    (M.keras_sgd_logits_as_probabilities, M.sgd_ok, M.ce_ok, "from_logits", "loss", "from_logits=False"),
 ])
 def test_planted_training_bug_located_and_named(keras_builder, factory, loss, cause, path, words):
     r = _run(keras_builder, factory, loss)

@@ -12,7 +12,7 @@ ADAM_LR = 1e-3
 KERAS3_ADAM_EPS = 1e-7
 
 
-def _body():
+def _body(softmax: bool = True):
     import keras
 
     inp = keras.Input((8, 8, 2))
@@ -21,7 +21,7 @@ def _body():
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(3, kernel_regularizer=keras.regularizers.l2(L2_DENSE), name="fc")(x)
-    out = keras.layers.Softmax(name="softmax")(x)
+    out = keras.layers.Softmax(name="softmax")(x) if softmax else x
     return keras.Model(inp, out, name="small_cnn")
 
 
@@ -38,6 +38,15 @@ def keras_adam():
 
     m = _body()
     m.compile(optimizer=keras.optimizers.Adam(ADAM_LR, epsilon=KERAS3_ADAM_EPS),
+              loss=keras.losses.CategoricalCrossentropy())
+    return m
+
+
+def keras_sgd_logits_as_probabilities():
+    import keras
+
+    m = _body(softmax=False)  # ends in logits, compiled with from_logits=False (the default)
+    m.compile(optimizer=keras.optimizers.SGD(LR, momentum=MOMENTUM, nesterov=True),
               loss=keras.losses.CategoricalCrossentropy())
     return m
 
@@ -115,6 +124,23 @@ def sgd_momentum(model):
     return torch.optim.SGD(_groups(model, 2 * L2_CONV, 2 * L2_DENSE), lr=LR, momentum=0.8, nesterov=True)
 
 
+def sgd_no_nesterov(model):
+    import torch
+
+    return torch.optim.SGD(_groups(model, 2 * L2_CONV, 2 * L2_DENSE), lr=LR, momentum=MOMENTUM)
+
+
+def sgd_decay_on_batchnorm(model):
+    import torch
+
+    bn = [model.bn.weight, model.bn.bias]
+    rest = [model.conv.bias, model.fc.bias]
+    return torch.optim.SGD([{"params": [model.conv.weight], "weight_decay": 2 * L2_CONV},
+                            {"params": [model.fc.weight], "weight_decay": 2 * L2_DENSE},
+                            {"params": bn, "weight_decay": 1e-4}, {"params": rest, "weight_decay": 0.0}],
+                           lr=LR, momentum=MOMENTUM, nesterov=True)
+
+
 def sgd_raises(model):
     raise RuntimeError("no optimizer today")
 
@@ -149,3 +175,9 @@ def ce_sum():
     import torch.nn as nn
 
     return nn.CrossEntropyLoss(reduction="sum")
+
+
+def ce_label_smoothing():
+    import torch.nn as nn
+
+    return nn.CrossEntropyLoss(label_smoothing=0.1)
