@@ -25,7 +25,7 @@ from parity.core.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_u
 from parity.core.env import trim_heap
 from parity.core.results import StageResult
 from parity.core.spec import FLOAT32_EPS
-from parity.core.tensors import layer_scale_floor, tensor_diff
+from parity.core.tensors import NOT_JUDGED_KEY, layer_scale_floor, tensor_diff
 from parity.optim.adapters import get_adapter
 from parity.stages.context import TRAIN_STAGES, CheckContext
 from parity.stages.forward import compare_acts, diff_sink, ref_to_port_layout
@@ -414,6 +414,11 @@ def _finish(ctx: CheckContext, tr: Training) -> None:
     if tr.adapter is None:
         return
     tr.step.info["rules"] = list(tr.adapter.rules)
+    skipped = sum(int((d.extra or {}).get(NOT_JUDGED_KEY, 0)) for d in tr.step.tensors)
+    if skipped:  # the float32 sign-noise policy (``_below_sign_noise``): how many update elements, in all
+        updates = sum(d.numel for d in tr.step.tensors if ".update" in d.path)
+        tr.step.info["not_judged"] = (f"{skipped} of {updates} update elements (all steps) not judged: "
+                                      f"{_skip_why(tr, _sign_noise(ctx, tr))}")
     if getattr(tr.opt_torch, "applied", None):  # same-setting conventions applied to the user's optimizer
         tr.step.info["applied"] = list(tr.opt_torch.applied)
     ctx.result.stages.append(tr.step)

@@ -75,6 +75,7 @@ def test_correct_pair_passes_float32_adam(seed, steps):
     total = sum(d.numel for d in step.tensors if ".update" in d.path)
     assert sum(d.extra[NOT_JUDGED_KEY] for d in skipped) < 0.01 * total * steps  # a few elements, not a layer
     assert all("float32 noise" in d.note for d in skipped)
+    assert step.info["not_judged"].startswith(f"{sum(d.extra[NOT_JUDGED_KEY] for d in skipped)} of {total} ")
 
 
 def test_float64_adam_epsilon_placement_is_still_caught():
