@@ -1110,8 +1110,8 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             elif fused in supported and not follows and "fx" in trace.traced_with and not (
                     nxt_node is not None and nxt_node.functional and _act_norm(nxt_node.act) == _act_norm(fused)):
                 # the whole forward is known (torch.fx) and no such activation follows: compare the raw output
-                row.note = (f"activation={fused!r} fused in the reference; the port applies no {fused} after "
-                            f"{p.name}")
+                row.note = (f"activation={fused!r} fused in the reference; no separate {fused} follows {p.name} "
+                            "in the port: its output is compared as it is")
                 missing_acts.append((r.name, p.name, fused))
             elif fused in supported:
                 transform = fused

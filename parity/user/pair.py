@@ -29,6 +29,7 @@ from parity.core.errors import UsageError, UserCodeError, label_of
 from parity.core.options import check_input_file, resolve_user
 from parity.core.results import CheckResult, Finding
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
+from parity.optim.user import SAVED_TRAINING_CONFIG, training_config_from_file
 from parity.diagnosis.alignment import alignment_findings, annotate_alignment  # noqa: F401  (public names)
 from parity.diagnosis.registry import result_rule
 from parity.harness import check
@@ -96,14 +97,17 @@ def reference_from_file(path: str, custom_objects: str | None = None) -> Callabl
         import keras
 
         try:
-            return in_current_floatx(keras.saving.load_model(path, custom_objects=objects, compile=False,
-                                                             safe_mode=True))
+            model = in_current_floatx(keras.saving.load_model(path, custom_objects=objects, compile=False,
+                                                              safe_mode=True))
         except (ValueError, TypeError, OSError, KeyError) as exc:
             text = str(exc).strip().splitlines()
             raise _usage_error(f"--reference {path}: expected a model saved by Keras (model.save) whose layers "
                                f"Keras can rebuild safely. Received: {type(exc).__name__}: "
                                f"{text[0] if text else ''}. Pass its custom layers with --custom-objects MODULE "
                                "(a Lambda layer is refused: rebuild the model with a builder instead).") from None
+        # its training configuration, read as data (parity.optim.user: --port-optimizer compares with it)
+        object.__setattr__(model, SAVED_TRAINING_CONFIG, training_config_from_file(path))  # not a tracked weight
+        return model
 
     load_reference.__qualname__ = load_reference.__name__ = re.sub(r"\W+", "_", os.path.basename(path)) or "saved"
     return load_reference
@@ -527,10 +531,14 @@ def missing_fused_activation(run) -> list[Finding]:
     port's (fully traced) forward."""
     al = getattr(run.spec, "alignment", None)
     have = {(f.cause, f.path) for f in run.result.findings}
+    # a module that applies the activation inside itself (a Conv+ReLU class) compares equal: only a divergence
+    # at that layer makes the missing activation a cause
+    diverged = {t.path.split(":")[0] for st in run.result.stages for t in st.tensors if not t.passed}
     return [Finding("activation", ref, f"activation {act!r} fused in the reference layer {ref}; the port applies no "
                     f"{act} after {port}", f"apply {act} to {port}'s output in forward (e.g. F.{act} / nn.ReLU())"
                     if act == "relu" else f"apply {act} to {port}'s output in forward", stage="structure")
-            for ref, port, act in (getattr(al, "missing_activations", None) or []) if ("activation", ref) not in have]
+            for ref, port, act in (getattr(al, "missing_activations", None) or [])
+            if ("activation", ref) not in have and ref in diverged]
 
 
 @result_rule(order=5)
