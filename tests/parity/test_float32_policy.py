@@ -4,6 +4,7 @@ note, and set to the reference's value before the next step. float64 judges ever
 forward raises is named in the summary."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from benchmarks import mutations as M
 from parity.core.spec import FLOAT32_POLICY, FLOAT64_POLICY, StageTolerance
 from parity.core.tensors import NOT_JUDGED_KEY, tensor_diff
-from parity.optim.adapters import AdamAdapter, SGDAdapter
+from parity.optim.adapters import AdamAdapter, SGDAdapter, register_adapter
 
 NORM = StageTolerance(rtol=1e-2, norm_rtol=5e-2)
 
@@ -76,6 +77,31 @@ def test_correct_pair_passes_float32_adam(seed, steps):
     assert sum(d.extra[NOT_JUDGED_KEY] for d in skipped) < 0.01 * total * steps  # a few elements, not a layer
     assert all("float32 noise" in d.note for d in skipped)
     assert step.info["not_judged"].startswith(f"{sum(d.extra[NOT_JUDGED_KEY] for d in skipped)} of {total} ")
+
+
+class SlowMomentumAdam(AdamAdapter):
+    """A port whose Adam has ``beta_1=0.8`` (the reference's is 0.9): every element's first moment is off."""
+
+    kind = "adam_beta1_0.8_test"
+
+    def torch_optimizer(self, spec, refs, l2):
+        return super().torch_optimizer(dataclasses.replace(spec, beta_1=0.8), refs, l2)
+
+
+register_adapter(SlowMomentumAdam())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_adam_bug_that_moves_every_element_is_still_caught(seed):
+    """The first moment off by more than float32 noise: no element is left unjudged, the step fails."""
+    from parity.pairs import registry
+
+    opt = dataclasses.replace(registry.get("minixception").optimizer_for("adam"), kind=SlowMomentumAdam.kind)
+    r = _check(dtype="float32", optimizer=opt, seed=seed, stages=("gradients", "step"))
+    assert not r.passed
+    assert r.first_divergence[0].name == "step"
+    step = next(s for s in r.stages if s.name == "step")
+    assert not any((d.extra or {}).get(NOT_JUDGED_KEY) for d in step.tensors)
 
 
 def test_float64_adam_epsilon_placement_is_still_caught():
