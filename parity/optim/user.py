@@ -57,6 +57,11 @@ KERAS_SLOTS = {"SGD": {"momentum": "momentum_buffer"}, "Adam": {"m": "exp_avg", 
 torch/optim/{sgd,adam}.py). Other classes: updates compared, slots not."""
 
 
+SAVED_TRAINING_CONFIG = "_parity_training_config"
+"""Attribute a saved reference model carries: ``(optimizer config, loss)`` read from its file
+(:func:`training_config_from_file`), since it is loaded with ``compile=False``."""
+
+
 def same_setting(a, b) -> bool:
     """``a`` and ``b`` are the same hyper-parameter value (to float32 precision, :data:`SAME_SETTING_RTOL`)."""
     if a is None or b is None:
@@ -80,8 +85,9 @@ def compiled_training(model) -> tuple[dict | None, Any]:
 
     opt = getattr(model, "optimizer", None)
     loss = getattr(model, "loss", None)
-    if opt is None:
-        return None, loss
+    if opt is None:  # a saved model loaded without compiling: the configuration its file holds
+        saved = getattr(model, SAVED_TRAINING_CONFIG, None)
+        return saved if saved is not None else (None, loss)
     cfg = keras.optimizers.serialize(opt)
     cfg["class_name"] = type(opt).__name__  # the class itself (serialize may give its registered short name)
     if isinstance(cfg.get("config", {}).get("learning_rate"), (float, int)):
@@ -415,3 +421,54 @@ def with_user_training(spec, model, port_optimizer=None, port_loss=None, *, opti
                                             loss_label or (label_of(port_loss) if port_loss is not None else ""))
         spec.optimizer, spec.optimizers = user, {USER_KIND: user}
     return spec
+
+
+# -- a saved model's training configuration ------------------------------------------------------------------------
+#: Keras 2 optimizer config keys -> Keras 3 names (keras/src/optimizers/base_optimizer.py refuses ``lr``)
+KERAS2_OPTIMIZER_KEYS = {"lr": "learning_rate"}
+
+
+def _keras3_optimizer_config(cfg) -> dict | None:
+    """A saved optimizer config as Keras 3 reads it (Keras 2's ``lr`` renamed, a zero ``decay`` dropped); None
+    when there is none. A non-zero Keras 2 ``decay`` (a per-iteration lr schedule) is refused."""
+    if not isinstance(cfg, dict) or not cfg.get("class_name"):
+        return None
+    inner = dict(cfg.get("config") or {})
+    for old, new in KERAS2_OPTIMIZER_KEYS.items():
+        if old in inner:
+            inner.setdefault(new, inner.pop(old))
+    decay = inner.pop("decay", 0.0)
+    if decay:
+        raise UsageError(f"the saved model's optimizer: expected no Keras 2 'decay' (Keras 3 has none). Received: "
+                         f"decay={decay}. Compile the model again with a LearningRateSchedule and save it.")
+    if isinstance(inner.get("learning_rate"), (int, float)):
+        inner["learning_rate"] = typed_value(inner["learning_rate"])
+    return {"class_name": str(cfg["class_name"]), "config": inner,
+            **({"module": cfg["module"]} if cfg.get("module") else {})}
+
+
+def training_config_from_file(path: str) -> tuple[dict | None, Any]:
+    """``(optimizer config, loss)`` stored in a saved model, read as JSON data (never run): a ``.keras`` archive's
+    ``config.json`` ``compile_config``, or an HDF5 file's ``training_config`` attribute (Keras 2 and Keras 3
+    legacy ``.h5``). ``(None, None)`` when the file holds none."""
+    import json
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                cfg = json.loads(zf.read("config.json"))
+            cc = cfg.get("compile_config") or {}
+            return _keras3_optimizer_config(cc.get("optimizer")), cc.get("loss")
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("training_config")
+        if raw is None:
+            return None, None
+        tc = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        return _keras3_optimizer_config(tc.get("optimizer_config")), tc.get("loss")
+    except (OSError, KeyError, ValueError) as exc:
+        raise UsageError(f"--reference {path}: expected a readable training configuration in the saved model. "
+                         f"Received: {type(exc).__name__}: {exc}. Save it with model.save() after "
+                         "model.compile(...).") from None

@@ -122,3 +122,25 @@ def test_compare_takes_the_user_s_optimizer_and_loss():
     assert ok.passed, str(ok)
     bad = parity.compare(keras_model, port, stages=STAGES, steps=2, port_optimizer=M.sgd_lr, port_loss=M.ce_ok())
     assert _cause(bad).cause == "learning_rate", str(bad)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_saved_model_brings_its_training_configuration(tmp_path, suffix):
+    """A saved reference is loaded with compile=False; its optimizer and loss come from the file, read as data."""
+    import warnings
+
+    path = str(tmp_path / f"ref{suffix}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras' "HDF5 is legacy" notice
+        model = M.keras_adam()
+        # a trained model's conv bias is not its zero init (a zero bias under a BatchNorm gets only rounding noise
+        # as its gradient, which Adam's normalisation turns into lr-sized steps of either sign: a separate matter)
+        model.get_layer("conv").bias.assign([0.1, -0.2, 0.3, -0.4])
+        model.save(path)
+    spec = spec_from_user_models(path, M.port)
+    ok = check(spec, stages=STAGES, steps=2, port_optimizer=M.adam_ok, port_loss=M.ce_ok)
+    assert ok.passed, str(ok)
+    assert ok.optimizer["reference"]["class"] == "Adam" and ok.optimizer["reference"]["epsilon"] == 1e-7
+    spec = spec_from_user_models(path, M.port)
+    bad = check(spec, stages=STAGES, steps=2, port_optimizer=M.adam_torch_eps, port_loss=M.ce_ok)
+    assert _cause(bad).cause == "adam_epsilon", str(bad)
