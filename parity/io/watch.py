@@ -203,11 +203,11 @@ class Watcher:
         try:
             result = run_port_check(self.req, self.ref, device=self.device, port=self.port, progress=self.say)
         except UsageError as exc:
+            self.last_code = 1
             self._print(f"parity: error: {exc.args[0] if exc.args else exc}", err=True)
             self._print(f"FAILED: the port could not be checked ({' '.join(str(exc).split())[:160]})")
-            self.last_code = 1
             return 1
-        code = 0 if result.passed else 1
+        code = self.last_code = 0 if result.passed else 1  # before any output: Ctrl-C may follow the verdict
         self._print(result.summary_line())
         t1, c1 = time.perf_counter(), time.process_time()
         fd = result.first_divergence
@@ -217,7 +217,6 @@ class Watcher:
         paths = write_reports(result, self.out_dir)
         self._print(f"  verdict in {t1 - t0:.2f} s ({c1 - c0:.2f} s CPU); reports {paths['html']} ({time.perf_counter() - t1:.2f} s); "
                     "watching for changes (Ctrl-C ends)", err=True)
-        self.last_code = code
         return code
 
     def run(self, *, max_checks: int | None = None, on_check: Callable[[int], None] | None = None) -> int:
