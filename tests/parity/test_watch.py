@@ -160,3 +160,13 @@ def test_an_edit_of_the_reference_is_reported_not_followed(tmp_path):
     assert w.reference_changed() == ["refpkg.model"]
     assert "the reference's source changed (refpkg.model)" in err.getvalue() and "restart" in err.getvalue()
     assert w.reference_changed() == []  # said once
+
+
+@pytest.mark.parametrize("flag, says", [("--onnx", "expected a check without --onnx"),
+                                        ("--json", "expected human output")])
+def test_watch_refuses_options_it_cannot_follow(flag, says, tmp_path, capsys):
+    from parity.cli import main
+
+    assert main(["check", "minixception", "--watch", flag, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("parity: error: --watch: ") and says in err and "Received:" in err
