@@ -18,7 +18,12 @@ Numbers in the ports are the Keras defaults they must reproduce, by name (``pari
 """
 from __future__ import annotations
 
+import time
+
 from parity.core.conventions import KERAS_BN_EPSILON, TORCH_BN_MOMENTUM_FROM_KERAS
+from parity.core.spec import resolve
+from parity.pairs import registry
+from parity.user.align import align
 
 #: mini_XCEPTION-shaped reference: a 27x27 grey image, 4 classes. 27 -> two 'valid' 3x3 convs -> 23 (odd:
 #: a 3x3/2 'same' max-pool pads 1 on each side, as torch's padding=1 does) -> 12.
@@ -487,3 +492,24 @@ def port_xception_user_style(**config):
             owner = model.get_submodule(parent) if parent else model
             setattr(owner, name, nn.Sequential(m.depthwise, m.pointwise))
     return model
+
+
+def align_cost(repeats: int = 2) -> list[float]:
+    """Seconds :func:`parity.user.align.align` takes on the Xception-sized user-style pair at 299x299 (the
+    registered pair's full size), per call: the port traced once at batch 2, 34 separable groups found."""
+    pair = registry.get("xception")
+    cfg = pair.config()
+    km, tm = resolve(pair.reference)(**cfg), port_xception_user_style(**cfg)
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        al = align(km, tm)
+        out.append(time.perf_counter() - t)
+        assert len(al.groups) == 34 and al.incomplete() is None
+    return out
+
+
+if __name__ == "__main__":  # .venv/bin/python -m benchmarks.user_zoo
+    import parity.core.env  # noqa: F401  (environment before the frameworks)
+
+    print("align xception user-style 299x299: " + ", ".join(f"{s:.2f} s" for s in align_cost()))
