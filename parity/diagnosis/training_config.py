@@ -21,6 +21,10 @@ TOOL_OWN = ("parity's own (not yours): both sides trained with parity's optimize
             "MOD:FN and --port-loss MOD:FN (parity.compare(..., port_optimizer=, port_loss=)) with a compiled "
             "Keras model to compare your training step")
 
+#: ... with the user's loss but parity's optimizer
+TOOL_OWN_OPTIMIZER = ("your loss against the reference's compiled loss, with parity's own optimizer on both sides "
+                      "(not yours): pass --port-optimizer MOD:FN (port_optimizer=) to compare your optimizer step")
+
 
 def _severity(run: Run) -> str:
     failed = any(not s.passed for s in run.result.stages if s.name in ("gradients", "step", "trajectory"))
@@ -40,11 +44,12 @@ def training_configuration(run: Run) -> list[Finding]:
     result = run.result
     opt = result.optimizer if isinstance(result.optimizer, dict) else {}
     if opt.get("kind") != USER_KIND:
-        if getattr(run.spec, "alignment", None) is not None and getattr(run.spec, "port_loss", None) is None:
-            opt.setdefault("training_configuration", TOOL_OWN)
-            return [Finding("training_configuration", "model", "training configuration: " + TOOL_OWN,
-                            "compile the Keras model and pass your optimizer and loss factories", severity="info")]
-        return []
+        if getattr(run.spec, "alignment", None) is None:
+            return []
+        own = TOOL_OWN if getattr(run.spec, "port_loss", None) is None else TOOL_OWN_OPTIMIZER
+        opt.setdefault("training_configuration", own)
+        return [Finding("training_configuration", "model", "training configuration: " + own,
+                        "compile the Keras model and pass your optimizer and loss factories", severity="info")]
     step = result.stage("step")
     port = (step.info.get("port_optimizer") or {}) if step is not None else {}
     found = _optimizer_findings(run, opt.get("reference") or {}, port)
@@ -131,9 +136,30 @@ def _weight_decay_findings(run: Run, keras: dict, tcls: str, groups: list, sev: 
             per_layer.setdefault(path, []).append((key, var, kind, lam, wd, layer))
     out = []
     decoupled = tcls == "AdamW"
+    kwd = keras.get("weight_decay")
+    if kwd:  # Keras' optimizer weight_decay is decoupled: w -= lr*wd*w, on every variable, before the update
+        wds = {float(g.get("weight_decay") or 0.0) for g in groups}
+        if not decoupled or wds != {float(kwd)}:
+            where = _first_step_path(run) or "optimizer"
+            out.append(finding("weight_decay", where, f"the reference's {keras.get('class')}(weight_decay={kwd:g}) "
+                               "decays decoupled (w -= lr*wd*w, every variable); the port's "
+                               f"{tcls} weight_decay {sorted(wds)} " + ("is coupled (added to the gradient)"
+                                                                          if not decoupled else "differs"),
+                               f"torch.optim.AdamW(weight_decay={kwd:g}) on every parameter" if keras.get("class")
+                               in ("Adam", "AdamW") else f"decoupled weight decay {kwd:g}", "step", severity=sev))
+            return out
+        decoupled = "keras"  # matched: the l2 rules below compare the coupled part only
     for path, items in per_layer.items():
         for key, var, kind, lam, wd, layer in items:
             want = torch_weight_decay_from_keras_l2(lam) if lam else 0.0
+            if decoupled == "keras":
+                if lam:
+                    out.append(finding("l2_weight_decay", path, f"Keras l2({lam:g}) on {layer} is coupled (2*lam*w "
+                                       "added to the gradient, through Adam's normalisation); AdamW has no coupled "
+                                       "decay for it", "add 2*lam*w to the gradient of that kernel (or the l2 term "
+                                       "to the loss)", "step", severity=sev))
+                    break
+                continue
             if decoupled and wd and not keras.get("weight_decay"):
                 msg = (f"AdamW decouples weight_decay={wd:g} (w -= lr*wd*w) on {key}; the reference "
                        + (f"adds Keras l2({lam:g}) to its loss (coupled: through Adam's normalisation)" if lam

@@ -246,6 +246,8 @@ class PortTraining:
             b1, b2 = group["betas"]
             ratio, eps_t = torch_adam_lr_eps_from_keras(1.0, float(k["epsilon"]), b1, b2, self.t + 1)
             new["lr"], new["eps"] = group["lr"] * ratio, eps_t
+            if cls == "AdamW" and group.get("weight_decay"):  # decoupled decay w *= 1 - lr*wd keeps Keras' lr
+                new["weight_decay"] = group["weight_decay"] / ratio
             notes.append("Adam epsilon placement (Keras adds eps to the uncorrected sqrt(v)) and float32 betas in "
                          "the bias corrections: torch eps and lr set per step (parity.core.conventions."
                          "torch_adam_lr_eps_from_keras)")

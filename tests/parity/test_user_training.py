@@ -35,6 +35,11 @@ def test_correct_sgd_optimizer_and_loss_pass_two_steps(factory):
     assert r.optimizer["kind"] == "user" and r.optimizer["reference"]["class"] == "SGD"
 
 
+def test_correct_adamw_passes_two_steps():
+    r = _run(M.keras_adamw_no_l2, M.adamw_ok, M.ce_ok)
+    assert r.passed, str(r)
+
+
 def test_correct_adam_passes_two_steps():
     r = _run(M.keras_adam, M.adam_ok, M.ce_ok)
     assert r.passed, str(r)
@@ -51,6 +56,9 @@ def test_correct_adam_passes_two_steps():
     (M.keras_sgd, M.sgd_momentum, M.ce_ok, "momentum", None, "momentum 0.8 in the port"),
     (M.keras_sgd, M.sgd_ok, M.ce_on_probabilities, "loss_on_probabilities", "loss", "probabilities"),
     (M.keras_sgd, M.sgd_ok, M.ce_sum, "loss_reduction", "loss", "reduces with sum"),
+    (M.keras_adamw_no_l2, M.adam_coupled_decay, M.ce_ok, "optimizer_class", None, "Keras AdamW, the port with "
+     "torch Adam"),
+    (M.keras_adamw, M.adamw_ok, M.ce_ok, "l2_weight_decay", "conv", "AdamW has no coupled decay"),
     (M.keras_sgd, M.sgd_no_nesterov, M.ce_ok, "nesterov", None, "Nesterov momentum off in the port"),
     (M.keras_sgd, M.sgd_decay_on_batchnorm, M.ce_ok, "weight_decay_unregularised", "bn", "a BatchNorm parameter"),
     (M.keras_sgd, M.sgd_ok, M.ce_label_smoothing, "label_smoothing", "loss", "label smoothing 0.1 in the port"),

@@ -10,17 +10,21 @@ LR = 0.05
 MOMENTUM = 0.9
 ADAM_LR = 1e-3
 KERAS3_ADAM_EPS = 1e-7
+ADAMW_DECAY = 0.004
+"""keras.optimizers.AdamW's default weight_decay."""
 
 
-def _body(softmax: bool = True):
+def _body(softmax: bool = True, l2: bool = True):
     import keras
 
     inp = keras.Input((8, 8, 2))
-    x = keras.layers.Conv2D(4, 3, kernel_regularizer=keras.regularizers.l2(L2_CONV), name="conv")(inp)
+    x = keras.layers.Conv2D(4, 3, kernel_regularizer=keras.regularizers.l2(L2_CONV) if l2 else None,
+                            name="conv")(inp)
     x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dense(3, kernel_regularizer=keras.regularizers.l2(L2_DENSE), name="fc")(x)
+    x = keras.layers.Dense(3, kernel_regularizer=keras.regularizers.l2(L2_DENSE) if l2 else None,
+                           name="fc")(x)
     out = keras.layers.Softmax(name="softmax")(x) if softmax else x
     return keras.Model(inp, out, name="small_cnn")
 
@@ -48,6 +52,24 @@ def keras_sgd_logits_as_probabilities():
     m = _body(softmax=False)  # ends in logits, compiled with from_logits=False (the default)
     m.compile(optimizer=keras.optimizers.SGD(LR, momentum=MOMENTUM, nesterov=True),
               loss=keras.losses.CategoricalCrossentropy())
+    return m
+
+
+def keras_adamw():
+    import keras
+
+    m = _body()
+    m.compile(optimizer=keras.optimizers.AdamW(ADAM_LR, weight_decay=ADAMW_DECAY, epsilon=KERAS3_ADAM_EPS),
+              loss="categorical_crossentropy")
+    return m
+
+
+def keras_adamw_no_l2():
+    import keras
+
+    m = _body(l2=False)
+    m.compile(optimizer=keras.optimizers.AdamW(ADAM_LR, weight_decay=ADAMW_DECAY, epsilon=KERAS3_ADAM_EPS),
+              loss="categorical_crossentropy")
     return m
 
 
@@ -156,6 +178,18 @@ def adam_torch_eps(model):
     import torch
 
     return torch.optim.Adam(_groups(model, 2 * L2_CONV, 2 * L2_DENSE), lr=ADAM_LR)  # torch's default eps 1e-8
+
+
+def adamw_ok(model):
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=ADAM_LR, eps=KERAS3_ADAM_EPS, weight_decay=ADAMW_DECAY)
+
+
+def adam_coupled_decay(model):
+    import torch
+
+    return torch.optim.Adam(model.parameters(), lr=ADAM_LR, eps=KERAS3_ADAM_EPS, weight_decay=ADAMW_DECAY)
 
 
 # -- losses ------------------------------------------------------------------------------------------------------
