@@ -188,6 +188,11 @@ def _with_input_shape(model, shapes):
 
 
 def _output_width(model) -> int:
+    if len(model.outputs) > 1:
+        raise _usage_error(f"reference model {model.name!r}: expected one output (several outputs are not compared "
+                           f"yet). Received: {len(model.outputs)} outputs of shapes "
+                           f"{[tuple(t.shape) for t in model.outputs]}. Check each head on its own: build a "
+                           "keras.Model(inputs, that_output) and a port returning that output.")
     shape = tuple(model.outputs[0].shape)
     if len(shape) != 2 or shape[1] is None:
         raise _usage_error(f"reference model {model.name!r}: expected one (batch, D) output (classes or values). "

@@ -326,3 +326,11 @@ def test_a_middle_flow_block_reused_8x_is_named_not_a_crash():
                                             "distinct reference layers (middle.0)"), result.summary_line()
     assert ("port module middle.0 is called 8 times for distinct reference layers block5_sepconv1, "
             "block6_sepconv1") in result.causes()[0].message
+
+
+def test_several_outputs_are_refused_in_one_line():
+    inp = keras.Input((4,))
+    km = keras.Model(inp, [keras.layers.Dense(2, name="a")(inp), keras.layers.Dense(3, name="b")(inp)])
+    with pytest.raises(UsageError, match=r"expected one output \(several outputs are not compared yet\)\. "
+                                         r"Received: 2 outputs of shapes \[\(None, 2\), \(None, 3\)\]"):
+        compare(km, torch.nn.Linear(4, 2))
