@@ -378,6 +378,9 @@ def _render(result, args, out_dir: str, say) -> int:
             same = sum(1 for g in errors if (g.cause, g.message) == key)
             more = f" (and {same - 1} more layers)" if same > 1 else ""
             con.print(f"  {f.line()}{more}", markup=False)
+    training = result.optimizer.get("training_configuration") if isinstance(result.optimizer, dict) else None
+    if training:  # your own models: whose optimizer and loss the training stages compared
+        con.print(f"\ntraining configuration: {training}", markup=False, soft_wrap=True)
     con.print("")
     for line in _report_lines(paths, replaced, out_dir):
         con.print(line, markup=False, soft_wrap=True)

@@ -152,3 +152,14 @@ def test_saved_model_brings_its_training_configuration(tmp_path, suffix):
     spec = spec_from_user_models(path, M.port)
     bad = check(spec, stages=STAGES, steps=2, port_optimizer=M.adam_torch_eps, port_loss=M.ce_ok)
     assert _cause(bad).cause == "adam_epsilon", str(bad)
+
+
+def test_cli_says_whose_training_configuration_was_compared():
+    own = _cli("--stages", "gradients,step")
+    assert own.returncode == 0, own.stderr[-2000:]
+    assert "training configuration: parity's own (not yours)" in own.stdout
+    yours = _cli("--stages", "gradients,step", "--port-optimizer", "user_training_models:sgd_ok", "--port-loss",
+                 "user_training_models:ce_ok")
+    assert yours.returncode == 0, yours.stdout[-3000:]
+    assert "training configuration: yours: the reference's model.compile(...) configuration" in yours.stdout
+    assert yours.stdout.strip().splitlines()[-1].startswith("PASSED")
