@@ -255,6 +255,10 @@ def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> t
                       ("port_loss", "a loss(output, target)")):
         if getattr(args, opt, None):  # found (not imported) before any framework, like --port
             locate(getattr(args, opt), "--" + opt.replace("_", "-"), what)
+            if getattr(args, "watch", False):
+                raise UsageError(f"--{opt.replace('_', '-')}: expected a check without --watch (the watch loop "
+                                 "re-checks the port with parity's own training configuration). Received: --watch. "
+                                 "Drop --watch to compare your training step.")
     if getattr(args, "custom_objects", None):
         if not is_model_file(getattr(args, "reference", None)):
             raise UsageError(f"--custom-objects {args.custom_objects}: expected only with a saved --reference model "

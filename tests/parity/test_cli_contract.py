@@ -138,6 +138,9 @@ BAD_INPUTS = [
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
       "--port-loss", "benchmarks.user_models:nope"), "--port-loss benchmarks.user_models:nope", "no name 'nope'"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
+      "--port-optimizer", "benchmarks.user_models:torch_cnn", "--watch"), "--port-optimizer: expected a check without "
+     "--watch"),
+    (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
       "--custom-objects", "os"), "--custom-objects os: expected only with a saved --reference model"),
     (("check", "--reference", "{F}/a_file.keras", "--port", "benchmarks.user_models:torch_cnn",
       "--custom-objects", "no_such_layers_x"), "--custom-objects no_such_layers_x: expected an importable module"),
