@@ -62,6 +62,10 @@ def main(argv=None) -> int:
             want = "" if (o.layer_ok and o.cause_ok) else f"   [expected ({m.stage}, {m.path}) -> {m.cause}]"
             print(f"{m.name:<28} {m.pair:<13} {_flag(o.detected):>8} {_flag(o.layer_ok):>6} {_flag(o.cause_ok):>6} "
                   f"{o.seconds:6.1f}  {got}{want}", flush=True)
+        print(f"\n{'model family':<32} {'mutations':>9} {'detected':>9} {'layer':>9} {'cause':>9}", flush=True)
+        for fam, ft in M.by_family(outcomes).items():
+            print(f"{fam:<32} {ft['mutations']:>9} {ft['detected']:>9} {ft['layer_ok']:>9} {ft['cause_ok']:>9}",
+                  flush=True)
         t = M.totals(outcomes)
         print(f"\nmutations: {t['mutations']} run ({len(skipped)} skipped); detected {t['detected']}/{t['mutations']} "
               f"({t['detected_pct']:.1f} %), first layer correct {t['layer_ok']}/{t['mutations']} "
@@ -99,7 +103,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"mutations": [o.to_dict() for o in outcomes], "skipped": skipped,
-                       "totals": M.totals(outcomes) if outcomes else {}, "false_alarms": alarms, "zoo": zoo}, fh,
+                       "totals": M.totals(outcomes) if outcomes else {},
+                       "by_family": M.by_family(outcomes), "false_alarms": alarms, "zoo": zoo}, fh,
                       indent=1)
     return 0
 

@@ -1121,6 +1121,23 @@ CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
 )
 
 
+MODEL_FAMILY = {
+    "minixception": "separable CNN", "xception": "separable CNN", "keypoints": "plain CNN + dense",
+    "goturn": "Caffe CNN (two streams)", "user": "user CNN", "textclf": "recurrent (LSTM)",
+    "textgru": "recurrent (GRU)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
+    "seqconv": "1-D convolution",
+}
+"""The model family each pair stands for: the suite reports its scores per family."""
+
+
+def by_family(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+    """:func:`totals` per model family (:data:`MODEL_FAMILY`), in catalogue order."""
+    groups: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        groups.setdefault(MODEL_FAMILY.get(o.pair, o.pair), []).append(o)
+    return {fam: totals(os_) for fam, os_ in groups.items()}
+
+
 def catalogue(pairs=None, names=None) -> list[Mutation]:
     out = []
     for m in CATALOGUE:
@@ -1250,5 +1267,5 @@ def totals(outcomes: list[Outcome]) -> dict[str, Any]:
             "layer_pct": pct(lay), "cause_pct": pct(cau)}
 
 
-__all__ = ["CATALOGUE", "CORRECT_PAIRS", "Mutation", "Outcome", "catalogue", "first_failure", "run_correct",
+__all__ = ["CATALOGUE", "CORRECT_PAIRS", "MODEL_FAMILY", "Mutation", "Outcome", "by_family", "catalogue", "first_failure", "run_correct",
            "run_mutation", "totals", "unavailable"]
