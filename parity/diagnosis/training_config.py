@@ -31,6 +31,11 @@ def _severity(run: Run) -> str:
     return "error" if failed else "warning"
 
 
+def _failing_paths(run: Run) -> set[str]:
+    st = run.result.stage("step")
+    return {base(t.path) for t in st.tensors if not t.passed} if st is not None else set()
+
+
 def _first_step_path(run: Run) -> str | None:
     st = run.result.stage("step")
     fd = st.first_divergence if st is not None else None
@@ -73,15 +78,31 @@ def _optimizer_findings(run: Run, keras: dict, port: dict) -> list[Finding]:
     kcls, tcls = str(keras.get("class", "")), str(port.get("class", ""))
     groups = port.get("groups") or []
 
-    def add(cause, message, fix, path=where):
-        out.append(finding(cause, path, message, fix, "step", severity=sev,
+    def add(cause, message, fix, path=None):
+        out.append(finding(cause, path or where, message, fix, "step", severity=sev,
                            evidence=f"reference {kcls} {keras}; port {tcls}"))
 
+    clip = {k: keras[k] for k in ("clipnorm", "clipvalue", "global_clipnorm") if keras.get(k)}
+    if clip:
+        clips = ", ".join(f"{k}={v:g}" for k, v in clip.items())
+        add("gradient_clipping", f"the reference's {kcls} clips gradients ({clips}); the port's optimizer step "
+            "does not", "clip in the port before optimizer.step() "
+            "(torch.nn.utils.clip_grad_norm_ per parameter for clipnorm, clip_grad_norm_ over all for "
+            "global_clipnorm, clip_grad_value_ for clipvalue), e.g. in a torch.optim.Optimizer subclass's step")
     if kcls and tcls and kcls != tcls and not (kcls == "Adam" and tcls == "AdamW"):
         add("optimizer_class", f"optimizer: the reference trains with Keras {kcls}, the port with torch {tcls}",
             f"use torch.optim.{kcls} with the reference's hyper-parameters")
         return out
+    of = _layer_of(run)
+    failing = _failing_paths(run)
+    for key in port.get("missing") or []:
+        if key in of:
+            add("parameter_not_optimized", f"{key} is trained by the reference and not in the port's optimizer (its "
+                "param groups leave it out): the port never updates it", "include every trainable parameter "
+                "(model.parameters(), or param groups that cover them all)", path=of[key][0])
     for i, g in enumerate(groups):
+        paths = [of[k][0] for k in g.get("params") or [] if k in of]
+        where = next((p for p in paths if p in failing), paths[0] if paths else where)
         lr = keras.get("learning_rate")
         if isinstance(lr, (int, float)) and "lr" in g and not same_setting(g["lr"], lr):
             add("learning_rate", f"learning rate {g['lr']:g} in the port (param group {i}), {lr:g} in the "

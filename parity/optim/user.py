@@ -223,6 +223,7 @@ class PortTraining:
         self.t = 0
         self.lr_used: dict[int, float] = {}  # id(param) -> the lr of its group at the last step (slot conversion)
         self.applied: list[str] = []
+        self.missing: list[str] = []  # parameters the reference trains and the user's optimizer does not hold
 
     @property
     def state(self):
@@ -289,7 +290,7 @@ class PortTraining:
                  if k != "params" and isinstance(v, (int, float, bool, str, tuple, type(None)))}
             g["params"] = [names.get(id(p), "?") for p in group["params"]]
             groups.append(g)
-        return {"class": type(self.optimizer).__name__, "groups": groups,
+        return {"class": type(self.optimizer).__name__, "groups": groups, "missing": list(self.missing),
                 "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None}
 
 
@@ -309,11 +310,10 @@ def build_port_training(spec: UserOptimizerSpec, module, refs: list[ParamRef], l
              for pid, r in by_id.items()}
     given = {id(p) for g in getattr(opt, "param_groups", []) for p in g["params"]}
     missing = [r.key for r in refs if r.param is not None and not r.key.startswith("<") and id(r.param) not in given]
-    if getattr(opt, "param_groups", None) is not None and missing:
-        raise UsageError(f"{label}: expected an optimizer over every trainable parameter of the port. Received: "
-                         f"one without {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}. Pass "
-                         "model.parameters() (or param groups covering them all).")
-    return PortTraining(opt, sched, spec.keras_config, l2_of)
+    training = PortTraining(opt, sched, spec.keras_config, l2_of)
+    if getattr(opt, "param_groups", None) is not None:  # never updated by the port: named by the diagnosis
+        training.missing = missing
+    return training
 
 
 class UserAdapter(OptimizerAdapter):

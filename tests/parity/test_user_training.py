@@ -59,6 +59,9 @@ def test_correct_adam_passes_two_steps():
     (M.keras_adamw_no_l2, M.adam_coupled_decay, M.ce_ok, "optimizer_class", None, "Keras AdamW, the port with "
      "torch Adam"),
     (M.keras_adamw, M.adamw_ok, M.ce_ok, "l2_weight_decay", "conv", "AdamW has no coupled decay"),
+    (M.keras_sgd, M.sgd_fc_lr, M.ce_ok, "learning_rate", "fc", "learning rate 0.005 in the port (param group 1)"),
+    (M.keras_sgd, M.sgd_without_batchnorm, M.ce_ok, "parameter_not_optimized", "bn", "never updates it"),
+    (M.keras_sgd_clipnorm, M.sgd_ok, M.ce_ok, "gradient_clipping", None, "clips gradients (clipnorm=0.001)"),
     (M.keras_sgd, M.sgd_no_nesterov, M.ce_ok, "nesterov", None, "Nesterov momentum off in the port"),
     (M.keras_sgd, M.sgd_decay_on_batchnorm, M.ce_ok, "weight_decay_unregularised", "bn", "a BatchNorm parameter"),
     (M.keras_sgd, M.sgd_ok, M.ce_label_smoothing, "label_smoothing", "loss", "label smoothing 0.1 in the port"),

@@ -10,6 +10,8 @@ LR = 0.05
 MOMENTUM = 0.9
 ADAM_LR = 1e-3
 KERAS3_ADAM_EPS = 1e-7
+CLIPNORM = 1e-3
+"""Small enough that every gradient of the test models is clipped."""
 ADAMW_DECAY = 0.004
 """keras.optimizers.AdamW's default weight_decay."""
 
@@ -69,6 +71,15 @@ def keras_adamw_no_l2():
 
     m = _body(l2=False)
     m.compile(optimizer=keras.optimizers.AdamW(ADAM_LR, weight_decay=ADAMW_DECAY, epsilon=KERAS3_ADAM_EPS),
+              loss="categorical_crossentropy")
+    return m
+
+
+def keras_sgd_clipnorm():
+    import keras
+
+    m = _body()
+    m.compile(optimizer=keras.optimizers.SGD(LR, momentum=MOMENTUM, nesterov=True, clipnorm=CLIPNORM),
               loss="categorical_crossentropy")
     return m
 
@@ -161,6 +172,23 @@ def sgd_decay_on_batchnorm(model):
                             {"params": [model.fc.weight], "weight_decay": 2 * L2_DENSE},
                             {"params": bn, "weight_decay": 1e-4}, {"params": rest, "weight_decay": 0.0}],
                            lr=LR, momentum=MOMENTUM, nesterov=True)
+
+
+def sgd_fc_lr(model):
+    """A smaller learning rate on the classifier only (a fine-tuning habit the reference does not have)."""
+    import torch
+
+    groups = _groups(model, 2 * L2_CONV, 2 * L2_DENSE)
+    groups[1]["lr"] = LR / 10
+    return torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM, nesterov=True)
+
+
+def sgd_without_batchnorm(model):
+    import torch
+
+    groups = _groups(model, 2 * L2_CONV, 2 * L2_DENSE)
+    groups[2]["params"] = [model.conv.bias, model.fc.bias]
+    return torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM, nesterov=True)
 
 
 def sgd_raises(model):
