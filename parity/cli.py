@@ -255,6 +255,10 @@ def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> t
                       ("port_loss", "a loss(output, target)")):
         if getattr(args, opt, None):  # found (not imported) before any framework, like --port
             locate(getattr(args, opt), "--" + opt.replace("_", "-"), what)
+            if opt == "port_optimizer" and getattr(args, "optimizer", None):
+                raise UsageError("--optimizer: expected no parity optimizer with --port-optimizer (the reference "
+                                 "trains with its model.compile(...) optimizer, the port with yours). Received: "
+                                 f"--optimizer {args.optimizer}. Drop --optimizer.")
             if getattr(args, "watch", False):
                 raise UsageError(f"--{opt.replace('_', '-')}: expected a check without --watch (the watch loop "
                                  "re-checks the port with parity's own training configuration). Received: --watch. "

@@ -141,6 +141,9 @@ BAD_INPUTS = [
       "--port-optimizer", "benchmarks.user_models:torch_cnn", "--watch"), "--port-optimizer: expected a check without "
      "--watch"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
+      "--port-optimizer", "benchmarks.user_models:torch_cnn", "--optimizer", "adam"), "--optimizer: expected no parity "
+     "optimizer with --port-optimizer"),
+    (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
       "--custom-objects", "os"), "--custom-objects os: expected only with a saved --reference model"),
     (("check", "--reference", "{F}/a_file.keras", "--port", "benchmarks.user_models:torch_cnn",
       "--custom-objects", "no_such_layers_x"), "--custom-objects no_such_layers_x: expected an importable module"),
