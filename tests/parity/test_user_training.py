@@ -166,3 +166,10 @@ def test_cli_says_whose_training_configuration_was_compared():
     assert yours.returncode == 0, yours.stdout[-3000:]
     assert "training configuration: yours: the reference's model.compile(...) configuration" in yours.stdout
     assert yours.stdout.strip().splitlines()[-1].startswith("PASSED")
+
+
+def test_user_loss_that_raises_or_does_not_reduce_is_the_user_s_error():
+    with pytest.raises(UserCodeError, match="loss_raises raised ValueError: shapes do not match"):
+        _run(M.keras_sgd, M.sgd_ok, M.loss_raises, steps=1)
+    with pytest.raises(UsageError, match=r"expected a loss returning a scalar torch tensor. Received: Tensor\(4,\)"):
+        _run(M.keras_sgd, M.sgd_ok, M.loss_per_sample, steps=1)
