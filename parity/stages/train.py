@@ -251,19 +251,21 @@ def optimizer_step(ctx: CheckContext, tr: Training, k: int) -> None:
     tr.opt_torch.step()
     at = f"@step{k + 1}" if tr.n_steps > 1 else ""
     factor = _sign_noise(ctx, tr)
-    judged = _LayerJudged()
+    judged, weights = _LayerJudged(), _LayerJudged()
     for r in tr.refs:
         tap = ctx.tap_by_ref.get(r.layer)
         if tap is None:
             continue
         p = _Param(r, tap, f"{tap.path}:{r.key[len(tap.port) + 1:] if tap.port else r.key}")
         if tr.n_steps > 1:  # the weights themselves, step by step: how a small difference grows
-            _weight_trajectory(ctx, tr, k, p)
+            _weight_trajectory(ctx, tr, k, p, weights)
         skip = _below_sign_noise(ctx, tr, k, p, factor) if factor else None
         judged.add(f"{tap.path}|update", functools.partial(_update_diff, ctx, k, p, f"{p.name}.update{at}",
                                                            skip=skip, skip_why=_skip_why(tr, factor)))
         _slot_diffs(ctx, tr, k, p, at, judged)
     tr.step.tensors += judged.judged("update")
+    if weights.diffs:  # the last step's weights, judged like updates (a bias whose gradient is analytically zero)
+        tr.traj.tensors += weights.judged("weight")
     if factor and k + 1 < tr.n_steps:
         _resync_below_noise(ctx, tr, k)
     tr.step.seconds += time.perf_counter() - t + ctx.ref.seconds.get(f"step{k}", 0.0)
@@ -371,14 +373,22 @@ def _slot_diff(ctx: CheckContext, tr: Training, k: int, p: _Param, slot: str, pa
     return tensor_diff(path, sref, pv, ctx.tol["step"], scale_floor=floor)
 
 
-def _weight_trajectory(ctx: CheckContext, tr: Training, k: int, p: _Param) -> None:
+def _weight_trajectory(ctx: CheckContext, tr: Training, k: int, p: _Param, judged: _LayerJudged) -> None:
+    """Step ``k``'s weights of one parameter: its relative difference joins the plotted series; after the last
+    step the tensor is judged against its layer's largest weight (``layer_scale_floor``), so a conv bias before a
+    BatchNorm, whose gradient is analytically zero and whose Adam steps are rounding noise, is not a false alarm."""
     r = p.r
-    w = tensor_diff(p.name, var_to_torch(r.kind, r.var, ctx.ref.steps[k]["params"][r.layer][r.var],
-                                         flatten_chw=p.tap.flatten_chw),
-                    r.param.detach().cpu().numpy(), ctx.tol["trajectory"])
-    tr.series.setdefault(w.path, []).append(w.rel)
+    ref_w = var_to_torch(r.kind, r.var, ctx.ref.steps[k]["params"][r.layer][r.var], flatten_chw=p.tap.flatten_chw)
+    port_w = r.param.detach().cpu().numpy().copy()
+
+    def diff(floor: float = 0.0):
+        return tensor_diff(p.name, ref_w, port_w, ctx.tol["trajectory"], scale_floor=floor)
+
     if k == tr.n_steps - 1:
-        tr.traj.tensors.append(w)
+        w = judged.add(f"{p.tap.path}|weight", diff)
+    else:
+        w = diff()
+    tr.series.setdefault(w.path, []).append(w.rel)
 
 
 def bn_trajectory(ctx: CheckContext, tr: Training, k: int) -> None:
