@@ -108,6 +108,20 @@ class Run:
 
 
 # ---- probes of the port ----------------------------------------------------------------------------------------
+def port_train_output(run: Run, transform=None):
+    """The port's train-mode output on the reference's first batch, ``transform``-ed (a torch function) while
+    still a tensor, as a numpy array; the port's state is restored after."""
+    ts = run.ts
+    snap = ts.snapshot()
+    try:
+        ts.module.train()
+        with ts.torch.no_grad():
+            out = ts.module(ts.to_input(run.ref.inputs[0]))
+        return (transform(out) if transform is not None else out).detach().cpu().numpy()
+    finally:
+        ts.restore(snap)
+
+
 def port_acts(run: Run):
     """The port's eval activations on the reference's input (NCHW numpy)."""
     acts, _, _ = run.ts.forward_eval(run.ref.inputs[0])

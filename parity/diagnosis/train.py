@@ -7,7 +7,7 @@ import numpy as np
 
 from parity.core.conventions import torch_bn_momentum_from_keras
 from parity.core.results import Finding, TensorDiff
-from parity.diagnosis.common import Run, base, close, dropout_modules, finding
+from parity.diagnosis.common import Run, base, close, dropout_modules, finding, port_train_output
 from parity.diagnosis.registry import stage_rule
 
 
@@ -170,13 +170,5 @@ def _train_probabilities(run: Run):
 
 def _port_train_probabilities(run: Run):
     """softmax of the port's train-mode output on the reference's first batch (the forward stages agreed, so
-    these are the reference's probabilities too); the port's state is restored after."""
-    ts = run.ts
-    snap = ts.snapshot()
-    try:
-        ts.module.train()
-        with ts.torch.no_grad():
-            out = ts.module(ts.to_input(run.ref.inputs[0]))
-        return out.softmax(dim=1).cpu().numpy()
-    finally:
-        ts.restore(snap)
+    these are the reference's probabilities too)."""
+    return port_train_output(run, lambda out: out.softmax(dim=1))

@@ -12,7 +12,7 @@ import numpy as np
 
 from parity.core.conventions import torch_weight_decay_from_keras_l2
 from parity.core.results import Finding
-from parity.diagnosis.common import Run, base, close, finding
+from parity.diagnosis.common import Run, base, close, finding, port_train_output
 from parity.diagnosis.registry import result_rule, stage_rule
 from parity.optim.user import USER_KIND, same_setting
 
@@ -249,16 +249,8 @@ def _keras_ce_on_values(values: np.ndarray, y: np.ndarray, reduction: str, smoot
 
 
 def _port_logits(run: Run):
-    """The port's train-mode output on the reference's first batch (its state restored after)."""
-    ts = run.ts
-    snap = ts.snapshot()
-    try:
-        ts.module.train()
-        with ts.torch.no_grad():
-            out = ts.module(ts.to_input(run.ref.inputs[0]))
-        return out.detach().cpu().double().numpy()
-    finally:
-        ts.restore(snap)
+    """The port's train-mode output on the reference's first batch, float64."""
+    return port_train_output(run, lambda out: out.double())
 
 
 @stage_rule("gradients", order=40)
