@@ -28,3 +28,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def float64():
+    """Build Keras models in float64 (Keras 3 caches the global dtype policy: set and restore both)."""
+    import keras
+
+    old, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(old)
+    keras.config.set_dtype_policy(old_policy)

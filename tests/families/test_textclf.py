@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import mutations as M
 from parity.core.data import make_batch
+from tests.planted_ports import assert_found_and_named
 
 
 def test_token_batches_are_integer_ids_in_range():
@@ -43,9 +44,4 @@ RECURRENT = [m.name for m in M.CATALOGUE if m.pair in ("textclf", "textgru", "tr
 @pytest.mark.parametrize("name", RECURRENT)
 def test_planted_recurrent_bug_is_found_where_it_is_and_named(name):
     pytest.importorskip("keras")
-    m = next(x for x in M.CATALOGUE if x.name == name)
-    o = M.run_mutation(m, stages="ci")
-    assert o.error is None, o.error
-    assert o.detected
-    assert (o.stage, o.path) == (m.stage, m.path)
-    assert o.cause == m.cause, o.cause_message
+    assert_found_and_named(name)

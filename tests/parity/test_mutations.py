@@ -13,6 +13,7 @@ import pytest
 from benchmarks import mutations as M
 from parity.pairs import registry
 from parity.core.spec import resolve
+from tests.planted_ports import assert_found_and_named
 
 KNOWN_CAUSES = {
     "bn_eps", "bn_momentum", "bn_affine", "missing_bn", "running_var_bias", "train_eval_mode", "symmetric_pool",
@@ -51,12 +52,7 @@ FAST = ["mx_bn_eps_1e5", "mx_bn_momentum_torch_default", "mx_symmetric_pool", "m
 @pytest.mark.parametrize("name", FAST)
 def test_planted_bug_is_found_where_it_is_and_named(name):
     pytest.importorskip("keras")
-    m = next(x for x in M.CATALOGUE if x.name == name)
-    o = M.run_mutation(m, stages="ci")
-    assert o.error is None, o.error
-    assert o.detected
-    assert (o.stage, o.path) == (m.stage, m.path)
-    assert o.cause == m.cause, o.cause_message
+    assert_found_and_named(name)
 
 
 # --- multi-step trajectory ------------------------------------------------------------------------------------

@@ -15,15 +15,6 @@ torch = pytest.importorskip("torch")
 from benchmarks import user_models  # noqa: E402
 
 
-@pytest.fixture
-def float64():
-    """Build Keras models in float64 (Keras 3 caches the global dtype policy: set and restore both)."""
-    old, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old)
-    keras.config.set_dtype_policy(old_policy)
 
 
 def test_compare_passes_and_leaves_both_models_as_found(float64):

@@ -26,14 +26,6 @@ torch = pytest.importorskip("torch")
 IMAGE_ZOO = [z for z in user_zoo.ZOO if z[0] in ("keras_mini_xception", "keras_conv_head")]
 
 
-@pytest.fixture
-def float64():
-    old, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(old)
-    keras.config.set_dtype_policy(old_policy)
 
 
 @pytest.mark.parametrize("ref_fn, port_fn", IMAGE_ZOO, ids=[p for _, p in IMAGE_ZOO])
