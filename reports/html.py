@@ -9,12 +9,12 @@ escaped by jinja2's autoescape; only the SVGs drawn by :mod:`reports.plots` are 
 """
 from __future__ import annotations
 
-from jinja2 import Environment, StrictUndefined
-from markupsafe import Markup
+import functools
 
 from parity.core.results import CheckResult
 
 from .json_report import as_dict
+from .plots import stage_errors_svg, trajectory_svg
 from .view import INITIALISATION_NOTE, build_view
 
 TEMPLATE = """\
@@ -144,23 +144,29 @@ summary { cursor: pointer; margin: .5rem 0; }
 </html>
 """
 
-_TEMPLATE = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                        undefined=StrictUndefined).from_string(TEMPLATE)
+@functools.cache
+def _template():
+    """The compiled template. jinja2 is imported here, on the first page drawn, not with the module: a check
+    that writes no HTML (``--format json``, the API) does not pay for it."""
+    from jinja2 import Environment, StrictUndefined
+
+    return Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                       undefined=StrictUndefined).from_string(TEMPLATE)
 
 
-def _markup(svg: str | None) -> Markup | None:
-    """An SVG from :mod:`reports.plots` (matplotlib escaped its text) marked safe for the template."""
+def _markup(svg: str | None):
+    """An SVG from :mod:`reports.plots` (which escaped its text) marked safe for the template."""
+    from markupsafe import Markup
+
     return Markup(svg) if svg is not None else None
 
 
 def render_html(d: CheckResult | dict) -> str:
     """The report as one self-contained HTML page from a ``CheckResult`` or its canonical dict."""
-    from .plots import stage_errors_svg, trajectory_svg  # matplotlib (~0.4 s) only when a page is drawn
-
     v = build_view(as_dict(d))
     plots = []
     for s in v.stage_views:
         for svg in (trajectory_svg(s.raw), stage_errors_svg(s.raw)):
             if svg is not None:
                 plots.append((s.name, _markup(svg)))
-    return _TEMPLATE.render(v=v, plots=plots, initialisation_note=INITIALISATION_NOTE)
+    return _template().render(v=v, plots=plots, initialisation_note=INITIALISATION_NOTE)

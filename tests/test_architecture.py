@@ -22,8 +22,10 @@ PROJECT = ("parity", "weight_converters", "reference_keras", "ported_torch", "re
 LAYERS = ("parity.core", "parity.optim", "parity.pairs", "parity.backends", "parity.diagnosis", "parity.stages",
           "parity.harness", "parity.user", "parity.io", "parity")
 """Lowest first; ``parity`` itself (``__init__``, ``__main__``, ``cli``, ``pytest_plugin``) is the top."""
-FRAMEWORKS = ("torch", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "onnxscript", "matplotlib")
-"""Heavy imports a module may defer into a function (``parity list`` must not pay for them)."""
+FRAMEWORKS = ("torch", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "onnxscript", "matplotlib", "h5py",
+              "jinja2", "markupsafe")
+"""Heavy imports a module may defer into a function (``parity list`` must not pay for them; h5py, jinja2 and
+markupsafe: a check that reads no weights file or writes no HTML page does not pay for them either)."""
 LAZY_ENTRY_POINTS = ("parity", "parity.pytest_plugin")
 """Entry points loaded where no check runs, which defer the harness: ``import parity`` (``parity.__getattr__``)
 stays light for ``parity list``, and pytest loads the plugin in every run of an environment where parity is

@@ -282,8 +282,11 @@ _OPT_SCRIPT = textwrap.dedent("""
     import parity
     import torch
     if sys.argv[1] == "plain":
-        from parity.io.cache import optimizers_without_dynamo_import
+        from parity.core.env import optimizers_without_dynamo_import
         assert optimizers_without_dynamo_import() > 0
+    elif sys.argv[1] == "import_torch":  # the path every check, replay and conversion takes
+        from parity.core.env import import_torch
+        import_torch()
     out = []
     for cls, kw in ((torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.02)),
                     (torch.optim.Adam, dict(lr=1e-3, eps=1e-7)), (torch.optim.RMSprop, dict(lr=1e-3))):
@@ -303,13 +306,14 @@ _OPT_SCRIPT = textwrap.dedent("""
 
 def test_optimizers_step_identically_without_importing_dynamo():
     runs = {}
-    for mode in ("plain", "torch"):
+    for mode in ("plain", "import_torch", "torch"):
         p = subprocess.run([sys.executable, "-c", _OPT_SCRIPT, mode], capture_output=True, text=True,
                            env=_env(), cwd=ROOT)
         assert p.returncode == 0, p.stderr
         runs[mode] = p.stdout.split("\n")
-    assert runs["plain"][0] == runs["torch"][0]  # bit-identical parameters after 3 steps of each optimizer
-    assert runs["plain"][1] == "no dynamo" and runs["torch"][1] == "dynamo"
+    # bit-identical parameters after 3 steps of each optimizer
+    assert runs["plain"][0] == runs["import_torch"][0] == runs["torch"][0]
+    assert runs["plain"][1] == runs["import_torch"][1] == "no dynamo" and runs["torch"][1] == "dynamo"
 
 
 def test_unwritable_cache_directory_checks_without_it(tmp_path, capsys):
