@@ -34,6 +34,7 @@ from parity.diagnosis.alignment import alignment_findings, annotate_alignment  #
 from parity.diagnosis.registry import result_rule
 from parity.harness import check
 from parity.user.align import AlignmentError, align, parse_pins, trace_keras
+from parity.user.saved_model import SavedModelError, describe_training_config, load_saved_model
 from parity.user.inputs import describe as describe_inputs
 from parity.user.inputs import (LAYOUT_SEQ_CHANNELS_FIRST, assign_shapes, choose_layouts, example_inputs,
                                 input_names, packed_reference, parse_input_shapes, to_port_layout, torch_unpacker)
@@ -60,7 +61,7 @@ def parse_input_shape(text) -> list[tuple[str | None, tuple[int, ...]]]:
 
 
 #: what ``--reference FILE`` accepts: a model saved by Keras 3 (``.keras``, ``.h5``) or a Keras 2-era full-model
-#: HDF5 file (``model.save("m.h5")``), loaded by ``keras.saving.load_model`` with ``safe_mode=True``
+#: HDF5 file (``model.save("m.h5")``), loaded under ``safe_mode=True`` (:mod:`parity.user.saved_model`)
 MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
@@ -94,11 +95,10 @@ def reference_from_file(path: str, custom_objects: str | None = None) -> Callabl
     objects = custom_objects_of(custom_objects)
 
     def load_reference(**_config):
-        import keras
-
         try:
-            model = in_current_floatx(keras.saving.load_model(path, custom_objects=objects, compile=False,
-                                                              safe_mode=True))
+            model = in_current_floatx(load_saved_model(path, objects))
+        except SavedModelError:
+            raise
         except (ValueError, TypeError, OSError, KeyError) as exc:
             text = str(exc).strip().splitlines()
             raise _usage_error(f"--reference {path}: expected a model saved by Keras (model.save) whose layers "
@@ -122,6 +122,8 @@ def in_current_floatx(model):
 
     want = keras.config.floatx()
     have = {str(w.dtype) for w in model.weights if "float" in str(w.dtype)}
+    # a Keras 2 file's InputLayer keeps its "float32" while its other layers (no dtype saved) take the policy's
+    have |= {str(t.dtype) for t in model.inputs if "float" in str(t.dtype)}
     if not have or have == {want}:
         return model
 
@@ -136,7 +138,8 @@ def in_current_floatx(model):
               for t, n in zip(model.inputs, names)]
     try:
         clone = keras.models.clone_model(model, clone_function=rebuild,
-                                         input_tensors=inputs if len(inputs) > 1 else inputs[0])
+                                         input_tensors=inputs if len(inputs) > 1 or isinstance(
+                                             model.input, (list, tuple)) else inputs[0])  # a Keras 2 file: [x]
     except (ValueError, TypeError, KeyError, NotImplementedError):
         return model  # a layer that cannot be rebuilt: checked in its saved dtype (the tolerance says so)
     clone.set_weights([np.asarray(w, dtype=want) if np.issubdtype(np.asarray(w).dtype, np.floating) else w
@@ -335,6 +338,7 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
     if not _is_keras_model(probe):
         raise _usage_error(f"--reference {reference}: expected a function returning a keras.Model. Received: "
                            f"{type(probe).__name__}.")
+    saved_training = getattr(probe, SAVED_TRAINING_CONFIG, None)
     probe, slots = packed_reference(_with_input_shape(probe, shapes))
     shape = tuple(int(d) for d in probe.inputs[0].shape[1:])
     loss_spec = infer_loss(probe, loss)
@@ -355,8 +359,14 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
     rname = getattr(ref_fn, "__name__", "reference")
     pname = getattr(port_fn, "__name__", "port")
     spec_name = name or _safe_name(f"{rname}-vs-{pname}")
-    return _spec(spec_name, f"user models {reference} <-> {port}", build_reference, build_port, taps, probe,
+    spec = _spec(spec_name, f"user models {reference} <-> {port}", build_reference, build_port, taps, probe,
                  loss_spec, shape, own_weights=from_file)
+    saved = describe_training_config(saved_training) if from_file else None
+    if saved:  # the file's compile(...): what --port-optimizer/--port-loss are compared with
+        spec.conventions = (*spec.conventions, Convention(
+            "training configuration", f"saved in {os.path.basename(reference)}: {saved}",
+            "--port-optimizer/--port-loss (else parity's own)", "parity.optim.user.training_config_from_file"))
+    return spec
 
 
 def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None, pins=None,
