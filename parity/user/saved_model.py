@@ -35,7 +35,7 @@ KERAS2_SEQUENTIAL_NAME = "sequential"
 KERAS2_SEQUENTIAL_INPUT_SUFFIX = "_input"
 
 #: Keras 2 layer-config keys Keras 3 renamed (keras-team/keras ``keras/src/layers/activations/leaky_relu.py``:
-#: ``alpha`` -> ``negative_slope``), per layer class.
+#: ``alpha`` -> ``negative_slope``, still read under the old name with a deprecation warning), per layer class.
 KERAS2_LAYER_KEYS = {"LeakyReLU": {"alpha": "negative_slope"}}
 
 

@@ -208,6 +208,49 @@ def test_keras2_sequential_list_config_is_rewritten(tmp_path):
     assert np.array_equal(kern, trained_weights()["predictions"]["kernel"].astype(kern.dtype))
 
 
+def test_keras2_merge_padding_pooling_and_depthwise_layers_load(tmp_path):
+    """More Keras 2.x layer configs as the era wrote them: ZeroPadding2D, Conv2D(activation, bias), LeakyReLU
+    (``alpha``), MaxPooling2D, DepthwiseConv2D, an Add of two inbound tensors, Flatten, Dropout."""
+    conv = dict(strides=[1, 1], data_format="channels_last", dilation_rate=[1, 1], use_bias=True,
+                kernel_initializer=GLOROT, bias_initializer=_init("Zeros"), kernel_regularizer=None,
+                bias_regularizer=None, activity_regularizer=None, kernel_constraint=None, bias_constraint=None)
+    dense = {k: v for k, v in conv.items() if k not in ("strides", "data_format", "dilation_rate")}
+    inp = {"name": "input_1", "class_name": "InputLayer", "inbound_nodes": [], "config": {
+        "batch_input_shape": [None, 8, 8, 3], "dtype": "float32", "sparse": False, "name": "input_1"}}
+    add = _layer("add_1", "Add", "depthwise_conv2d_1")
+    add["inbound_nodes"] = [[["depthwise_conv2d_1", 0, 0, {}], ["max_pooling2d_1", 0, 0, {}]]]
+    layers = [inp,
+              _layer("zero_padding2d_1", "ZeroPadding2D", "input_1", padding=[[1, 1], [1, 1]],
+                     data_format="channels_last"),
+              _layer("conv2d_1", "Conv2D", "zero_padding2d_1", filters=3, kernel_size=[3, 3], padding="valid",
+                     activation="relu", **conv),
+              _layer("leaky_re_lu_1", "LeakyReLU", "conv2d_1", alpha=0.3),
+              _layer("max_pooling2d_1", "MaxPooling2D", "leaky_re_lu_1", pool_size=[2, 2], padding="same",
+                     strides=[2, 2], data_format="channels_last"),
+              _layer("depthwise_conv2d_1", "DepthwiseConv2D", "max_pooling2d_1", kernel_size=[3, 3],
+                     strides=[1, 1], padding="same", data_format="channels_last", activation="linear",
+                     use_bias=False, bias_initializer=_init("Zeros"), bias_regularizer=None,
+                     activity_regularizer=None, bias_constraint=None, depth_multiplier=1,
+                     depthwise_initializer=GLOROT, depthwise_regularizer=None, depthwise_constraint=None),
+              add, _layer("flatten_1", "Flatten", "add_1"),
+              _layer("dropout_1", "Dropout", "flatten_1", rate=0.5, noise_shape=None, seed=None),
+              _layer("dense_1", "Dense", "dropout_1", units=2, activation="softmax", **dense)]
+    rng = np.random.default_rng(1)
+    weights = {"conv2d_1": {"kernel": rng.normal(size=(3, 3, 3, 3)), "bias": rng.normal(size=3)},
+               "depthwise_conv2d_1": {"depthwise_kernel": rng.normal(size=(3, 3, 3, 1))},
+               "dense_1": {"kernel": rng.normal(size=(48, 2)), "bias": rng.normal(size=2)}}
+    weights = {k: {v: a.astype(np.float32) for v, a in d.items()} for k, d in weights.items()}
+    model = reference_from_file(str(write_keras2_model_h5(tmp_path / "k2.h5", layers=layers, weights=weights)))()
+    assert [ly.name for ly in model.layers] == [ly["name"] for ly in layers]
+    assert model.get_layer("leaky_re_lu_1").get_config()["negative_slope"] == pytest.approx(0.3)
+    keras3_name = {"depthwise_kernel": "kernel"}  # Keras 3 DepthwiseConv2D calls its kernel "kernel"
+    for layer, vars_ in weights.items():
+        got = {w.name: w.numpy() for w in model.get_layer(layer).weights}
+        for v, a in vars_.items():
+            g = got[keras3_name.get(v, v) if layer.startswith("depthwise") else v]
+            assert np.array_equal(g, a.astype(g.dtype)), (layer, v)
+
+
 def test_a_keras2_lambda_layer_is_refused_without_running_it(tmp_path, capsys):
     ran = tmp_path / "ran"
     code = compile(f"open({str(ran)!r}, 'w').write('x')", "<lambda>", "eval")
