@@ -105,10 +105,17 @@ def reference_from_file(path: str, custom_objects: str | None = None) -> Callabl
                                f"Keras can rebuild safely. Received: {type(exc).__name__}: "
                                f"{text[0] if text else ''}. Pass its custom layers with --custom-objects MODULE "
                                "(a Lambda layer is refused: rebuild the model with a builder instead).") from None
-        # its training configuration, read as data (parity.optim.user: --port-optimizer compares with it)
-        object.__setattr__(model, SAVED_TRAINING_CONFIG, training_config_from_file(path))  # not a tracked weight
+        # its training configuration, read as data (parity.optim.user: --port-optimizer compares with it); one
+        # Keras 3 cannot express (a Keras 2 'decay') leaves the model uncompiled, the reason in its settings
+        try:
+            saved = training_config_from_file(path)
+        except UsageError as exc:
+            saved, unusable[path] = (None, None), str(exc)
+        object.__setattr__(model, SAVED_TRAINING_CONFIG, saved)  # not a tracked weight
         return model
 
+    unusable: dict[str, str] = {}
+    load_reference.unusable_training_config = unusable
     load_reference.__qualname__ = load_reference.__name__ = re.sub(r"\W+", "_", os.path.basename(path)) or "saved"
     return load_reference
 
@@ -362,6 +369,8 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
     spec = _spec(spec_name, f"user models {reference} <-> {port}", build_reference, build_port, taps, probe,
                  loss_spec, shape, own_weights=from_file)
     saved = describe_training_config(saved_training) if from_file else None
+    if from_file and not saved and getattr(ref_fn, "unusable_training_config", None):
+        saved = "not usable, the reference is uncompiled: " + next(iter(ref_fn.unusable_training_config.values()))
     if saved:  # the file's compile(...): what --port-optimizer/--port-loss are compared with
         spec.conventions = (*spec.conventions, Convention(
             "training configuration", f"saved in {os.path.basename(reference)}: {saved}",

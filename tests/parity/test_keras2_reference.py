@@ -88,7 +88,7 @@ ADAM_KERAS2 = {"class_name": "Adam", "config": {"lr": 0.0010000000474974513, "be
                                                 "beta_2": 0.9990000128746033, "epsilon": 1e-08, "decay": 0.0}}
 
 
-def write_keras2_model_h5(path, layers=None, weights=None, model_config=None):
+def write_keras2_model_h5(path, layers=None, weights=None, model_config=None, optimizer=None):
     """A Keras 2.0.5 ``model.save(path)`` file, written with h5py."""
     layers = layers if layers is not None else keras2_layers()
     weights = weights if weights is not None else trained_weights()
@@ -100,7 +100,7 @@ def write_keras2_model_h5(path, layers=None, weights=None, model_config=None):
         f.attrs["backend"] = b"tensorflow"
         f.attrs["model_config"] = json.dumps(model_config).encode("utf8")
         f.attrs["training_config"] = json.dumps({
-            "optimizer_config": ADAM_KERAS2, "loss": "categorical_crossentropy", "metrics": ["accuracy"],
+            "optimizer_config": optimizer or ADAM_KERAS2, "loss": "categorical_crossentropy", "metrics": ["accuracy"],
             "sample_weight_mode": None, "loss_weights": None}).encode("utf8")
         mw = f.create_group("model_weights")
         mw.attrs["layer_names"] = [ly["name"].encode("utf8") for ly in layers]
@@ -178,7 +178,7 @@ def test_cli_check_of_a_keras2_file_passes_and_reports_its_training_config(keras
     assert "Adam(" in text and "learning_rate=0.001" in text and "epsilon=1e-08" in text, out[-2000:]
 
 
-def test_a_port_that_would_need_other_weights_fails(tmp_path, capsys):
+def test_a_file_whose_weights_do_not_fit_its_config_is_refused(tmp_path, capsys):
     """The same file with the separable conv's pointwise kernel of another shape: refused as bad input (the
     file's weights do not fit its own config), not silently replaced by initial values."""
     w = trained_weights()
@@ -283,3 +283,17 @@ def test_the_files_training_config_is_what_the_ports_own_step_is_compared_with(k
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 1 and lines[-1].startswith("FAILED: first divergence at step conv2d_1"), lines[-3:]
     assert "weight decay missing: Keras l2(0.01) on conv2d_1" in lines[-1], lines[-1]
+
+
+def test_a_keras2_decay_leaves_the_reference_uncompiled_and_says_why(tmp_path, capsys):
+    """Adam(decay=1e-6) (a per-iteration lr schedule Keras 3's optimizers do not have): the model is still a
+    reference for every stage with parity's own training step; its settings say why the file's is unused."""
+    adam = {"class_name": "Adam", "config": dict(ADAM_KERAS2["config"], decay=1e-06)}
+    path = write_keras2_model_h5(tmp_path / "decayed.h5", optimizer=adam)
+    rc = main(["check", "--reference", str(path), "--port", PORT, "--stages", "structure,forward_eval",
+               "--out", str(tmp_path / "r")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and lines[-1].startswith("PASSED"), lines[-3:]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    conv = {c["name"]: c["reference"] for c in report["stages"][0]["info"]["conventions"]}
+    assert "not usable" in conv["training configuration"] and "decay=1e-06" in conv["training configuration"]
