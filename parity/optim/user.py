@@ -244,9 +244,11 @@ class PortTraining:
         if cls in ("Adam", "AdamW") and self.keras_class in ("Adam", "AdamW") and same_setting(
                 group.get("eps"), k.get("epsilon")) and all(same_setting(a, b) for a, b in zip(
                 group.get("betas", ()), (k.get("beta_1"), k.get("beta_2")))):
-            b1, b2 = group["betas"]
+            # the reference's own betas: a Keras 2 file stores the float32 image of 0.999 (0.9990000128746033),
+            # which Keras 3 uses as is in the moment updates (1 - beta_2 is then 1.3e-5 off 0.001)
+            b1, b2 = float(k["beta_1"]), float(k["beta_2"])
             ratio, eps_t = torch_adam_lr_eps_from_keras(1.0, float(k["epsilon"]), b1, b2, self.t + 1)
-            new["lr"], new["eps"] = group["lr"] * ratio, eps_t
+            new["lr"], new["eps"], new["betas"] = group["lr"] * ratio, eps_t, (b1, b2)
             if cls == "AdamW" and group.get("weight_decay"):  # decoupled decay w *= 1 - lr*wd keeps Keras' lr
                 new["weight_decay"] = group["weight_decay"] / ratio
             notes.append("Adam epsilon placement (Keras adds eps to the uncorrected sqrt(v)) and float32 betas in "
