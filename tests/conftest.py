@@ -2,10 +2,12 @@
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 import parity  # noqa: F401  (environment before TensorFlow / torch load)
 import pytest
+from tests.keras_dtype import keras_float64
 
 # the pytest plugin takes back what `import parity` set (it sets it per test that uses parity): the suite
 # imports the frameworks directly, so it sets the environment for the whole run here
@@ -33,11 +35,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def float64():
     """Build Keras models in float64 (Keras 3 caches the global dtype policy: set and restore both)."""
-    import keras
+    with keras_float64():
+        yield
 
-    old, old_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
+
+@pytest.fixture(autouse=True)
+def _keras_dtype_defaults():
+    """Every test ends with Keras' default float32 floatx and dtype policy (a leaked float64 policy turns the
+    next test's float32 models into float64 ones)."""
     yield
-    keras.config.set_floatx(old)
-    keras.config.set_dtype_policy(old_policy)
+    keras = sys.modules.get("keras")
+    if keras is not None and (keras.config.floatx() != "float32" or keras.config.dtype_policy().name != "float32"):
+        keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")

@@ -61,6 +61,7 @@ def _reference_model(spec: PairSpec, cfg: dict):
     finally:
         keras.config.set_floatx(old_floatx)
         keras.config.set_dtype_policy(old_policy)
+        keras.config.set_dtype_policy(old_policy)
 
 
 def _list(title: str, items, limit: int = 20) -> list[str]:

@@ -13,6 +13,7 @@ from parity.core.families.attention import keras_attention_scale
 from parity.core.families.normalization import KERAS_GROUPNORM_EPSILON, KERAS_LAYERNORM_EPSILON
 from parity.core.families.upsampling import same_transpose_crop
 from weight_converters.keras import LayerMap, keras_to_torch
+from tests.keras_dtype import keras_float64
 
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
@@ -29,8 +30,7 @@ def _keras_vars(layer):
 def _run(make_layer, x, module, kind, nlc_to_torch=None, torch_to_nlc=None, call=None):
     """Random non-zero weights in the Keras layer ``make_layer()`` builds in float64, converted into
     ``module``; both outputs as numpy."""
-    keras.config.set_floatx("float64")
-    try:
+    with keras_float64():
         keras_layer = make_layer()
         inp = keras.Input(x.shape[1:], dtype="float64")
         model = keras.Model(inp, keras_layer(inp) if call is None else call(keras_layer, inp))
@@ -50,8 +50,6 @@ def _run(make_layer, x, module, kind, nlc_to_torch=None, torch_to_nlc=None, call
             out = out[0] if isinstance(out, tuple) else out
             out = out.numpy()
         return ref, torch_to_nlc(out) if torch_to_nlc else out
-    finally:
-        keras.config.set_floatx("float32")
 
 
 X_SEQ = np.random.default_rng(1).normal(size=(3, 7, 5))
@@ -132,16 +130,13 @@ def test_conv2d_transpose_same(k):
 def test_embedding():
     from torch import nn
 
-    keras.config.set_floatx("float64")
-    try:
+    with keras_float64():
         layer = keras.layers.Embedding(11, 4)
         inp = keras.Input((6,), dtype="int32")
         model = keras.Model(inp, layer(inp))
         layer.embeddings.assign(np.random.default_rng(5).normal(size=(11, 4)))
         x = np.random.default_rng(6).integers(0, 11, size=(3, 6))
         ref = np.asarray(model(x))
-    finally:
-        keras.config.set_floatx("float32")
     sd, rep = keras_to_torch({"e": {"embeddings": np.asarray(layer.embeddings.numpy())}}, [LayerMap("e", "", "embedding")])
     emb = nn.Embedding(11, 4).double()
     emb.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})

@@ -9,16 +9,14 @@ import pytest
 import parity
 from parity.core.families import keras_var_name  # noqa: F401  (the family table loads without a framework)
 from tests.families.user_ports import text_classifier_plain
+from tests.keras_dtype import keras_float64
 
 keras = pytest.importorskip("keras")
 
 
 def _float64(build):
-    keras.config.set_floatx("float64")
-    try:
+    with keras_float64():
         return build()
-    finally:
-        keras.config.set_floatx("float32")
 
 
 def test_plain_lstm_port_passes_and_is_compared_at_the_last_step():

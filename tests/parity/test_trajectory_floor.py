@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from parity.cli import main
+from tests.keras_dtype import keras_float64
 
 INPUT = (8, 8, 2)
 FILTERS = 4
@@ -49,14 +50,9 @@ def port_bias_moved():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     import parity  # noqa: F401  (environment first)
-    import keras
-
-    keras.config.set_floatx("float64")
-    try:
+    with keras_float64():
         path = tmp_path_factory.mktemp("traj") / "conv_bn.keras"
         keras_conv_bn().save(path)
-    finally:
-        keras.config.set_floatx("float32")
     return str(path)
 
 

@@ -20,6 +20,7 @@ import pytest
 from parity.core.conventions import float32_rounded
 from parity.optim.adapters import ParamRef, get_adapter
 from parity.pairs.keypoints import KEYPOINTS_SGD_LR, KEYPOINTS_SGD_MOMENTUM, KEYPOINTS_WEIGHT_DECAY, SPEC
+from tests.keras_dtype import keras_float64
 
 SHAPES = {"fc2.weight": ("fc2", "kernel", (3, 4)), "fc2.bias": ("fc2", "bias", (4,))}
 #: float64, a handful of multiply-adds per element: agreement to rounding (measured <= 7e-18 abs).
@@ -31,12 +32,8 @@ KERAS_MU = float32_rounded(KEYPOINTS_SGD_MOMENTUM)
 @pytest.fixture(autouse=True)
 def float64_keras():
     """Keras stores the learning rate as a floatx variable: in float32, 0.01 is 0.0099999998 (2e-9 off)."""
-    import keras
-
-    old = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    yield
-    keras.config.set_floatx(old)
+    with keras_float64():
+        yield
 
 
 def _init():
