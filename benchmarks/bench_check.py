@@ -53,8 +53,9 @@ def child_bare(name: str, fast: bool, batch: int | None) -> dict:
 
     from parity.pairs import registry
     from parity.core.data import make_batch
-    from parity.backends.torch_side import torch_loss
+    from parity.backends.torch_side import TorchSide, torch_loss
     from parity.backends.keras_side import keras_loss
+    from parity.core.families.embedding import token_range
     from parity.core.spec import resolve
 
     spec = registry.get(name)
@@ -64,7 +65,9 @@ def child_bare(name: str, fast: bool, batch: int | None) -> dict:
     keras.config.set_dtype_policy("float64")
     kmodel = resolve(spec.reference)(**cfg)
     tmodel = resolve(spec.port)(**cfg).double()
-    x, y = make_batch(0, 0, batch, spec.input_shape(cfg), spec.target(cfg), spec.input_range, "float64")
+    integer = "int" in str(kmodel.inputs[0].dtype)  # token ids for an Embedding, as a check draws them
+    in_range = token_range(kmodel.layers, spec.input_range) if integer else spec.input_range
+    x, y = make_batch(0, 0, batch, spec.input_shape(cfg), spec.target(cfg), in_range, "float64", integer=integer)
     t_built = time.perf_counter()
     xt, yt = tf.constant(x), tf.constant(y)
     src = [v.value for v in kmodel.trainable_weights]
@@ -73,7 +76,7 @@ def child_bare(name: str, fast: bool, batch: int | None) -> dict:
         loss = keras_loss(keras.ops, keras, spec.loss, yt, kmodel(xt, training=True))
     tape.gradient(loss, src)
     t_keras = time.perf_counter() - t
-    xp = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))
+    xp = TorchSide(tmodel, spec.taps(cfg), dtype="float64").to_input(x)  # the port's layout, as a check feeds it
     tmodel.train()
     t = time.perf_counter()
     torch_loss(F, spec.loss, tmodel(xp), torch.from_numpy(y)).backward()
