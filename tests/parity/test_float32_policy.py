@@ -10,10 +10,10 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import mutations as M
 from parity.core.spec import FLOAT32_POLICY, FLOAT64_POLICY, StageTolerance
 from parity.core.tensors import NOT_JUDGED_KEY, tensor_diff
 from parity.optim.adapters import AdamAdapter, SGDAdapter, register_adapter
+from tests.planted_ports import assert_found_and_named
 
 NORM = StageTolerance(rtol=1e-2, norm_rtol=5e-2)
 
@@ -106,10 +106,7 @@ def test_float32_adam_bug_that_moves_every_element_is_still_caught(seed):
 
 def test_float64_adam_epsilon_placement_is_still_caught():
     pytest.importorskip("keras")
-    m = next(x for x in M.CATALOGUE if x.name == "mx_adam_plain_eps")
-    o = M.run_mutation(m, stages="ci")
-    assert o.error is None, o.error
-    assert o.detected and (o.stage, o.path, o.cause) == (m.stage, m.path, m.cause), o.cause_message
+    assert_found_and_named("mx_adam_plain_eps")
 
 
 def broken_forward_port(**cfg):
