@@ -62,8 +62,8 @@ class OptimizerAdapter:
     #: moment ``m``: the update is about +-lr whatever the gradient's size), else None; read by the float32
     #: step policy (``parity.core.spec.StageTolerance.sign_noise``)
     sign_slot: str | None = None
-    #: slots held as-is in torch's optimizer state (Keras slot name -> torch state key): the float32 step policy
-    #: sets the elements it does not judge to the reference's values through them before the next step
+    #: slots held as-is in torch's optimizer state (Keras slot name -> torch state key): the float32 multi-step
+    #: policy sets the port's slots to the reference's values through them (``torch_state_from_slot``)
     torch_state_keys: dict[str, str] = {}
 
     # -- Keras side -------------------------------------------------------------------------------------
@@ -88,6 +88,13 @@ class OptimizerAdapter:
 
     def torch_slots(self, spec: OptimizerSpec, step: int, opt, refs: list[ParamRef]) -> dict[str, dict[str, Any]]:
         raise NotImplementedError
+
+    def torch_state_from_slot(self, spec: OptimizerSpec, step: int, slot: str, value):
+        """The inverse of ``torch_slots`` for one slot after step ``step``: ``(torch state key, value)`` holding
+        the Keras-convention ``value``, or None when this adapter cannot set it (the float32 step policy then
+        resyncs the weights only, see ``parity.core.spec.StageTolerance.resync``)."""
+        key = self.torch_state_keys.get(slot)
+        return (key, value) if key else None
 
     def describe(self, spec: OptimizerSpec) -> dict:
         return {"kind": spec.kind, "rules": list(self.rules)}
@@ -158,6 +165,9 @@ class SGDAdapter(OptimizerAdapter):
                 # Keras m == -lr * torch buf (constant lr); after an lr change the two rules part ways.
                 out[r.key] = {"momentum": (-lr * buf).detach().cpu().numpy()}
         return out
+
+    def torch_state_from_slot(self, spec, step, slot, value):
+        return ("momentum_buffer", value / -spec.lr_at(step)) if slot == "momentum" else None
 
 
 class AdamAdapter(OptimizerAdapter):

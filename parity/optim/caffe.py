@@ -33,6 +33,7 @@ def variable_key(ref: ParamRef) -> str:
 class CaffeSGDAdapter(OptimizerAdapter):
     kind = "caffe_sgd"
     slot_names = ("momentum",)
+    torch_state_keys = {"momentum": "momentum_buffer"}  # CaffeSGD's buffer is Caffe's history blob as-is
     rules = (CAFFE_SGD_RULE, CAFFE_LR_BEFORE_MOMENTUM, CAFFE_SLOT,
              "Keras l2(lam) kernel regulariser -> torch extra coupled decay 2*lam on that kernel")
 

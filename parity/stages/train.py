@@ -47,8 +47,9 @@ class Training:
     bn_chain: dict = field(default_factory=dict)  # {path: (torch running_var, its Keras equivalent)}
     series: dict = field(default_factory=dict)  # {tensor path: [rel after each step]}
     losses: list = field(default_factory=list)  # the port's loss at each step
-    #: {parameter key: flat indices of update elements not judged} (float32 sign noise, see ``_below_sign_noise``)
-    below_noise: dict = field(default_factory=dict)
+    #: {"weights": parameters, "slots": optimizer-slot tensors} set to the reference's values after a step
+    #: (the float32 step policy, ``_resync_to_reference``); {"unset": slot names the adapter cannot set}
+    resynced: dict = field(default_factory=dict)
 
 
 class _Param(NamedTuple):
@@ -266,8 +267,8 @@ def optimizer_step(ctx: CheckContext, tr: Training, k: int) -> None:
     tr.step.tensors += judged.judged("update")
     if weights.diffs:  # the last step's weights, judged like updates (a bias whose gradient is analytically zero)
         tr.traj.tensors += weights.judged("weight")
-    if factor and k + 1 < tr.n_steps:
-        _resync_below_noise(ctx, tr, k)
+    if ctx.tol["step"].resync and k + 1 < tr.n_steps:
+        _resync_to_reference(ctx, tr, k)
     tr.step.seconds += time.perf_counter() - t + ctx.ref.seconds.get(f"step{k}", 0.0)
 
 
@@ -285,11 +286,12 @@ def _skip_why(tr: Training, factor: float | None) -> str:
 
 
 def _below_sign_noise(ctx: CheckContext, tr: Training, k: int, p: _Param, factor: float):
-    """Flat indices of the update elements of ``p`` not judged at step ``k`` (and at any earlier step: the
-    update is cumulative), per :class:`parity.core.spec.StageTolerance` ``sign_noise``: the sign slot (Adam's
-    first moment) differs between the sides and ``|m_ref| <= factor x max(|m_ref - m_port|, FLOAT32_EPS x
-    max|m_ref|)``. None (judge every element) when the slot itself is off by more than the step's norm-wise
-    bound: then the difference is no rounding noise, and the slot's own comparison fails."""
+    """Flat indices of the update elements of ``p`` not judged at step ``k``, per
+    :class:`parity.core.spec.StageTolerance` ``sign_noise``: the sign slot (Adam's first moment) differs between
+    the sides and ``|m_ref| <= factor x max(|m_ref - m_port|, FLOAT32_EPS x max|m_ref|)``. None (judge every
+    element) when the slot itself is off by more than the step's norm-wise bound: then the difference is no
+    rounding noise, and the slot's own comparison fails. Over several steps the earlier steps' differences are
+    gone (``_resync_to_reference``), so this step's elements are all there is to leave out."""
     slot, r = tr.adapter.sign_slot, p.r
     src = (ctx.ref.steps[k]["slots"].get(r.key) or {}).get(slot)
     port = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [r]).get(r.key) or {}).get(slot)
@@ -305,33 +307,48 @@ def _below_sign_noise(ctx: CheckContext, tr: Training, k: int, p: _Param, factor
         return None
     mag = np.abs(m_ref)
     floor = FLOAT32_EPS * float(mag.max()) if mag.size else 0.0
-    below = np.flatnonzero((noise > 0) & (mag <= factor * np.maximum(noise, floor)))
-    tr.below_noise[r.key] = below
-    return below
+    return np.flatnonzero((noise > 0) & (mag <= factor * np.maximum(noise, floor)))
 
 
-def _resync_below_noise(ctx: CheckContext, tr: Training, k: int) -> None:
-    """Before step ``k + 1``: the elements not judged at step ``k`` (``_below_sign_noise``) take the reference's
-    weight and slot values (``OptimizerAdapter.torch_state_keys``), so that an update sign decided by float32
-    rounding (a weight 2 x lr apart) does not move every later gradient; every other element runs on as the
-    port computed it."""
+def _resync_to_reference(ctx: CheckContext, tr: Training, k: int) -> None:
+    """After judging step ``k`` (float32, ``StageTolerance.resync``): every parameter and its optimizer slots take
+    the reference's values after step ``k``, so step ``k + 1`` starts from the same weights on both sides and is
+    judged on its own. The model amplifies a weight difference into a gradient difference (see
+    :class:`parity.core.spec.StageTolerance`): without this, step 2 would be judged on how chaotically step 1's
+    float32 noise grows, not on the optimizer. Slots go through ``OptimizerAdapter.torch_state_from_slot``; one
+    the adapter cannot set keeps the port's value (named in the trajectory info). BatchNorm running statistics
+    are not touched: a training forward does not read them, and their trajectory still accumulates."""
     import torch
 
-    keys = tr.adapter.torch_state_keys
+    spec, state = ctx.optimizer, getattr(tr.opt_torch, "state", {})
     for r in tr.refs:
-        idx = tr.below_noise.pop(r.key, None)
         tap = ctx.tap_by_ref.get(r.layer)
-        if idx is None or not idx.size or tap is None:
+        if tap is None:
             continue
-        at = torch.as_tensor(idx, device=r.param.device)
         pairs = [(r.param, ctx.ref.steps[k]["params"][r.layer][r.var])]
-        state = tr.opt_torch.state.get(r.param, {})
-        slots = ctx.ref.steps[k]["slots"].get(r.key) or {}
-        pairs += [(state[keys[s]], slots[s]) for s in keys if s in slots and keys[s] in state]
+        for slot, value in (ctx.ref.steps[k]["slots"].get(r.key) or {}).items():
+            held = tr.adapter.torch_state_from_slot(spec, k, slot, value)
+            st = state.get(r.param, {})
+            if held is None or held[0] not in st:
+                tr.resynced.setdefault("unset", set()).add(slot)
+                continue
+            pairs.append((st[held[0]], held[1]))
+            tr.resynced["slots"] = tr.resynced.get("slots", 0) + 1
         with torch.no_grad():
             for dst, src in pairs:
-                val = np.asarray(var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)).reshape(-1)[idx]
-                dst.view(-1)[at] = torch.as_tensor(val, dtype=dst.dtype, device=dst.device)
+                val = np.ascontiguousarray(var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw))
+                dst.copy_(torch.as_tensor(val.reshape(tuple(dst.shape)), dtype=dst.dtype, device=dst.device))
+        tr.resynced["weights"] = tr.resynced.get("weights", 0) + 1
+
+
+def _resync_why(tr: Training) -> str:
+    unset = sorted(tr.resynced.get("unset", ()))
+    return ("float32: after each step but the last, the port's weights" + (" and optimizer slots" if tr.resynced.get(
+        "slots") else "") + " were set to the reference's, so each step is judged on its own from the same weights "
+        "and the weights' trajectory shows each step's own divergence, not the accumulated one (float32 noise in "
+        "one step's weights grows into a different next gradient); BatchNorm running statistics accumulate"
+        + (f"; slots the optimizer adapter cannot set, left as the port computed them: {', '.join(unset)}"
+           if unset else ""))
 
 
 def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float = 0.0, skip=None, skip_why=""):
@@ -431,6 +448,10 @@ def _finish(ctx: CheckContext, tr: Training) -> None:
                                       f"{_skip_why(tr, _sign_noise(ctx, tr))}")
     if getattr(tr.opt_torch, "applied", None):  # same-setting conventions applied to the user's optimizer
         tr.step.info["applied"] = list(tr.opt_torch.applied)
+    if tr.resynced:  # the float32 multi-step policy (``_resync_to_reference``)
+        why = _resync_why(tr)
+        tr.step.info["resynced"] = why
+        tr.traj.info["resynced"] = why
     ctx.result.stages.append(tr.step)
     if tr.n_steps > 1:
         tr.traj.info.update(steps=list(range(1, tr.n_steps + 1)), series=tr.series,
