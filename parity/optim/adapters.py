@@ -89,10 +89,12 @@ class OptimizerAdapter:
     def torch_slots(self, spec: OptimizerSpec, step: int, opt, refs: list[ParamRef]) -> dict[str, dict[str, Any]]:
         raise NotImplementedError
 
-    def torch_state_from_slot(self, spec: OptimizerSpec, step: int, slot: str, value):
+    def torch_state_from_slot(self, spec: OptimizerSpec, step: int, slot: str, value, opt=None, param=None):
         """The inverse of ``torch_slots`` for one slot after step ``step``: ``(torch state key, value)`` holding
         the Keras-convention ``value``, or None when this adapter cannot set it (the float32 step policy then
-        resyncs the weights only, see ``parity.core.spec.StageTolerance.resync``)."""
+        resyncs the weights only, see ``parity.core.spec.StageTolerance.resync``). ``opt`` / ``param``: the
+        port's optimizer and the parameter the slot belongs to, for adapters whose conversion depends on them
+        (the user's optimizer: the learning rate its group used)."""
         key = self.torch_state_keys.get(slot)
         return (key, value) if key else None
 
@@ -166,7 +168,7 @@ class SGDAdapter(OptimizerAdapter):
                 out[r.key] = {"momentum": (-lr * buf).detach().cpu().numpy()}
         return out
 
-    def torch_state_from_slot(self, spec, step, slot, value):
+    def torch_state_from_slot(self, spec, step, slot, value, opt=None, param=None):
         return ("momentum_buffer", value / -spec.lr_at(step)) if slot == "momentum" else None
 
 

@@ -375,6 +375,17 @@ class UserAdapter(OptimizerAdapter):
                 out[r.key] = slots
         return out
 
+    def torch_state_from_slot(self, spec, step, slot, value, opt=None, param=None):
+        """The inverse of :meth:`torch_slots`: Adam's ``m`` / ``v`` as-is, SGD's Keras ``momentum`` as torch's
+        ``momentum_buffer = m / -lr`` with the lr the parameter's group used at that step (None when unknown)."""
+        tslot = KERAS_SLOTS.get(str((spec.keras_config or {}).get("class_name", "")), {}).get(slot)
+        if tslot is None:
+            return None
+        if tslot != "momentum_buffer":
+            return tslot, value
+        lr = getattr(opt, "lr_used", {}).get(id(param), 0.0) if param is not None else 0.0
+        return (tslot, value / -lr) if lr else None
+
     def describe(self, spec) -> dict:
         return spec.as_dict() | {"rules": list(self.rules)}
 

@@ -327,7 +327,7 @@ def _resync_to_reference(ctx: CheckContext, tr: Training, k: int) -> None:
             continue
         pairs = [(r.param, ctx.ref.steps[k]["params"][r.layer][r.var])]
         for slot, value in (ctx.ref.steps[k]["slots"].get(r.key) or {}).items():
-            held = tr.adapter.torch_state_from_slot(spec, k, slot, value)
+            held = tr.adapter.torch_state_from_slot(spec, k, slot, value, opt=tr.opt_torch, param=r.param)
             st = state.get(r.param, {})
             if held is None or held[0] not in st:
                 tr.resynced.setdefault("unset", set()).add(slot)

@@ -3,6 +3,7 @@ the user's optimizer factory and loss; a correct pair passes the step stage over
 training-configuration bug is located and named (parity.diagnosis.training_config)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from parity.core.errors import UsageError, UserCodeError
@@ -173,3 +174,39 @@ def test_user_loss_that_raises_or_does_not_reduce_is_the_user_s_error():
         _run(M.keras_sgd, M.sgd_ok, M.loss_raises, steps=1)
     with pytest.raises(UsageError, match=r"expected a loss returning a scalar torch tensor. Received: Tensor\(4,\)"):
         _run(M.keras_sgd, M.sgd_ok, M.loss_per_sample, steps=1)
+
+
+# -- float32 over several steps with the user's optimizer: the resync sets the user's slots too ---------------------
+@pytest.mark.parametrize("keras_builder, factory, slot", [(M.keras_sgd, M.sgd_ok, "momentum_buffer"),
+                                                          (M.keras_adam, M.adam_ok, "exp_avg")])
+def test_user_adapter_sets_the_slots_it_reports(keras_builder, factory, slot):
+    """``UserAdapter.torch_state_from_slot`` inverts ``torch_slots`` (SGD: ``m = -lr * buf`` with the lr the
+    user's group used), so the float32 multi-step resync can set the user's optimizer state."""
+    torch = pytest.importorskip("torch")
+    from parity.optim.adapters import ParamRef
+    from parity.optim.user import UserAdapter, UserOptimizerSpec, build_port_training, compiled_training
+
+    cfg, _ = compiled_training(keras_builder())
+    spec = UserOptimizerSpec.from_keras(cfg, factory)
+    module = M.port()
+    p = next(module.parameters())
+    r = ParamRef("w", "conv", "kernel", "conv", p)
+    opt = build_port_training(spec, module, [r], {})
+    for k in range(2):
+        for q in module.parameters():
+            q.grad = torch.sin(q.detach() * (k + 2))
+        opt.step()
+    slots = UserAdapter().torch_slots(spec, 1, opt, [r])["w"]
+    assert slots
+    for name, value in slots.items():
+        key, held = UserAdapter().torch_state_from_slot(spec, 1, name, value, opt=opt, param=p)
+        np.testing.assert_allclose(held, opt.state[p][key].detach().numpy(), rtol=1e-6, atol=0)  # float32 port
+    assert slot in opt.state[p]
+
+
+def test_user_optimizer_float32_three_steps_resyncs_its_slots():
+    spec = spec_from_user_models(M.keras_sgd, M.port)
+    r = check(spec, stages="gradients,step", steps=3, dtype="float32", port_optimizer=M.sgd_ok, port_loss=M.ce_ok)
+    assert r.passed, str(r)
+    info = r.stage("step").info["resynced"]
+    assert "weights and optimizer slots were set" in info and "cannot set" not in info, info
