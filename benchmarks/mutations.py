@@ -404,6 +404,40 @@ def tg_batch_first_missing(**cfg):
     return _tc(**cfg, batch_first=False)
 
 
+def tg_bias_hh_frozen(**cfg):
+    """The LSTM recipe applied to a GRU: bias_hh frozen (requires_grad=False), but Keras' reset_after GRU trains
+    its recurrent bias bias[1]."""
+    m = _tc(**cfg)
+    for name, p in m.encoder.named_parameters():
+        if name.startswith("bias_hh"):
+            p.requires_grad_(False)
+    return m
+
+
+def tg_bias_hh_detached(**cfg):
+    """A GRU whose forward reads bias_hh through ``.detach()`` (a hand-written cell's ``b_hh.detach()``): the
+    forward is exact, bias_hh never gets a gradient."""
+    import torch
+
+    m = _tc(**cfg)
+    enc = m.encoder
+
+    def forward(x):
+        saved = [(n, getattr(enc, n)) for n in ("bias_hh_l0", "bias_hh_l0_reverse")]
+        try:
+            for n, p in saved:  # the flat weights nn.GRU passes to the kernel: bias_hh without its graph
+                enc._flat_weights[enc._flat_weights_names.index(n)] = p.detach()
+            out, _ = torch.nn.GRU.forward(enc, x)
+        finally:
+            for n, p in saved:
+                enc._flat_weights[enc._flat_weights_names.index(n)] = p
+        h = enc.hidden_size
+        return torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
+
+    enc.forward = forward
+    return m
+
+
 # ==== transformer (attention, normalisation, activations) =========================================================
 def _tf(**cfg):
     from ported_torch.transformer import transformer_block
@@ -1099,6 +1133,11 @@ CATALOGUE: tuple[Mutation, ...] = (
        "classifier", "conv_bias", ci_stages=EVAL),
     _m("tg_padding_idx", "textgru", "nn.Embedding(padding_idx=0) where Keras trains row 0", "gradients",
        "embedding", "padding_idx", ci_stages=GRADS),
+    # a GRU's bias_hh is Keras' bias[1] (trained): these show only in bias_hh's gradient, the forward is exact
+    _m("tg_bias_hh_frozen", "textgru", "GRU bias_hh frozen like an LSTM's (Keras trains bias[1])", "gradients",
+       "encoder", "gru_bias_hh_frozen", ci_stages=GRADS),
+    _m("tg_bias_hh_detached", "textgru", "GRU bias_hh read detached (no gradient reaches it)", "gradients",
+       "encoder", "gru_bias_hh_frozen", ci_stages=GRADS),
     # --- seqconv: 1-D convolution ------------------------------------------------------------------------------------
     _m("sc_causal_as_symmetric", "seqconv", "symmetric padding for Keras' causal Conv1D", "forward_eval", "conv1",
        "causal_padding", ci_stages=EVAL),

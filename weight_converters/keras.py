@@ -127,6 +127,14 @@ def var_to_torch(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, report
     return out
 
 
+def companion_vars(kind: str, var: str) -> list[tuple[str, str]]:
+    """The other torch keys (suffixes) one Keras variable fills, each with the variable (name) that converts to
+    it through :func:`var_to_torch` (a GRU's two-row bias -> ``bias_hh``); ``[]`` for most layers."""
+    conv = CONVERTERS.get(kind)
+    extra = getattr(conv, "companion_vars", None)
+    return list(extra(kind, var)) if extra is not None else []
+
+
 def var_to_keras(kind: str, var: str, a: np.ndarray, *, flatten_chw=None, depth_multiplier: int = 1):
     """Inverse of :func:`var_to_torch`."""
     a = np.asarray(a)

@@ -61,6 +61,32 @@ def kind_vars(kind: str) -> dict[str, str]:
 KINDS = {kind: kind_vars(kind) for kind in GATES}
 
 
+class RowVar(str):
+    """A Keras variable name (equal to it as a string, so the reference's values are found under it) that converts
+    as one row of the variable: a GRU ``reset_after`` bias (2, 3H), row 1 -> ``bias_hh``. The gradient, update and
+    optimizer slots of ``bias_hh`` are compared against Keras' ``bias[1]`` through it (``companion_vars``)."""
+
+    row: int = 0
+
+    def __new__(cls, var: str, row: int) -> "RowVar":
+        out = super().__new__(cls, var)
+        out.row = int(row)
+        return out
+
+    def __reduce__(self):
+        return (RowVar, (str(self), self.row))
+
+
+def companion_vars(kind: str, var: str) -> list[tuple[str, str]]:
+    """The torch keys (suffixes) one Keras variable fills besides ``KINDS[kind][var]``, each with the variable
+    that converts to it: a GRU bias -> ``[("bias_hh_l0[_reverse]", RowVar(var, 1))]`` (Keras' recurrent bias,
+    trained on both sides); none for LSTM/SimpleRNN, whose ``bias_hh`` is torch's alone (0, frozen: ONE_BIAS)."""
+    pre, base = _split(var)
+    if kind == "gru" and base == "bias" and pre in DIRECTIONS:
+        return [(f"bias_hh{DIRECTIONS[pre]}", RowVar(var, 1))]
+    return []
+
+
 def _split(var: str) -> tuple[str, str]:
     for pre in ("forward/", "backward/"):
         if var.startswith(pre):
@@ -78,7 +104,8 @@ def _gate_perm(kind: str, h: int) -> np.ndarray:
 
 def var_to_torch(kind: str, var: str, a: np.ndarray, report: ConversionReport | None = None) -> np.ndarray:
     """One Keras variable (value, gradient or optimizer slot) -> the torch array of ``KINDS[kind][var]``. A GRU
-    ``reset_after`` bias gives its input row (``bias_ih``); :func:`layer_to_torch` also fills ``bias_hh``."""
+    ``reset_after`` bias gives its input row (``bias_ih``), or the row a :class:`RowVar` names (1: ``bias_hh``);
+    :func:`layer_to_torch` fills both."""
     a = np.asarray(a)
     _, base = _split(var)
     if base in ("kernel", "recurrent_kernel"):
@@ -86,7 +113,7 @@ def var_to_torch(kind: str, var: str, a: np.ndarray, report: ConversionReport | 
         out = np.ascontiguousarray(a.T[_gate_perm(kind, h)])
     elif base == "bias":
         if kind == "gru" and a.ndim == 2:
-            a = a[0]
+            a = a[getattr(var, "row", 0)]
         elif kind == "gru":
             raise ConversionError(GRU_RESET_BEFORE, report or ConversionReport())
         h = a.shape[0] // GATES[kind]

@@ -22,7 +22,7 @@ from parity.core.env import import_tensorflow, trim_heap
 from parity.core.spill import SpillDict
 from parity.optim.adapters import ParamRef, get_adapter
 from parity.core.spec import LossSpec, OptimizerSpec, PairSpec, Tap, resolve
-from weight_converters.keras import LAYER_VARS
+from weight_converters.keras import LAYER_VARS, companion_vars
 
 #: get_config keys copied into the structure description of a Keras layer
 CONFIG_KEYS = ("kernel_size", "strides", "padding", "use_bias", "epsilon", "momentum", "activation", "pool_size",
@@ -145,6 +145,19 @@ def param_refs_for(model, taps: list[Tap]) -> list[ParamRef]:
             else:
                 refs.append(ParamRef(f"<unaligned:{layer.name}/{var}>", layer.name, var, "other"))
     return refs
+
+
+def with_companions(refs: list[ParamRef]) -> list[ParamRef]:
+    """``refs`` plus, after each, the port parameters its Keras variable also fills (``companion_vars``: a GRU
+    ``reset_after`` bias (2, 3H) is ``bias_ih`` = row 0 and ``bias_hh`` = row 1): their gradients, updates and
+    slots are judged against that part of the variable, and the port's optimizer trains them. The reference's
+    own list stays one ref per Keras variable (its gradients and slots are zipped with the variables)."""
+    out = []
+    for r in refs:
+        out.append(r)
+        prefix = r.key[: len(r.key) - len(LAYER_VARS.get(r.kind, {}).get(r.var, r.key))]
+        out += [ParamRef(prefix + suffix, r.layer, var, r.kind) for suffix, var in companion_vars(r.kind, r.var)]
+    return out
 
 
 def keras_loss(ops, keras, spec: LossSpec, y, pred, from_logits: bool = False):
@@ -540,6 +553,8 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
         for r, v in zip(var_refs, tvars):  # one variable's slots at a time (GOTURN's momentum: 0.9 GB)
             for key, val in adapter.keras_slots(opt, [v], [r]).items():
                 slots[key] = val
+                for c in with_companions([r])[1:]:  # a GRU's bias_hh: row 1 of the same slot (with_companions)
+                    slots[c.key] = val
         run.steps.append({"lr": optimizer.lr_at(k), "loss": float(data_loss), "params": params, "slots": slots,
                           "bn_stats": step_bn})
         del slots

@@ -17,12 +17,16 @@ from parity.diagnosis.registry import stage_rule
 ORDER = 30
 
 
-def _evidence(run: Run, tap) -> dict:
+def _evidence(run: Run, tap, stage=None, diff: TensorDiff | None = None) -> dict:
     prefix = f"{tap.port}." if tap.port else ""
     want = {k[len(prefix):]: np.asarray(v) for k, v in converted(run, tap).items() if k.startswith(prefix)}
     state = run.ts.module.state_dict()
     got = {k: state[prefix + k].detach().cpu().numpy() for k in want if prefix + k in state}
     ev = {"want": want, "got": got, "ref_info": run.ref.structure.get(tap.ref, {}) if run.ref is not None else {}}
+    # the diverging tensor, and the layer's parameters as trained: trainable? did a gradient reach it?
+    ev["stage"], ev["tensor"] = getattr(stage, "name", None), getattr(diff, "path", None)
+    ev["params"] = {k[len(prefix):]: {"requires_grad": bool(p.requires_grad), "grad": p.grad is not None}
+                    for k, p in run.ts.module.named_parameters() if k.startswith(prefix)}
     if tap.path in getattr(run.ref, "eval_acts", {}):
         ev["ref_out"] = np.asarray(run.ref.eval_acts[tap.path])
         ev["port_out"] = port_acts(run).get(tap.path)
@@ -37,4 +41,4 @@ def family_probes(run: Run, stage, diff: TensorDiff) -> list[Finding]:
     if tap is None or not run.arrays or tap.port not in run.ts.modules or not has_probes(tap.kind):
         return []
     return [finding(cause, path, message, fix, stage.name, evidence=evidence)
-            for cause, message, fix, evidence in probe(tap.kind, _evidence(run, tap))][:1]
+            for cause, message, fix, evidence in probe(tap.kind, _evidence(run, tap, stage, diff))][:1]

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from parity.backends.keras_side import with_companions
 from parity.backends.torch_side import LAYOUT_TRANSFORMS
 from parity.core.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
 from parity.core.env import trim_heap
@@ -116,7 +117,8 @@ def start(ctx: CheckContext) -> Training:
     old_stats = {t.path: {k: v.detach().clone() for k, v in ts.modules[t.port].named_buffers()}
                  for t in ctx.taps if t.kind == "batchnorm" and t.port in ts.modules}
     params = dict(ts.module.named_parameters())
-    refs = [type(r)(r.key, r.layer, r.var, r.kind, params[r.key]) for r in ref.param_refs if r.key in params]
+    refs = [type(r)(r.key, r.layer, r.var, r.kind, params[r.key]) for r in with_companions(ref.param_refs)
+            if r.key in params]  # with a GRU's bias_hh (Keras bias[1])
     tr = Training(n_steps=ctx.steps if "step" in ctx.stages else 1, refs=refs, params=params, old_stats=old_stats)
     if "step" in ctx.stages:
         tr.adapter = get_adapter(ctx.optimizer.kind)
@@ -222,7 +224,7 @@ def _param_grads(ctx: CheckContext, tr: Training, st: StageResult) -> None:
     """Every parameter's gradient, judged against its layer's scale (``layer_scale_floor``)."""
     ref = ctx.ref
     judged = _LayerJudged()
-    for r in ref.param_refs:
+    for r in with_companions(ref.param_refs):  # a GRU's bias_hh too, against Keras' bias[1]
         tap = ctx.tap_by_ref.get(r.layer)
         suffix = r.key[len(tap.port) + 1:] if tap is not None and tap.port else r.key
         path = f"{tap.path if tap else r.layer}:{suffix}.grad"

@@ -23,6 +23,9 @@ KERAS_MERGE_MODE = "concat"
 order as torch's bidirectional output."""
 ONE_BIAS = ("Keras one bias b; torch bias_ih + bias_hh: convert as (b, 0) and keep bias_hh out of training "
             "(requires_grad=False), or the effective bias b_ih + b_hh moves twice per step")
+GRU_BIAS_HH_TRAINED = ("Keras GRU(reset_after=True) has two trained biases, bias (2, 3H): bias[0] is torch's bias_ih, "
+                       "bias[1] (inside the reset gate's product) torch's bias_hh; both train (keras/src/layers/rnn/"
+                       "gru.py GRUCell.build: one bias variable of shape (2, 3 * units), trainable)")
 RNN_KINDS = ("lstm", "gru", "rnn")
 
 
@@ -163,6 +166,28 @@ def _last_step_probe(kind: str, ev: dict):
     return None
 
 
+def _gru_bias_hh_probe(kind: str, ev: dict):
+    """A GRU's ``bias_hh`` that gets no gradient in the port (frozen like an LSTM's, or read detached) where Keras
+    trains ``bias[1]``: seen only in the gradients (the forward is exact)."""
+    if kind != "gru" or ev.get("stage") != "gradients" or not str(ev.get("tensor") or "").endswith(".grad"):
+        return None
+    params = ev.get("params") or {}
+    reached = any(st.get("grad") for k, st in params.items() if not k.startswith("bias_hh"))
+    for key, st in params.items():
+        if not key.startswith("bias_hh"):
+            continue
+        if not st.get("requires_grad"):
+            how = "frozen (requires_grad=False), as an LSTM's torch-only bias_hh is"
+        elif reached and not st.get("grad"):
+            how = "read detached: no gradient reaches it while the layer's other parameters get theirs"
+        else:
+            continue
+        return ("gru_bias_hh_frozen", f"GRU {key} is {how}; Keras' GRU (reset_after=True) trains its recurrent "
+                "bias bias[1], which is torch's bias_hh", "keep bias_hh trainable and in the graph (bias_hh = "
+                "bias[1], gates z,r swapped); only an LSTM's or SimpleRNN's bias_hh is frozen", GRU_BIAS_HH_TRAINED)
+    return None
+
+
 def _keras_kind(cls: str, cfg: dict) -> str | None:
     if cls == "Bidirectional":
         return {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn"}.get((cfg.get("layer") or {}).get("class_name"))
@@ -207,6 +232,7 @@ FAMILY = Family(
         Named("GRU gate order", KERAS_GRU_GATES, TORCH_GRU_GATES, "keras/src/layers/rnn/gru.py; torch/nn/modules/rnn.py"),
         Named("LSTM gate order", LSTM_GATES, LSTM_GATES, "keras/src/layers/rnn/lstm.py; torch/nn/modules/rnn.py"),
         Named("biases", "one bias (LSTM, SimpleRNN); GRU reset_after: (2, 3H)", "bias_ih + bias_hh", ONE_BIAS),
+        Named("GRU bias_hh", "bias[1], trained", "bias_hh, trained (compared as bias[1])", GRU_BIAS_HH_TRAINED),
         Named("GRU reset_after", "True (Keras 3), False (Keras <= 2.2)", "always 'after'", "keras/src/layers/rnn/gru.py"),
         Named("recurrent activation", "sigmoid (Keras 3), hard_sigmoid (Keras 2)", "sigmoid (fixed)",
               "keras/src/layers/rnn/lstm.py"),
@@ -224,6 +250,6 @@ FAMILY = Family(
     torch_info=_torch_info,
     rules=(_rules,),
     refuse=_refuse,
-    probes=(_weights_probe, _last_step_probe),
+    probes=(_weights_probe, _last_step_probe, _gru_bias_hh_probe),
     kinds=RNN_KINDS,
 )
