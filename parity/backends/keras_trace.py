@@ -40,6 +40,8 @@ def _nchw(shape) -> tuple | None:
         return None
     if len(s) == 3:
         return (s[2], s[0], s[1])
+    if len(s) == 4:  # a volume (D, H, W, C) -> (C, D, H, W)
+        return (s[3], s[0], s[1], s[2])
     return s
 
 

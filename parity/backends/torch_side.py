@@ -73,10 +73,17 @@ def torch_loss(F, spec: LossSpec, out, y):
 #: activations a Keras layer may carry fused (``Conv2D(..., activation="relu")``), applied to the port module's
 #: output before comparing (the port runs them as separate modules or functional calls)
 PORT_TRANSFORMS = ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear", "last_step",
-                   "bidirectional_last_step", "channels_last")
+                   "bidirectional_last_step", "channels_last", "time_major", "time_major_last_step",
+                   "bidirectional_time_major_last_step")
 #: transforms that only move axes: the module's inputs get the inverse (isolated stage), its gradient the same
 #: transform (gradients stage). ``channels_last``: a Conv1d's (N, C, L) compared as Keras' (N, L, C).
 LAYOUT_TRANSFORMS = {"channels_last": lambda x: x.transpose(1, -1).contiguous() if x.dim() == 3 else x}
+#: a time-major recurrent module (``batch_first=False``, fed (L, N, C)): its sequence compared as Keras' (N, L, C)
+LAYOUT_TRANSFORMS["time_major"] = lambda x: x.transpose(0, 1).contiguous() if x.dim() == 3 else x
+#: transforms whose module reads its input in another layout than Keras' (the isolated stage feeds it so):
+#: a time-major RNN compared at Keras' last step
+INPUT_TRANSFORMS = {"time_major_last_step": LAYOUT_TRANSFORMS["time_major"],
+                    "bidirectional_time_major_last_step": LAYOUT_TRANSFORMS["time_major"]}
 
 
 def _bidirectional_last_step(x):
@@ -88,11 +95,17 @@ def _bidirectional_last_step(x):
     return torch.cat([x[:, -1, :h], x[:, 0, h:]], dim=-1)
 
 
+def _bidirectional_time_major_last_step(x):
+    """:func:`_bidirectional_last_step` of a time-major (L, N, 2H) sequence (``batch_first=False``)."""
+    return _bidirectional_last_step(x.transpose(0, 1))
+
+
 def gap_as_keras(tap: Tap, t):
     """A global average pooling tapped at ``nn.AdaptiveAvgPool2d(1)`` is (N, C, 1, 1) in torch, (N, C) in Keras
     (``GlobalAveragePooling2D(keepdims=False)``, keras/src/layers/pooling/base_global_pooling.py): the same
     numbers, compared as (N, C)."""
-    if tap.kind == "gap" and getattr(t, "dim", None) is not None and t.dim() == 4 and tuple(t.shape[2:]) == (1, 1):
+    if tap.kind in ("gap", "global_maxpool") and getattr(t, "dim", None) is not None and t.dim() in (4, 5) \
+            and all(d == 1 for d in t.shape[2:]):  # (N, C, 1, 1) or a volume's (N, C, 1, 1, 1)
         return t.flatten(1)
     return t
 
@@ -105,6 +118,8 @@ def apply_transform(name: str | None, t):
     fns = {"softmax": lambda x: x.softmax(dim=1), "relu": F.relu, "relu6": F.relu6, "sigmoid": lambda x: x.sigmoid(),
            "tanh": lambda x: x.tanh(), "elu": F.elu, "swish": F.silu, "silu": F.silu,
            "last_step": lambda x: x[:, -1], "bidirectional_last_step": _bidirectional_last_step,
+           "time_major_last_step": lambda x: x[-1],
+           "bidirectional_time_major_last_step": _bidirectional_time_major_last_step,
            **LAYOUT_TRANSFORMS}
     if name not in fns:
         raise ValueError(f"expected port_transform None or one of {', '.join(PORT_TRANSFORMS)}. Received: {name!r}")
@@ -335,7 +350,8 @@ class TorchSide:
             if tap.kind == "dense" and tap.flatten_chw is not None and a.ndim == 2:
                 a = hwc_flat_to_chw_flat(a, tap.flatten_chw)
             x = self.to_input(a)
-            xs.append(LAYOUT_TRANSFORMS[tap.port_transform](x) if tap.port_transform in LAYOUT_TRANSFORMS else x)
+            to_port = LAYOUT_TRANSFORMS.get(tap.port_transform) or INPUT_TRANSFORMS.get(tap.port_transform)
+            xs.append(to_port(x) if to_port is not None else x)
         self.module.eval()
         with torch.no_grad():
             try:

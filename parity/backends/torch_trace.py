@@ -138,6 +138,8 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
         params = {k2: tuple(v.shape) for k2, v in m.named_parameters()}
         params.update({k2: tuple(v.shape) for k2, v in m.named_buffers() if not k2.endswith("num_batches_tracked")})
         info = {"call": seen_count[c["path"]], "call_k": k}
+        if isinstance(m, torch.nn.RNNBase):  # a time-major port (batch_first=False) is compared as such
+            info.update(batch_first=bool(m.batch_first))
         if isinstance(m, torch.nn.Conv2d):
             info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups,
                         padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)
@@ -300,7 +302,7 @@ def _merge_fx(nodes: list[Node], fx_seq) -> list[Node] | None:
     for k, n in enumerate(out):
         if n.functional and n.kind in ("flatten", "gap"):
             prev = next((p for p in reversed(out[:k]) if not p.functional and p.out_shape), None)
-            if prev is None or len(prev.out_shape) != 3:
+            if prev is None or len(prev.out_shape) not in (3, 4):  # (C, H, W) or a volume's (C, D, H, W)
                 continue
         keep.append(n)
     new_pos = {id(n): k for k, n in enumerate(keep)}

@@ -12,10 +12,13 @@ from parity.core.spec import StageTolerance
 
 
 def nhwc_to_nchw(a: np.ndarray) -> np.ndarray:
-    """Reference activations are NHWC (Keras' channels_last); the port's are NCHW."""
+    """Reference activations are NHWC (Keras' channels_last); the port's are NCHW. A volume (N, D, H, W, C) becomes
+    (N, C, D, H, W) the same way (``parity.core.families.conv3d``)."""
     a = np.asarray(a)
     if a.ndim == 4:
         return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+    if a.ndim == 5:
+        return np.ascontiguousarray(a.transpose(0, 4, 1, 2, 3))
     return a
 
 

@@ -44,6 +44,8 @@ def _ref_shape(tap: Tap, acts, path) -> tuple:
     shape = tuple(np.shape(h) if not hasattr(h, "shape") else h.shape)
     if len(shape) == 4:
         return (shape[0], shape[3], shape[1], shape[2])
+    if len(shape) == 5:  # a volume (N, D, H, W, C) -> (N, C, D, H, W)
+        return (shape[0], shape[4], shape[1], shape[2], shape[3])
     return shape
 
 
@@ -61,6 +63,8 @@ def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Find
         st.rows.append(row | {"status": "missing"})
         return
     pinfo = module_info(mod)
+    if (tap.port_transform or "").startswith(("time_major", "bidirectional_time_major")):
+        pinfo["fed_time_major"] = True  # batch_first=False fed (L, N, C): the alignment saw the transpose
     if tap.weighted:
         rt, rn = rinfo.get("trainable_params", 0), rinfo.get("non_trainable_params", 0)
         # torch-only parameters a layer family declares (an LSTM's bias_hh next to Keras' one bias)

@@ -493,6 +493,8 @@ def example_input(input_shape, dtype, seed: int = 0, integer_range: int | None =
     shape = tuple(int(d) for d in input_shape)
     if len(shape) == 3:
         shape = (shape[2], shape[0], shape[1])
+    elif len(shape) == 4:  # a volume (D, H, W, C) -> (C, D, H, W)
+        shape = (shape[3], shape[0], shape[1], shape[2])
     rng = np.random.default_rng(seed)
     if integer_range is not None:
         return torch.from_numpy(rng.integers(0, max(int(integer_range), 1), size=(2,) + shape, dtype=np.int64))
@@ -638,7 +640,8 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                     f"side cannot apply to {p.name!r} (supported: {', '.join(sorted(supported))}). Expected a "
                     f"separate activation layer: build it as {r.cls}(..., activation=None) followed by "
                     f"Activation({fused!r}).")
-        if r.kind == "gap" and p.out_shape is not None and len(p.out_shape) == 3 and nxt_node is not None \
+        if r.kind in ("gap", "global_maxpool") and p.out_shape is not None and len(p.out_shape) in (3, 4) \
+                and nxt_node is not None \
                 and nxt_node.kind == "flatten" and nxt not in matched_port:
             # AdaptiveAvgPool2d(1) + a flatten (module or view) in the port == GlobalAveragePooling2D: the tap
             # stays on the pooling (compared as (N, C): parity.backends.torch_side.gap_as_keras)
@@ -652,6 +655,12 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             # step 0): compared after taking that step (parity.core.families.recurrent)
             transform = "bidirectional_last_step" if fam.get("bidirectional") else "last_step"
             row.note = (row.note + "; " if row.note else "") + f"compared at Keras' last step ({transform})"
+        if p.cls in ("LSTM", "GRU", "RNN") and p.info.get("batch_first") is False and transform in (
+                None, "last_step", "bidirectional_last_step"):
+            # a time-major module (L, N, C), fed a transposed sequence: compared in Keras' (N, L, C) layout
+            transform = {None: "time_major", "last_step": "time_major_last_step",
+                         "bidirectional_last_step": "bidirectional_time_major_last_step"}[transform]
+            row.note = (row.note + "; " if row.note else "") + "batch_first=False: (L, N, C) compared as (N, L, C)"
         if transform is None and r.out_shape is not None and p.out_shape is not None and len(r.out_shape) == 2 \
                 and tuple(p.out_shape) == tuple(reversed(r.out_shape)) and (
                     r.out_shape[0] != r.out_shape[1] or p.kind in ("conv1d", "maxpool", "avgpool")):

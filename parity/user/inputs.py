@@ -25,6 +25,7 @@ from parity.user.align import integer_input_range
 #: the layouts the converter may give a reference input in the port (Keras layout -> port layout)
 LAYOUT_IMAGE = "NHWC -> NCHW"
 LAYOUT_SEQ_CHANNELS_FIRST = "NLC -> NCL"
+LAYOUT_VOLUME = "NDHWC -> NCDHW"
 LAYOUT_AS_IS = "as is"
 
 
@@ -121,7 +122,7 @@ def input_slots(model) -> list[InputSlot]:
         shape = tuple(int(d) for d in t.shape[1:])
         slot = InputSlot(name=names[k], shape=shape, start=start,
                          integer_range=integer_input_range(model, k),
-                         layout=LAYOUT_IMAGE if len(shape) == 3 else LAYOUT_AS_IS)
+                         layout={3: LAYOUT_IMAGE, 4: LAYOUT_VOLUME}.get(len(shape), LAYOUT_AS_IS))
         slots.append(slot)
         start += slot.size
     return slots
@@ -200,6 +201,8 @@ def torch_unpacker(slots: list[InputSlot]):
 def to_port_layout(t, layout: str):
     if layout == LAYOUT_IMAGE and t.dim() == 4:
         return t.permute(0, 3, 1, 2).contiguous()
+    if layout == LAYOUT_VOLUME and t.dim() == 5:
+        return t.permute(0, 4, 1, 2, 3).contiguous()
     if layout == LAYOUT_SEQ_CHANNELS_FIRST and t.dim() == 3:
         return t.transpose(1, 2).contiguous()
     return t

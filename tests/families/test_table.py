@@ -32,7 +32,7 @@ def test_every_convention_names_a_public_origin():
     ("LSTM", {}, "lstm"), ("GRU", {}, "gru"), ("SimpleRNN", {}, "rnn"),
     ("Bidirectional", {"layer": {"class_name": "GRU", "config": {}}}, "gru"),
     ("Embedding", {}, "embedding"), ("LayerNormalization", {}, "layernorm"), ("PReLU", {}, "prelu"),
-    ("Conv2D", {}, "conv2d"), ("Conv3D", {}, None),
+    ("Conv2D", {}, "conv2d"), ("Conv3D", {}, "conv3d"), ("ConvLSTM2D", {}, None),
 ])
 def test_keras_kind(cls, cfg, kind):
     assert families.keras_kind(cls, cfg) == kind
@@ -44,7 +44,8 @@ def test_keras_kind(cls, cfg, kind):
     ("Bidirectional", {"layer": {"class_name": "LSTM", "config": {"go_backwards": True}}}, "go_backwards"),
     ("Embedding", {"mask_zero": True}, "mask_zero"),
     ("LayerNormalization", {"rms_scaling": True}, "rms_scaling"),
-    ("Conv3D", {}, "Conv3D is not yet supported"),
+    ("ConvLSTM2D", {}, "ConvLSTM2D is not yet supported"),
+    ("MaxPooling3D", {"dtype": "float64"}, "float32"),
 ])
 def test_unsupported_names_layer_and_reason(cls, cfg, words):
     (line,) = families.unsupported([("the_layer", cls, cfg)])
@@ -118,12 +119,12 @@ def test_refuse_unsupported_raises_one_line_usage_error():
         def get_config(self):
             return {}
 
-    Conv3D = type("Conv3D", (Layer,), {})
+    ConvLSTM2D = type("ConvLSTM2D", (Layer,), {})
     with pytest.raises(UsageError, match=r"^expected reference layers parity can check\. Received: layer 'c3' "
-                                         r"\(Conv3D\): Conv3D is not yet supported"):
-        families.refuse_unsupported([Conv3D("c3", weights=[object()])])
-    families.refuse_unsupported([Conv3D("c3", weights=[object()])], tapped={"c3": "conv2d"})  # the pair says how
-    families.refuse_unsupported([Conv3D("nothing_to_transfer")])  # no weights: no silent mis-transfer
+                                         r"\(ConvLSTM2D\): ConvLSTM2D is not yet supported"):
+        families.refuse_unsupported([ConvLSTM2D("c3", weights=[object()])])
+    families.refuse_unsupported([ConvLSTM2D("c3", weights=[object()])], tapped={"c3": "conv2d"})  # the pair says how
+    families.refuse_unsupported([ConvLSTM2D("nothing_to_transfer")])  # no weights: no silent mis-transfer
 
 
 def test_recurrent_constants_agree_with_converter():

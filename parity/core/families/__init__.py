@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from parity.core.errors import UsageError
-from parity.core.families import (activations, attention, conv1d, conv2d, dense, embedding, normalization,
+from parity.core.families import (activations, attention, conv1d, conv2d, conv3d, dense, embedding, normalization,
                                   recurrent, upsampling)
 from parity.core.families.base import Family, Named, RuleHit, close  # noqa: F401  (public types)
 
 #: every family, by name (order: the 2-D CNN core first, then as they were added)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     conv2d.FAMILY, dense.FAMILY, activations.FAMILY, normalization.FAMILY, embedding.FAMILY, recurrent.FAMILY,
-    attention.FAMILY, upsampling.FAMILY, conv1d.FAMILY,
+    attention.FAMILY, upsampling.FAMILY, conv1d.FAMILY, conv3d.FAMILY,
 )}
 
 #: Keras layers that carry no computation of their own a check could get wrong

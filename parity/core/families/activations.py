@@ -94,9 +94,9 @@ def _definition_probe(kind: str, ev: dict):
             or len(ins) != 1 or r is None or p is None or np.shape(ins[0]) != np.shape(p):
         return None
     x = np.asarray(ins[0], dtype=np.float64)
-    if x.ndim == 4:  # the port is channels-first, the reference channels-last
-        x = x.transpose(0, 2, 3, 1)
-        p = np.asarray(p).transpose(0, 2, 3, 1)
+    if x.ndim in (4, 5):  # the port is channels-first, the reference channels-last (an image or a volume)
+        x = np.moveaxis(x, 1, -1)
+        p = np.moveaxis(np.asarray(p), 1, -1)
     ours = which_definition(act, x, p, rtol=1e-13)
     theirs = which_definition(act, x, r, rtol=1e-13)
     if ours and theirs and ours != theirs:
