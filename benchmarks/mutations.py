@@ -719,6 +719,61 @@ def sc_dilation_dropped(**cfg):
     return m
 
 
+# ==== volume (3-D convolution: user pairs of reference_keras/volume.py and ported_torch/volume.py) ===============
+VOLUME_REF = "reference_keras.volume:volume_cnn"
+VOLUME_POOLED_REF = "reference_keras.volume:volume_cnn_pooled"
+
+
+def v3_conv_symmetric_pad(**cfg):
+    """The stride-2 'same' Conv3D as nn.Conv3d(padding=1): TF pads (0, 1) per even axis, this pads (1, 1)."""
+    from torch import nn
+
+    from ported_torch.volume import volume_cnn
+
+    m = volume_cnn(**cfg)
+    c = m.conv2
+    m.conv2 = nn.Conv3d(c.in_channels, c.out_channels, 3, stride=2, padding=1)
+    return m
+
+
+def v3_kernel_dh_swapped(**cfg):
+    """A user's loader that converts the Conv3D kernel with kernel.transpose(4, 3, 1, 0, 2) (kd and kh swapped):
+    applied to conv1's weight on every load."""
+    from ported_torch.volume import volume_cnn
+
+    m = volume_cnn(**cfg)
+
+    def hook(module, state_dict, prefix, *args):
+        key = prefix + "weight"
+        if key in state_dict:
+            state_dict[key] = state_dict[key].permute(0, 1, 3, 2, 4).contiguous()
+
+    m.conv1.register_load_state_dict_pre_hook(hook)
+    return m
+
+
+def v3_pool_valid(**cfg):
+    """MaxPooling3D(3, 2, padding='same') ported as nn.MaxPool3d(3, 2) ('valid': the last window is dropped)."""
+    from torch import nn
+
+    from ported_torch.volume import volume_cnn_pooled
+
+    m = volume_cnn_pooled(**cfg)
+    m.pool = nn.MaxPool3d(3, 2)
+    return m
+
+
+def v3_pool_symmetric(**cfg):
+    """MaxPooling3D(3, 2, padding='same') ported as nn.MaxPool3d(3, 2, padding=1): symmetric, TF pads (0, 1)."""
+    from torch import nn
+
+    from ported_torch.volume import volume_cnn_pooled
+
+    m = volume_cnn_pooled(**cfg)
+    m.pool = nn.MaxPool3d(3, 2, padding=1)
+    return m
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -949,6 +1004,8 @@ class Mutation:
     needs: tuple[str, ...] = ()
     #: optimizer steps of the check (an lr change needs two)
     steps: int = 1
+    #: the dtype the mutation must run in (None: the suite's); TF's 3-D pooling has no float64 kernel
+    dtype: str | None = None
 
 
 def _m(name, pair, summary, stage, path, cause, port=True, **kw) -> Mutation:
@@ -1143,6 +1200,18 @@ CATALOGUE: tuple[Mutation, ...] = (
        "causal_padding", ci_stages=EVAL),
     _m("sc_dilation_dropped", "seqconv", "dilated Conv1D ported without dilation", "forward_eval", "conv2",
        "dilation", ci_stages=EVAL),
+    # --- volume: 3-D convolution (user pairs, automatic alignment) ----------------------------------------------
+    _m("v3_conv_symmetric_pad", "volume", "stride-2 'same' Conv3D as Conv3d(padding=1) (TF pads the extra cell after)",
+       "forward_eval", "conv2", "conv_padding", port=None, user=(VOLUME_REF, f"{MOD}:v3_conv_symmetric_pad"),
+       ci_stages=EVAL),
+    _m("v3_kernel_dh_swapped", "volume", "Conv3D kernel loaded with kd and kh swapped", "forward_eval", "conv1",
+       "conv_layout", port=None, user=(VOLUME_REF, f"{MOD}:v3_kernel_dh_swapped"), ci_stages=EVAL),
+    _m("v3_pool_valid", "volume", "MaxPooling3D(padding='same') as MaxPool3d without padding", "forward_eval",
+       "pool", "pool_padding", port=None, user=(VOLUME_POOLED_REF, f"{MOD}:v3_pool_valid"), ci_stages=EVAL,
+       dtype="float32"),
+    _m("v3_pool_symmetric", "volume", "MaxPooling3D(padding='same') as MaxPool3d(padding=1) (symmetric)",
+       "forward_eval", "pool", "pool_padding", port=None, user=(VOLUME_POOLED_REF, f"{MOD}:v3_pool_symmetric"),
+       ci_stages=EVAL, dtype="float32"),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
@@ -1157,6 +1226,7 @@ CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None), ("textclf", None),
     ("textgru", None), ("transformer", None), ("encdec", None), ("seqconv", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
+    ("volume", (VOLUME_REF, "ported_torch.volume:volume_cnn")),
 )
 
 
@@ -1164,7 +1234,7 @@ MODEL_FAMILY = {
     "minixception": "separable CNN", "xception": "separable CNN", "keypoints": "plain CNN + dense",
     "goturn": "Caffe CNN (two streams)", "user": "user CNN", "textclf": "recurrent (LSTM)",
     "textgru": "recurrent (GRU)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
-    "seqconv": "1-D convolution",
+    "seqconv": "1-D convolution", "volume": "3-D convolution",
 }
 """The model family each pair stands for: the suite reports its scores per family."""
 
@@ -1192,7 +1262,7 @@ def unavailable(m: Mutation) -> str | None:
     """Why a mutation cannot run here (a harness feature it needs is absent), else None."""
     if "port_loss" in m.needs and not _has_port_loss():
         return "needs PairSpec.port_loss / LossSpec.label_smoothing (per-side loss) in the harness"
-    if m.pair not in ("user",):
+    if m.pair not in ("user",) and m.user is None:
         from parity.pairs import registry
 
         if m.pair not in registry.names():
@@ -1243,7 +1313,7 @@ def first_failure(result: CheckResult) -> tuple[str | None, str | None, Any]:
 
 
 def spec_for(pair: str, user: tuple[str, str] | None = None) -> PairSpec:
-    if pair == "user":
+    if pair == "user" or user is not None:
         from parity.user.pair import spec_from_user_models
 
         return spec_from_user_models(user[0], user[1], name="user-" + user[1].rsplit(":", 1)[-1])
@@ -1267,7 +1337,7 @@ def run_mutation(m: Mutation, *, dtype: str = "float64", seed: int = 0, stages=N
         cfg = dict(spec.fast_config) if fast else {}
         st = m.ci_stages if stages == "ci" else stages
         check_kwargs.setdefault("steps", m.steps)
-        result = check(spec, port=m.port, optimizer=opt, config=cfg, dtype=dtype, seed=seed, stages=st,
+        result = check(spec, port=m.port, optimizer=opt, config=cfg, dtype=m.dtype or dtype, seed=seed, stages=st,
                        **check_kwargs)
     except Exception as exc:  # noqa: BLE001  (a crash is scored as not detected, with the reason)
         return Outcome(m.name, m.pair, (m.stage, m.path, m.cause), False, None, None, None,
