@@ -8,10 +8,12 @@ import pytest
 
 import parity
 from parity.core.families import keras_var_name  # noqa: F401  (the family table loads without a framework)
+from tests.families import user_ports as U
 from tests.families.user_ports import text_classifier_plain
 from tests.keras_dtype import keras_float64
 
 keras = pytest.importorskip("keras")
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def _float64(build):
@@ -37,3 +39,43 @@ def test_registered_ports_pass_through_user_mode(pair):
     cfg = spec.config(**spec.fast_config)
     r = parity.compare(_float64(lambda: resolve(spec.reference)(**cfg)), resolve(spec.port)(**cfg))
     assert r.passed, r.findings
+
+
+def _registered(pair):
+    from parity.core.spec import resolve
+    from parity.pairs import registry
+
+    spec = registry.get(pair)
+    cfg = spec.config(**spec.fast_config)
+    return _float64(lambda: resolve(spec.reference)(**cfg)), cfg
+
+
+def test_time_major_gru_port_passes_compared_in_keras_layout():
+    """nn.GRU(batch_first=False) fed x.transpose(0, 1), the output read from h_n: a correct port (it FAILED with
+    a batch_first finding before the alignment looked at what the module is fed)."""
+    ref, cfg = _registered("textgru")
+    r = parity.compare(ref, U.text_gru_time_major(**cfg))
+    assert r.passed, r.findings
+    taps = {t.path: t for t in r.stage("forward_eval").tensors}
+    assert taps["encoder"].shape == (4, 12)
+    grads = {t.path for t in r.stage("gradients").tensors}
+    assert {"encoder:bias_hh_l0.grad", "encoder:bias_hh_l0_reverse.grad"} <= grads  # Keras' bias[1]
+
+
+def test_time_major_gru_fed_batch_first_is_named():
+    ref, cfg = _registered("textgru")
+    r = parity.compare(ref, U.text_gru_batch_first_missing(**cfg))
+    assert not r.passed
+    assert r.findings[0].cause == "batch_first" and r.findings[0].path == "encoder"
+
+
+def test_time_major_gru_port_passes_through_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "parity", "check", "--reference",
+                          "tests.families.user_ports:text_gru_reference", "--port",
+                          "tests.families.user_ports:text_gru_time_major", "--no-cache", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("PASSED")

@@ -65,7 +65,7 @@ def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
         out.append(("bidirectional", f"bidirectional={port['bidirectional']} in the port, "
                     f"{'Bidirectional' if ref['bidirectional'] else 'one direction'} in the reference",
                     f"bidirectional={bool(ref['bidirectional'])}", ""))
-    if port.get("batch_first") is False:
+    if port.get("batch_first") is False and not port.get("fed_time_major"):
         out.append(("batch_first", "batch_first=False in the port: it reads (L, N, C) where Keras gives (N, L, C)",
                     "nn.%s(..., batch_first=True)" % {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[kind],
                     "batch and time axes swapped"))
