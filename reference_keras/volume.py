@@ -29,3 +29,8 @@ def volume_cnn(input_shape=INPUT_SHAPE, filters=4, num_classes=3, pooling=False)
 
 def volume_cnn_pooled(**kw):
     return volume_cnn(pooling=True, **kw)
+
+
+def volume_cnn_any_size(**kw):
+    """Any (D, H, W) with one channel: the volume's size comes from ``--input-shape D,H,W,1``."""
+    return volume_cnn(input_shape=(None, None, None, 1), **kw)
