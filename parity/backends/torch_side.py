@@ -110,8 +110,22 @@ def gap_as_keras(tap: Tap, t):
     return t
 
 
+def input_transform(name: str | None):
+    """What the isolated stage applies to a reference input before the tap's module (an axis move), or None;
+    a composed transform (``"relu|channels_last"``) moves the axes of its layout part."""
+    for part in (name or "").split("|"):
+        to_port = LAYOUT_TRANSFORMS.get(part) or INPUT_TRANSFORMS.get(part)
+        if to_port is not None:
+            return to_port
+    return None
+
+
 def apply_transform(name: str | None, t):
     if name is None or name == "linear":
+        return t
+    if "|" in name:  # composed, applied left to right: an elementwise activation, then an axis move
+        for part in name.split("|"):
+            t = apply_transform(part, t)
         return t
     import torch.nn.functional as F
 
@@ -350,12 +364,21 @@ class TorchSide:
             if tap.kind == "dense" and tap.flatten_chw is not None and a.ndim == 2:
                 a = hwc_flat_to_chw_flat(a, tap.flatten_chw)
             x = self.to_input(a)
-            to_port = LAYOUT_TRANSFORMS.get(tap.port_transform) or INPUT_TRANSFORMS.get(tap.port_transform)
+            to_port = input_transform(tap.port_transform)
             xs.append(to_port(x) if to_port is not None else x)
         self.module.eval()
         with torch.no_grad():
             try:
-                out = mod(*xs)
+                try:
+                    out = mod(*xs)
+                except TypeError:
+                    # a reference layer fed one tensor twice (self-attention: MultiHeadAttention()(x, x)) and a
+                    # port module taking it once (forward(self, x)): call it with the distinct inputs
+                    distinct = [x for k, x in enumerate(xs) if not any(
+                        y.shape == x.shape and bool(torch.equal(y, x)) for y in xs[:k])]
+                    if len(distinct) == len(xs):
+                        raise
+                    out = mod(*distinct)
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 return None

@@ -52,6 +52,9 @@ __all__ = [
     "keras_param_shapes", "needleman_wunsch", "parse_pins", "score", "separable_signatures",
     "supported_transforms", "torch_kind", "trace_keras", "trace_torch"]
 
+#: port transforms that act on each element alone: they compose with an axis move (``"relu|channels_last"``)
+ELEMENTWISE_TRANSFORMS = (None, "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear")
+
 #: kinds that may be matched although they differ (score 1 instead of 3)
 COMPATIBLE = {frozenset(("conv2d", "depthwise_conv2d")), frozenset(("gap", "avgpool")),
               frozenset(("reshape", "flatten"))}
@@ -665,12 +668,13 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             transform = {None: "time_major", "last_step": "time_major_last_step",
                          "bidirectional_last_step": "bidirectional_time_major_last_step"}[transform]
             row.note = (row.note + "; " if row.note else "") + "batch_first=False: (L, N, C) compared as (N, L, C)"
-        if transform is None and r.out_shape is not None and p.out_shape is not None and len(r.out_shape) == 2 \
-                and tuple(p.out_shape) == tuple(reversed(r.out_shape)) and (
+        if transform in ELEMENTWISE_TRANSFORMS and r.out_shape is not None and p.out_shape is not None and \
+                len(r.out_shape) == 2 and tuple(p.out_shape) == tuple(reversed(r.out_shape)) and (
                     r.out_shape[0] != r.out_shape[1] or p.kind in ("conv1d", "maxpool", "avgpool")):
             # a channels-first port module (N, C, L) of a channels-last sequence layer (N, L, C); a square (L == C)
-            # output decides by the module: torch's 1-D convolutions and pools are channels-first
-            transform = "channels_last"
+            # output decides by the module: torch's 1-D convolutions and pools are channels-first. An activation
+            # fused in the reference (Conv1D(activation='relu'), F.relu after the port's Conv1d) is applied first
+            transform = f"{transform}|channels_last" if transform else "channels_last"
             row.note = (row.note + "; " if row.note else "") + "(N, C, L) compared as Keras' (N, L, C)"
         port_path = p.name
         if p.info.get("call", 1) > 1:

@@ -79,3 +79,50 @@ def test_time_major_gru_port_passes_through_the_cli(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("PASSED")
+
+
+OTHER_STYLE = {"transformer": U.transformer_sdpa, "encdec": U.encoder_decoder_sequential,
+               "seqconv": U.sequence_cnn_sequential, "textgru": U.text_gru_time_major}
+
+
+@pytest.mark.parametrize("pair", sorted(OTHER_STYLE))
+def test_other_style_port_of_each_new_pair_passes(pair):
+    ref, cfg = _registered(pair)
+    r = parity.compare(ref, OTHER_STYLE[pair](**cfg))
+    assert r.passed, r.findings
+    names = {st.name for st in r.stages}
+    assert {"structure", "forward_eval", "forward_train", "gradients", "step", "isolated"} <= names
+    fwd = {t.path: t for t in r.stage("forward_eval").tensors}
+    iso = {t.path for t in r.stage("isolated").tensors}
+    if pair == "seqconv":  # F.relu/nn.ReLU after a channels-first Conv1d: relu then (N, C, L) -> (N, L, C)
+        assert fwd["conv1"].shape == (4, 32, 8) and fwd["conv2"].shape == (4, 16, 16)
+        assert {"conv1", "conv2"} <= iso
+    elif pair == "transformer":  # forward(self, x) for MultiHeadAttention()(x, x): fed once in isolation
+        assert "attention" in iso and "attention" in fwd
+    elif pair == "encdec":
+        assert fwd["up1"].shape == (4, 8, 16, 16) and "up1" in iso
+
+
+def test_channels_first_conv_with_fused_relu_is_compared_channels_last():
+    from parity.backends.torch_side import apply_transform, input_transform
+
+    torch = pytest.importorskip("torch")
+    x = torch.tensor([[[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0]]])  # (N, C, L) = (1, 2, 3)
+    y = apply_transform("relu|channels_last", x)
+    assert y.shape == (1, 3, 2) and y.tolist() == [[[0.0, 4.0], [2.0, 0.0], [3.0, 6.0]]]
+    assert input_transform("relu|channels_last") is not None and input_transform("relu") is None
+
+
+@pytest.mark.parametrize("pair,port", [("seqconv", "sequence_cnn_sequential"), ("encdec", "encoder_decoder_sequential"),
+                                       ("transformer", "transformer_sdpa")])
+def test_other_style_ports_pass_through_the_cli(pair, port, tmp_path):
+    import subprocess
+    import sys
+
+    from parity.pairs import registry
+
+    out = subprocess.run([sys.executable, "-m", "parity", "check", "--reference", registry.get(pair).reference,
+                          "--port", f"tests.families.user_ports:{port}", "--no-cache", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("PASSED")
