@@ -140,7 +140,7 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
         info = {"call": seen_count[c["path"]], "call_k": k}
         if isinstance(m, torch.nn.RNNBase):  # a time-major port (batch_first=False) is compared as such
             info.update(batch_first=bool(m.batch_first))
-        if isinstance(m, torch.nn.Conv2d):
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
             info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups,
                         padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)
         nodes.append(Node(name=c["path"], cls=type(m).__name__, kind=kind, act=act,

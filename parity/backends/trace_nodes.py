@@ -26,7 +26,7 @@ KERAS_KINDS = {
 }
 #: Reference layers that ports usually express without a module (padding inside the conv, a view): skipping
 #: them costs little.
-CHEAP_REF = {"ZeroPadding2D", "Reshape", "InputLayer", "Permute", "UnpackInput"}
+CHEAP_REF = {"ZeroPadding2D", "ZeroPadding3D", "Reshape", "InputLayer", "Permute", "UnpackInput"}
 #: torch activation classes -> Keras activation name
 TORCH_ACTIVATIONS = {
     "ReLU": "relu", "ReLU6": "relu6", "LeakyReLU": "leaky_relu", "ELU": "elu", "GELU": "gelu", "SiLU": "swish",

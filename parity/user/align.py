@@ -697,7 +697,7 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             aliases[port_path] = ("padded", p.name, pad[1])
             row.port = port_path
             row.note = (row.note + "; " if row.note else "") + (
-                f"{ref[pad[0]].name} (ZeroPadding2D {pad[1]}) + {r.name} == {p.name}(padding={pad[1]})")
+                f"{ref[pad[0]].name} ({ref[pad[0]].cls} {pad[1]}) + {r.name} == {p.name}(padding={pad[1]})")
         if not r.weighted and ri in input_only:
             # a parameter-free op on the raw input (a channel split): the port's tensor has no gradient
             row.note = (row.note + "; " if row.note else "") + "computed from the input alone: not tapped"
@@ -717,14 +717,14 @@ def _explicit_padding(ref: list[Node], ri: int, p: Node):
     """``(index of the ZeroPadding2D, padding)`` when reference layer ``ri`` is a conv fed only by a symmetric
     ZeroPadding2D and its port conv pads by the same amount itself (``Conv2d(padding=p)``); else None."""
     r = ref[ri]
-    if r.kind not in ("conv2d", "depthwise_conv2d") or len(r.producers) != 1 or r.producers[0] < 0:
+    if r.kind not in ("conv2d", "depthwise_conv2d", "conv3d") or len(r.producers) != 1 or r.producers[0] < 0:
         return None
     q = ref[r.producers[0]]
     pad = p.info.get("padding")
-    if q.cls != "ZeroPadding2D" or pad is None or not any(pad):
+    if q.cls not in ("ZeroPadding2D", "ZeroPadding3D") or pad is None or isinstance(pad, str) or not any(pad):
         return None
     cfg = q.info.get("padding_cfg")
-    sym = _symmetric_pads(cfg)
+    sym = _symmetric_pads(cfg) if q.cls == "ZeroPadding2D" else _symmetric_pads_3d(cfg)
     if sym is None or tuple(sym) != tuple(pad):
         return None
     return r.producers[0], tuple(pad)
@@ -746,6 +746,25 @@ def _symmetric_pads(cfg):
     except (TypeError, ValueError):
         return None
     return (t, le) if t == bo and le == ri else None
+
+
+def _symmetric_pads_3d(cfg):
+    """Keras ZeroPadding3D ``padding`` (int, (pd, ph, pw) or three (before, after) pairs) -> (pd, ph, pw) when
+    symmetric, else None."""
+    if isinstance(cfg, int):
+        return (cfg, cfg, cfg)
+    try:
+        axes = list(cfg)
+    except TypeError:
+        return None
+    if len(axes) != 3:
+        return None
+    if all(isinstance(a, int) for a in axes):
+        return tuple(axes)
+    try:
+        return tuple(a for a, b in axes) if all(a == b for a, b in axes) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _ref_only_note(r: Node) -> str:

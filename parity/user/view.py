@@ -142,7 +142,7 @@ def _classes():
             import torch.nn.functional as F
 
             conv = self._target
-            fn = F.conv1d if len(conv.kernel_size) == 1 else F.conv2d
+            fn = {1: F.conv1d, 3: F.conv3d}.get(len(conv.kernel_size), F.conv2d)
             return fn(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
         def register_forward_hook(self, hook, *args, **kwargs):

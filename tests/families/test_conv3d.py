@@ -174,3 +174,40 @@ def test_cli_input_shape_for_a_volume(tmp_path):
                                   "v3_pool_symmetric"])
 def test_planted_conv3d_bugs_found_and_named(name):
     assert_found_and_named(name)
+
+
+def test_3d_padding_upsampling_cropping_and_global_max_pooling_pass():
+    """ZeroPadding3D + a valid Conv3D == Conv3d(padding=1); UpSampling3D == nn.Upsample; Cropping3D == slicing;
+    GlobalMaxPooling3D == AdaptiveMaxPool3d(1) + flatten, compared as (N, C)."""
+    import parity
+    import torch.nn.functional as F
+    from torch import nn
+
+    with keras_float64():
+        layers = keras.layers
+        x_in = keras.Input((4, 6, 6, 2))
+        x = layers.ZeroPadding3D(1, name="pad")(x_in)
+        x = layers.Conv3D(3, 3, activation="relu", name="conv")(x)
+        x = layers.UpSampling3D(2, name="up")(x)
+        x = layers.Cropping3D(((0, 1), (1, 1), (0, 2)), name="crop")(x)
+        x = layers.Conv3D(4, 2, name="conv2")(x)
+        x = layers.GlobalMaxPooling3D(name="gmp")(x)
+        ref = keras.Model(x_in, layers.Dense(2, name="fc")(x))
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(2, 3, 3, padding=1)
+            self.up = nn.Upsample(scale_factor=2)
+            self.conv2 = nn.Conv3d(3, 4, 2)
+            self.gmp = nn.AdaptiveMaxPool3d(1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.up(F.relu(self.conv(x)))[:, :, 0:-1, 1:-1, 0:-2]
+            return self.fc(torch.flatten(self.gmp(self.conv2(x)), 1))
+
+    r = parity.compare(ref, Port(), loss="mse")
+    assert r.passed, r.findings
+    shapes = {t.path: t.shape for t in r.stage("forward_eval").tensors}
+    assert shapes["conv"] == (4, 3, 4, 6, 6) and shapes["gmp"] == (4, 4)
