@@ -86,17 +86,19 @@ def depthwise_kernel_to_keras(w: np.ndarray, depth_multiplier: int = 1) -> np.nd
 
 
 def dense_kernel_to_torch(k: np.ndarray, flatten_chw: tuple[int, int, int] | None = None) -> np.ndarray:
-    if flatten_chw is not None:
-        c, h, w = flatten_chw
-        k = k.reshape(h, w, c, k.shape[1]).transpose(2, 0, 1, 3).reshape(c * h * w, k.shape[1])
+    if flatten_chw is not None:  # (C, H, W), or a volume's (C, D, H, W): rows HWC (DHWC) -> CHW (CDHW)
+        c, spatial = flatten_chw[0], tuple(flatten_chw[1:])
+        n = len(spatial)
+        k = k.reshape((*spatial, c, k.shape[1])).transpose(n, *range(n), n + 1).reshape(-1, k.shape[1])
     return np.ascontiguousarray(k.T)
 
 
 def dense_kernel_to_keras(w: np.ndarray, flatten_chw: tuple[int, int, int] | None = None) -> np.ndarray:
     k = w.T
     if flatten_chw is not None:
-        c, h, ww = flatten_chw
-        k = k.reshape(c, h, ww, k.shape[1]).transpose(1, 2, 0, 3).reshape(c * h * ww, k.shape[1])
+        c, spatial = flatten_chw[0], tuple(flatten_chw[1:])
+        n = len(spatial)
+        k = k.reshape((c, *spatial, k.shape[1])).transpose(*range(1, n + 1), 0, n + 1).reshape(-1, k.shape[1])
     return np.ascontiguousarray(k)
 
 

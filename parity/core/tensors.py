@@ -23,10 +23,12 @@ def nhwc_to_nchw(a: np.ndarray) -> np.ndarray:
 
 
 def hwc_flat_to_chw_flat(a: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
-    """Reorder a Keras Flatten output (HWC order) to torch's nn.Flatten order (CHW)."""
-    c, h, w = chw
+    """Reorder a Keras Flatten output (HWC order) to torch's nn.Flatten order (CHW); a volume's ``chw`` is
+    (C, D, H, W): DHWC order -> CDHW."""
+    c, spatial = chw[0], tuple(chw[1:])
     n = a.shape[0]
-    return np.ascontiguousarray(a.reshape(n, h, w, c).transpose(0, 3, 1, 2).reshape(n, c * h * w))
+    k = len(spatial)
+    return np.ascontiguousarray(a.reshape((n, *spatial, c)).transpose(0, k + 1, *range(1, k + 1)).reshape(n, -1))
 
 
 #: ``TensorDiff.extra`` keys: how many elements are NaN or +-Inf on each side (set only when some are)

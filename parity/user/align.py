@@ -477,11 +477,11 @@ def _flatten_order(calls: list[dict], k: int, flat) -> str | None:
         return None
     for prev in reversed(calls[:k + 1]):
         for t in ([prev["output"]] if prev["output"] is not None else []) + list(prev["inputs"]):
-            if t is None or t.dim() != 4 or t[0].numel() != flat.shape[1]:
+            if t is None or t.dim() not in (4, 5) or t[0].numel() != flat.shape[1]:  # an image or a volume
                 continue
             if torch.equal(t.flatten(1), flat):
                 return "chw"
-            if torch.equal(t.permute(0, 2, 3, 1).flatten(1), flat):
+            if torch.equal(t.movedim(1, -1).flatten(1), flat):
                 return "hwc"
     return None
 
@@ -581,7 +581,7 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                         f"{r.cls} (weights split between them)")
         flatten_chw = None
         if r.kind == "flatten":
-            chw = r.in_shapes[0] if r.in_shapes and r.in_shapes[0] and len(r.in_shapes[0]) == 3 else None
+            chw = r.in_shapes[0] if r.in_shapes and r.in_shapes[0] and len(r.in_shapes[0]) in (3, 4) else None
             order = None
             if p is not None and not p.functional:
                 kc = call_index[pj]
@@ -668,6 +668,11 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             transform = {None: "time_major", "last_step": "time_major_last_step",
                          "bidirectional_last_step": "bidirectional_time_major_last_step"}[transform]
             row.note = (row.note + "; " if row.note else "") + "batch_first=False: (L, N, C) compared as (N, L, C)"
+        if p.cls in ("LSTM", "GRU", "RNN") and fam.get("go_backwards") and not fam.get("bidirectional"):
+            # Keras reads the sequence from its end: in isolation the module is fed x.flip(1), its output compared
+            # as it is (parity.core.families.recurrent.KERAS_GO_BACKWARDS)
+            transform = f"go_backwards|{transform}" if transform else "go_backwards"
+            row.note = (row.note + "; " if row.note else "") + "go_backwards: fed the reversed sequence in isolation"
         if transform in ELEMENTWISE_TRANSFORMS and r.out_shape is not None and p.out_shape is not None and \
                 len(r.out_shape) == 2 and tuple(p.out_shape) == tuple(reversed(r.out_shape)) and (
                     r.out_shape[0] != r.out_shape[1] or p.kind in ("conv1d", "maxpool", "avgpool")):

@@ -211,3 +211,32 @@ def test_3d_padding_upsampling_cropping_and_global_max_pooling_pass():
     assert r.passed, r.findings
     shapes = {t.path: t.shape for t in r.stage("forward_eval").tensors}
     assert shapes["conv"] == (4, 3, 4, 6, 6) and shapes["gmp"] == (4, 4)
+
+
+def test_flatten_after_conv3d_reorders_dense_rows_dhwc_to_cdhw():
+    """Keras flattens (D, H, W, C), nn.Flatten (C, D, H, W): the Dense rows are reordered (the converter's
+    ``flatten_chw`` is (C, D, H, W)) and the flatten outputs compared in torch's order; round trip exact."""
+    import parity
+    from torch import nn
+
+    from parity.core.tensors import hwc_flat_to_chw_flat
+    from weight_converters.keras import dense_kernel_to_keras, dense_kernel_to_torch
+
+    k = np.random.default_rng(4).normal(size=(2 * 3 * 4 * 5, 6))
+    w = dense_kernel_to_torch(k, (5, 2, 3, 4))
+    x = np.random.default_rng(5).normal(size=(1, 2, 3, 4, 5))  # (N, D, H, W, C)
+    np.testing.assert_allclose(x.reshape(1, -1) @ k, x.transpose(0, 4, 1, 2, 3).reshape(1, -1) @ w.T, atol=1e-12)
+    np.testing.assert_array_equal(dense_kernel_to_keras(w, (5, 2, 3, 4)), k)
+    np.testing.assert_array_equal(hwc_flat_to_chw_flat(x.reshape(1, -1), (5, 2, 3, 4)),
+                                  x.transpose(0, 4, 1, 2, 3).reshape(1, -1))
+
+    with keras_float64():
+        x_in = keras.Input((3, 4, 5, 2))
+        y = keras.layers.Flatten(name="flat")(keras.layers.Conv3D(3, 2, name="conv")(x_in))
+        ref = keras.Model(x_in, keras.layers.Dense(2, name="fc")(y))
+    port = nn.Sequential()
+    port.add_module("conv", nn.Conv3d(2, 3, 2))
+    port.add_module("flat", nn.Flatten())
+    port.add_module("fc", nn.Linear(3 * 2 * 3 * 4, 2))
+    r = parity.compare(ref, port, loss="mse")
+    assert r.passed, r.findings
