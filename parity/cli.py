@@ -259,10 +259,6 @@ def _validate_run(args, spec: PairSpec | None, *, with_device: bool = True) -> t
                 raise UsageError("--optimizer: expected no parity optimizer with --port-optimizer (the reference "
                                  "trains with its model.compile(...) optimizer, the port with yours). Received: "
                                  f"--optimizer {args.optimizer}. Drop --optimizer.")
-            if getattr(args, "watch", False):
-                raise UsageError(f"--{opt.replace('_', '-')}: expected a check without --watch (the watch loop "
-                                 "re-checks the port with parity's own training configuration). Received: --watch. "
-                                 "Drop --watch to compare your training step.")
     if getattr(args, "custom_objects", None):
         if not is_model_file(getattr(args, "reference", None)):
             raise UsageError(f"--custom-objects {args.custom_objects}: expected only with a saved --reference model "
@@ -463,7 +459,7 @@ def cmd_record(args) -> int:
                                config=cfg, port=args.port,
                                reference=(resolve_user(args.reference, "--reference", "a Keras model")
                                           if args.name and args.reference else None),
-                               progress=say)
+                               progress=say, **_user_training_args(args))
     # recording checks nothing: no PASSED/FAILED (those are verdicts)
     print(re.sub(r"^(PASSED|FAILED) record\b", "recorded", summary))
     return EXIT_OK
@@ -475,12 +471,16 @@ def cmd_replay(args) -> int:
     check_device_name(args.device)
     if args.port is not None:
         locate(args.port, "--port", "a torch.nn.Module")
+    for opt, what in (("port_optimizer", "a torch optimizer from the port module"),
+                      ("port_loss", "a loss(output, target)")):
+        if getattr(args, opt, None):  # found (not imported) before the trace is read, like --port
+            locate(getattr(args, opt), "--" + opt.replace("_", "-"), what)
     if args.out:
         _out_dir(args, "pair")  # fields and writability; the pair's name is read from the trace below
     with Progress(quiet=args.quiet, verbose=args.verbose,
                   total=expected_phases(stages or ALL_STAGES, 1, reference=False)) as say:
         result = replay(args.trace, port=args.port, stages=",".join(stages) if stages else None, device=args.device,
-                        progress=say)
+                        progress=say, **_user_training_args(args))
         out_dir = _out_dir(args, result.pair, default="parity-report/{pair}-replay")
         return _render(result, args, out_dir, say)
 
@@ -577,6 +577,16 @@ def _add_output_options(p) -> None:
                    help="one progress line per phase with memory figures (RSS), also when not a terminal")
 
 
+def _add_user_training_options(p, *, recorded: str = "") -> None:
+    """``--port-optimizer`` / ``--port-loss`` (check, record, replay)."""
+    p.add_argument("--port-optimizer", metavar="MOD:FN",
+                   help="your torch optimizer: FN(port_module) -> optimizer or (optimizer, scheduler); the reference "
+                        "trains with its model.compile(...) configuration (your own models)" + recorded)
+    p.add_argument("--port-loss", metavar="MOD:FN",
+                   help="your loss(output, target), or FN() returning it (class indices as targets of a classifier; "
+                        "(outputs, targets) tuples for several outputs)" + recorded)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="parity", description="Prove a PyTorch port of a Keras/Caffe model is the same model.",
                      epilog="Exit codes: 0 passed, 1 parity failure, 2 bad input, 3 a bug in parity.")
@@ -587,11 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check a pair: structure, forward, backward, optimizer step, isolated layers")
     _add_model_options(p)
     p.add_argument("--onnx", action="store_true", help="add onnxruntime as a third leg of the forward comparison")
-    p.add_argument("--port-optimizer", metavar="MOD:FN",
-                   help="your torch optimizer: FN(port_module) -> optimizer or (optimizer, scheduler); the reference "
-                        "trains with its model.compile(...) configuration (your own models)")
-    p.add_argument("--port-loss", metavar="MOD:FN",
-                   help="your loss(output, target), or FN() returning it (class indices as targets of a classifier)")
+    _add_user_training_options(p)
     p.add_argument("--no-cache", action="store_true",
                    help="compute the reference now, without the reference cache (registered pairs use it: "
                         "$PARITY_CACHE_DIR, else $XDG_CACHE_HOME/parity or ~/.cache/parity)")
@@ -601,10 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="run only the reference side and store a trace (safetensors + JSON)")
     _add_model_options(p, record=True)
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="trace file (.safetensors)")
+    _add_user_training_options(p, recorded="; the compiled configuration is stored in the trace as data, and "
+                                           "replay takes the same options")
     _add_run_options(p, check_only=False)
     p = sub.add_parser("replay", help="check a port against a recorded trace (PyTorch only, no TensorFlow)")
     p.add_argument("trace", help="trace file written by `parity record`")
     p.add_argument("--port", metavar="MOD:FN", help="torch module builder (your own port; default: the pair's)")
+    _add_user_training_options(p, recorded="; as given to `parity record`")
     p.add_argument("--stages", metavar="S,...", help="comma list among the recorded stages (default: all recorded)")
     p.add_argument("--device", default="cpu", help="torch device for the port: cpu (default) or cuda[:N]")
     p.add_argument("--out", metavar="DIR", help="report directory; may hold {pair}, {run_id}, {timestamp} "

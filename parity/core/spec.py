@@ -68,6 +68,10 @@ class LossSpec:
     reference_from_logits: bool = False
     #: categorical_crossentropy only: Keras ``label_smoothing`` == torch ``F.cross_entropy(label_smoothing=)``
     label_smoothing: float = 0.0
+    #: a model with several outputs: ``((LossSpec, width, loss_weight, output name), ...)`` in the Keras model's
+    #: output order; the outputs (and targets) are concatenated along the last axis, and the loss is Keras'
+    #: ``sum(loss_weight_i * loss_i)`` over them (keras/src/trainers/compile_utils.py ``CompileLoss``)
+    parts: tuple = ()
 
 
 @dataclass(frozen=True)

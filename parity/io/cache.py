@@ -48,7 +48,7 @@ from parity.core.options import optimizer_spec, parse_stages
 from parity.core.spec import PairSpec
 from parity.harness import check as harness_check
 from parity.io.trace import SCHEMA as TRACE_SCHEMA
-from parity.io.trace import load_trace, record
+from parity.io.trace import load_trace, optimizer_to_dict, record
 
 #: version of the key's layout: a change here makes every older entry a miss
 KEY_SCHEMA = "parity.io.cache/1"
@@ -444,7 +444,7 @@ def _check_settings(meta: dict, req: Request) -> None:
     """The entry was recorded with exactly the settings asked for (the key says so; the file must agree)."""
     want = {"pair": req.spec.name, "dtype": req.dtype, "seed": req.seed, "batch": req.batch, "steps": req.steps,
             "stages": sorted(req.stages), "config": _jsonable(req.config),
-            "optimizer": _jsonable(dataclasses.asdict(req.optimizer))}
+            "optimizer": _jsonable(optimizer_to_dict(req.optimizer))}  # as the trace stores it (data only)
     got = {k: meta.get(k) for k in want}
     got["stages"] = sorted(got["stages"] or ())
     got["config"] = _jsonable(got["config"])

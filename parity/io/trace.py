@@ -47,11 +47,12 @@ from parity.backends.keras_side import ReferenceRun, run_reference
 from parity.backends.weights import load_weight_file
 from parity.core.atomic import atomic_output, check_output_path
 from parity.core.errors import UsageError
-from parity.core.options import ALL_STAGES, optimizer_spec, parse_stages
+from parity.core.options import ALL_STAGES, optimizer_spec, parse_stages, resolve_user
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap, resolve
 from parity.core.spill import SPILL_MIN_BYTES, SpillDict, Spilled, SpillStore
-from parity.harness import check
+from parity.harness import _user_training, check
 from parity.optim.adapters import ParamRef
+from parity.optim.user import apply_user_training
 from parity.pairs import registry
 
 SCHEMA = "parity.io.trace/1"
@@ -197,7 +198,10 @@ def _tap_from(d: dict) -> Tap:
 
 
 def optimizer_to_dict(opt: OptimizerSpec) -> dict:
-    d = dataclasses.asdict(opt)
+    """The base :class:`OptimizerSpec` fields as data (a user optimizer's factory is code: never stored; its
+    compiled Keras configuration travels in the trace's ``training`` entry instead)."""
+    d = {f.name: getattr(opt, f.name) for f in dataclasses.fields(OptimizerSpec)}
+    d["l2"], d["lr_mult"], d["decay_mult"] = dict(opt.l2), dict(opt.lr_mult), dict(opt.decay_mult)
     d["lr_schedule"] = list(opt.lr_schedule)
     return d
 
@@ -268,11 +272,17 @@ def _plan(run, extra_meta: dict | None = None) -> tuple[dict[str, Any], dict[str
 
 def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", batch: int | None = None,
            seed: int = 0, optimizer=None, steps: int = 1, weights: str | None = None, config: dict | None = None,
-           reference=None, port=None, progress: Callable[[str], None] | None = None) -> tuple[str, str]:
+           reference=None, port=None, progress: Callable[[str], None] | None = None, port_optimizer=None,
+           port_loss=None) -> tuple[str, str]:
     """Run the reference side only and store the run at ``path`` (safetensors). Returns (path, summary line).
 
     ``port``: the port builder ``module:function`` of your own models, stored in the trace as information only:
-    ``replay`` never runs a builder a trace names (it needs ``--port``); a registered pair is found by name."""
+    ``replay`` never runs a builder a trace names (it needs ``--port``); a registered pair is found by name.
+
+    ``port_optimizer`` / ``port_loss`` (your own models, as for ``parity check``): the reference trains with its
+    ``model.compile(...)`` configuration, which the trace stores as plain data (``training``: the serialised
+    Keras optimizer, the loss as :class:`LossSpec` fields, the two options' labels); ``replay`` then needs the
+    same two options and compares your real training step. The functions are located here, never stored."""
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     if reference is not None:
@@ -287,6 +297,9 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
     batch = batch or spec.default_batch
     if batch < 2 and stage_set & {"forward_train", "gradients", "step"}:
         raise UsageError(f"--batch: expected >= 2 for train-mode stages (BatchNorm needs a batch). Received: {batch}.")
+    training = None
+    if port_optimizer is not None or port_loss is not None:
+        spec, training = _recorded_user_training(spec, cfg, dtype, port_optimizer, port_loss)
     opt = optimizer_spec(spec, optimizer)
     check_output_path(path, "--output")
     port_builder = port if isinstance(port, str) else _builder_string(port if port is not None else spec.port)
@@ -300,7 +313,7 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
         run = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
                             stages=stage_set, weights_file=wfile, progress=say, spill=store)
         say(f"record: write {path}")
-        n_arrays = _write_recorded(path, run, spec, stage_list, opt, port_builder, weights)
+        n_arrays = _write_recorded(path, run, spec, stage_list, opt, port_builder, weights, training)
     finally:
         store.close()
     size = os.path.getsize(path)
@@ -310,7 +323,106 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
     return path, summary
 
 
-def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights) -> int:
+def _recorded_user_training(spec: PairSpec, cfg: dict, dtype: str, port_optimizer, port_loss):
+    """``spec`` trained as ``parity check --port-optimizer/--port-loss`` trains it (the reference with its
+    compiled configuration), and that configuration as plain data for the trace."""
+    if _is_registered(spec):
+        raise UsageError("--port-optimizer/--port-loss: expected only with your own models (--reference MOD:FN "
+                         f"--port MOD:FN). Received: them with the registered pair {spec.name!r}. Drop them.")
+    spec = _user_training(spec, False, cfg, dtype, port_optimizer, port_loss)
+    labels = {"port_optimizer": port_optimizer, "port_loss": port_loss}
+    return spec, {
+        "keras_optimizer": getattr(spec.optimizer, "keras_config", None) or None,
+        "loss": loss_to_data(spec.loss),
+        **{k: (v if isinstance(v, str) else _builder_string(v) or getattr(v, "__qualname__", "given")) if v is not None
+           else None for k, v in labels.items()},
+    }
+
+
+#: :class:`LossSpec` fields a trace stores, and what each may hold when read back
+_LOSS_FIELDS = {"name": ("categorical_crossentropy", "mse", "l1_sum", "multi"), "reduction": ("mean", "sum"),
+                "reference_from_logits": bool, "label_smoothing": float}
+
+
+def loss_to_data(loss: LossSpec) -> dict:
+    """A :class:`LossSpec` as plain data (its fields; a multi-output loss's parts too)."""
+    d = {k: getattr(loss, k) for k in _LOSS_FIELDS}
+    parts = getattr(loss, "parts", ())
+    if parts:
+        d["parts"] = [{"loss": loss_to_data(p), "width": int(w), "weight": float(wt), "name": str(n)}
+                      for p, w, wt, n in parts]
+    return d
+
+
+def loss_from_data(d, where: str, depth: int = 0) -> LossSpec:
+    """The inverse of :func:`loss_to_data`, every field checked as data (a trace is untrusted input)."""
+    def bad(what):
+        return UsageError(f"{where}: expected the recorded loss {what}. Received: {str(d)[:80]!r}. Record the "
+                          "trace again.")
+
+    if not isinstance(d, dict):
+        raise bad("as an object")
+    kw = {}
+    for key, allowed in _LOSS_FIELDS.items():
+        v = d.get(key)
+        if isinstance(allowed, tuple):
+            if v not in allowed:
+                raise bad(f"{key} among {', '.join(allowed)}")
+        elif allowed is bool:
+            if not isinstance(v, bool):
+                raise bad(f"{key} as true/false")
+        elif not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0):
+            raise bad(f"{key} as a number in [0, 1)")
+        kw[key] = v
+    parts = d.get("parts")
+    if parts is not None:
+        if depth or not isinstance(parts, list) or not 2 <= len(parts) <= 64 or not all(
+                isinstance(p, dict) and _is_count(p.get("width")) and isinstance(p.get("name"), str)
+                and isinstance(p.get("weight"), (int, float)) and not isinstance(p.get("weight"), bool)
+                and np.isfinite(p["weight"]) for p in parts):
+            raise bad("parts as 2-64 objects with a loss, a width, a weight and a name")
+        kw["parts"] = tuple((loss_from_data(p["loss"], where, depth + 1), int(p["width"]), float(p["weight"]),
+                             p["name"][:200]) for p in parts)
+    return LossSpec(**kw)
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 24
+
+
+#: hyper-parameters of a recorded Keras optimizer that the port side reads as numbers
+_OPTIMIZER_NUMBERS = ("momentum", "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "clipvalue",
+                      "global_clipnorm", "rho")
+
+
+def _plain_data(value, depth: int = 0) -> bool:
+    """JSON data only: finite scalars, and lists / string-keyed objects of them, shallowly nested."""
+    if isinstance(value, dict):
+        return depth < 4 and all(isinstance(k, str) and _plain_data(v, depth + 1) for k, v in value.items())
+    return _plain(value, depth)
+
+
+def keras_optimizer_from_data(cfg, where: str) -> dict:
+    """A recorded compiled optimizer (``keras.optimizers.serialize``'s dict), checked as data: a class name, a
+    config of JSON values, numbers where the port side reads numbers. Never deserialised here (replay has no
+    Keras): only the numbers are read, to compare your optimizer with it."""
+    ok = (isinstance(cfg, dict) and isinstance(cfg.get("class_name"), str)
+          and re.fullmatch(r"[A-Za-z_]\w{0,63}", cfg["class_name"]) is not None
+          and isinstance(cfg.get("config"), dict) and _plain_data(cfg))
+    if ok:
+        c = cfg["config"]
+        lr = c.get("learning_rate")
+        ok = (all(c.get(k) is None or (isinstance(c[k], (int, float)) and not isinstance(c[k], bool))
+                  for k in _OPTIMIZER_NUMBERS)
+              and (isinstance(lr, dict) or (isinstance(lr, (int, float)) and not isinstance(lr, bool)))
+              and isinstance(c.get("nesterov", False), bool))
+    if not ok:
+        raise UsageError(f"{where}: expected the recorded Keras optimizer as data (class_name, config of numbers). "
+                         f"Received: {str(cfg)[:80]!r}. Record the trace again.")
+    return cfg
+
+
+def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights, training=None) -> int:
     extra = {
         "stages": list(stage_list),
         "optimizer": optimizer_to_dict(opt),
@@ -323,6 +435,8 @@ def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights) -> 
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "schema": SCHEMA,
     }
+    if training is not None:
+        extra["training"] = training
     return write_trace(path, run, extra_meta=extra)
 
 
@@ -609,11 +723,56 @@ def _resolve_port(port, where: str) -> Callable:
                          "the path.") from None
 
 
+def _replayed_user_training(spec: PairSpec, meta: dict, path: str, port_optimizer, port_loss):
+    """The user's training step against the compiled configuration the trace recorded (``training``): the same
+    ``--port-optimizer`` / ``--port-loss`` as at record time, each the function named on this command line (or
+    passed), never one the file names. Returns the optimizer to check with, or None (the trace's own)."""
+    training = meta.get("training")
+    where = f"replay {path}"
+    if training is None:
+        if port_optimizer is not None or port_loss is not None:
+            raise UsageError(f"{where}: expected a trace recorded with the reference's compiled training "
+                             "configuration for --port-optimizer/--port-loss. Received: a trace trained with "
+                             "parity's own. Record it with `parity record --reference MOD:FN --port MOD:FN "
+                             "--port-optimizer MOD:FN --port-loss MOD:FN`.")
+        return None
+    if not isinstance(training, dict):
+        raise _bad_trace(path, "a training entry that is not an object")
+    recorded = {k: training.get(k) for k in ("port_optimizer", "port_loss")}
+    given = {"port_optimizer": port_optimizer, "port_loss": port_loss}
+    wrong = [k for k in given if (recorded[k] is None) != (given[k] is None)]
+    if wrong:
+        need = " ".join(f"--{k.replace('_', '-')} MOD:FN" for k in given if recorded[k] is not None)
+        got = " ".join(f"--{k.replace('_', '-')}" for k in given if given[k] is not None) or "neither"
+        raise UsageError(f"{where}: expected {need or 'no --port-optimizer/--port-loss'} (the reference's training "
+                         f"step was recorded for them). Received: {got}. Pass your own functions, as recorded "
+                         "with `parity record`.")
+    spec.loss = loss_from_data(training.get("loss"), where)
+    keras_cfg = training.get("keras_optimizer")
+    if port_optimizer is not None:
+        keras_cfg = keras_optimizer_from_data(keras_cfg, where)
+    fns = {}
+    for key, option, what in (("port_optimizer", "--port-optimizer", "a torch optimizer"),
+                              ("port_loss", "--port-loss", "a loss(output, target)")):
+        value = given[key]
+        if value is None:
+            continue
+        fns[key] = ((resolve_user(value, option, what), f"{option} {value}") if isinstance(value, str)
+                    else (value, f"{key}={getattr(value, '__qualname__', 'given')}"))
+    opt, opt_label = fns.get("port_optimizer", (None, ""))
+    loss, loss_label = fns.get("port_loss", (None, ""))
+    apply_user_training(spec, keras_cfg, opt, loss, optimizer_label=opt_label, loss_label=loss_label)
+    return spec.optimizer if opt is not None else None
+
+
 def replay(trace_path: str, *, port: str | Callable | None = None, stages=None, device: str = "cpu",
-           progress: Callable[[str], None] | None = None):
+           progress: Callable[[str], None] | None = None, port_optimizer: str | Callable | None = None,
+           port_loss: str | Callable | None = None):
     """Check a port against a recorded trace (PyTorch only). ``port`` overrides a registered pair's port and is
     required for your own models (a trace names its pair but never the code replay runs); ``stages`` must be
-    among the recorded ones (default: all recorded). Returns the :class:`parity.core.results.CheckResult`."""
+    among the recorded ones (default: all recorded). ``port_optimizer`` / ``port_loss``: your training step
+    against the compiled configuration ``parity record --port-optimizer/--port-loss`` stored as data (the same
+    options as recorded). Returns the :class:`parity.core.results.CheckResult`."""
     say = progress or (lambda msg: None)
     say(f"replay: read {trace_path}")
     run, _ = load_trace(trace_path)
@@ -637,7 +796,8 @@ def replay(trace_path: str, *, port: str | Callable | None = None, stages=None, 
     builder = _resolve_port(port if port is not None else spec.port, f"replay {trace_path}")
     meta["config"] = validated_config(meta.get("config"), builder, spec.default_config,
                                       f"replay {trace_path}: config")
-    opt = optimizer_from_dict(meta["optimizer"])
+    user_opt = _replayed_user_training(spec, meta, trace_path, port_optimizer, port_loss)
+    opt = user_opt if user_opt is not None else optimizer_from_dict(meta["optimizer"])
     return check(spec, stages=wanted, dtype=meta["dtype"], device=device, batch=int(meta["batch"]),
                  seed=int(meta["seed"]), optimizer=opt, steps=int(meta["steps"]), config=None,
                  port=builder, reference_run=run, progress=say)

@@ -12,6 +12,7 @@ Ctrl-C ends the session; the exit status is the last verdict's (0 passed, 1 fail
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -20,6 +21,8 @@ import time
 from typing import Callable
 
 from parity.core.errors import UsageError
+from parity.core.spec import resolve
+from parity.harness import _user_training
 from parity.io.cache import (PORT_PACKAGES, ReferenceCache, Request, enabled, imported_names, make_request,
                              reference_for, reference_sources, run_port_check)
 from reports import write_reports
@@ -270,8 +273,27 @@ def watch_from_cli(spec, args, config: dict, stages, out_dir: str, progress=None
         raise UsageError("--watch: expected human output (one verdict line per change). Received: --json. "
                          "Drop --json; the JSON report is written to --out on every change.")
     registered = bool(getattr(args, "name", None))
+    spec = _with_user_training(spec, args, config)
     req = make_request(spec, stages=stages, dtype=args.dtype, batch=args.batch, seed=args.seed,
                        optimizer=args.optimizer, steps=args.steps, weights=args.weights, config=config,
                        reference=args.reference if registered else None)
     return watch(req, device=args.device, port=args.port if registered else None, out_dir=out_dir,
                  use_cache=enabled(no_cache=args.no_cache, registered=registered), progress=progress)
+
+
+def _with_user_training(spec, args, config: dict):
+    """``--port-optimizer`` / ``--port-loss`` with ``--watch``: the reference trains once with its compiled
+    configuration; the user's functions are looked up again on every check (``module:function`` read from
+    ``sys.modules``, so a reloaded module's new function is the one called)."""
+    names = {k: getattr(args, k, None) for k in ("port_optimizer", "port_loss")}
+    if not any(names.values()):
+        return spec
+    def late(target):
+        @functools.wraps(resolve(target))  # the same signature (a loss factory is told from a loss by it)
+        def fn(*a, **kw):
+            return resolve(target)(*a, **kw)
+
+        return fn
+
+    opt, loss = (late(v) if isinstance(v, str) else v for v in names.values())
+    return _user_training(spec, False, config, args.dtype, opt, loss)

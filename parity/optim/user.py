@@ -165,13 +165,25 @@ class UserOptimizerSpec(OptimizerSpec):
 class UserLoss:
     """The port's loss: the user's ``loss(output, target)``, with class indices (int64) as the target of a
     classification model (the reference's one-hot labels' argmax: what a torch data loader gives) and the
-    float targets otherwise. Whatever it raises is the user's error (exit 2, named)."""
+    float targets otherwise. Whatever it raises is the user's error (exit 2, named).
 
-    def __init__(self, fn: Callable, label: str, classes: bool):
-        self.fn, self.label, self.classes = fn, label, classes
+    A model with several outputs (``parts``: ``(width, classes)`` per output, in the Keras model's output order):
+    the user's ``loss(outputs, targets)`` receives both as tuples in that order (each target class indices or
+    floats as above), and returns the total, weighted as the reference's ``loss_weights`` weigh it."""
+
+    def __init__(self, fn: Callable, label: str, classes: bool, parts: tuple = ()):
+        self.fn, self.label, self.classes, self.parts = fn, label, classes, tuple(parts)
 
     def __call__(self, out, y):
-        target = y.argmax(dim=-1) if self.classes else y
+        if self.parts:
+            outs, targets, at = [], [], 0
+            for width, classes in self.parts:
+                outs.append(out[:, at:at + width])
+                targets.append(y[:, at:at + width].argmax(dim=-1) if classes else y[:, at:at + width])
+                at += width
+            out, target = tuple(outs), tuple(targets)
+        else:
+            target = y.argmax(dim=-1) if self.classes else y
         loss = call_user(self.fn, self.label, out, target)
         if not hasattr(loss, "backward") or getattr(loss, "dim", lambda: 1)() != 0:
             raise UsageError(f"{self.label}: expected a loss returning a scalar torch tensor. Received: "
@@ -417,16 +429,32 @@ def with_user_training(spec, model, port_optimizer=None, port_loss=None, *, opti
                          f"(its training configuration is what your port's is compared with). Received: "
                          f"{'a model never compiled' if keras_cfg is None else 'a model compiled without a loss'}. "
                          "Call model.compile(...) in your Keras builder.")
-    spec.loss = loss_spec_from_keras(loss, _ends_in_softmax(model))
+    if spec.loss.parts:
+        pass  # several outputs: the compiled loss per output and loss_weights are already the spec's
+    else:
+        spec.loss = loss_spec_from_keras(loss, _ends_in_softmax(model))
     kind = "onehot" if spec.loss.name == "categorical_crossentropy" else "regression"
     outputs = getattr(model, "outputs", None) or []
-    if outputs and outputs[0].shape[-1] is not None:
+    if outputs and outputs[0].shape[-1] is not None and not spec.loss.parts:
         target = (kind, int(outputs[0].shape[-1]))
         spec.target = lambda config, t=target: t
+    return apply_user_training(spec, keras_cfg, port_optimizer, port_loss, optimizer_label=optimizer_label,
+                               loss_label=loss_label)
+
+
+def apply_user_training(spec, keras_cfg: dict, port_optimizer=None, port_loss=None, *, optimizer_label: str = "",
+                        loss_label: str = ""):
+    """``spec`` (whose ``loss`` already is the reference's compiled loss) trained with the compiled optimizer
+    ``keras_cfg`` (serialised, plain data) on the reference side and ``port_optimizer`` / ``port_loss`` on the
+    port side; changed in place and returned. :func:`with_user_training` reads both from a compiled model;
+    ``parity replay`` from a trace's data (``parity.io.trace``)."""
+    what = "--port-optimizer" if port_optimizer is not None else "--port-loss"
     if port_loss is not None:
         label = loss_label or f"port_loss {label_of(port_loss)}"
         spec.port_loss = UserLoss(port_loss_callable(port_loss, label), label,
-                                  classes=spec.loss.name == "categorical_crossentropy")
+                                  classes=spec.loss.name == "categorical_crossentropy",
+                                  parts=tuple((w, p.name == "categorical_crossentropy") for p, w, _, _ in
+                                              spec.loss.parts))
     if port_optimizer is not None:
         if not callable(port_optimizer):
             raise UsageError(f"{what}: expected a function(port_module) returning a torch.optim optimizer. "

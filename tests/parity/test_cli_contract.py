@@ -138,9 +138,6 @@ BAD_INPUTS = [
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
       "--port-loss", "benchmarks.user_models:nope"), "--port-loss benchmarks.user_models:nope", "no name 'nope'"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
-      "--port-optimizer", "benchmarks.user_models:torch_cnn", "--watch"), "--port-optimizer: expected a check without "
-     "--watch"),
-    (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
       "--port-optimizer", "benchmarks.user_models:torch_cnn", "--optimizer", "adam"), "--optimizer: expected no parity "
      "optimizer with --port-optimizer"),
     (("check", "--reference", "benchmarks.user_models:keras_cnn", "--port", "benchmarks.user_models:torch_cnn",
