@@ -162,7 +162,16 @@ def with_companions(refs: list[ParamRef]) -> list[ParamRef]:
 
 def keras_loss(ops, keras, spec: LossSpec, y, pred, from_logits: bool = False):
     """The reference loss. ``categorical_crossentropy``: Keras' own function (clips probabilities to
-    [eps, 1 - eps], eps = keras.config.epsilon()); ``mse``; ``l1_sum`` (Caffe ASUM)."""
+    [eps, 1 - eps], eps = keras.config.epsilon()); ``mse``; ``l1_sum`` (Caffe ASUM). Several outputs
+    (``spec.parts``): Keras' ``sum_i loss_weight_i * loss_i`` over the outputs' columns, in output order."""
+    if spec.parts:
+        total, at = None, 0
+        for part, width, weight, _ in spec.parts:
+            term = keras_loss(ops, keras, part, y[:, at:at + width], pred[:, at:at + width],
+                              part.reference_from_logits) * weight
+            total = term if total is None else total + term
+            at += width
+        return total
     if spec.name == "categorical_crossentropy":
         per = keras.losses.categorical_crossentropy(y, pred, from_logits=from_logits,
                                                     label_smoothing=spec.label_smoothing)

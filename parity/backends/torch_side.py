@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,13 @@ def torch_loss(F, spec: LossSpec, out, y):
     callable ``spec`` is the user's own loss (``parity.optim.user.UserLoss``)."""
     if callable(spec):
         return spec(out, y)
+    if spec.parts:  # several outputs side by side: sum_i loss_weight_i * loss_i, as Keras sums them
+        total, at = None, 0
+        for part, width, weight, _ in spec.parts:
+            term = torch_loss(F, part, out[:, at:at + width], y[:, at:at + width]) * weight
+            total = term if total is None else total + term
+            at += width
+        return total
     if spec.name == "categorical_crossentropy":
         return F.cross_entropy(out, y, reduction=spec.reduction, label_smoothing=spec.label_smoothing)
     if spec.name == "mse":
@@ -74,7 +82,7 @@ def torch_loss(F, spec: LossSpec, out, y):
 #: output before comparing (the port runs them as separate modules or functional calls)
 PORT_TRANSFORMS = ("softmax", "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear", "last_step",
                    "bidirectional_last_step", "channels_last", "time_major", "time_major_last_step",
-                   "bidirectional_time_major_last_step")
+                   "bidirectional_time_major_last_step", "go_backwards")
 #: transforms that only move axes: the module's inputs get the inverse (isolated stage), its gradient the same
 #: transform (gradients stage). ``channels_last``: a Conv1d's (N, C, L) compared as Keras' (N, L, C).
 LAYOUT_TRANSFORMS = {"channels_last": lambda x: x.transpose(1, -1).contiguous() if x.dim() == 3 else x}
@@ -83,7 +91,10 @@ LAYOUT_TRANSFORMS["time_major"] = lambda x: x.transpose(0, 1).contiguous() if x.
 #: transforms whose module reads its input in another layout than Keras' (the isolated stage feeds it so):
 #: a time-major RNN compared at Keras' last step
 INPUT_TRANSFORMS = {"time_major_last_step": LAYOUT_TRANSFORMS["time_major"],
-                    "bidirectional_time_major_last_step": LAYOUT_TRANSFORMS["time_major"]}
+                    "bidirectional_time_major_last_step": LAYOUT_TRANSFORMS["time_major"],
+                    # Keras RNN(go_backwards=True) reads the sequence from its end: its port module is fed x.flip(1)
+                    # (the output is compared as it is: Keras does not flip it back), ``"go_backwards|last_step"``
+                    "go_backwards": lambda x: x.flip(1) if x.dim() == 3 else x}
 
 
 def _bidirectional_last_step(x):
@@ -110,23 +121,50 @@ def gap_as_keras(tap: Tap, t):
     return t
 
 
+def _column_softmax(name: str, t):
+    """``"softmax[a:b]+softmax[c:d]"``: softmax over those column ranges of a (N, D) tensor (a model's several
+    outputs packed side by side, :mod:`parity.user.outputs`), the other columns as they are."""
+    import torch
+
+    cols = []
+    for part in name.split("+"):
+        m = re.fullmatch(r"softmax\[(\d+):(\d+)\]", part)
+        if m is None:
+            raise ValueError(f"expected port_transform softmax[a:b](+softmax[c:d]...). Received: {name!r}")
+        cols.append((int(m.group(1)), int(m.group(2))))
+    pieces, at = [], 0
+    for a, b in sorted(cols):
+        pieces += [t[:, at:a], t[:, a:b].softmax(dim=1)]
+        at = b
+    pieces.append(t[:, at:])
+    return torch.cat(pieces, dim=1)
+
+
 def input_transform(name: str | None):
     """What the isolated stage applies to a reference input before the tap's module (an axis move), or None;
     a composed transform (``"relu|channels_last"``) moves the axes of its layout part."""
-    for part in (name or "").split("|"):
-        to_port = LAYOUT_TRANSFORMS.get(part) or INPUT_TRANSFORMS.get(part)
-        if to_port is not None:
-            return to_port
-    return None
+    fns = [f for f in (LAYOUT_TRANSFORMS.get(part) or INPUT_TRANSFORMS.get(part)
+                       for part in (name or "").split("|")) if f is not None]
+    if len(fns) < 2:
+        return fns[0] if fns else None
+
+    def composed(x):  # in order: a go_backwards flip (Keras layout), then a time-major transpose
+        for f in fns:
+            x = f(x)
+        return x
+
+    return composed
 
 
 def apply_transform(name: str | None, t):
-    if name is None or name == "linear":
+    if name is None or name == "linear" or name == "go_backwards":  # go_backwards: the input's alone
         return t
     if "|" in name:  # composed, applied left to right: an elementwise activation, then an axis move
         for part in name.split("|"):
             t = apply_transform(part, t)
         return t
+    if name.startswith("softmax["):
+        return _column_softmax(name, t)
     import torch.nn.functional as F
 
     fns = {"softmax": lambda x: x.softmax(dim=1), "relu": F.relu, "relu6": F.relu6, "sigmoid": lambda x: x.sigmoid(),

@@ -16,6 +16,13 @@ def make_batch(seed: int, step: int, batch: int, input_shape: tuple[int, ...], t
     else:
         x = rng.uniform(lo, hi, size=(batch,) + tuple(input_shape)).astype(dtype)
     kind, dims = target
+    if kind == "multi":  # several outputs: each output's targets, side by side (parity.user.outputs)
+        return x, np.concatenate([_labels(rng, batch, part, dtype) for part in dims], axis=-1)
+    return x, _labels(rng, batch, target, dtype)
+
+
+def _labels(rng, batch: int, target: tuple[str, int], dtype: str) -> np.ndarray:
+    kind, dims = target
     if kind == "onehot":
         cls = rng.integers(0, dims, size=batch)
         y = np.zeros((batch, dims), dtype=dtype)
@@ -23,8 +30,8 @@ def make_batch(seed: int, step: int, batch: int, input_shape: tuple[int, ...], t
     elif kind == "regression":
         y = rng.uniform(-1.0, 1.0, size=(batch, dims)).astype(dtype)
     else:
-        raise ValueError(f"expected target kind 'onehot' or 'regression'. Received: {kind!r}.")
-    return x, y
+        raise ValueError(f"expected target kind 'onehot', 'regression' or 'multi'. Received: {kind!r}.")
+    return y
 
 
 def randomize_weights(weights: dict[str, dict[str, np.ndarray]], kinds: dict[str, str], seed: int) -> None:

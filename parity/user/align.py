@@ -43,6 +43,7 @@ from parity.backends.torch_trace import PortTrace, group_name, group_separable, 
 from parity.backends.trace_nodes import (
     CALL_MARK, CHEAP_REF, FUNCTIONAL_OPS, GROUP_JOIN, KERAS_KINDS, PADDED_MARK, TORCH_ACTIVATIONS, AlignmentError,
     Node, close_names)
+from parity.core.families.recurrent import RNN_KINDS
 from parity.core.spec import Tap
 
 __all__ = [
@@ -454,6 +455,24 @@ def parse_pins(pins) -> dict[str, str]:
 
 
 # --- the public entry point --------------------------------------------------------------------------------
+#: the name of the layer that packs a reference's several outputs into one (batch, sum of widths) tensor
+#: (:func:`parity.user.outputs.packed_outputs`)
+PACKED_OUTPUTS = "parity_outputs"
+
+
+def packed_transform(ref, producers) -> str | None:
+    """The port transform of the packed outputs: softmax on the columns of each output that ends in softmax
+    (``"softmax[0:3]"``, ``+``-joined; :func:`parity.backends.torch_side.apply_transform`), None when none does."""
+    parts, at = [], 0
+    for q in producers:
+        n = ref[q]
+        width = int(n.out_shape[-1]) if n.out_shape else 0
+        if n.kind == "softmax" or n.act == "softmax":
+            parts.append(f"softmax[{at}:{at + width}]")
+        at += width
+    return "+".join(parts) or None
+
+
 def supported_transforms() -> set[str]:
     """Activation names ``parity.backends.torch_side.apply_transform`` accepts (feature-detected)."""
     import torch
@@ -552,6 +571,10 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
     matched_port = {pj for ri, pj, _, _ in pairs if ri is not None and pj is not None}
     last_ref = ref[-1].name if ref else None
     ends_in_softmax = bool(ref) and (ref[-1].kind == "softmax" or ref[-1].act == "softmax")
+    # a model with several outputs reaches the check packed (parity.user.outputs): each output layer is a model
+    # output (a softmax there belongs to the port's loss), the packed outputs are the whole port's return value
+    packed = bool(ref) and ref[-1].name == PACKED_OUTPUTS and ref[-1].kind == "concat"
+    output_layers = {ref[q].name for q in ref[-1].producers if q >= 0} if packed else {last_ref}
 
     input_only: set[int] = set()
     for i, r in enumerate(ref):
@@ -601,8 +624,17 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             pending_chw = None
         elif r.kind not in ("dropout", "activation"):
             pending_chw = None
+        if packed and r.name == PACKED_OUTPUTS:
+            row.port, row.status = "", "aligned"
+            row.note = ("the model's outputs in the Keras order, concatenated (the port's forward returns them as a "
+                        "tuple, a list or a dict); softmax applied to the port's logits of a softmax output")
+            taps.append(Tap(r.name, r.name, "", "output", port_transform=packed_transform(ref, ref[-1].producers)))
+            continue
         if p is None:
-            if r.name == last_ref and r.kind == "softmax":
+            if packed and r.name in output_layers and r.kind == "softmax":
+                row.port, row.status = "", "aligned"
+                row.note = "model output: softmax inside the port's loss; compared in the packed outputs"
+            elif r.name in output_layers and r.kind == "softmax":
                 # the reference's softmax belongs to the port's loss (F.cross_entropy): compare softmax(logits)
                 row.port, row.status = "", "aligned"
                 row.note = "model output: softmax applied to the port's logits (softmax inside the loss)"
@@ -614,14 +646,16 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             row.note = "the port computes this with a functional op (not a module): no tap here"
             continue
         transform = None
-        fused = r.act if (r.kind not in ("activation", "softmax") and r.act and r.act != "linear") else None
+        # a recurrent layer's activation= is its cell's (tanh inside the recurrence), never applied to its output
+        fused = r.act if (r.kind not in ("activation", "softmax") + RNN_KINDS and r.act and r.act != "linear") \
+            else None
         nxt = pj + 1
         nxt_node = port[nxt] if nxt < len(port) else None
         if fused is not None:
             follows = (nxt_node is not None and not nxt_node.functional and nxt not in matched_port
                        and _act_norm(nxt_node.act or ("softmax" if nxt_node.kind == "softmax" else None))
                        == _act_norm(fused))
-            if fused == "softmax" and r.name == last_ref:
+            if fused == "softmax" and r.name in output_layers:
                 transform = "softmax"
                 row.note = "softmax fused in the reference's last layer: compared as softmax(port logits)"
             elif fused in supported and not follows and "fx" in trace.traced_with and not (

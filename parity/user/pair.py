@@ -39,6 +39,9 @@ from parity.user.inputs import describe as describe_inputs
 from parity.user.inputs import (LAYOUT_SEQ_CHANNELS_FIRST, assign_shapes, choose_layouts, example_inputs,
                                 input_names, packed_reference, parse_input_shapes, to_port_layout, torch_unpacker)
 from parity.user.view import port_view
+from parity.user.outputs import (COMPILE_ATTR, HEADS_ATTR, heads_of, multi_loss, packed_outputs, target_of,
+                                 torch_packer)
+from parity.user.outputs import describe as describe_outputs
 
 #: Optimizers offered for user pairs (``--optimizer``): plain SGD with momentum by default, Adam with Keras 3's
 #: epsilon (the harness converts it to torch's per-step equivalent).
@@ -210,6 +213,19 @@ def _output_width(model) -> int:
     return int(shape[1])
 
 
+def _packed(model, shapes, source=None):
+    """The reference as the check runs it: fully defined input shapes, several outputs packed into one
+    (:mod:`parity.user.outputs`), several inputs packed into one (:mod:`parity.user.inputs`); (model, slots)."""
+    shaped = _with_input_shape(model, shapes)
+    with_outputs = packed_outputs(shaped, source=source if source is not None else model)
+    packed, slots = packed_reference(with_outputs)
+    if packed is not with_outputs:  # the attributes the packed outputs carry, onto the model the check runs
+        for attr in (HEADS_ATTR, COMPILE_ATTR, SAVED_TRAINING_CONFIG):
+            if hasattr(with_outputs, attr):
+                object.__setattr__(packed, attr, getattr(with_outputs, attr))
+    return packed, slots
+
+
 def _ends_in_softmax(model) -> bool:
     nodes = trace_keras(model)
     return bool(nodes) and (nodes[-1].kind == "softmax" or nodes[-1].act == "softmax")
@@ -217,7 +233,12 @@ def _ends_in_softmax(model) -> bool:
 
 def infer_loss(model, loss: str | None = None) -> LossSpec:
     """Reference ends in softmax -> categorical cross-entropy (port logits into ``F.cross_entropy``); else MSE.
-    ``loss`` overrides (``categorical_crossentropy`` on a model without softmax = from logits)."""
+    ``loss`` overrides (``categorical_crossentropy`` on a model without softmax = from logits). A model with
+    several outputs: each output's compiled loss (else this default) and ``loss_weights``
+    (:func:`parity.user.outputs.multi_loss`)."""
+    several = multi_loss(model, loss)
+    if several is not None:
+        return several
     softmax = _ends_in_softmax(model)
     if loss is None:
         return LossSpec("categorical_crossentropy", "mean") if softmax else LossSpec("mse", "mean")
@@ -243,11 +264,14 @@ class UserTaps:
         self.spec: PairSpec | None = None
         self.groups: dict[str, tuple[str, ...]] = {}
         self.aliases: dict[str, tuple] = {}
+        #: the reference's outputs when it has several (:class:`parity.user.outputs.OutputHead`)
+        self.heads: list = []
 
     def view(self, module):
         """The port as the check sees it (:func:`parity.user.view.port_view`): the module groups the alignment
-        found and the input unpacking."""
-        return port_view(module, self.groups, aliases=self.aliases, unpack=self.unpack())
+        found, the input unpacking and the output packing."""
+        return port_view(module, self.groups, aliases=self.aliases, unpack=self.unpack(),
+                         pack=torch_packer(self.heads) if self.heads else None)
 
     def unpack(self):
         """The view's input function: the packed inputs cut apart (several inputs), or a sequence transposed to
@@ -305,8 +329,12 @@ def _alignment_convention(al) -> Convention:
 
 def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss, input_shape,
           port_object=None, shared: bool = False, own_weights: bool = False) -> PairSpec:
-    width = _output_width(model)
-    target = ("onehot", width) if loss.name == "categorical_crossentropy" else ("regression", width)
+    taps.heads = heads_of(model)
+    if loss.parts:
+        target = target_of(loss)
+    else:
+        width = _output_width(model)
+        target = ("onehot", width) if loss.name == "categorical_crossentropy" else ("regression", width)
     spec = PairSpec(
         name=name, summary=summary, reference=ref_builder, port=port_builder, taps=taps,
         input_shape=lambda c, s=tuple(input_shape): s, target=lambda c, t=target: t, loss=loss,
@@ -317,6 +345,12 @@ def _spec(name, summary, ref_builder, port_builder, taps: UserTaps, model, loss,
             "categorical_crossentropy" else loss.name, "parity.user.pair.infer_loss"),),
         default_config={}, fast_config={}, default_batch=4, reference_shared=shared,
         randomize_bn=not own_weights)  # a saved model is checked with its own trained weights, as they are
+    if loss.parts:
+        spec.conventions = (Convention("loss", f"sum of loss_weight x loss per output: "
+                                       f"{describe_outputs(taps.heads, loss)}",
+                                       "the same sum over the port's outputs (a tuple in the Keras order, or a dict "
+                                       "keyed by the output names); F.cross_entropy on a softmax output's logits",
+                                       "parity.user.outputs.multi_loss"),)
     taps.spec = spec
     return spec
 
@@ -346,13 +380,13 @@ def spec_from_user_models(reference, port, *, input_shape=None, loss: str | None
         raise _usage_error(f"--reference {reference}: expected a function returning a keras.Model. Received: "
                            f"{type(probe).__name__}.")
     saved_training = getattr(probe, SAVED_TRAINING_CONFIG, None)
-    probe, slots = packed_reference(_with_input_shape(probe, shapes))
+    probe, slots = _packed(probe, shapes)
     shape = tuple(int(d) for d in probe.inputs[0].shape[1:])
     loss_spec = infer_loss(probe, loss)
     taps = UserTaps(port_fn, pin_map, slots)
 
     def build_reference(**config):
-        model, _ = packed_reference(_with_input_shape(ref_fn(**config), shapes))
+        model, _ = _packed(ref_fn(**config), shapes)
         taps.model = model
         return model
 
@@ -389,7 +423,7 @@ def spec_from_objects(keras_model, torch_module, *, input_shape=None, loss=None,
         pin_map = parse_pins(pins)
     except AlignmentError as exc:
         raise _usage_error(str(exc)) from None
-    model, slots = packed_reference(_with_input_shape(keras_model, parse_input_shapes(input_shape)))
+    model, slots = _packed(keras_model, parse_input_shapes(input_shape))
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     taps = UserTaps(None, pin_map, slots, port_object=torch_module)
     taps.model = model

@@ -9,6 +9,8 @@ the alignment found and the user's module does not spell out.
 - The inputs: the reference's inputs arrive packed in one array (see :mod:`parity.user.inputs`); the view
   unpacks them, converts each to the port's layout and calls the user's ``forward`` with them in the
   reference model's order.
+- The outputs: a port with several outputs (a tuple, a list or a dict) returns them to the check concatenated in
+  the reference's output order (``pack``, :func:`parity.user.outputs.torch_packer`).
 
 Every parameter of the user's module is a parameter of the view, once (``state_dict`` and
 ``named_parameters`` list the group's name for a grouped parameter, the user's path for the rest); the
@@ -48,10 +50,11 @@ def _classes():
     class PortView(nn.Module):
         """The user's module plus its module groups; forward unpacks the reference's inputs (see module doc)."""
 
-        def __init__(self, port, groups: dict[str, Any], unpack: Callable | None):
+        def __init__(self, port, groups: dict[str, Any], unpack: Callable | None, pack: Callable | None = None):
             super().__init__()
             object.__setattr__(self, "_port", port)
             object.__setattr__(self, "_unpack", unpack)
+            object.__setattr__(self, "_pack", pack)
             for name, group in groups.items():
                 self.add_module(name, group)
             for name, child in port.named_children():
@@ -77,7 +80,8 @@ def _classes():
                     m.seen = 0
             if self._unpack is not None and len(args) == 1:
                 args = self._unpack(args[0])
-            return self._port(*args)
+            out = self._port(*args)
+            return self._pack(out) if self._pack is not None else out
 
         def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
             sd = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
@@ -153,12 +157,12 @@ def _classes():
 
 
 def port_view(port, groups: dict[str, tuple[str, ...]] | None = None, unpack: Callable | None = None,
-              aliases: dict[str, tuple] | None = None):
+              aliases: dict[str, tuple] | None = None, pack: Callable | None = None):
     """The view of ``port`` with ``groups`` (group path -> (depthwise path, pointwise path), from
     :attr:`parity.user.align.Alignment.groups`), ``aliases`` (:attr:`parity.user.align.Alignment.aliases`) and
     an input ``unpack`` function (packed tensor -> tuple of the port's inputs); ``port`` itself when there is
     nothing to add."""
-    if not groups and not aliases and unpack is None:
+    if not groups and not aliases and unpack is None and pack is None:
         return port
     group_cls, view_cls = _classes()
     modules = dict(port.named_modules(remove_duplicate=False))
@@ -169,4 +173,4 @@ def port_view(port, groups: dict[str, tuple[str, ...]] | None = None, unpack: Ca
     for name, (how, path, arg) in (aliases or {}).items():
         target = made.get(path) or modules[path]
         made[name] = _CLASSES["call"](target, arg) if how == "call" else _CLASSES["padded"](target)
-    return view_cls(port, made, unpack)
+    return view_cls(port, made, unpack, pack)
