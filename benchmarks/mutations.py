@@ -719,6 +719,26 @@ def sc_dilation_dropped(**cfg):
     return m
 
 
+# ==== rnnback (recurrent: go_backwards, user pairs of reference_keras/rnn_variants.py) ============================
+RNNBACK_GRU_REF = "reference_keras.rnn_variants:backwards_gru"
+RNNBACK_LSTM_REF = "reference_keras.rnn_variants:backwards_lstm_sequence"
+
+
+def rb_go_backwards_ignored(**cfg):
+    """GRU(go_backwards=True) ported as nn.GRU reading the sequence from its start (no x.flip(1))."""
+    from ported_torch.rnn_variants import backwards_gru
+
+    return backwards_gru(**cfg, flip_input=False)
+
+
+def rb_go_backwards_output_flipped_back(**cfg):
+    """LSTM(go_backwards=True, return_sequences=True) whose outputs the port flips back to input order (what
+    Bidirectional does to its backward half; Keras returns a go_backwards layer's outputs as computed)."""
+    from ported_torch.rnn_variants import backwards_lstm_sequence
+
+    return backwards_lstm_sequence(**cfg, flip_output=True)
+
+
 # ==== volume (3-D convolution: user pairs of reference_keras/volume.py and ported_torch/volume.py) ===============
 VOLUME_REF = "reference_keras.volume:volume_cnn"
 VOLUME_POOLED_REF = "reference_keras.volume:volume_cnn_pooled"
@@ -1212,6 +1232,12 @@ CATALOGUE: tuple[Mutation, ...] = (
     _m("v3_pool_symmetric", "volume", "MaxPooling3D(padding='same') as MaxPool3d(padding=1) (symmetric)",
        "forward_eval", "pool", "pool_padding", port=None, user=(VOLUME_POOLED_REF, f"{MOD}:v3_pool_symmetric"),
        ci_stages=EVAL, dtype="float32"),
+    # --- rnnback: recurrent go_backwards (user pairs, automatic alignment) ------------------------------------------
+    _m("rb_go_backwards_ignored", "rnnback", "GRU(go_backwards=True) ported reading x from its start", "forward_eval",
+       "rnn", "go_backwards", port=None, user=(RNNBACK_GRU_REF, f"{MOD}:rb_go_backwards_ignored"), ci_stages=EVAL),
+    _m("rb_go_backwards_output_flipped_back", "rnnback", "go_backwards outputs flipped back to input order",
+       "forward_eval", "rnn", "go_backwards", port=None,
+       user=(RNNBACK_LSTM_REF, f"{MOD}:rb_go_backwards_output_flipped_back"), ci_stages=EVAL),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
@@ -1227,6 +1253,8 @@ CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("textgru", None), ("transformer", None), ("encdec", None), ("seqconv", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
     ("volume", (VOLUME_REF, "ported_torch.volume:volume_cnn")),
+    ("rnnback", (RNNBACK_GRU_REF, "ported_torch.rnn_variants:backwards_gru")),
+    ("rnnback", (RNNBACK_LSTM_REF, "ported_torch.rnn_variants:backwards_lstm_sequence")),
 )
 
 
@@ -1234,7 +1262,7 @@ MODEL_FAMILY = {
     "minixception": "separable CNN", "xception": "separable CNN", "keypoints": "plain CNN + dense",
     "goturn": "Caffe CNN (two streams)", "user": "user CNN", "textclf": "recurrent (LSTM)",
     "textgru": "recurrent (GRU)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
-    "seqconv": "1-D convolution", "volume": "3-D convolution",
+    "seqconv": "1-D convolution", "volume": "3-D convolution", "rnnback": "recurrent (go_backwards)",
 }
 """The model family each pair stands for: the suite reports its scores per family."""
 

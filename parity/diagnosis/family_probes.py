@@ -27,6 +27,10 @@ def _evidence(run: Run, tap, stage=None, diff: TensorDiff | None = None) -> dict
     ev["stage"], ev["tensor"] = getattr(stage, "name", None), getattr(diff, "path", None)
     ev["params"] = {k[len(prefix):]: {"requires_grad": bool(p.requires_grad), "grad": p.grad is not None}
                     for k, p in run.ts.module.named_parameters() if k.startswith(prefix)}
+    # the layer alone: did the port's module match when fed the reference's input (in the tap's layout)?
+    iso = run.result.stage("isolated")
+    ev["isolated_ok"] = next((bool(t.passed) for t in (iso.tensors if iso is not None else []) if t.path == tap.path),
+                             None)
     if tap.path in getattr(run.ref, "eval_acts", {}):
         ev["ref_out"] = np.asarray(run.ref.eval_acts[tap.path])
         ev["port_out"] = port_acts(run).get(tap.path)

@@ -18,6 +18,11 @@ KERAS2_RECURRENT_ACTIVATION = "hard_sigmoid"
 """Keras 2.0-2.2 LSTM/GRU default (keras-team/keras 2.2 ``recurrent.py``): no torch nn.LSTM/GRU equivalent."""
 KERAS_GRU_RESET_AFTER = True
 """Keras 3 (and tf.keras 2.x) GRU default; Keras <= 2.2 had False, which torch nn.GRU cannot express."""
+KERAS_GO_BACKWARDS = ("Keras RNN(go_backwards=True) reads the sequence from its end and returns its outputs in the "
+                      "order it computed them (step 0 = after reading x[L-1]); it does not flip them back (only "
+                      "Bidirectional flips its backward half): torch rnn(x.flip(1)), the output as it is")
+"""keras/src/layers/rnn/rnn.py ``RNN.call`` -> ``backend.rnn(..., go_backwards=True)``; keras/src/layers/rnn/
+bidirectional.py flips ``y_rev`` back for the backward half only."""
 KERAS_MERGE_MODE = "concat"
 """keras.layers.Bidirectional(merge_mode='concat') default: [forward, backward] on the last axis, the same
 order as torch's bidirectional output."""
@@ -188,6 +193,27 @@ def _gru_bias_hh_probe(kind: str, ev: dict):
     return None
 
 
+def _go_backwards_probe(kind: str, ev: dict):
+    """A ``go_backwards`` layer that is exact in isolation (fed the reversed sequence) but not in the port's
+    forward: the port reads the sequence from its start; or its sequence output is Keras' flipped in time: the
+    port flipped the outputs back."""
+    info = ev.get("ref_info") or {}
+    if kind not in RNN_KINDS or not info.get("go_backwards") or info.get("bidirectional"):
+        return None
+    r, p = ev.get("ref_out"), ev.get("port_out")
+    if r is not None and p is not None and np.ndim(r) == 3 and np.shape(r) == np.shape(p) and \
+            _same(np.asarray(p)[:, ::-1], r) and not _same(p, r):
+        return ("go_backwards", "the port's sequence output is the reference's reversed in time: the port flips a "
+                "go_backwards layer's outputs back, Keras returns them in the order it computed them (step 0 = "
+                "after reading the last input step)", "return rnn(x.flip(1))[0] as it is (no second flip)",
+                KERAS_GO_BACKWARDS)
+    if ev.get("isolated_ok") and ev.get("stage") in ("forward_eval", "forward_train"):
+        return ("go_backwards", "go_backwards=True in the reference: the port's module is exact when fed the "
+                "reversed sequence (isolated stage) but not in the port's forward, which feeds it the sequence "
+                "from its start", "feed the module x.flip(1) (time axis)", KERAS_GO_BACKWARDS)
+    return None
+
+
 def _keras_kind(cls: str, cfg: dict) -> str | None:
     if cls == "Bidirectional":
         return {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn"}.get((cfg.get("layer") or {}).get("class_name"))
@@ -214,8 +240,11 @@ def _refuse(cls: str, cfg: dict) -> str | None:
     if inner_cls == "GRU" and info.get("reset_after") is False:
         return ("GRU(reset_after=False) is not yet supported: torch nn.GRU applies the reset gate after the "
                 "recurrent matmul (Keras reset_after=True)")
-    if info.get("return_state") or info.get("stateful") or info.get("go_backwards"):
-        return f"{inner_cls} with return_state/stateful/go_backwards is not yet supported"
+    if info.get("go_backwards") and cls == "Bidirectional":
+        return f"Bidirectional({inner_cls}(go_backwards=True)) is not yet supported"
+    if info.get("return_state") or info.get("stateful"):
+        return (f"{inner_cls} with return_state/stateful is not yet supported: the layer returns several tensors "
+                "(or keeps state between batches); check the model with return_state=False (its first output)")
     if info.get("use_bias") is False:
         return f"{inner_cls}(use_bias=False) is not yet supported"
     return None
@@ -223,7 +252,8 @@ def _refuse(cls: str, cfg: dict) -> str | None:
 
 FAMILY = Family(
     name="recurrent",
-    summary="SimpleRNN, LSTM, GRU (reset_after=True), Bidirectional (concat), return_sequences or last step",
+    summary="SimpleRNN, LSTM, GRU (reset_after=True), Bidirectional (concat), return_sequences or last step, "
+            "go_backwards (one direction)",
     keras_classes={"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "rnn", "Bidirectional": "rnn"},
     torch_classes={"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"},
     weighted=RNN_KINDS,
@@ -239,6 +269,8 @@ FAMILY = Family(
         Named("layout", "(N, L, C)", "batch_first=True for (N, L, C); default (L, N, C)", "torch/nn/modules/rnn.py"),
         Named("last step vs sequence", "return_sequences=False: the last step (backward half: step 0)",
               "output[:, -1, :H] and output[:, 0, H:] (or h_n)", "keras/src/layers/rnn/bidirectional.py"),
+        Named("go_backwards", "reads x from its end; outputs in computed order (not flipped back)",
+              "rnn(x.flip(1)), output as is", "keras/src/layers/rnn/rnn.py; keras/src/layers/rnn/bidirectional.py"),
         Named("merge mode", f"{KERAS_MERGE_MODE!r} default (sum, mul, ave, None)", "concat [fwd, bwd]",
               "keras/src/layers/rnn/bidirectional.py"),
     ),
@@ -250,6 +282,6 @@ FAMILY = Family(
     torch_info=_torch_info,
     rules=(_rules,),
     refuse=_refuse,
-    probes=(_weights_probe, _last_step_probe, _gru_bias_hh_probe),
+    probes=(_weights_probe, _last_step_probe, _gru_bias_hh_probe, _go_backwards_probe),
     kinds=RNN_KINDS,
 )
