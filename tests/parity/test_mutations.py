@@ -26,7 +26,7 @@ KNOWN_CAUSES = {
     "padding_idx", "layernorm_eps", "gelu_approximate", "attention_scale", "attention_qkv_order",
     "attention_head_layout", "conv_transpose_same", "upsample_mode", "conv_transpose_flipped", "rnn_forget_bias",
     "bidirectional", "gru_bias_swapped", "layernorm_affine", "layernorm_axes", "activation_definition",
-    "attention_heads", "causal_padding",
+    "attention_heads", "causal_padding", "gru_bias_hh_frozen", "go_backwards",
     # the 3-D convolution family (parity.core.families.conv3d)
     "conv_layout", "pool_padding",
 }
