@@ -163,6 +163,12 @@ def apply_transform(name: str | None, t):
         for part in name.split("|"):
             t = apply_transform(part, t)
         return t
+    if name.startswith("crop["):  # "crop[a:b,c:d]": out[..., a:b, c:d] (a transposed conv's 'same' window)
+        m = re.fullmatch(r"crop\[(\d+):(\d+),(\d+):(\d+)\]", name)
+        if m is None:
+            raise ValueError(f"expected port_transform crop[a:b,c:d]. Received: {name!r}")
+        a, b, c, d = (int(v) for v in m.groups())
+        return t[..., a:b, c:d]
     if name.startswith("softmax["):
         return _column_softmax(name, t)
     import torch.nn.functional as F

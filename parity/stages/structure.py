@@ -65,6 +65,8 @@ def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Find
     pinfo = module_info(mod)
     if (tap.port_transform or "").startswith(("time_major", "bidirectional_time_major")):
         pinfo["fed_time_major"] = True  # batch_first=False fed (L, N, C): the alignment saw the transpose
+    if (tap.port_transform or "").startswith("crop["):  # a transposed conv cropped to 'same' after the module
+        pinfo["class"] = f"{pinfo.get('class')} + crop"
     if tap.weighted:
         rt, rn = rinfo.get("trainable_params", 0), rinfo.get("non_trainable_params", 0)
         # torch-only parameters a layer family declares (an LSTM's bias_hh next to Keras' one bias)

@@ -702,6 +702,19 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             transform = {None: "time_major", "last_step": "time_major_last_step",
                          "bidirectional_last_step": "bidirectional_time_major_last_step"}[transform]
             row.note = (row.note + "; " if row.note else "") + "batch_first=False: (L, N, C) compared as (N, L, C)"
+        if transform is None and r.kind == "conv2d_transpose" and p.cls == "ConvTranspose2d" and \
+                r.out_shape is not None and p.out_shape is not None and len(r.out_shape) == len(p.out_shape) == 3 \
+                and r.out_shape[0] == p.out_shape[0] and all(
+                    0 < p.out_shape[i] - r.out_shape[i] for i in (1, 2)):
+            # Keras 'same' (out = in * stride) from a plain ConvTranspose2d whose full output the port crops after
+            # the module (``tconv(x)[..., :2H, :2W]``): compared on TF's window, (k - s) // 2 cropped at the start
+            # (parity.core.families.upsampling.same_transpose_crop); a port cropping elsewhere diverges at the
+            # layer that reads the crop
+            (h0, w0) = ((p.out_shape[i] - r.out_shape[i]) // 2 for i in (1, 2))
+            transform = f"crop[{h0}:{h0 + r.out_shape[1]},{w0}:{w0 + r.out_shape[2]}]"
+            row.note = (row.note + "; " if row.note else "") + (
+                f"the full transposed-conv output {tuple(p.out_shape[1:])} compared on Keras' 'same' window "
+                f"{tuple(r.out_shape[1:])} (the port crops after the module)")
         if p.cls in ("LSTM", "GRU", "RNN") and fam.get("go_backwards") and not fam.get("bidirectional"):
             # Keras reads the sequence from its end: in isolation the module is fed x.flip(1), its output compared
             # as it is (parity.core.families.recurrent.KERAS_GO_BACKWARDS)

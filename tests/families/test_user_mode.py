@@ -126,3 +126,15 @@ def test_other_style_ports_pass_through_the_cli(pair, port, tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("PASSED")
+
+
+def test_transposed_conv_cropped_in_the_parents_forward_is_compared_on_the_same_window():
+    """A plain ConvTranspose2d(k=3, s=2) whose full (17, 17) output the parent crops to (16, 16): a correct
+    'same' port (it FAILED with conv_transpose_same and a shape mismatch before)."""
+    ref, cfg = _registered("encdec")
+    r = parity.compare(ref, U.encoder_decoder_parent_crop(**cfg))
+    assert r.passed, r.findings
+    fwd = {t.path: t for t in r.stage("forward_eval").tensors}
+    iso = {t.path: t for t in r.stage("isolated").tensors}
+    assert fwd["up1"].shape == (4, 8, 16, 16) and iso["up1"].passed
+    assert {"up1:weight.grad", "up1:bias.grad"} <= {t.path for t in r.stage("gradients").tensors}

@@ -2,8 +2,8 @@
 alignment): a plain ``nn.LSTM`` with the last step taken in the parent's forward (textclf), a time-major
 ``nn.GRU`` read from ``h_n`` (textgru), ``F.scaled_dot_product_attention`` with ``nn.Sequential``/``ModuleList``
 blocks (transformer), ``nn.Sequential`` U-Net blocks with ``F.interpolate`` (encdec), one ``nn.Sequential``
-1-D CNN (seqconv); and the correct ports parity cannot align yet (``*_parent_crop``, ``*_functional_pad``,
-``*_modulelist_projections``), kept to show what is left."""
+1-D CNN (seqconv), a transposed conv cropped in the parent's forward (encdec); and the correct ports parity
+cannot align yet (``*_functional_pad``, ``*_modulelist_projections``), kept to show what is left."""
 from __future__ import annotations
 
 
@@ -162,8 +162,7 @@ def encoder_decoder_sequential(input_shape=(16, 16, 3), width=8, num_classes=3, 
 
 def encoder_decoder_parent_crop(input_shape=(16, 16, 3), width=8, num_classes=3, **_):
     """:func:`encoder_decoder_sequential` with a plain ``nn.ConvTranspose2d`` whose output the parent's forward
-    crops (``self.tconv(d2)[..., :2H, :2W]``): correct, but not yet aligned (the tap sits on the module's
-    uncropped output; see tests/families/test_user_mode.py)."""
+    crops (``self.tconv(d2)[..., :2H, :2W]``): compared on Keras' 'same' window (a ``crop[...]`` port transform)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
