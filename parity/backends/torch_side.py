@@ -140,10 +140,26 @@ def _column_softmax(name: str, t):
     return torch.cat(pieces, dim=1)
 
 
+def _prepad(part: str):
+    """``"prepad[l,r]"``: the pad a port applies before its Conv1d (``F.pad(x, (l, r))`` on the time axis of
+    (N, C, L)), given to the module in isolation; the module's output is compared as it is."""
+    m = re.fullmatch(r"prepad\[(\d+),(\d+)\]", part)
+    if m is None:
+        return None
+    left, right = int(m.group(1)), int(m.group(2))
+
+    def pad(x):
+        import torch.nn.functional as F
+
+        return F.pad(x, (left, right))
+
+    return pad
+
+
 def input_transform(name: str | None):
     """What the isolated stage applies to a reference input before the tap's module (an axis move), or None;
     a composed transform (``"relu|channels_last"``) moves the axes of its layout part."""
-    fns = [f for f in (LAYOUT_TRANSFORMS.get(part) or INPUT_TRANSFORMS.get(part)
+    fns = [f for f in (LAYOUT_TRANSFORMS.get(part) or INPUT_TRANSFORMS.get(part) or _prepad(part)
                        for part in (name or "").split("|")) if f is not None]
     if len(fns) < 2:
         return fns[0] if fns else None
@@ -162,6 +178,8 @@ def apply_transform(name: str | None, t):
     if "|" in name:  # composed, applied left to right: an elementwise activation, then an axis move
         for part in name.split("|"):
             t = apply_transform(part, t)
+        return t
+    if name.startswith("prepad["):  # the input's alone (input_transform)
         return t
     if name.startswith("crop["):  # "crop[a:b,c:d]": out[..., a:b, c:d] (a transposed conv's 'same' window)
         m = re.fullmatch(r"crop\[(\d+):(\d+),(\d+):(\d+)\]", name)

@@ -140,6 +140,13 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
         info = {"call": seen_count[c["path"]], "call_k": k}
         if isinstance(m, torch.nn.RNNBase):  # a time-major port (batch_first=False) is compared as such
             info.update(batch_first=bool(m.batch_first))
+        x0 = c["inputs"][0] if c["inputs"] else None
+        if isinstance(m, torch.nn.Conv1d) and x0 is not None and x0.dim() == 3 and x0.shape[-1]:
+            # all-zero time steps at the ends of its input: a pad the port applies before the module (F.pad)
+            live = (x0 != 0).flatten(0, 1).any(dim=0).nonzero().flatten()
+            n = int(x0.shape[-1])
+            info.update(zero_steps=(int(live[0]), n - 1 - int(live[-1])) if live.numel() else (n, n),
+                        padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
             info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups,
                         padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)

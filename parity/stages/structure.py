@@ -5,6 +5,8 @@ distinct layers, and the weight conversion report.
 """
 from __future__ import annotations
 
+import re
+
 import time
 
 import numpy as np
@@ -65,6 +67,13 @@ def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Find
     pinfo = module_info(mod)
     if (tap.port_transform or "").startswith(("time_major", "bidirectional_time_major")):
         pinfo["fed_time_major"] = True  # batch_first=False fed (L, N, C): the alignment saw the transpose
+    pre = re.search(r"prepad\[(\d+),(\d+)\]", tap.port_transform or "")
+    if pre:  # the port pads before its Conv1d: left only is the conv's causal pad, (p, p) its symmetric padding=p
+        left, right = int(pre.group(1)), int(pre.group(2))
+        if right == 0:
+            pinfo["causal_pad"] = left
+        elif left == right:
+            pinfo["padding"] = [left]
     if (tap.port_transform or "").startswith("crop["):  # a transposed conv cropped to 'same' after the module
         pinfo["class"] = f"{pinfo.get('class')} + crop"
     if tap.weighted:

@@ -728,6 +728,19 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             # fused in the reference (Conv1D(activation='relu'), F.relu after the port's Conv1d) is applied first
             transform = f"{transform}|channels_last" if transform else "channels_last"
             row.note = (row.note + "; " if row.note else "") + "(N, C, L) compared as Keras' (N, L, C)"
+        extra = (p.in_shapes[0][-1] - r.in_shapes[0][0]) if (
+            p.cls == "Conv1d" and r.kind == "conv1d" and "channels_last" in (transform or "") and p.in_shapes
+            and r.in_shapes and p.in_shapes[0] and r.in_shapes[0] and len(p.in_shapes[0]) == 2
+            and len(r.in_shapes[0]) == 2) else 0
+        if extra > 0 and p.info.get("zero_steps"):
+            # the port pads the sequence before its Conv1d (F.pad(x, (left, right)) in the parent's forward): the
+            # module is fed that pad in isolation, and the pad stands for the conv's own (a causal one: left only)
+            lead, tail = p.info["zero_steps"]
+            left = min(lead, extra)
+            if extra - left <= tail:
+                transform = f"{transform}|prepad[{left},{extra - left}]"
+                row.note = (row.note + "; " if row.note else "") + (
+                    f"padded by the port before the module: (left {left}, right {extra - left})")
         port_path = p.name
         if p.info.get("call", 1) > 1:
             first = next((ref[ri2].name for ri2, pj2, _, _ in pairs if ri2 is not None and pj2 is not None

@@ -138,3 +138,18 @@ def test_transposed_conv_cropped_in_the_parents_forward_is_compared_on_the_same_
     iso = {t.path: t for t in r.stage("isolated").tensors}
     assert fwd["up1"].shape == (4, 8, 16, 16) and iso["up1"].passed
     assert {"up1:weight.grad", "up1:bias.grad"} <= {t.path for t in r.stage("gradients").tensors}
+
+
+def test_causal_pad_with_f_pad_in_the_parents_forward_passes_and_a_symmetric_one_is_named():
+    """F.pad(x, (4, 0)) before a padding-0 Conv1d is Keras' causal padding (it FAILED with causal_padding and an
+    isolated-stage shape error before); F.pad(x, (2, 2)) is found at conv1 and named causal_padding."""
+    ref, cfg = _registered("seqconv")
+    r = parity.compare(ref, U.sequence_cnn_functional_pad(**cfg))
+    assert r.passed, r.findings
+    iso = {t.path: t for t in r.stage("isolated").tensors}
+    assert iso["conv1"].passed and iso["conv1"].shape == (4, 32, 8)
+    ref, cfg = _registered("seqconv")
+    bad = parity.compare(ref, U.sequence_cnn_symmetric_pad(**cfg))
+    assert not bad.passed
+    f = bad.findings[0]
+    assert (f.cause, f.path) == ("causal_padding", "conv1") and "pads 2 on both sides" in f.message

@@ -2,8 +2,9 @@
 alignment): a plain ``nn.LSTM`` with the last step taken in the parent's forward (textclf), a time-major
 ``nn.GRU`` read from ``h_n`` (textgru), ``F.scaled_dot_product_attention`` with ``nn.Sequential``/``ModuleList``
 blocks (transformer), ``nn.Sequential`` U-Net blocks with ``F.interpolate`` (encdec), one ``nn.Sequential``
-1-D CNN (seqconv), a transposed conv cropped in the parent's forward (encdec); and the correct ports parity
-cannot align yet (``*_functional_pad``, ``*_modulelist_projections``), kept to show what is left."""
+1-D CNN and one padding with ``F.pad`` before its Conv1d (seqconv), a transposed conv cropped in the parent's
+forward (encdec); and a correct port parity cannot align yet (``*_modulelist_projections``), kept to show what
+is left."""
 from __future__ import annotations
 
 
@@ -213,10 +214,9 @@ def sequence_cnn_sequential(seq_len=32, channels=4, filters=8, num_classes=3, **
     return TCN()
 
 
-def sequence_cnn_functional_pad(seq_len=32, channels=4, filters=8, num_classes=3, **_):
+def sequence_cnn_functional_pad(seq_len=32, channels=4, filters=8, num_classes=3, *, pad=(4, 0), **_):
     """The causal pad as ``F.pad`` in the parent's forward before a padding-0 Conv1d, ``F.relu`` and
-    ``F.max_pool1d`` calls: correct, but not yet aligned (the pad is a functional op the alignment does not
-    fold into the conv; see tests/families/test_user_mode.py)."""
+    ``F.max_pool1d`` calls (``pad=(2, 2)``: the symmetric-pad bug)."""
     import torch.nn.functional as F
     from torch import nn
 
@@ -228,7 +228,7 @@ def sequence_cnn_functional_pad(seq_len=32, channels=4, filters=8, num_classes=3
             self.linear = nn.Linear(2 * filters, num_classes)
 
         def forward(self, x):
-            x = F.relu(self.c1(F.pad(x.permute(0, 2, 1), (4, 0))))  # causal: (k - 1) * dilation on the left
+            x = F.relu(self.c1(F.pad(x.permute(0, 2, 1), pad)))  # causal: (k - 1) * dilation on the left
             x = F.relu(self.c2(F.max_pool1d(x, 2)))
             return self.linear(x.mean(dim=-1))
 
@@ -255,3 +255,8 @@ def text_gru_reference(**cfg):
     from reference_keras.textclf import text_classifier
 
     return text_classifier(**{**cfg, "cell": "gru"})
+
+
+def sequence_cnn_symmetric_pad(**cfg):
+    """Planted bug: ``F.pad(x, (2, 2))`` before the Conv1d for Keras' causal padding (left 4)."""
+    return sequence_cnn_functional_pad(**cfg, pad=(2, 2))
