@@ -115,8 +115,8 @@ def gap_as_keras(tap: Tap, t):
     """A global average pooling tapped at ``nn.AdaptiveAvgPool2d(1)`` is (N, C, 1, 1) in torch, (N, C) in Keras
     (``GlobalAveragePooling2D(keepdims=False)``, keras/src/layers/pooling/base_global_pooling.py): the same
     numbers, compared as (N, C)."""
-    if tap.kind in ("gap", "global_maxpool") and getattr(t, "dim", None) is not None and t.dim() in (4, 5) \
-            and all(d == 1 for d in t.shape[2:]):  # (N, C, 1, 1) or a volume's (N, C, 1, 1, 1)
+    if tap.kind in ("gap", "global_maxpool") and getattr(t, "dim", None) is not None and t.dim() in (3, 4, 5) \
+            and all(d == 1 for d in t.shape[2:]):  # (N, C, 1, 1), a volume's (N, C, 1, 1, 1), a sequence's (N, C, 1)
         return t.flatten(1)
     return t
 

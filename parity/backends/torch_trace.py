@@ -25,7 +25,10 @@ def torch_kind(m) -> tuple[str, str | None]:
     if families.torch_unit_kind(m) is not None:  # one layer made of children (hand-written attention)
         return families.torch_unit_kind(m), None
     if _is_unit(m):
-        return "separable_conv2d", None
+        return ("separable_conv1d" if isinstance(getattr(m, "depthwise", None), nn.Conv1d) else "separable_conv2d"), None
+    if isinstance(m, nn.Conv1d) and m.groups > 1 and m.groups == m.in_channels and \
+            m.out_channels % m.in_channels == 0:
+        return "depthwise_conv1d", None  # parity.core.families.conv1d: a DepthwiseConv1D
     if isinstance(m, nn.Conv2d):
         if m.groups > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0:
             return "depthwise_conv2d", None
@@ -146,7 +149,8 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
             live = (x0 != 0).flatten(0, 1).any(dim=0).nonzero().flatten()
             n = int(x0.shape[-1])
             info.update(zero_steps=(int(live[0]), n - 1 - int(live[-1])) if live.numel() else (n, n),
-                        padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)
+                        padding=tuple(m.padding) if isinstance(m.padding, tuple) else None,
+                        kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups)
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
             info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups,
                         padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)
@@ -209,14 +213,16 @@ def group_separable(nodes: list[Node], separable, forced=()) -> list[Node]:
     for i, n in enumerate(nodes):
         if i in merge:
             continue
-        if n.kind != "depthwise_conv2d" or n.cls.lower().startswith("separable") or "weight" not in n.params:
+        if n.kind not in ("depthwise_conv2d", "depthwise_conv1d") or n.cls.lower().startswith("separable") \
+                or "weight" not in n.params:
             continue
         cons = consumers.get(i, [])
         if len(cons) != 1:
             continue
         j = cons[0]
         pw = nodes[j]
-        if (pw.kind != "conv2d" or pw.info.get("kernel") != (1, 1) or pw.info.get("stride") != (1, 1)
+        one = (1,) if n.kind == "depthwise_conv1d" else (1, 1)  # a SeparableConv1D: kernel-1 pointwise Conv1d
+        if (pw.kind != n.kind.replace("depthwise_", "") or pw.info.get("kernel") != one or pw.info.get("stride") != one
                 or pw.info.get("groups") != 1 or pw.producers != [i] or "weight" not in pw.params):
             continue
         sig = (tuple(n.params["weight"]), tuple(pw.params["weight"]))
@@ -237,7 +243,8 @@ def group_separable(nodes: list[Node], separable, forced=()) -> list[Node]:
             params = {f"depthwise.{k}": v for k, v in n.params.items()}
             params.update({f"pointwise.{k}": v for k, v in pw.params.items()})
             members = (n.name, pw.name)
-            n = Node(name=group_name(members), cls=f"{n.cls}+{pw.cls}", kind="separable_conv2d", params=params,
+            kind = "separable_conv1d" if n.kind == "depthwise_conv1d" else "separable_conv2d"
+            n = Node(name=group_name(members), cls=f"{n.cls}+{pw.cls}", kind=kind, params=params,
                      out_shape=pw.out_shape, in_shapes=n.in_shapes, producers=n.producers,
                      info={"call": max(n.info.get("call", 1), pw.info.get("call", 1)),
                            "call_k": pw.info.get("call_k"), "members": members})

@@ -70,6 +70,9 @@ def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Find
     pre = re.search(r"prepad\[(\d+),(\d+)\]", tap.port_transform or "")
     if pre:  # the port pads before its Conv1d: left only is the conv's causal pad, (p, p) its symmetric padding=p
         left, right = int(pre.group(1)), int(pre.group(2))
+        own = pinfo.get("padding")
+        own = int(own[0]) if isinstance(own, list) and own else 0
+        pinfo["prepad"] = [left + own, right + own]  # the padding the conv sees in all (TF 'same': conv1d family)
         if right == 0:
             pinfo["causal_pad"] = left
         elif left == right:

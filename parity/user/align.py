@@ -57,7 +57,8 @@ __all__ = [
 ELEMENTWISE_TRANSFORMS = (None, "relu", "relu6", "sigmoid", "tanh", "elu", "swish", "silu", "linear")
 
 #: kinds that may be matched although they differ (score 1 instead of 3)
-COMPATIBLE = {frozenset(("conv2d", "depthwise_conv2d")), frozenset(("gap", "avgpool")),
+COMPATIBLE = {frozenset(("conv2d", "depthwise_conv2d")), frozenset(("conv1d", "depthwise_conv1d")),
+              frozenset(("gap", "avgpool")),
               frozenset(("reshape", "flatten"))}
 
 MATCH_SAME_KIND = 3.0
@@ -543,7 +544,8 @@ def integer_input_range(keras_model, index: int = 0) -> int | None:
 def separable_signatures(ref: list[Node]) -> list[tuple]:
     """(depthwise, pointwise) torch weight shapes of every reference separable convolution."""
     return [(r.params["depthwise.weight"], r.params["pointwise.weight"]) for r in ref
-            if r.kind == "separable_conv2d" and "depthwise.weight" in r.params and "pointwise.weight" in r.params]
+            if r.kind in ("separable_conv2d", "separable_conv1d") and "depthwise.weight" in r.params
+            and "pointwise.weight" in r.params]
 
 
 def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int = 0, example=None) -> Alignment:
@@ -677,7 +679,7 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                     f"side cannot apply to {p.name!r} (supported: {', '.join(sorted(supported))}). Expected a "
                     f"separate activation layer: build it as {r.cls}(..., activation=None) followed by "
                     f"Activation({fused!r}).")
-        if r.kind in ("gap", "global_maxpool") and p.out_shape is not None and len(p.out_shape) in (3, 4) \
+        if r.kind in ("gap", "global_maxpool") and p.out_shape is not None and len(p.out_shape) in (2, 3, 4) \
                 and nxt_node is not None \
                 and nxt_node.kind == "flatten" and nxt not in matched_port:
             # AdaptiveAvgPool2d(1) + a flatten (module or view) in the port == GlobalAveragePooling2D: the tap
@@ -686,6 +688,13 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             row.note = f"{p.name} + {nxt_node.name} (flatten) == global average pooling"
             rows.append(Row(None, nxt_node.name, nxt_node.kind, None, "fused", port_class=nxt_node.cls,
                             note=f"folded into {r.name}"))
+        if transform is None and r.kind in ("gap", "global_maxpool") and p.in_shapes and r.in_shapes and \
+                r.in_shapes[0] and p.in_shapes[0] and len(r.in_shapes[0]) == 2 and \
+                tuple(p.in_shapes[0]) == tuple(reversed(r.in_shapes[0])) and r.in_shapes[0][0] != r.in_shapes[0][1]:
+            # nn.AdaptiveMaxPool1d(1) / AdaptiveAvgPool1d(1) reads (N, C, L): fed that layout in isolation, its
+            # (N, C, 1) output compared as Keras' (N, C) (parity.backends.torch_side.gap_as_keras)
+            transform = "channels_last"
+            row.note = (row.note + "; " if row.note else "") + "reads (N, C, L): fed Keras' (N, L, C) transposed"
         fam = r.info.get("family") or {}
         if transform is None and fam.get("return_sequences") is False and p.cls in ("LSTM", "GRU", "RNN"):
             # torch's module returns the whole sequence, Keras the last step (a Bidirectional's backward half: its
@@ -722,14 +731,17 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             row.note = (row.note + "; " if row.note else "") + "go_backwards: fed the reversed sequence in isolation"
         if transform in ELEMENTWISE_TRANSFORMS and r.out_shape is not None and p.out_shape is not None and \
                 len(r.out_shape) == 2 and tuple(p.out_shape) == tuple(reversed(r.out_shape)) and (
-                    r.out_shape[0] != r.out_shape[1] or p.kind in ("conv1d", "maxpool", "avgpool")):
+                    r.out_shape[0] != r.out_shape[1] or p.kind in (
+                        "conv1d", "maxpool", "avgpool", "depthwise_conv1d", "separable_conv1d", "conv1d_transpose",
+                        "upsample")):
             # a channels-first port module (N, C, L) of a channels-last sequence layer (N, L, C); a square (L == C)
             # output decides by the module: torch's 1-D convolutions and pools are channels-first. An activation
             # fused in the reference (Conv1D(activation='relu'), F.relu after the port's Conv1d) is applied first
             transform = f"{transform}|channels_last" if transform else "channels_last"
             row.note = (row.note + "; " if row.note else "") + "(N, C, L) compared as Keras' (N, L, C)"
         extra = (p.in_shapes[0][-1] - r.in_shapes[0][0]) if (
-            p.cls == "Conv1d" and r.kind == "conv1d" and "channels_last" in (transform or "") and p.in_shapes
+            p.cls == "Conv1d" and r.kind in ("conv1d", "depthwise_conv1d") and "channels_last" in (transform or "")
+            and p.in_shapes
             and r.in_shapes and p.in_shapes[0] and r.in_shapes[0] and len(p.in_shapes[0]) == 2
             and len(r.in_shapes[0]) == 2) else 0
         if extra > 0 and p.info.get("zero_steps"):
@@ -782,14 +794,16 @@ def _explicit_padding(ref: list[Node], ri: int, p: Node):
     """``(index of the ZeroPadding2D, padding)`` when reference layer ``ri`` is a conv fed only by a symmetric
     ZeroPadding2D and its port conv pads by the same amount itself (``Conv2d(padding=p)``); else None."""
     r = ref[ri]
-    if r.kind not in ("conv2d", "depthwise_conv2d", "conv3d") or len(r.producers) != 1 or r.producers[0] < 0:
+    if r.kind not in ("conv2d", "depthwise_conv2d", "conv3d", "conv1d", "depthwise_conv1d") or \
+            len(r.producers) != 1 or r.producers[0] < 0:
         return None
     q = ref[r.producers[0]]
     pad = p.info.get("padding")
-    if q.cls not in ("ZeroPadding2D", "ZeroPadding3D") or pad is None or isinstance(pad, str) or not any(pad):
+    if q.cls not in ("ZeroPadding2D", "ZeroPadding3D", "ZeroPadding1D") or pad is None or isinstance(pad, str) \
+            or not any(pad):
         return None
     cfg = q.info.get("padding_cfg")
-    sym = _symmetric_pads(cfg) if q.cls == "ZeroPadding2D" else _symmetric_pads_3d(cfg)
+    sym = {"ZeroPadding2D": _symmetric_pads, "ZeroPadding1D": _symmetric_pads_1d}.get(q.cls, _symmetric_pads_3d)(cfg)
     if sym is None or tuple(sym) != tuple(pad):
         return None
     return r.producers[0], tuple(pad)
@@ -813,6 +827,17 @@ def _symmetric_pads(cfg):
     return (t, le) if t == bo and le == ri else None
 
 
+def _symmetric_pads_1d(cfg):
+    """Keras ZeroPadding1D ``padding`` (int or (left, right)) -> (p,) when symmetric, else None."""
+    if isinstance(cfg, int):
+        return (cfg,)
+    try:
+        a, b = cfg
+    except (TypeError, ValueError):
+        return None
+    return (a,) if a == b else None
+
+
 def _symmetric_pads_3d(cfg):
     """Keras ZeroPadding3D ``padding`` (int, (pd, ph, pw) or three (before, after) pairs) -> (pd, ph, pw) when
     symmetric, else None."""
@@ -833,6 +858,9 @@ def _symmetric_pads_3d(cfg):
 
 
 def _ref_only_note(r: Node) -> str:
+    if r.kind == "separable_conv1d":
+        return ("a Keras SeparableConv1D is a depthwise Conv1d (groups = in_channels) whose output feeds only a "
+                "kernel-1 Conv1d; no such pair with its weight shapes runs in the port")
     if r.kind == "separable_conv2d":
         return ("a Keras SeparableConv2D is a depthwise conv (groups = in_channels) whose output feeds only a 1x1 "
                 "conv; no such pair with its weight shapes runs in the port")
