@@ -794,6 +794,66 @@ def v3_pool_symmetric(**cfg):
     return m
 
 
+# ==== seq1d (1-D layers beyond Conv1D: user pairs of reference_keras/seq1d.py and ported_torch/seq1d.py) ===========
+SEQ1D_REF = "reference_keras.seq1d:seq1d_net"
+
+
+def s1_strided_same_symmetric(**cfg):
+    """The stride-2 'same' Conv1D as nn.Conv1d(padding=1): TF pads (0, 1) on the even length, this pads (1, 1)."""
+    from torch import nn
+
+    from ported_torch.seq1d import seq1d_net
+
+    m = seq1d_net(**cfg)
+    c = m.conv_s2
+    m.conv_s2 = nn.Conv1d(c.in_channels, c.out_channels, 3, stride=2, padding=1)
+    return m
+
+
+def s1_depthwise_multiplier_major(**cfg):
+    """A user's loader that reads the DepthwiseConv1D kernel (k, in, mult) as (k, mult, in): the port's output
+    channel m * in + c gets Keras' channel c * mult + m (applied to dw's weight and bias on every load)."""
+    from ported_torch.seq1d import seq1d_net
+
+    m = seq1d_net(**cfg)
+    cin = m.dw.in_channels
+    mult = m.dw.out_channels // cin
+
+    def hook(module, state_dict, prefix, *args):
+        for name in ("weight", "bias"):
+            key = prefix + name
+            if key in state_dict:
+                t = state_dict[key]
+                state_dict[key] = t.reshape(cin, mult, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+    m.dw.register_load_state_dict_pre_hook(hook)
+    return m
+
+
+def s1_transpose_output_padding(**cfg):
+    """The kernel-4 stride-2 'same' Conv1DTranspose as ConvTranspose1d(padding=1, output_padding=1) (the k=3
+    recipe): one step too long."""
+    from torch import nn
+
+    from ported_torch.seq1d import seq1d_net
+
+    m = seq1d_net(**cfg)
+    t = m.tconv
+    m.tconv = nn.ConvTranspose1d(t.in_channels, t.out_channels, 4, stride=2, padding=1, output_padding=1)
+    return m
+
+
+def s1_upsample_linear(**cfg):
+    """UpSampling1D(2) as nn.Upsample(scale_factor=2, mode='linear'): Keras repeats each step."""
+    from torch import nn
+
+    from ported_torch.seq1d import seq1d_net
+
+    m = seq1d_net(**cfg)
+    m.up = nn.Upsample(scale_factor=2, mode="linear")
+    return m
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -1232,6 +1292,18 @@ CATALOGUE: tuple[Mutation, ...] = (
     _m("v3_pool_symmetric", "volume", "MaxPooling3D(padding='same') as MaxPool3d(padding=1) (symmetric)",
        "forward_eval", "pool", "pool_padding", port=None, user=(VOLUME_POOLED_REF, f"{MOD}:v3_pool_symmetric"),
        ci_stages=EVAL, dtype="float32"),
+    # --- seq1d: strided / depthwise / transposed 1-D convolution, up-sampling (user pairs, automatic alignment) ---
+    _m("s1_strided_same_symmetric", "seq1d", "stride-2 'same' Conv1D as Conv1d(padding=1) (TF pads the extra step "
+       "on the right)", "forward_eval", "conv_s2", "conv_padding", port=None,
+       user=(SEQ1D_REF, f"{MOD}:s1_strided_same_symmetric"), ci_stages=EVAL),
+    _m("s1_depthwise_multiplier_major", "seq1d", "DepthwiseConv1D kernel (k, in, mult) read as (k, mult, in)",
+       "forward_eval", "dw", "depthwise_channel_order", port=None,
+       user=(SEQ1D_REF, f"{MOD}:s1_depthwise_multiplier_major"), ci_stages=EVAL),
+    _m("s1_transpose_output_padding", "seq1d", "'same' Conv1DTranspose (k 4, s 2) with output_padding=1",
+       "forward_eval", "tconv", "conv_transpose_same", port=None,
+       user=(SEQ1D_REF, f"{MOD}:s1_transpose_output_padding"), ci_stages=EVAL),
+    _m("s1_upsample_linear", "seq1d", "UpSampling1D as nn.Upsample(mode='linear')", "forward_eval", "up",
+       "upsample_mode", port=None, user=(SEQ1D_REF, f"{MOD}:s1_upsample_linear"), ci_stages=EVAL),
     # --- rnnback: recurrent go_backwards (user pairs, automatic alignment) ------------------------------------------
     _m("rb_go_backwards_ignored", "rnnback", "GRU(go_backwards=True) ported reading x from its start", "forward_eval",
        "rnn", "go_backwards", port=None, user=(RNNBACK_GRU_REF, f"{MOD}:rb_go_backwards_ignored"), ci_stages=EVAL),
@@ -1253,6 +1325,7 @@ CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("textgru", None), ("transformer", None), ("encdec", None), ("seqconv", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
     ("volume", (VOLUME_REF, "ported_torch.volume:volume_cnn")),
+    ("seq1d", (SEQ1D_REF, "ported_torch.seq1d:seq1d_net")),
     ("rnnback", (RNNBACK_GRU_REF, "ported_torch.rnn_variants:backwards_gru")),
     ("rnnback", (RNNBACK_LSTM_REF, "ported_torch.rnn_variants:backwards_lstm_sequence")),
 )
@@ -1262,7 +1335,8 @@ MODEL_FAMILY = {
     "minixception": "separable CNN", "xception": "separable CNN", "keypoints": "plain CNN + dense",
     "goturn": "Caffe CNN (two streams)", "user": "user CNN", "textclf": "recurrent (LSTM)",
     "textgru": "recurrent (GRU)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
-    "seqconv": "1-D convolution", "volume": "3-D convolution", "rnnback": "recurrent (go_backwards)",
+    "seqconv": "1-D convolution", "volume": "3-D convolution", "seq1d": "1-D convolution",
+    "rnnback": "recurrent (go_backwards)",
 }
 """The model family each pair stands for: the suite reports its scores per family."""
 

@@ -29,6 +29,8 @@ KNOWN_CAUSES = {
     "attention_heads", "causal_padding", "gru_bias_hh_frozen", "go_backwards",
     # the 3-D convolution family (parity.core.families.conv3d)
     "conv_layout", "pool_padding",
+    # the 1-D convolution family's depthwise channel order (parity.core.families.conv1d)
+    "depthwise_channel_order",
 }
 
 

@@ -96,7 +96,7 @@ def _depthwise_probe(kind: str, ev: dict):
             continue
         mult = cm // cin
         # the port's channel j = m * cin + c holds Keras' (c, m): the converted row c * mult + m
-        cand = w.reshape(cin, mult, *w.shape[1:]).transpose(1, 0, *range(2, w.ndim)).reshape(w.shape)
+        cand = w.reshape(cin, mult, *w.shape[1:]).transpose(1, 0, *range(2, w.ndim + 1)).reshape(w.shape)
         if np.allclose(g, cand, rtol=1e-6, atol=1e-12 * max(float(np.abs(w).max()), 1e-300)):
             return ("depthwise_channel_order", f"the depthwise kernel's output channels are ordered m * {cin} + c "
                     f"(multiplier-major) in the port; Keras and torch's groups=in order them c * {mult} + m",
