@@ -830,6 +830,36 @@ def s1_depthwise_multiplier_major(**cfg):
     return m
 
 
+def s1_separable_multiplier_major(**cfg):
+    """The SeparableConv1D's depthwise kernel (k, in, mult) read as (k, mult, in) by the user's loader."""
+    from ported_torch.seq1d import seq1d_net
+
+    m = seq1d_net(**cfg)
+    cin = m.sep_depthwise.in_channels
+    mult = m.sep_depthwise.out_channels // cin
+
+    def hook(module, state_dict, prefix, *args):
+        key = prefix + "weight"
+        if key in state_dict:
+            t = state_dict[key]
+            state_dict[key] = t.reshape(cin, mult, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
+
+    m.sep_depthwise.register_load_state_dict_pre_hook(hook)
+    return m
+
+
+def s1_grouped_as_dense(**cfg):
+    """Conv1D(groups=3) ported as an ungrouped nn.Conv1d."""
+    from torch import nn
+
+    from ported_torch.seq1d import seq1d_net
+
+    m = seq1d_net(**cfg)
+    g = m.grouped
+    m.grouped = nn.Conv1d(g.in_channels, g.out_channels, 3, padding=1)
+    return m
+
+
 def s1_transpose_output_padding(**cfg):
     """The kernel-4 stride-2 'same' Conv1DTranspose as ConvTranspose1d(padding=1, output_padding=1) (the k=3
     recipe): one step too long."""
@@ -1299,6 +1329,11 @@ CATALOGUE: tuple[Mutation, ...] = (
     _m("s1_depthwise_multiplier_major", "seq1d", "DepthwiseConv1D kernel (k, in, mult) read as (k, mult, in)",
        "forward_eval", "dw", "depthwise_channel_order", port=None,
        user=(SEQ1D_REF, f"{MOD}:s1_depthwise_multiplier_major"), ci_stages=EVAL),
+    _m("s1_separable_multiplier_major", "seq1d", "SeparableConv1D depthwise kernel read as (k, mult, in)",
+       "forward_eval", "sep", "depthwise_channel_order", port=None,
+       user=(SEQ1D_REF, f"{MOD}:s1_separable_multiplier_major"), ci_stages=EVAL),
+    _m("s1_grouped_as_dense", "seq1d", "Conv1D(groups=3) ported as an ungrouped Conv1d", "forward_eval", "grouped",
+       "groups", port=None, user=(SEQ1D_REF, f"{MOD}:s1_grouped_as_dense"), ci_stages=EVAL),
     _m("s1_transpose_output_padding", "seq1d", "'same' Conv1DTranspose (k 4, s 2) with output_padding=1",
        "forward_eval", "tconv", "conv_transpose_same", port=None,
        user=(SEQ1D_REF, f"{MOD}:s1_transpose_output_padding"), ci_stages=EVAL),
