@@ -15,7 +15,16 @@ from weight_converters.keras import LAYER_VARS
 
 
 def _is_unit(m) -> bool:
-    return (hasattr(m, "depthwise") and hasattr(m, "pointwise")) or families.torch_unit_kind(m) is not None
+    """A separable-conv module (``depthwise`` + ``pointwise`` children and no other parameters: a whole model
+    that merely names two of its layers so is not one) or a family's multi-child layer."""
+    if families.torch_unit_kind(m) is not None:
+        return True
+    if not (hasattr(m, "depthwise") and hasattr(m, "pointwise")):
+        return False
+    if any(True for _ in m.parameters(recurse=False)):
+        return False
+    return not any(any(True for _ in c.parameters()) for n, c in m.named_children() if n not in ("depthwise",
+                                                                                                 "pointwise"))
 
 
 def torch_kind(m) -> tuple[str, str | None]:
