@@ -216,3 +216,50 @@ def test_cli_input_shape_for_a_1d_model(tmp_path):
                                   "s1_transpose_output_padding", "s1_upsample_linear"])
 def test_planted_1d_bugs_found_and_named(name):
     assert_found_and_named(name)
+
+
+def _port_in_another_style(pad):
+    """The seq1d port written otherwise: the strided 'same' conv as F.pad(x, pad) in forward + Conv1d(padding=0),
+    the SeparableConv1D as one module class with ``depthwise`` / ``pointwise`` children, ``.squeeze(-1)``."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ported_torch.seq1d import Seq1DNet
+
+    class SepConv1d(nn.Module):
+        def __init__(self, cin, cout, k, mult):
+            super().__init__()
+            self.depthwise = nn.Conv1d(cin, cin * mult, k, padding=k // 2, groups=cin, bias=False)
+            self.pointwise = nn.Conv1d(cin * mult, cout, 1)
+
+        def forward(self, x):
+            return self.pointwise(self.depthwise(x))
+
+    class Other(Seq1DNet):
+        def __init__(self):
+            super().__init__()
+            self.conv_s2 = nn.Conv1d(4, 6, 3, stride=2)
+            del self.sep_depthwise, self.sep_pointwise
+            self.sep = SepConv1d(12, 12, 3, 2)
+
+        def forward(self, x):
+            x = F.relu(self.conv_s2(F.pad(x, pad)))
+            x = F.relu(self.sep(self.dw(x)))
+            x = self.up(F.relu(self.tconv(self.grouped(x))))
+            return self.classifier(self.gmp(self.conv(x)[:, :, 1:-2]).squeeze(-1))
+
+    return Other()
+
+
+def test_seq1d_port_in_another_style_passes_and_a_symmetric_pad_is_named():
+    import parity
+    from reference_keras.seq1d import seq1d_net
+
+    with keras_float64():
+        ref = seq1d_net()
+    r = parity.compare(ref, _port_in_another_style((0, 1)))
+    assert r.passed, r.findings
+    r = parity.compare(ref, _port_in_another_style((1, 1)))
+    assert not r.passed
+    bad = [f for f in r.findings if f.severity == "error"]
+    assert bad[0].path == "conv_s2" and bad[0].cause == "conv_padding" and "(left 0, right 1)" in bad[0].message
