@@ -63,7 +63,10 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
 
     ``port_optimizer`` (``fn(port_module) -> torch optimizer`` or ``(optimizer, scheduler)``) and ``port_loss``
     (``loss(output, target)``), callables or ``"module:function"``: the port trains with yours, the reference
-    with its ``model.compile(...)`` configuration (:mod:`parity.optim.user`)."""
+    with its ``model.compile(...)`` configuration (:mod:`parity.optim.user`). A reference with several outputs:
+    ``loss(outputs, targets)``, both tuples in the Keras model's output order (class indices as the target of a
+    softmax output, floats otherwise), returning the total weighted as the compiled ``loss_weights``
+    (:mod:`parity.user.outputs`)."""
     t_start = time.perf_counter()
     spec = registry.get(pair) if isinstance(pair, str) else pair
     if reference is not None:

@@ -95,8 +95,9 @@ def packed_outputs(model, source=None):
     heads = output_heads(model)
     if not heads:
         return model
-    packed = keras.Model(model.inputs, keras.layers.Concatenate(axis=-1, name=PACKED_OUTPUTS)(list(model.outputs)),
-                         name=model.name)
+    # in the outputs' own dtype (a live float64 model packed outside parity's dtype scope stays float64)
+    concat = keras.layers.Concatenate(axis=-1, name=PACKED_OUTPUTS, dtype=str(model.outputs[0].dtype))
+    packed = keras.Model(model.inputs, concat(list(model.outputs)), name=model.name)
     src = source if source is not None else model
     carry_output_attrs(packed, heads, compile_settings(src), src)
     return packed

@@ -12,7 +12,8 @@ What is inferred: the taps (alignment), the loss (a reference that ends in softm
 categorical cross-entropy, the port's logits going through ``F.cross_entropy``; anything else with MSE),
 the target (one-hot classes or regression values of the output's width) and the inputs (any per-sample shape,
 several inputs packed into one array and handed to the port's ``forward`` in the Keras model's order and the
-port's layout: :mod:`parity.user.inputs`). The port is checked through a view (:mod:`parity.user.view`) that
+port's layout: :mod:`parity.user.inputs`); several outputs are packed the same way, each compared, the loss
+summed with the compiled ``loss_weights`` (:mod:`parity.user.outputs`). The port is checked through a view (:mod:`parity.user.view`) that
 adds the module groups and call aliases the alignment found. The alignment travels on the spec
 (``spec.alignment``) into the result; an incomplete one (weights left on either side, one port module for
 several reference layers) is the check's first verdict (:func:`alignment_verdict`).
@@ -33,7 +34,7 @@ from parity.optim.user import SAVED_TRAINING_CONFIG, training_config_from_file
 from parity.diagnosis.alignment import alignment_findings, annotate_alignment  # noqa: F401  (public names)
 from parity.diagnosis.registry import result_rule
 from parity.harness import check
-from parity.user.align import AlignmentError, align, parse_pins, trace_keras
+from parity.user.align import PACKED_OUTPUTS, AlignmentError, align, parse_pins, trace_keras
 from parity.user.saved_model import SavedModelError, describe_training_config, load_saved_model
 from parity.user.inputs import describe as describe_inputs
 from parity.user.inputs import (LAYOUT_SEQ_CHANNELS_FIRST, assign_shapes, choose_layouts, example_inputs,
@@ -304,7 +305,7 @@ class UserTaps:
                 _alignment_convention(self.alignment), _inputs_convention(self.slots))
         self.groups = dict(self.alignment.groups)
         self.aliases = dict(self.alignment.aliases)
-        if not self.alignment.taps:
+        if not [t for t in self.alignment.taps if t.ref != PACKED_OUTPUTS]:  # the packed outputs alone: none
             raise _usage_error("user pair: expected at least one reference layer with a port counterpart. "
                                "Received: none aligned. Pin layers with --align REF=PORT.\n"
                                + self.alignment.format())
@@ -460,7 +461,9 @@ def compare(keras_model, torch_module, *, input_shape=None, loss: str | None = N
     ``keras.config.set_dtype_policy("float64")`` for the exact comparison); the rest of ``check_kwargs`` go
     to :func:`parity.harness.check` (``stages``, ``batch``, ``seed``, ``optimizer``, ``steps``, and
     ``port_optimizer=fn(port_module)`` / ``port_loss=loss(output, target)``: your own training step against the
-    Keras model's ``model.compile(...)`` configuration, :mod:`parity.optim.user`)."""
+    Keras model's ``model.compile(...)`` configuration, :mod:`parity.optim.user`). A Keras model with several
+    outputs: the port returns a tuple in its output order or a dict keyed by the output names, and
+    ``port_loss(outputs, targets)`` receives tuples in that order (:mod:`parity.user.outputs`)."""
     import_tensorflow()
     kdtype = _keras_dtype(keras_model)
     asked = check_kwargs.pop("dtype", None)

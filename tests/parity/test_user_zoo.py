@@ -320,9 +320,21 @@ def test_a_middle_flow_block_reused_8x_is_named_not_a_crash():
             "block6_sepconv1") in result.causes()[0].message
 
 
-def test_several_outputs_are_refused_in_one_line():
+def test_several_outputs_with_a_port_returning_one_are_named_not_a_crash(float64):
+    """Several outputs are compared (tests/parity/test_user_multi_output.py); a port that returns one of them
+    is told what the reference returns."""
     inp = keras.Input((4,))
     km = keras.Model(inp, [keras.layers.Dense(2, name="a")(inp), keras.layers.Dense(3, name="b")(inp)])
-    with pytest.raises(UsageError, match=r"expected one output \(several outputs are not compared yet\)\. "
-                                         r"Received: 2 outputs of shapes \[\(None, 2\), \(None, 3\)\]"):
-        compare(km, torch.nn.Linear(4, 2))
+
+    class OneOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.a(x)
+
+    result = compare(km, OneOutput(), stages="structure,forward_eval")
+    assert not result.passed
+    errors = " ".join(e for st in result.stages for e in st.errors)
+    assert "expected the port to return its 2 outputs (a tuple in the Keras order a (2), b (3)" in errors, errors
