@@ -41,8 +41,25 @@ KINDS = {
 EXTRA_VARS = {"attention_packed": tuple(f"{v}/{p}" for v in ("query", "key", "value") for p in ("kernel", "bias"))}
 
 
+#: the packed torch parameters of ``attention_packed``, each the concatenation of three Keras variables (q, k, v)
+PACKED_PARAMS = {"in_proj_weight": tuple(f"{v}/kernel" for v in ("query", "key", "value")),
+                 "in_proj_bias": tuple(f"{v}/bias" for v in ("query", "key", "value"))}
+
+
+def packed_value(param: str, layer_vars: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """``in_proj_weight`` / ``in_proj_bias`` (torch layout) from a layer's q/k/v Keras arrays (weights, their
+    gradients, updated values or optimizer slots: the concatenation commutes with each); None when one is
+    absent."""
+    parts = [layer_vars.get(v) for v in PACKED_PARAMS[param]]
+    if any(a is None for a in parts):
+        return None
+    return np.concatenate([var_to_torch("attention_packed", v, a) for v, a in zip(PACKED_PARAMS[param], parts)])
+
+
 def var_to_torch(kind: str, var: str, a: np.ndarray, report: ConversionReport | None = None) -> np.ndarray:
     a = np.asarray(a)
+    if var in PACKED_PARAMS:  # already packed in torch's layout (packed_value)
+        return a
     part = var.rsplit("/", 1)[-1]
     if var.startswith("attention_output/"):
         out = a.reshape(-1, a.shape[-1]).T if part == "kernel" else a

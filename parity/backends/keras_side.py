@@ -453,7 +453,49 @@ def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, o
     del side, model, original
     if owned:
         _release_keras(keras)
+    pack_attention_refs(run)
     return run
+
+
+def pack_attention_refs(run: ReferenceRun) -> None:
+    """A MultiHeadAttention ported as ``nn.MultiheadAttention`` (tap kind ``attention_packed``): its query, key
+    and value variables all live in the port's ``in_proj_weight`` / ``in_proj_bias``. After the reference ran
+    (its own lists zip one ref per Keras variable), their six refs become two, one per packed torch parameter,
+    and the gradients, updated values and optimizer slots get the packed arrays under those names
+    (``weight_converters.attention.packed_value``), so the gradient and step stages judge in_proj like any
+    parameter."""
+    from weight_converters.attention import PACKED_PARAMS, packed_value
+
+    packed = {t.ref: t for t in run.taps if t.kind == "attention_packed" and t.weighted}
+    if not packed:
+        return
+    refs, done = [], set()
+    for r in run.param_refs:
+        tap = packed.get(r.layer)
+        param = next((p for p, vs in PACKED_PARAMS.items() if r.var in vs), None) if tap is not None else None
+        if param is None:
+            refs.append(r)
+            continue
+        if (r.layer, param) in done:
+            continue
+        done.add((r.layer, param))
+        key = f"{tap.port}.{param}" if tap.port else param
+        refs.append(ParamRef(key, r.layer, param, "attention_packed"))
+        keys = {var: f"<unaligned:{r.layer}/{var}>" for var in PACKED_PARAMS[param]}
+        grads = run.param_grads.get(r.layer) if run.param_grads is not None else None
+        if grads is not None:
+            value = packed_value(param, grads)
+            if value is not None:
+                _inner(run.param_grads, r.layer)[param] = value
+        for step in run.steps:
+            value = packed_value(param, step["params"].get(r.layer) or {})
+            if value is not None:
+                _inner(step["params"], r.layer)[param] = value
+            slots = {var: step["slots"].get(k) or {} for var, k in keys.items()}
+            names = set.intersection(*(set(v) for v in slots.values()))
+            if names:
+                step["slots"][key] = {n: packed_value(param, {var: slots[var][n] for var in slots}) for n in names}
+    run.param_refs = refs
 
 
 def _release_keras(keras) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from parity.core.spill import SpillDict
 from weight_converters.keras import LAYER_VARS
 
 TORCH_DTYPES = ("float32", "float64")
+#: tap kinds whose module is called with more than its inputs (masks, flags): replayed so in isolation
+ATTENTION_KINDS = ("attention", "attention_packed")
 
 
 class DeviceUnavailable(UsageError, RuntimeError):
@@ -349,6 +352,9 @@ class TorchSide:
                 self.records[tap.path] = TapRecord(t, 1)
 
             handles.append(mod.register_forward_hook(hook))
+            if tap.kind in ATTENTION_KINDS:  # its mask arguments, replayed in isolation (_replay_call)
+                handles.append(mod.register_forward_pre_hook(functools.partial(self._record_call, tap.port),
+                                                             with_kwargs=True))
         try:
             yield self.records
         finally:
@@ -414,6 +420,41 @@ class TorchSide:
     def param(self, key: str):
         return dict(self.module.named_parameters()).get(key)
 
+    def _record_call(self, port: str, _m, args, kwargs):
+        """The first call's arguments of an attention module (detached): the masks and flags it was given."""
+        calls = self.__dict__.setdefault("calls", {})
+        if port not in calls:
+            det = (lambda a: a.detach() if self.torch.is_tensor(a) else a)
+            calls[port] = (tuple(det(a) for a in args), {k: det(v) for k, v in kwargs.items()})
+
+    def _replay_call(self, port: str, xs: list):
+        """``(args, kwargs)`` for the module at ``port`` in isolation: its recorded call with the data tensors (the
+        ones shaped like its first input: query, key, value; ``query=``/``key=``/``value=``) replaced by the
+        reference's inputs ``xs`` (Keras' (query, value[, key]) order: a missing key is the value), and every
+        other argument (``attn_mask``, ``is_causal``, a mask passed positionally) as the port passed it; None
+        when no call was recorded."""
+        rec = (self.__dict__.get("calls") or {}).get(port)
+        if rec is None or not xs:
+            return None
+        args, kwargs = list(rec[0]), dict(rec[1])
+        first = next((a for a in args if self.torch.is_tensor(a)), kwargs.get("query"))
+        if first is None:
+            return None
+        slots = [("a", k) for k, a in enumerate(args) if self.torch.is_tensor(a) and a.is_floating_point()
+                 and a.shape == first.shape]
+        slots += [("k", k) for k in ("query", "key", "value") if self.torch.is_tensor(kwargs.get(k))]
+        q, v = xs[0], xs[1] if len(xs) > 1 else xs[0]
+        key = xs[2] if len(xs) > 2 else v
+        fill = {1: [q], 2: [q, v], 3: [q, key, v]}.get(len(slots))
+        if fill is None:
+            return None
+        for (where, k), x in zip(slots, fill):
+            if where == "a":
+                args[k] = x
+            else:
+                kwargs[k] = x
+        return args, kwargs
+
     def isolated(self, tap: Tap, ref_inputs_nhwc: list[np.ndarray]) -> np.ndarray | None:
         """The tap's module alone, fed with the reference's input(s) to that layer (eval mode)."""
         torch = self.torch
@@ -431,8 +472,9 @@ class TorchSide:
         self.module.eval()
         with torch.no_grad():
             try:
+                replay = self._replay_call(tap.port, xs) if tap.kind in ATTENTION_KINDS else None
                 try:
-                    out = mod(*xs)
+                    out = mod(*replay[0], **replay[1]) if replay is not None else mod(*xs)
                 except TypeError:
                     # a reference layer fed one tensor twice (self-attention: MultiHeadAttention()(x, x)) and a
                     # port module taking it once (forward(self, x)): call it with the distinct inputs

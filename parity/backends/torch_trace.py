@@ -121,6 +121,8 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
         def hook(mod, inp, out, path=path):
             ins = [t for t in inp if torch.is_tensor(t)]
             k = len(calls)
+            if isinstance(out, tuple) and out and torch.is_tensor(out[0]):  # nn.MultiheadAttention: (out, weights)
+                out = out[0]
             calls.append({"path": path, "inputs": ins, "output": out if torch.is_tensor(out) else None,
                           "producers": [made_by[id(t)] for t in ins if id(t) in made_by]})
             if torch.is_tensor(out):

@@ -362,7 +362,7 @@ def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float =
     if np.may_share_memory(upd_ref, src):  # the layout change was a no-op: never write to the run's data
         upd_ref = upd_ref.copy()
     del src
-    upd_ref -= var_to_torch(r.kind, r.var, ctx.ref.weights[r.layer][r.var], flatten_chw=tap.flatten_chw)
+    upd_ref -= var_to_torch(r.kind, r.var, _initial(ctx, r), flatten_chw=tap.flatten_chw)
     new_port = r.param.detach().cpu().numpy()
     init_port = ctx.snapshot[0][r.key]  # the loaded weights, from the harness's snapshot (no second copy)
     if isinstance(init_port, np.ndarray):  # a fresh copy from the spill store: reuse its memory
@@ -371,6 +371,15 @@ def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float =
         upd_port = new_port - init_port.detach().cpu().numpy()
     del init_port
     return tensor_diff(path, upd_ref, upd_port, ctx.tol["step"], scale_floor=floor, skip=skip, skip_why=skip_why)
+
+
+def _initial(ctx: CheckContext, r):
+    """The reference's initial value of ``r``'s variable; a packed ``in_proj_weight``/``in_proj_bias``
+    (``parity.backends.keras_side.pack_attention_refs``) from its q/k/v variables."""
+    from weight_converters.attention import PACKED_PARAMS, packed_value
+
+    layer = ctx.ref.weights[r.layer]
+    return packed_value(r.var, layer) if r.kind == "attention_packed" and r.var in PACKED_PARAMS else layer[r.var]
 
 
 def _slot_diffs(ctx: CheckContext, tr: Training, k: int, p: _Param, at: str, judged: _LayerJudged) -> None:

@@ -59,7 +59,9 @@ ELEMENTWISE_TRANSFORMS = (None, "relu", "relu6", "sigmoid", "tanh", "elu", "swis
 #: kinds that may be matched although they differ (score 1 instead of 3)
 COMPATIBLE = {frozenset(("conv2d", "depthwise_conv2d")), frozenset(("conv1d", "depthwise_conv1d")),
               frozenset(("gap", "avgpool")),
-              frozenset(("reshape", "flatten"))}
+              frozenset(("reshape", "flatten")),
+              # a MultiHeadAttention ported as nn.MultiheadAttention (packed in_proj): converted as the port's kind
+              frozenset(("attention", "attention_packed"))}
 
 MATCH_SAME_KIND = 3.0
 MATCH_COMPATIBLE = 1.0
@@ -779,7 +781,9 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             # a parameter-free op on the raw input (a channel split): the port's tensor has no gradient
             row.note = (row.note + "; " if row.note else "") + "computed from the input alone: not tapped"
             continue
-        taps.append(Tap(r.name, r.name, port_path, r.kind, port_transform=transform, flatten_chw=flatten_chw))
+        # a MultiHeadAttention's weights go to the port's layout: q/k/v/out Linear layers or nn.MultiheadAttention
+        kind = p.kind if (r.kind, p.kind) == ("attention", "attention_packed") else r.kind
+        taps.append(Tap(r.name, r.name, port_path, kind, port_transform=transform, flatten_chw=flatten_chw))
     groups = {port[pj].name: tuple(port[pj].info["members"]) for ri, pj, _, _ in pairs
               if ri is not None and pj is not None and "members" in port[pj].info}
     for r in rows:  # a gap+flatten fusion found after the flatten's own row was written

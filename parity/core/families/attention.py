@@ -36,10 +36,14 @@ def _same(a, b) -> bool:
 
 
 def torch_unit(module) -> str | None:
-    """A hand-written attention is one unit by structure: q_proj, k_proj, v_proj and out_proj children (its
-    Linear layers are not aligned one by one)."""
-    return "attention" if all(hasattr(module, p) for p in PROJECTIONS + ("out_proj",)) and \
-        not hasattr(module, "in_proj_weight") else None
+    """An attention is one unit by structure (its Linear layers are not aligned one by one): a hand-written one
+    with q_proj, k_proj, v_proj and out_proj children, or ``nn.MultiheadAttention`` itself (packed
+    ``in_proj_weight``; its ``out_proj`` child is never called as a module: torch applies its weight with
+    ``F.linear``)."""
+    if hasattr(module, "in_proj_weight"):
+        return "attention_packed" if getattr(module, "in_proj_weight", None) is not None and \
+            hasattr(module, "out_proj") else None
+    return "attention" if all(hasattr(module, p) for p in PROJECTIONS + ("out_proj",)) else None
 
 
 def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
