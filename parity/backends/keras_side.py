@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from parity.core.data import make_batch, randomize_weights
-from parity.core.families import keras_info, keras_var_name, refuse_unsupported
+from parity.core.families import keras_call_kwargs, keras_info, keras_var_name, refuse_unsupported
 from parity.core.families.embedding import token_range
 from parity.core.env import import_tensorflow, trim_heap
 from parity.core.spill import SpillDict
@@ -116,7 +116,8 @@ def layer_info(layer) -> dict[str, Any]:
     for k in CONFIG_KEYS:
         if k in cfg:
             info[k] = _jsonable(cfg[k])
-    info.update({k: _jsonable(v) for k, v in keras_info(type(layer).__name__, cfg).items()})  # layer families
+    info.update({k: _jsonable(v) for k, v in keras_info(type(layer).__name__, {**cfg, **keras_call_kwargs(layer)}
+                                                          ).items()})  # layer families (and call kwargs they read)
     info["trainable_params"] = int(sum(math.prod(w.shape) for w in layer.trainable_weights))
     info["non_trainable_params"] = int(sum(math.prod(w.shape) for w in layer.non_trainable_weights))
     try:

@@ -44,6 +44,14 @@ def non_finite_first(run: Run, stage, diff: TensorDiff) -> list[Finding]:
     counts = non_finite_counts(diff)
     if counts is None:
         return []
+    if non_finite_side(counts) == "port":
+        # a layer family that explains the NaN names it (a causal mask of the inverted polarity masks a whole row:
+        # the softmax of nothing)
+        from parity.diagnosis.family_probes import family_probes
+
+        named = family_probes(run, stage, diff)
+        if named:
+            return named
     return [_finding(run, stage.name, diff, counts, "error")]
 
 

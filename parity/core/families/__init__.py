@@ -182,6 +182,16 @@ def keras_var_name(layer: str, name: str, path: str = "") -> str:
     return name
 
 
+def keras_call_kwargs(layer) -> dict[str, Any]:
+    """The keyword arguments of a Keras layer's first call in its model (``use_causal_mask=True``,
+    ``attention_mask=``) as ``{"call_<name>": value}``, a tensor given as ``"tensor"`` (read, never run): the
+    family tables see them next to the layer's config."""
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    kwargs = getattr(getattr(nodes[0], "arguments", None), "kwargs", None) if nodes else None
+    return {f"call_{k}": (v if isinstance(v, (bool, int, float, str, type(None))) else "tensor")
+            for k, v in (kwargs or {}).items()}
+
+
 def refuse_unsupported(layers: Iterable, tapped: dict[str, str] | None = None) -> None:
     """Raise :class:`parity.core.errors.UsageError` (one line, exit 2) before any conversion when a reference
     layer cannot be checked: a variant its family refuses (``GRU(reset_after=False)``), or a layer with
@@ -191,7 +201,7 @@ def refuse_unsupported(layers: Iterable, tapped: dict[str, str] | None = None) -
     bad = []
     for layer in layers:
         cls = type(layer).__name__
-        cfg = layer.get_config() if hasattr(layer, "get_config") else {}
+        cfg = {**(layer.get_config() if hasattr(layer, "get_config") else {}), **keras_call_kwargs(layer)}
         why = None
         for f in FAMILIES.values():
             why = why or (f.refuse(cls, cfg) if f.refuse is not None else None)

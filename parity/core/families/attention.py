@@ -18,6 +18,17 @@ KERAS_MASK_POLARITY = "True = attend"
 True where it is NOT allowed (torch/nn/modules/activation.py): the polarity is inverted."""
 
 
+KERAS_CAUSAL_MASK = "lower-triangular, True = attend (i attends to 0..i)"
+"""keras/src/layers/attention/multi_head_attention.py ``_compute_causal_mask``: ``row_index >= col_index`` of a
+(1, T, S) mask, True where attention is allowed (the diagonal included). torch's causal ``attn_mask`` is its
+complement, ``torch.triu(ones, diagonal=1)`` (True = masked), or ``is_causal=True`` in
+``F.scaled_dot_product_attention``."""
+KERAS_MASKED_SCORE = -1e9
+"""keras/src/layers/activations/softmax.py ``_large_negative_number`` (-1e9 unless float16): a masked score is
+replaced by it before the softmax (``where(mask, scores, -1e9)``), then the probabilities are zeroed where masked.
+exp(-1e9 - max) is exactly 0 in float32 and float64, so a port masking with -inf or -1e9 agrees to rounding."""
+
+
 def keras_attention_scale(key_dim: int) -> float:
     """The query scale Keras 3 applies: ``ops.cast(1 / sqrt(key_dim), dtype)`` of a Python float, which TF makes
     a float32 tensor first (keras/src/layers/attention/multi_head_attention.py ``_compute_attention``): a
@@ -68,6 +79,11 @@ def _refuse(cls: str, cfg: dict) -> str | None:
         return "MultiHeadAttention with value_dim != key_dim is not yet supported"
     if cfg.get("output_shape") is not None or cfg.get("use_gate") or cfg.get("use_bias") is False:
         return "MultiHeadAttention with output_shape, use_gate or use_bias=False is not yet supported"
+    if cfg.get("call_attention_mask") is not None:
+        return ("MultiHeadAttention called with attention_mask= (a mask given as an input) is not yet supported "
+                "(use_causal_mask=True is)")
+    if cfg.get("call_return_attention_scores"):
+        return "MultiHeadAttention(return_attention_scores=True) is not yet supported"
     axes = cfg.get("attention_axes")
     if axes not in (None, (1,), [1]):
         return f"MultiHeadAttention(attention_axes={axes}) is not yet supported"
@@ -119,49 +135,142 @@ def _heads_probe(kind: str, ev: dict):
 
 
 def _softmax(a):
-    a = a - a.max(axis=-1, keepdims=True)
-    e = np.exp(a)
-    return e / e.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # a fully masked row (-inf everywhere): NaN, as in torch
+        a = a - a.max(axis=-1, keepdims=True)
+        e = np.exp(a)
+        return e / e.sum(axis=-1, keepdims=True)
+
+
+def _parts(kind: str, w: dict):
+    """[(W, b)] of the query, key, value and output projections (torch layout) from either kind's converted
+    weights; None when one is missing."""
+    if kind == "attention_packed":
+        if "in_proj_weight" not in w or "out_proj.weight" not in w:
+            return None
+        ws = np.split(np.asarray(w["in_proj_weight"], dtype=np.float64), 3)
+        bs = np.split(np.asarray(w["in_proj_bias"], dtype=np.float64), 3) if "in_proj_bias" in w else [0.0] * 3
+        parts = list(zip(ws, bs))
+    else:
+        if any(f"{p}.weight" not in w for p in PROJECTIONS + ("out_proj",)):
+            return None
+        parts = [(np.asarray(w[f"{p}.weight"], dtype=np.float64), np.asarray(w.get(f"{p}.bias", 0.0)))
+                 for p in PROJECTIONS]
+    return parts + [(np.asarray(w["out_proj.weight"], dtype=np.float64), np.asarray(w.get("out_proj.bias", 0.0)))]
+
+
+def numpy_attention(x, parts, heads: int, scale: float, keep=None, fill=float("-inf"), after=False):
+    """Self-attention of ``x`` (N, L, E) in numpy: scores ``scale * q k^T`` per head, ``keep`` (L, L) True where
+    attention is allowed (None: everywhere), masked scores set to ``fill`` before the softmax, or (``after``)
+    the probabilities zeroed after it."""
+    n, length, _ = x.shape
+
+    def split(t):
+        return t.reshape(n, length, heads, -1).transpose(0, 2, 1, 3)
+
+    q, k, v = (split(x @ w.T + b) for w, b in parts[:3])
+    scores = scale * q @ k.transpose(0, 1, 3, 2)
+    if keep is not None and not after:
+        scores = np.where(keep, scores, fill)
+    probs = _softmax(scores)
+    if keep is not None and after:
+        probs = np.where(keep, probs, 0.0)
+    att = (probs @ v).transpose(0, 2, 1, 3).reshape(n, length, -1)
+    return att @ parts[3][0].T + parts[3][1]
+
+
+def _matches(out, port, rtol=1e-6) -> bool:
+    """Same shape, NaN where the port is NaN, and close elsewhere."""
+    if out.shape != port.shape:
+        return False
+    nan_o, nan_p = ~np.isfinite(out), ~np.isfinite(port)
+    if not np.array_equal(nan_o, nan_p) or nan_p.all():
+        return False
+    o, p = out[~nan_p], port[~nan_p]
+    return bool(np.allclose(o, p, rtol=rtol, atol=rtol * 1e-3 * float(np.max(np.abs(p)))))
+
+
+def _self_attention_evidence(kind: str, ev: dict):
+    """(x, parts, heads, key_dim, port output, the reference's keep mask) for a self-attention probe, or None."""
+    if kind not in ("attention", "attention_packed") or ev.get("port_out") is None or not ev.get("port_in") \
+            or not ev.get("want"):
+        return None
+    heads = (ev.get("ref_info") or {}).get("num_heads")
+    parts = _parts(kind, ev["want"])
+    x = np.asarray(ev["port_in"][0], dtype=np.float64)
+    if not heads or parts is None or x.ndim != 3 or parts[0][0].shape[1] != x.shape[-1]:
+        return None
+    h = int(heads)
+    kd = parts[0][0].shape[0] // h
+    causal = bool((ev.get("ref_info") or {}).get("call_use_causal_mask"))
+    keep = np.tril(np.ones((x.shape[1],) * 2, dtype=bool)) if causal else None
+    return x, parts, h, kd, np.asarray(ev["port_out"], dtype=np.float64), keep
 
 
 def _scale_probe(kind: str, ev: dict):
     """Recompute the self-attention in numpy from the port's input and the converted weights with the usual
-    scales; the one the port's output follows names the convention it broke."""
-    if kind != "attention" or ev.get("port_out") is None or not ev.get("port_in") or not ev.get("want"):
+    scales (and the reference's mask); the one the port's output follows names the convention it broke."""
+    got = _self_attention_evidence(kind, ev)
+    if got is None:
         return None
-    w = ev["want"]
-    heads = (ev.get("ref_info") or {}).get("num_heads")
-    if not heads or any(f"{p}.weight" not in w for p in PROJECTIONS + ("out_proj",)):
-        return None
-    x = np.asarray(ev["port_in"][0], dtype=np.float64)
-    if x.ndim != 3:
-        return None
-    n, length, _ = x.shape
-    h = int(heads)
-
-    def proj(p, t):
-        return t @ np.asarray(w[f"{p}.weight"]).T + np.asarray(w.get(f"{p}.bias", 0.0))
-
-    def split(t):
-        return t.reshape(n, length, h, -1).transpose(0, 2, 1, 3)
-
-    q, k, v = split(proj("q_proj", x)), split(proj("k_proj", x)), split(proj("v_proj", x))
-    kd = q.shape[-1]
-    port = np.asarray(ev["port_out"], dtype=np.float64)
+    x, parts, h, kd, port, keep = got
     for label, scale in (("1 (none)", 1.0), (f"1/sqrt(embed_dim) = 1/sqrt({h * kd})", 1 / math.sqrt(h * kd)),
                          (f"1/key_dim = 1/{kd}", 1.0 / kd)):
-        att = _softmax(scale * q @ k.transpose(0, 1, 3, 2)) @ v
-        out = proj("out_proj", att.transpose(0, 2, 1, 3).reshape(n, length, -1))
-        if out.shape == port.shape and np.allclose(out, port, rtol=1e-6, atol=1e-9 * float(np.max(np.abs(port)))):
+        if _matches(numpy_attention(x, parts, h, scale, keep), port):
             return ("attention_scale", f"attention scores scaled by {label} in the port; Keras scales the query by "
                     f"1/sqrt(key_dim) = 1/sqrt({kd})", f"scores * {1 / math.sqrt(kd):.6g} (1/sqrt(head_dim))",
                     "the port's output equals a numpy attention with that scale")
+    exact, rounded = 1 / math.sqrt(kd), keras_attention_scale(kd)
+    if exact != rounded and _matches(numpy_attention(x, parts, h, exact, keep), port, rtol=1e-12) and \
+            not _matches(numpy_attention(x, parts, h, rounded, keep), port, rtol=1e-12):
+        return ("attention_scale", f"the port scales by the exact 1/sqrt({kd}); Keras by 1/sqrt(key_dim) rounded to "
+                f"float32 ({rounded!r}, keras_attention_scale), even in a float64 model: a {abs(rounded / exact - 1):.1e} "
+                "relative difference, above the float64 tolerance", "scale=keras_attention_scale(key_dim) ("
+                "F.scaled_dot_product_attention(..., scale=...)); nn.MultiheadAttention cannot take it: check in "
+                "float32, or a key_dim whose 1/sqrt is exact in float32 (1, 4, 16, 64...)",
+                "the port's output equals a numpy attention with the exact scale to 1e-12, not with Keras'")
+    return None
+
+
+def _mask_probe(kind: str, ev: dict):
+    """The port's attention recomputed in numpy with the masks ports get wrong, against the reference's (causal
+    or none): the one the port's output follows (NaN where a row is fully masked, like torch) names the cause."""
+    got = _self_attention_evidence(kind, ev)
+    if got is None:
+        return None
+    x, parts, h, kd, port, keep = got
+    scale = keras_attention_scale(kd)
+    length = x.shape[1]
+    tril = np.tril(np.ones((length, length), dtype=bool))
+    fix = "attn_mask=torch.triu(torch.ones(L, L, dtype=torch.bool), diagonal=1) (True = masked), or is_causal=True"
+    if keep is None:
+        cands = [("attention_causal_mask_extra", tril, False, "the port masks future positions (causal); the "
+                  "reference attends to every position (MultiHeadAttention called without use_causal_mask)",
+                  "drop the port's causal mask (or call the reference with use_causal_mask=True)")]
+    else:
+        cands = [
+            ("attention_causal_mask_missing", None, False, "the port attends to every position; the reference is "
+             "causal (MultiHeadAttention(..., use_causal_mask=True): position i attends to 0..i)", fix),
+            ("attention_mask_polarity", ~tril, False, "the port's causal mask has the inverted polarity: it masks "
+             "the positions Keras attends to (Keras' mask is True where attention is allowed, torch's boolean "
+             "attn_mask True where it is NOT)", fix + "; with Keras' tril mask: masked_fill(mask == 0, -inf)"),
+            ("attention_causal_offset", np.tril(tril, -1), False, "the port's causal mask also masks the diagonal "
+             "(torch.triu(ones) without diagonal=1): Keras lets position i attend to itself", fix),
+            ("attention_mask_after_softmax", tril, True, "the port masks the attention probabilities after the "
+             "softmax (its rows no longer sum to 1); Keras masks the scores before it (-1e9, "
+             "keras/src/layers/activations/softmax.py)", "scores.masked_fill(~keep, float('-inf')) before "
+             "the softmax, or attn_mask / is_causal=True"),
+        ]
+    for cause, mask, after, message, fx in cands:
+        fills = (0.0,) if after or mask is None else (float("-inf"), KERAS_MASKED_SCORE)
+        if any(_matches(numpy_attention(x, parts, h, scale, mask, fill, after), port) for fill in fills):
+            return (cause, message, fx, "the port's output equals a numpy attention with that mask")
     return None
 
 
 FAMILY = Family(
     name="attention",
-    summary="MultiHeadAttention (self- or cross-attention, no mask) <-> nn.MultiheadAttention or q/k/v/out Linear",
+    summary="MultiHeadAttention (self- or cross-attention, no mask or use_causal_mask=True) <-> "
+            "nn.MultiheadAttention or q/k/v/out Linear",
     keras_classes={"MultiHeadAttention": "attention"},
     torch_classes={"MultiheadAttention": "attention_packed"},
     weighted=("attention", "attention_packed"),
@@ -173,12 +282,16 @@ FAMILY = Family(
         Named("scaling", KERAS_ATTENTION_SCALE, "1/sqrt(head_dim)", "torch/nn/functional.py"),
         Named("mask polarity", KERAS_MASK_POLARITY, "True = masked out (attn_mask bool, key_padding_mask)",
               "torch/nn/modules/activation.py"),
+        Named("causal mask", KERAS_CAUSAL_MASK, "torch.triu(ones, diagonal=1) True = masked, or is_causal=True",
+              "keras/src/layers/attention/multi_head_attention.py; torch/nn/functional.py"),
+        Named("masked score", f"{KERAS_MASKED_SCORE:g} before the softmax, probabilities zeroed after",
+              "-inf (attn_mask float / bool) before the softmax", "keras/src/layers/activations/softmax.py"),
         Named("layout", "(N, L, E)", "batch_first=True (default (L, N, E))", "torch/nn/modules/activation.py"),
     ),
-    keras_keys=("num_heads", "key_dim", "value_dim", "dropout"),
+    keras_keys=("num_heads", "key_dim", "value_dim", "dropout", "call_use_causal_mask"),
     torch_attrs=("num_heads", "embed_dim", "head_dim"),
     rules=(_rules,),
     refuse=_refuse,
-    probes=(_weights_probe, _heads_probe, _scale_probe),
+    probes=(_weights_probe, _heads_probe, _mask_probe, _scale_probe),
     kinds=("attention", "attention_packed"),
 )
