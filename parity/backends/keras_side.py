@@ -22,6 +22,7 @@ from parity.core.env import import_tensorflow, trim_heap
 from parity.core.spill import SpillDict
 from parity.optim.adapters import ParamRef, get_adapter
 from parity.core.spec import LossSpec, OptimizerSpec, PairSpec, Tap, resolve
+from weight_converters.attention import PACKED_PARAMS, packed_value
 from weight_converters.keras import LAYER_VARS, companion_vars
 
 #: get_config keys copied into the structure description of a Keras layer
@@ -465,8 +466,6 @@ def pack_attention_refs(run: ReferenceRun) -> None:
     and the gradients, updated values and optimizer slots get the packed arrays under those names
     (``weight_converters.attention.packed_value``), so the gradient and step stages judge in_proj like any
     parameter."""
-    from weight_converters.attention import PACKED_PARAMS, packed_value
-
     packed = {t.ref: t for t in run.taps if t.kind == "attention_packed" and t.weighted}
     if not packed:
         return

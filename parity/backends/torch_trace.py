@@ -10,6 +10,7 @@ from typing import Any
 from parity.backends.trace_nodes import (
     CNN_KINDS, FUNCTIONAL_OPS, GROUP_JOIN, TORCH_ACTIVATIONS, AlignmentError, Node, close_names, kind_from_name)
 from parity.core import families
+from parity.core.families.attention import ROLES
 from parity.core.errors import UsageError, UserCodeError
 from weight_converters.keras import LAYER_VARS
 
@@ -100,6 +101,16 @@ class PortTrace:
     traced_with: str
 
 
+def _zero_border(x) -> tuple[tuple[int, int], ...]:
+    """(leading, trailing) count of all-zero slices along each spatial axis of (N, C, *spatial)."""
+    out = []
+    for axis in range(2, x.dim()):
+        live = (x != 0).movedim(axis, 0).flatten(1).any(dim=1).nonzero().flatten()
+        n = int(x.shape[axis])
+        out.append((int(live[0]), n - 1 - int(live[-1])) if live.numel() else (n, n))
+    return tuple(out)
+
+
 def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
     """Run ``module`` once (eval, no grad) on ``example`` (a tensor, or a tuple of tensors for a port with
     several inputs) with hooks on every unit; return the call sequence as nodes. The module's mode is
@@ -152,6 +163,12 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
         params = {k2: tuple(v.shape) for k2, v in m.named_parameters()}
         params.update({k2: tuple(v.shape) for k2, v in m.named_buffers() if not k2.endswith("num_batches_tracked")})
         info = {"call": seen_count[c["path"]], "call_k": k}
+        roles = families.torch_unit_roles(m) if kind == "attention" else None
+        if roles is not None:  # projections with other names: the converter's names, and the real paths
+            real = dict(zip(ROLES, roles))
+            params = {f"{role}.{pn}": tuple(p.shape) for role, path in real.items()
+                      for pn, p in m.get_submodule(path).named_parameters()}
+            info.update(roles=real)
         if isinstance(m, torch.nn.RNNBase):  # a time-major port (batch_first=False) is compared as such
             info.update(batch_first=bool(m.batch_first))
         x0 = c["inputs"][0] if c["inputs"] else None
@@ -165,6 +182,8 @@ def trace_torch(module, example, separable=None, forced_groups=()) -> PortTrace:
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
             info.update(kernel=tuple(m.kernel_size), stride=tuple(m.stride), groups=m.groups,
                         padding=tuple(m.padding) if isinstance(m.padding, tuple) else None)
+            if x0 is not None and x0.dim() in (4, 5):  # all-zero slices at the borders: an F.pad before the module
+                info.update(zero_border=_zero_border(x0))
         nodes.append(Node(name=c["path"], cls=type(m).__name__, kind=kind, act=act,
                           params=params if kind in CNN_KINDS or kind in LAYER_VARS else {},
                           out_shape=_shape(c["output"]) if c["output"] is not None else None,

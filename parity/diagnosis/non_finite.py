@@ -15,6 +15,7 @@ import numpy as np
 from parity.core.results import STAGE_ORDER, Finding, TensorDiff
 from parity.core.tensors import non_finite_counts, non_finite_side
 from parity.diagnosis.common import Run, base, finding
+from parity.diagnosis.family_probes import family_probes
 from parity.diagnosis.registry import ANY_STAGE, result_rule, stage_rule
 
 #: the BatchNorm variable whose negative values make ``sqrt(var + eps)`` NaN in an eval forward
@@ -47,8 +48,6 @@ def non_finite_first(run: Run, stage, diff: TensorDiff) -> list[Finding]:
     if non_finite_side(counts) == "port":
         # a layer family that explains the NaN names it (a causal mask of the inverted polarity masks a whole row:
         # the softmax of nothing)
-        from parity.diagnosis.family_probes import family_probes
-
         named = family_probes(run, stage, diff)
         if named:
             return named

@@ -30,6 +30,7 @@ from parity.core.tensors import NOT_JUDGED_KEY, layer_scale_floor, tensor_diff
 from parity.optim.adapters import get_adapter
 from parity.stages.context import TRAIN_STAGES, CheckContext
 from parity.stages.forward import compare_acts, diff_sink, ref_to_port_layout
+from weight_converters.attention import PACKED_PARAMS, packed_value
 from weight_converters.keras import var_to_torch
 
 
@@ -376,8 +377,6 @@ def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float =
 def _initial(ctx: CheckContext, r):
     """The reference's initial value of ``r``'s variable; a packed ``in_proj_weight``/``in_proj_bias``
     (``parity.backends.keras_side.pack_attention_refs``) from its q/k/v variables."""
-    from weight_converters.attention import PACKED_PARAMS, packed_value
-
     layer = ctx.ref.weights[r.layer]
     return packed_value(r.var, layer) if r.kind == "attention_packed" and r.var in PACKED_PARAMS else layer[r.var]
 

@@ -63,6 +63,9 @@ COMPATIBLE = {frozenset(("conv2d", "depthwise_conv2d")), frozenset(("conv1d", "d
               # a MultiHeadAttention ported as nn.MultiheadAttention (packed in_proj): converted as the port's kind
               frozenset(("attention", "attention_packed"))}
 
+#: the view's name of a unit seen with the converter's child names (``sa#attention``: parity.user.view)
+ROLES_MARK = "#attention"
+
 MATCH_SAME_KIND = 3.0
 MATCH_COMPATIBLE = 1.0
 MATCH_FUNCTIONAL = 1.5
@@ -490,22 +493,54 @@ def supported_transforms() -> set[str]:
     return ok
 
 
-def _flatten_order(calls: list[dict], k: int, flat) -> str | None:
-    """Probe the port: is ``flat`` (a flatten's output or a Linear's input at call ``k``) a CHW or an HWC
-    flattening of the latest 4-D tensor seen up to that call? Returns "chw", "hwc" or None."""
+def _flatten_order(calls: list[dict], k: int, flat, keras_shape=None) -> str | None:
+    """Probe the port: is ``flat`` (a flatten's output or a Linear's input at call ``k``) a channels-first
+    ("chw": torch's order, the reference's Dense rows need reordering) or a channels-last ("hwc": Keras' own
+    order) flattening of the latest image, volume or sequence tensor seen up to that call? Returns "chw", "hwc"
+    or None. A monotone elementwise function between the two (``torch.relu`` or ``F.sigmoid`` in the parent's
+    forward after the last module) is seen through (:func:`_same_order`). A sequence (N, C, L) or (N, L, C)
+    counts only with ``keras_shape``, the reference's (L, C), to tell its layout by (square: undecided)."""
     import torch
 
     if flat is None or flat.dim() != 2:
         return None
     for prev in reversed(calls[:k + 1]):
         for t in ([prev["output"]] if prev["output"] is not None else []) + list(prev["inputs"]):
-            if t is None or t.dim() not in (4, 5) or t[0].numel() != flat.shape[1]:  # an image or a volume
+            if t is None or t.dim() not in (3, 4, 5) or t[0].numel() != flat.shape[1] or not t.is_floating_point():
                 continue
-            if torch.equal(t.flatten(1), flat):
-                return "chw"
-            if torch.equal(t.movedim(1, -1).flatten(1), flat):
-                return "hwc"
+            if t.dim() == 3:  # a sequence: its layout from the reference's (L, C)
+                if keras_shape is None or len(keras_shape) != 2 or keras_shape[0] == keras_shape[1]:
+                    continue
+                if tuple(t.shape[1:]) == tuple(keras_shape):  # channels-last port tensor: Keras' order as is
+                    orders = (("hwc", t.flatten(1)),)
+                elif tuple(t.shape[1:]) == tuple(reversed(keras_shape)):
+                    orders = (("chw", t.flatten(1)), ("hwc", t.movedim(1, -1).flatten(1)))
+                else:
+                    continue
+            else:
+                orders = (("chw", t.flatten(1)), ("hwc", t.movedim(1, -1).flatten(1)))
+            for name, cand in orders:
+                if torch.equal(cand, flat):
+                    return name
+            fits = [name for name, cand in orders if _same_order(cand, flat)]
+            if len(fits) == 1:
+                return fits[0]
     return None
+
+
+def _same_order(x, y) -> bool:
+    """``y == f(x)`` elementwise for some non-decreasing ``f`` (ReLU, sigmoid, tanh, leaky ReLU, identity), with
+    ``y`` not constant: sorted by ``x``, ``y`` never decreases. A flatten in another element order breaks it."""
+    import torch
+
+    x, y = x.reshape(-1).double(), y.reshape(-1).double()
+    if x.numel() < 4 or not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
+        return False
+    ys = y[torch.argsort(x, stable=True)]
+    span = float(ys.max() - ys.min())
+    if span == 0.0:
+        return False
+    return bool((ys[1:] - ys[:-1] >= -1e-12 * span).all())
 
 
 def example_input(input_shape, dtype, seed: int = 0, integer_range: int | None = None):
@@ -591,6 +626,8 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
     shared: dict[str, list[str]] = {}
     missing_acts: list[tuple[str, str, str]] = []
     pending_chw: tuple[int, int, int] | None = None  # a flatten's (C, H, W) until the Dense that reads it
+    pending_kshape = None  # that flatten's input shape in the reference ((H, W, C), (L, C), ...)
+    seq_channels_first = False  # the latest aligned sequence (N, L, C) layer's port module is (N, C, L)
     for ri, pj, s, status in pairs:
         r = ref[ri] if ri is not None else None
         p = port[pj] if pj is not None else None
@@ -608,23 +645,32 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                         f"{r.cls} (weights split between them)")
         flatten_chw = None
         if r.kind == "flatten":
-            chw = r.in_shapes[0] if r.in_shapes and r.in_shapes[0] and len(r.in_shapes[0]) in (3, 4) else None
+            kshape = r.in_shapes[0] if r.in_shapes and r.in_shapes[0] else None
+            chw = kshape if kshape is not None and len(kshape) in (3, 4) else None
+            if kshape is not None and len(kshape) == 2 and None not in kshape:
+                # a sequence (L, C): torch's (N, C, L) flattens C-major; the converter reorders like an image's
+                chw = (kshape[1], kshape[0])
             order = None
             if p is not None and not p.functional:
                 kc = call_index[pj]
-                order = _flatten_order(trace.calls, kc, trace.calls[kc]["output"])
+                order = _flatten_order(trace.calls, kc, trace.calls[kc]["output"], kshape)
+            if chw is not None and len(kshape) == 2 and order is None and not seq_channels_first:
+                chw = None  # a channels-last sequence port (Linear/RNN/attention outputs): Keras' order as is
             if chw is not None and None not in chw and order != "hwc":
                 flatten_chw = tuple(chw)
                 if order is None:
-                    row.note = "flatten order not observable: assumed torch's CHW"
+                    row.note = "flatten order not observable: assumed torch's channels-first order"
             pending_chw = flatten_chw if chw is not None else None
+            pending_kshape = kshape
         elif r.kind == "dense" and pending_chw is not None:
             order = None
             if p is not None and not p.functional:
                 kc = call_index[pj]
                 ins = trace.calls[kc]["inputs"]
-                order = _flatten_order(trace.calls[:kc], kc - 1, ins[0] if ins else None)
+                order = _flatten_order(trace.calls[:kc], kc - 1, ins[0] if ins else None, pending_kshape)
             flatten_chw = pending_chw if order != "hwc" else None
+            if order == "hwc":
+                row.note = "the port flattens in Keras' channels-last order: the kernel's rows kept as they are"
             pending_chw = None
         elif r.kind not in ("dropout", "activation"):
             pending_chw = None
@@ -755,6 +801,25 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
                 transform = f"{transform}|prepad[{left},{extra - left}]"
                 row.note = (row.note + "; " if row.note else "") + (
                     f"padded by the port before the module: (left {left}, right {extra - left})")
+        if r.out_shape is not None and len(r.out_shape) == 2:  # (L, C): a sequence layer
+            seq_channels_first = "channels_last" in (transform or "")
+        if p.cls in ("Conv2d", "Conv3d") and p.info.get("zero_border") and r.kind in ("conv2d", "conv3d") and \
+                p.in_shapes and r.in_shapes and p.in_shapes[0] and r.in_shapes[0] and \
+                len(p.in_shapes[0]) == len(r.in_shapes[0]) == len(p.info["zero_border"]) + 1 and \
+                None not in r.in_shapes[0] and p.in_shapes[0][0] == r.in_shapes[0][0]:  # both (C, *spatial)
+            # the port pads the image or volume before its conv (F.pad(x, (0, 1, 0, 1)) in the parent's forward,
+            # TF 'same' on an even size at stride 2): the module is fed that pad in isolation
+            extra = [p.in_shapes[0][1 + i] - r.in_shapes[0][1 + i] for i in range(len(p.info["zero_border"]))]
+            if all(e >= 0 for e in extra) and any(extra):
+                pads = []
+                for e, (lead, tail) in zip(extra, p.info["zero_border"]):
+                    left = min(lead, e)
+                    pads.append((left, e - left) if e - left <= tail else None)
+                if None not in pads:
+                    flat = ",".join(f"{a},{b}" for a, b in pads)
+                    transform = f"{transform}|prepad[{flat}]" if transform else f"prepad[{flat}]"
+                    row.note = (row.note + "; " if row.note else "") + (
+                        f"padded by the port before the module: {tuple(pads)} (before, after) per axis")
         port_path = p.name
         if p.info.get("call", 1) > 1:
             first = next((ref[ri2].name for ri2, pj2, _, _ in pairs if ri2 is not None and pj2 is not None
@@ -777,6 +842,14 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
             row.port = port_path
             row.note = (row.note + "; " if row.note else "") + (
                 f"{ref[pad[0]].name} ({ref[pad[0]].cls} {pad[1]}) + {r.name} == {p.name}(padding={pad[1]})")
+        if p.info.get("roles") and port_path == p.name:
+            # a hand-written attention whose projections have other names (an nn.ModuleList): seen through a
+            # view with the converter's names (q_proj, k_proj, v_proj, out_proj: the same Linear layers)
+            port_path = f"{_dotless(p.name)}{ROLES_MARK}"
+            aliases[port_path] = ("roles", p.name, dict(p.info["roles"]))
+            row.port = port_path
+            row.note = (row.note + "; " if row.note else "") + "projections " + ", ".join(
+                f"{v} as {k}" for k, v in p.info["roles"].items())
         if not r.weighted and ri in input_only:
             # a parameter-free op on the raw input (a channel split): the port's tensor has no gradient
             row.note = (row.note + "; " if row.note else "") + "computed from the input alone: not tapped"

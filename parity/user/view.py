@@ -152,7 +152,27 @@ def _classes():
         def register_forward_hook(self, hook, *args, **kwargs):
             return self._target.register_forward_hook(lambda _m, inp, out: hook(self, inp, out), *args, **kwargs)
 
-    _CLASSES.update(group=ModuleGroup, view=PortView, call=CallAlias, padded=PaddedAlias)
+    class RolesAlias(nn.Module):
+        """A one-layer unit of the port whose children have other names than the converter's (a hand-written
+        attention's projections in an ``nn.ModuleList``): the same child modules under the converter's names
+        (``q_proj``...), calling and hooking the user's module."""
+
+        def __init__(self, module, roles: dict[str, str]):
+            super().__init__()
+            object.__setattr__(self, "_target", module)
+            for role, path in roles.items():
+                self.add_module(role, module.get_submodule(path))
+
+        def forward(self, *args, **kwargs):
+            return self._target(*args, **kwargs)
+
+        def register_forward_hook(self, hook, *args, **kwargs):
+            return self._target.register_forward_hook(lambda _m, inp, out: hook(self, inp, out), *args, **kwargs)
+
+        def register_forward_pre_hook(self, hook, *args, **kwargs):
+            return self._target.register_forward_pre_hook(lambda _m, *rest: hook(self, *rest), *args, **kwargs)
+
+    _CLASSES.update(group=ModuleGroup, view=PortView, call=CallAlias, padded=PaddedAlias, roles=RolesAlias)
     return ModuleGroup, PortView
 
 
@@ -172,5 +192,6 @@ def port_view(port, groups: dict[str, tuple[str, ...]] | None = None, unpack: Ca
         made[name] = group_cls(modules[dw], modules[pw], members)
     for name, (how, path, arg) in (aliases or {}).items():
         target = made.get(path) or modules[path]
-        made[name] = _CLASSES["call"](target, arg) if how == "call" else _CLASSES["padded"](target)
+        made[name] = (_CLASSES["call"](target, arg) if how == "call" else _CLASSES["roles"](target, arg)
+                      if how == "roles" else _CLASSES["padded"](target))
     return view_cls(port, made, unpack, pack)

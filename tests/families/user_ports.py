@@ -3,8 +3,8 @@ alignment): a plain ``nn.LSTM`` with the last step taken in the parent's forward
 ``nn.GRU`` read from ``h_n`` (textgru), ``F.scaled_dot_product_attention`` with ``nn.Sequential``/``ModuleList``
 blocks (transformer), ``nn.Sequential`` U-Net blocks with ``F.interpolate`` (encdec), one ``nn.Sequential``
 1-D CNN and one padding with ``F.pad`` before its Conv1d (seqconv), a transposed conv cropped in the parent's
-forward (encdec); and a correct port parity cannot align yet (``*_modulelist_projections``), kept to show what
-is left."""
+forward (encdec); and the attention's projections in an ``nn.ModuleList`` (``*_modulelist_projections``: aligned
+by structure, tests/families/test_attention_masks.py)."""
 from __future__ import annotations
 
 
@@ -100,8 +100,8 @@ def transformer_sdpa(seq_len=10, d_model=16, num_heads=2, ff_dim=32, num_classes
 
 def transformer_modulelist_projections(seq_len=10, d_model=16, num_heads=2, ff_dim=32, num_classes=3, **_):
     """:func:`transformer_sdpa` with the projections in a ``ModuleList`` (``proj.0/1/2``) and the output one
-    named ``wo``: correct, but not yet aligned (the attention is found by its projections' names; see
-    tests/families/test_user_mode.py)."""
+    named ``wo``: correct; aligned by structure (``parity.core.families.attention.unit_roles``: the container's
+    order is query, key, value), tests/families/test_attention_masks.py."""
     import numpy as np
     import torch.nn.functional as F
     from torch import nn

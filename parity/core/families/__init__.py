@@ -81,6 +81,12 @@ def torch_unit_kind(module) -> str | None:
     return None
 
 
+def torch_unit_roles(module) -> tuple[str, ...] | None:
+    """The child paths of a one-layer unit whose children have other names than the converter's (a hand-written
+    attention's projections in an ``nn.ModuleList``), in the converter's order; None: the usual names."""
+    return attention.unit_roles(module)
+
+
 def keras_info(cls: str, config: dict) -> dict[str, Any]:
     """The family config keys of one Keras layer (``layer.get_config()``) for the structure stage."""
     info: dict[str, Any] = {}

@@ -46,6 +46,48 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and bool(np.all(np.abs(a - b) <= PROBE_RTOL * max(float(np.max(np.abs(b))), 1e-300)))
 
 
+ROLES = PROJECTIONS + ("out_proj",)
+#: what a hand-written attention's forward calls (read from its source, never run): the evidence that four Linear
+#: layers make an attention and not, say, an MLP
+ATTENTION_CALLS = ("softmax", "scaled_dot_product_attention")
+
+
+def _linear(m) -> bool:
+    return hasattr(m, "in_features") and hasattr(m, "out_features") and getattr(m, "weight", None) is not None
+
+
+def _forward_attends(module) -> bool:
+    import inspect
+
+    try:
+        src = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return False
+    return any(c in src for c in ATTENTION_CALLS)
+
+
+def unit_roles(module) -> tuple[str, str, str, str] | None:
+    """A hand-written attention whose projections have other names: exactly four Linear layers and no other
+    parameter, three of them the children of one container (``nn.ModuleList``/``ModuleDict``: query, key,
+    value in its order), the fourth the output projection, and a forward that calls a softmax or
+    ``scaled_dot_product_attention``. Returns their paths in (q, k, v, out) order, else None. The roles come
+    from the structure, never from what the forward does with them: a forward that uses ``proj[1]`` as the
+    query still gets Keras' key there, and diverges."""
+    if any(True for _ in module.parameters(recurse=False)) or all(hasattr(module, p) for p in ROLES):
+        return None
+    leaves = [(n, m) for n, m in module.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    if len(leaves) != 4 or not all(_linear(m) for _, m in leaves) or \
+            any(True for _, m in leaves for c in m.children()):
+        return None
+    for name, child in module.named_children():
+        kids = [f"{name}.{n}" for n, c in child.named_children() if _linear(c)]
+        if len(kids) == 3 and len(list(child.children())) == 3:
+            out = [n for n, _ in leaves if n not in kids]
+            if len(out) == 1 and _forward_attends(module):
+                return (*kids, out[0])
+    return None
+
+
 def torch_unit(module) -> str | None:
     """An attention is one unit by structure (its Linear layers are not aligned one by one): a hand-written one
     with q_proj, k_proj, v_proj and out_proj children, or ``nn.MultiheadAttention`` itself (packed
@@ -54,7 +96,9 @@ def torch_unit(module) -> str | None:
     if hasattr(module, "in_proj_weight"):
         return "attention_packed" if getattr(module, "in_proj_weight", None) is not None and \
             hasattr(module, "out_proj") else None
-    return "attention" if all(hasattr(module, p) for p in PROJECTIONS + ("out_proj",)) else None
+    if all(hasattr(module, p) for p in ROLES):
+        return "attention"
+    return "attention" if unit_roles(module) is not None else None
 
 
 def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
@@ -231,6 +275,29 @@ def _scale_probe(kind: str, ev: dict):
     return None
 
 
+def _roles_probe(kind: str, ev: dict):
+    """The port's forward uses its projections in other roles (``k, q, v = (p(x) for p in self.proj)``): its
+    output equals a numpy attention with the converted q/k/v weights permuted."""
+    import itertools
+
+    got = _self_attention_evidence(kind, ev)
+    if got is None:
+        return None
+    x, parts, h, kd, port, keep = got
+    names = ("query", "key", "value")
+    for perm in itertools.permutations(range(3)):
+        if perm == (0, 1, 2):
+            continue
+        if _matches(numpy_attention(x, [parts[i] for i in perm] + [parts[3]], h, keras_attention_scale(kd), keep),
+                    port):
+            used = ", ".join(f"the {names[i]} projection as {names[j]}" for j, i in enumerate(perm) if i != j)
+            return ("attention_qkv_order", f"the port's forward uses {used}; its projections hold Keras' query, "
+                    "key, value in the order they are defined", "use the projections as query, key, value in "
+                    "the order they are defined (q_proj/k_proj/v_proj, or the container's order)",
+                    "the port's output equals a numpy attention with those roles")
+    return None
+
+
 def _mask_probe(kind: str, ev: dict):
     """The port's attention recomputed in numpy with the masks ports get wrong, against the reference's (causal
     or none): the one the port's output follows (NaN where a row is fully masked, like torch) names the cause."""
@@ -292,6 +359,6 @@ FAMILY = Family(
     torch_attrs=("num_heads", "embed_dim", "head_dim"),
     rules=(_rules,),
     refuse=_refuse,
-    probes=(_weights_probe, _heads_probe, _mask_probe, _scale_probe),
+    probes=(_weights_probe, _heads_probe, _mask_probe, _scale_probe, _roles_probe),
     kinds=("attention", "attention_packed"),
 )
