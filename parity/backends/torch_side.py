@@ -145,16 +145,21 @@ def _column_softmax(name: str, t):
 
 def _prepad(part: str):
     """``"prepad[l,r]"``: the pad a port applies before its Conv1d (``F.pad(x, (l, r))`` on the time axis of
-    (N, C, L)), given to the module in isolation; the module's output is compared as it is."""
-    m = re.fullmatch(r"prepad\[(\d+),(\d+)\]", part)
+    (N, C, L)), given to the module in isolation; the module's output is compared as it is. An image's or a
+    volume's: ``"prepad[t,b,l,r]"`` / ``"prepad[f,k,t,b,l,r]"``, (before, after) per spatial axis in order (a
+    ``F.pad(x, (0, 1, 0, 1, 0, 1))`` before a stride-2 Conv3d)."""
+    m = re.fullmatch(r"prepad\[(\d+(?:,\d+)*)\]", part)
     if m is None:
         return None
-    left, right = int(m.group(1)), int(m.group(2))
+    vals = [int(v) for v in m.group(1).split(",")]
+    if len(vals) % 2:
+        return None
+    pads = [v for k in reversed(range(0, len(vals), 2)) for v in vals[k:k + 2]]  # F.pad: the last axis first
 
     def pad(x):
         import torch.nn.functional as F
 
-        return F.pad(x, (left, right))
+        return F.pad(x, pads)
 
     return pad
 

@@ -191,7 +191,8 @@ def pool_rules(tap: Tap, ref: dict[str, Any], port: dict[str, Any]) -> list[Find
     if rs and ps and rs != ps:
         out.append(structural(tap, "stride", f"pool stride {ps} in the port, {rs} in the reference",
                               f"use stride={rs}"))
-    if "ceil_mode" in port and rk and rs and len(rk) == 2 and pk and ps and rk == pk and rs == ps:
+    if "ceil_mode" in port and not port.get("tf_padding") and rk and rs and len(rk) == 2 and pk and ps and \
+            rk == pk and rs == ps:  # a module seen computing TF 'same' has its output size too
         rounding = pool_rounding(ref, port, rk, rs)
         if rounding:
             out.append(structural(tap, "pool_rounding", *rounding))

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from parity import diagnosis
+from parity.backends.torch_probe import computes_tf_same
 from parity.backends.torch_side import module_info
 from parity.core.families import torch_info
 from parity.core.results import Finding, StageResult
@@ -65,6 +66,14 @@ def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Find
         st.rows.append(row | {"status": "missing"})
         return
     pinfo = module_info(mod)
+    nd_pre = re.search(r"prepad\[(\d+(?:,\d+){3,})\]", tap.port_transform or "")  # an image's or a volume's
+    nd_pre = [int(v) for v in nd_pre.group(1).split(",")] if nd_pre else None
+    if nd_pre:
+        pinfo["prepad"] = nd_pre
+    if rinfo.get("padding") == "same" and not pinfo.get("tf_padding") and computes_tf_same(mod, rinfo, prepad=nd_pre):
+        # ceil_mode=True on an even size, a subclass padding in its own forward, an F.pad before the module in the
+        # parent's forward: TF 'same' by what it computes
+        pinfo["tf_padding"] = "same (observed)"
     if (tap.port_transform or "").startswith(("time_major", "bidirectional_time_major")):
         pinfo["fed_time_major"] = True  # batch_first=False fed (L, N, C): the alignment saw the transpose
     pre = re.search(r"prepad\[(\d+),(\d+)\]", tap.port_transform or "")
