@@ -884,6 +884,53 @@ def s1_upsample_linear(**cfg):
     return m
 
 
+# ==== decoder (causal self-attention: user pairs of reference_keras/decoder.py and ported_torch/decoder.py) ==========
+DECODER_REF = "reference_keras.decoder:decoder_block"
+
+
+def dc_mask_missing(**cfg):
+    """nn.MultiheadAttention called without attn_mask: every position attends to the future."""
+    from ported_torch.decoder import decoder_block
+
+    return decoder_block(mask=None, **cfg)
+
+
+def dc_mask_polarity_bool(**cfg):
+    """Keras' causal mask (tril, True = attend) given to torch as attn_mask (True = masked): the last row is all
+    masked (NaN)."""
+    from ported_torch.decoder import decoder_block
+
+    return decoder_block(mask="tril", **cfg)
+
+
+def dc_mask_polarity_fill(**cfg):
+    """Hand-written scores.masked_fill(tril == 1, -1e9): the allowed positions masked (finite: -1e9)."""
+    from ported_torch.decoder import KERAS_MASKED_SCORE, decoder_masked_fill
+
+    return decoder_masked_fill(mask="inverted", mask_fill=KERAS_MASKED_SCORE, **cfg)
+
+
+def dc_mask_after_softmax(**cfg):
+    """The probabilities zeroed above the diagonal after the softmax (rows no longer sum to 1)."""
+    from ported_torch.decoder import decoder_masked_fill
+
+    return decoder_masked_fill(mask_after_softmax=True, **cfg)
+
+
+def dc_causal_diagonal(**cfg):
+    """attn_mask=torch.triu(ones) without diagonal=1: each position masked from itself too (row 0 NaN)."""
+    from ported_torch.decoder import decoder_block
+
+    return decoder_block(mask="triu0", **cfg)
+
+
+def dc_sdpa_not_causal(**cfg):
+    """F.scaled_dot_product_attention without is_causal=True."""
+    from ported_torch.decoder import decoder_sdpa
+
+    return decoder_sdpa(mask=None, **cfg)
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -1345,6 +1392,25 @@ CATALOGUE: tuple[Mutation, ...] = (
     _m("rb_go_backwards_output_flipped_back", "rnnback", "go_backwards outputs flipped back to input order",
        "forward_eval", "rnn", "go_backwards", port=None,
        user=(RNNBACK_LSTM_REF, f"{MOD}:rb_go_backwards_output_flipped_back"), ci_stages=EVAL),
+    # --- decoder: causal self-attention (user pairs, automatic alignment) -------------------------------------------
+    _m("dc_mask_missing", "decoder", "nn.MultiheadAttention without the causal attn_mask", "forward_eval",
+       "attention", "attention_causal_mask_missing", port=None, user=(DECODER_REF, f"{MOD}:dc_mask_missing"),
+       ci_stages=EVAL),
+    _m("dc_mask_polarity_bool", "decoder", "Keras' tril mask (True = attend) as torch's bool attn_mask (True = "
+       "masked)", "forward_eval", "attention", "attention_mask_polarity", port=None,
+       user=(DECODER_REF, f"{MOD}:dc_mask_polarity_bool"), ci_stages=EVAL),
+    _m("dc_mask_polarity_fill", "decoder", "masked_fill(tril == 1, -1e9): the allowed positions masked",
+       "forward_eval", "attention", "attention_mask_polarity", port=None,
+       user=(DECODER_REF, f"{MOD}:dc_mask_polarity_fill"), ci_stages=EVAL),
+    _m("dc_mask_after_softmax", "decoder", "causal mask applied to the probabilities after the softmax",
+       "forward_eval", "attention", "attention_mask_after_softmax", port=None,
+       user=(DECODER_REF, f"{MOD}:dc_mask_after_softmax"), ci_stages=EVAL),
+    _m("dc_causal_diagonal", "decoder", "attn_mask=torch.triu(ones) (diagonal masked too)", "forward_eval",
+       "attention", "attention_causal_offset", port=None, user=(DECODER_REF, f"{MOD}:dc_causal_diagonal"),
+       ci_stages=EVAL),
+    _m("dc_sdpa_not_causal", "decoder", "F.scaled_dot_product_attention without is_causal=True", "forward_eval",
+       "attention", "attention_causal_mask_missing", port=None, user=(DECODER_REF, f"{MOD}:dc_sdpa_not_causal"),
+       ci_stages=EVAL),
     # --- a user's own pair (automatic alignment) ------------------------------------------------------------------
     _m("user_symmetric_conv_pad", "user", "stride-2 conv with padding=1 where TF 'same' pads bottom/right",
        "forward_eval", "conv2", "conv_padding", port=None,
@@ -1361,6 +1427,7 @@ CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
     ("volume", (VOLUME_REF, "ported_torch.volume:volume_cnn")),
     ("seq1d", (SEQ1D_REF, "ported_torch.seq1d:seq1d_net")),
+    ("decoder", (DECODER_REF, "ported_torch.decoder:decoder_block")),
     ("rnnback", (RNNBACK_GRU_REF, "ported_torch.rnn_variants:backwards_gru")),
     ("rnnback", (RNNBACK_LSTM_REF, "ported_torch.rnn_variants:backwards_lstm_sequence")),
 )
@@ -1371,7 +1438,7 @@ MODEL_FAMILY = {
     "goturn": "Caffe CNN (two streams)", "user": "user CNN", "textclf": "recurrent (LSTM)",
     "textgru": "recurrent (GRU)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
     "seqconv": "1-D convolution", "volume": "3-D convolution", "seq1d": "1-D convolution",
-    "rnnback": "recurrent (go_backwards)",
+    "rnnback": "recurrent (go_backwards)", "decoder": "attention (causal mask)",
 }
 """The model family each pair stands for: the suite reports its scores per family."""
 

@@ -31,6 +31,9 @@ KNOWN_CAUSES = {
     "conv_layout", "pool_padding",
     # the 1-D convolution family's depthwise channel order (parity.core.families.conv1d)
     "depthwise_channel_order",
+    # the attention family's causal masks (parity.core.families.attention)
+    "attention_causal_mask_missing", "attention_mask_polarity", "attention_mask_after_softmax",
+    "attention_causal_offset",
 }
 
 
