@@ -43,6 +43,7 @@ from parity.backends.torch_trace import PortTrace, group_name, group_separable, 
 from parity.backends.trace_nodes import (
     CALL_MARK, CHEAP_REF, FUNCTIONAL_OPS, GROUP_JOIN, KERAS_KINDS, PADDED_MARK, TORCH_ACTIVATIONS, AlignmentError,
     Node, close_names)
+from parity.core.families import refuse_unsupported
 from parity.core.families.recurrent import RNN_KINDS
 from parity.core.spec import Tap
 
@@ -111,6 +112,9 @@ class Alignment:
     shared: dict[str, list[str]] = field(default_factory=dict)
     #: (reference layer, port module, activation): a fused ``activation=`` the port's forward never applies
     missing_activations: list[tuple[str, str, str]] = field(default_factory=list)
+    #: the reference ends in softmax and so does the port's forward (F.softmax / nn.Softmax last): the port
+    #: returns probabilities, and is trained with Keras' loss on them (LossSpec.port_probabilities)
+    port_probabilities: bool = False
 
     def table(self) -> list[dict]:
         return [r.to_dict() for r in self.rows]
@@ -592,6 +596,7 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
     :class:`AlignmentError` with what to do when pins are wrong or a layer cannot be compared."""
     import torch
 
+    refuse_unsupported(keras_model.layers, variants_only=True)  # one line, exit 2, before the port is traced
     ref = trace_keras(keras_model)
     if example is None:
         dtype = next((p.dtype for p in torch_module.parameters() if p.is_floating_point()), torch.float32)
@@ -863,8 +868,11 @@ def align(keras_model, torch_module, *, pins=None, input_shape=None, seed: int =
         if r.ref is None and r.status != "fused" and r.port in {x.port for x in rows if x.status == "fused"}:
             r.status = "dropped"
     rows = [r for r in rows if r.status != "dropped"]
+    # the port's forward ends in a softmax (a module, or a functional call torch.fx saw) like the reference's
+    port_probabilities = ends_in_softmax and not packed and bool(port) and port[-1].kind == "softmax"
     return Alignment(taps=taps, rows=rows, ref_nodes=ref, port_nodes=port, traced_with=trace.traced_with,
-                     groups=groups, aliases=aliases, shared=shared, missing_activations=missing_acts)
+                     groups=groups, aliases=aliases, shared=shared, missing_activations=missing_acts,
+                     port_probabilities=port_probabilities)
 
 
 def _explicit_padding(ref: list[Node], ri: int, p: Node):

@@ -198,11 +198,13 @@ def keras_call_kwargs(layer) -> dict[str, Any]:
             for k, v in (kwargs or {}).items()}
 
 
-def refuse_unsupported(layers: Iterable, tapped: dict[str, str] | None = None) -> None:
+def refuse_unsupported(layers: Iterable, tapped: dict[str, str] | None = None, *, variants_only: bool = False) -> None:
     """Raise :class:`parity.core.errors.UsageError` (one line, exit 2) before any conversion when a reference
     layer cannot be checked: a variant its family refuses (``GRU(reset_after=False)``), or a layer with
     weights that no family covers and no tap of the pair declares (its weights would silently not transfer).
-    ``layers``: Keras layer objects; ``tapped``: ``{layer name: tap kind}`` the pair declares."""
+    ``layers``: Keras layer objects; ``tapped``: ``{layer name: tap kind}`` the pair declares. ``variants_only``:
+    only the variants families refuse (user mode, before the port is traced: a call the port cannot mirror, such
+    as a mask given as a model input, is named before the port's forward is run with it)."""
     tapped = tapped or {}
     bad = []
     for layer in layers:
@@ -211,7 +213,7 @@ def refuse_unsupported(layers: Iterable, tapped: dict[str, str] | None = None) -
         why = None
         for f in FAMILIES.values():
             why = why or (f.refuse(cls, cfg) if f.refuse is not None else None)
-        if why is None and getattr(layer, "weights", None) and keras_kind(cls, cfg) is None and \
+        if why is None and not variants_only and getattr(layer, "weights", None) and keras_kind(cls, cfg) is None and \
                 tapped.get(layer.name, "other") == "other":
             why = f"{cls} is not yet supported (no layer family converts its weights)"
         if why:

@@ -1,0 +1,217 @@
+"""Attention with a causal mask, and ports written in other styles (``parity.core.families.attention``,
+``weight_converters/attention.py``, ``reference_keras/decoder.py``, ``ported_torch/decoder.py``): Keras 3's masking
+arithmetic against numpy, correct causal ports in three styles passing ``parity.compare`` and ``parity check``
+in float64 (every default stage), the mask conventions named (polarity, missing, after softmax, the diagonal),
+an attention mask given as an input refused in one line, projections in an ``nn.ModuleList`` aligned by
+structure (and a forward using them in other roles still caught), and ``nn.MultiheadAttention`` (packed
+``in_proj``) through gradients and the optimizer step."""
+from __future__ import annotations
+
+import parity.core.env  # noqa: F401  (environment before the frameworks)
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import parity
+from parity.core.errors import UsageError
+from parity.core.families.attention import keras_attention_scale, numpy_attention
+from tests.families import user_ports as U
+from tests.keras_dtype import keras_float64
+from tests.planted_ports import assert_found_and_named
+
+keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def decoder64():
+    from reference_keras.decoder import decoder_block
+
+    with keras_float64():
+        return decoder_block()
+
+
+def _causes(r):
+    return [f.cause for f in r.findings if f.severity == "error" or f.cause.startswith("attention")]
+
+
+# ---- Keras' masking arithmetic ---------------------------------------------------------------------------------
+def test_keras_causal_mask_is_exact_in_float64_with_minus_inf_or_minus_1e9():
+    """Keras replaces masked scores by -1e9 and zeroes them after the softmax: a numpy attention masking with
+    -inf or -1e9 (and Keras' float32-rounded scale) agrees to rounding, in both of Keras' code paths
+    (dropout 0: ops.dot_product_attention(is_causal=True); dropout > 0: the explicit masked softmax)."""
+    from parity.backends.keras_side import _var
+
+    x = np.random.default_rng(0).normal(size=(2, 6, 16))
+    for dropout in (0.0, 0.1):
+        with keras_float64():
+            layer = keras.layers.MultiHeadAttention(2, 8, dropout=dropout)
+            inp = keras.Input((6, 16), dtype="float64")
+            model = keras.Model(inp, layer(inp, inp, use_causal_mask=True))
+            rng = np.random.default_rng(1)
+            for w in layer.weights:
+                w.assign(rng.normal(0, 0.5, w.shape))
+            ref = np.asarray(model(x))
+            v = {_var(layer, w): np.asarray(w.numpy()) for w in layer.weights}
+        parts = [(v[f"{n}/kernel"].reshape(16, -1).T, v[f"{n}/bias"].reshape(-1)) for n in ("query", "key", "value")]
+        parts.append((v["attention_output/kernel"].reshape(-1, 16).T, v["attention_output/bias"]))
+        keep = np.tril(np.ones((6, 6), dtype=bool))
+        for fill in (float("-inf"), -1e9):
+            out = numpy_attention(x, parts, 2, keras_attention_scale(8), keep, fill)
+            np.testing.assert_allclose(out, ref, rtol=0, atol=1e-14 * np.abs(ref).max())
+        # the exact 1/sqrt(8) is off by Keras' float32 rounding: visible in float64
+        assert np.abs(numpy_attention(x, parts, 2, 8 ** -0.5, keep) - ref).max() > 1e-9 * np.abs(ref).max()
+        # and without the mask the output is another one
+        assert np.abs(numpy_attention(x, parts, 2, keras_attention_scale(8)) - ref).max() > 1e-3
+
+
+# ---- correct causal ports in three styles ------------------------------------------------------------------------
+STYLES = {
+    "packed_bool_mask": ("decoder_block", {}),
+    "packed_float_mask": ("decoder_block", {"mask": "float"}),
+    "sdpa_is_causal": ("decoder_sdpa", {}),
+    "masked_fill_inf": ("decoder_masked_fill", {}),
+    "masked_fill_1e9": ("decoder_masked_fill", {"mask_fill": -1e9}),
+}
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_causal_port_passes_every_default_stage_in_float64(decoder64, style):
+    import ported_torch.decoder as P
+
+    fn, kw = STYLES[style]
+    r = parity.compare(decoder64, getattr(P, fn)(**kw))
+    assert r, r
+    names = {s.name for s in r.stages}
+    assert {"forward_eval", "isolated", "gradients", "step"} <= names
+    grads = [t.path for t in r.stage("gradients").tensors]
+    if fn == "decoder_block":  # the packed projections are judged like any parameter
+        assert "attention:in_proj_weight.grad" in grads and "attention:in_proj_bias.grad" in grads
+        assert any(t.path == "attention:in_proj_weight.update" for t in r.stage("step").tensors)
+    else:
+        assert "attention:q_proj.weight.grad" in grads
+
+
+def test_causal_port_passes_through_the_cli(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "parity", "check", "--reference",
+                          "reference_keras.decoder:decoder_block", "--port", "ported_torch.decoder:decoder_sdpa",
+                          "--no-cache", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("PASSED") and "float64" in last
+
+
+# ---- the mask conventions, named ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["dc_mask_missing", "dc_mask_polarity_bool", "dc_mask_polarity_fill",
+                                  "dc_mask_after_softmax", "dc_causal_diagonal", "dc_sdpa_not_causal"])
+def test_planted_mask_bug_is_found_at_the_attention_and_named(name):
+    assert_found_and_named(name)
+
+
+def test_a_causal_port_of_a_reference_without_a_mask_is_named():
+    from ported_torch.decoder import decoder_sdpa
+    from reference_keras.transformer import transformer_block
+
+    with keras_float64():
+        ref = transformer_block(seq_len=8, num_heads=4)
+    r = parity.compare(ref, decoder_sdpa(), stages="forward_eval")
+    assert not r
+    assert "attention_causal_mask_extra" in _causes(r)
+
+
+def test_attention_mask_given_as_an_input_is_refused_in_one_line(tmp_path):
+    from ported_torch.decoder import decoder_block
+
+    with keras_float64():
+        x = keras.Input((8, 16))
+        m = keras.Input((8, 8))
+        a = keras.layers.MultiHeadAttention(4, 4, name="attention")(x, x, attention_mask=m)
+        ref = keras.Model([x, m], keras.layers.GlobalAveragePooling1D()(a))
+    with pytest.raises(UsageError) as e:
+        parity.compare(ref, decoder_block())
+    msg = str(e.value)
+    assert "\n" not in msg and "attention_mask=" in msg and "use_causal_mask=True is" in msg
+
+
+# ---- projections in an nn.ModuleList; nn.MultiheadAttention in a transformer ---------------------------------------
+@pytest.fixture(scope="module")
+def transformer64():
+    from reference_keras.transformer import transformer_block
+
+    with keras_float64():
+        return transformer_block()
+
+
+def test_modulelist_projections_pass_by_structure(transformer64):
+    r = parity.compare(transformer64, U.transformer_modulelist_projections())
+    assert r, r
+    assert any(t.path == "attention:q_proj.weight.grad" for t in r.stage("gradients").tensors)
+
+
+def test_modulelist_projections_used_as_key_query_fail_and_are_named(transformer64):
+    """The roles come from the structure (the container's order), not from what the forward does: a forward
+    that takes ``proj[1]`` as the query diverges at the attention, named."""
+    import torch.nn.functional as F
+
+    m = U.transformer_modulelist_projections()
+    sa = m.sa
+    scale = keras_attention_scale(8)
+
+    class Swapped(type(sa)):
+        def forward(self, x):
+            k, q, v = (p(x).unflatten(-1, (2, 8)).transpose(1, 2) for p in self.proj)
+            return self.wo(F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2).flatten(2))
+
+    sa.__class__ = Swapped
+    r = parity.compare(transformer64, m, stages="forward_eval")
+    assert not r
+    fd = r.first_divergence
+    assert fd[0].name == "forward_eval" and fd[1].path == "attention"
+    assert _causes(r)[0] == "attention_qkv_order"
+
+
+def _packed_transformer(d_model=16, num_heads=2, ff_dim=32, num_classes=3):
+    from torch import nn
+
+    from ported_torch.transformer import KerasGELU
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+            self.n1, self.n2 = nn.LayerNorm(d_model, eps=1e-3), nn.LayerNorm(d_model, eps=1e-3)
+            self.f1, self.gelu, self.f2 = nn.Linear(d_model, ff_dim), KerasGELU(), nn.Linear(ff_dim, d_model)
+            self.head = nn.Linear(d_model, num_classes)
+
+        def forward(self, x):
+            x = self.n1(x + self.mha(x, x, x, need_weights=False)[0])
+            x = self.n2(x + self.f2(self.gelu(self.f1(x))))
+            return self.head(x.mean(dim=1))
+
+    return Packed()
+
+
+def test_packed_multihead_attention_transformer_passes_every_stage_in_float64():
+    """key_dim 4: Keras' float32-rounded 1/sqrt(4) is exact, so nn.MultiheadAttention's own scale matches."""
+    from reference_keras.transformer import transformer_block
+
+    with keras_float64():
+        ref = transformer_block(num_heads=4)
+    r = parity.compare(ref, _packed_transformer(num_heads=4))
+    assert r, r
+    assert {"gradients", "step", "isolated"} <= {s.name for s in r.stages}
+
+
+def test_packed_multihead_attention_with_key_dim_8_names_keras_float32_scale(transformer64):
+    """key_dim 8: torch scales by the exact 1/sqrt(8), Keras by its float32 rounding (1.7e-8 relative): a real
+    float64 difference nn.MultiheadAttention cannot remove, named with its fix."""
+    r = parity.compare(transformer64, _packed_transformer(), stages="forward_eval")
+    assert not r
+    assert _causes(r)[0] == "attention_scale"
+    assert "float32" in next(f.message for f in r.findings if f.cause == "attention_scale")
