@@ -22,6 +22,7 @@ from typing import Callable
 
 from parity.core.errors import UsageError
 from parity.core.spec import resolve
+from parity.diagnosis.initialisation import remember_samples
 from parity.harness import _user_training
 from parity.io.cache import (PORT_PACKAGES, ReferenceCache, Request, enabled, imported_names, make_request,
                              reference_for, reference_sources, run_port_check)
@@ -133,6 +134,7 @@ class Watcher:
         self.ref_files = reference_sources(self.req)
         self.ref_stamps = {name: _stamp(path) for name, path in self.ref_files.items()}
         self.ref = reference_for(self.req, cache, self.say)
+        remember_samples(True)  # the rebuilt port's initialisation statistics: the same bytes, described once
         stop = getattr(self.say, "stop", None)  # a live progress display ends here: the loop prints lines
         if callable(stop):
             stop()
@@ -140,6 +142,7 @@ class Watcher:
 
     def close(self) -> None:
         self.ref = None
+        remember_samples(False)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
