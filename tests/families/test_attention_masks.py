@@ -97,6 +97,50 @@ def test_causal_port_passes_every_default_stage_in_float64(decoder64, style):
         assert "attention:q_proj.weight.grad" in grads
 
 
+def annotated_transformer_style(seq_len=8, d_model=16, num_heads=4, ff_dim=32, num_classes=3, *, masked_value=0):
+    """The attention as in "The Annotated Transformer": ``forward(query, key, value, mask)`` with the parent
+    building a float ``tril`` mask (1 = attend, Keras' polarity) and ``scores.masked_fill(mask == 0, -1e9)``;
+    ``masked_value=1`` is the inverted polarity."""
+    from torch import nn
+
+    from ported_torch.decoder import DecoderClassifier
+
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
+
+        def forward(self, query, key, value, mask=None):
+            n, length, _ = query.shape
+            h, k = num_heads, d_model // num_heads
+            q, kk, v = (p(t).view(n, -1, h, k).transpose(1, 2)
+                        for p, t in ((self.q_proj, query), (self.k_proj, key), (self.v_proj, value)))
+            s = q @ kk.transpose(-2, -1) * keras_attention_scale(k)
+            if mask is not None:
+                s = s.masked_fill(mask == masked_value, -1e9)
+            return self.out_proj((s.softmax(-1) @ v).transpose(1, 2).reshape(n, length, -1))
+
+    class Decoder(DecoderClassifier):
+        def forward(self, x):
+            mask = torch.tril(torch.ones(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)).unsqueeze(0)
+            x = self.attn_norm(x + self.attention(x, x, x, mask))
+            x = self.ffn_norm(x + self.ffn_out(self.ffn_gelu(self.ffn_in(x))))
+            return self.classifier(self.pool(x))
+
+    m = Decoder(seq_len, d_model, num_heads, ff_dim, num_classes, attention="sdpa")
+    m.attention = MHA()
+    return m
+
+
+def test_mask_passed_as_an_argument_passes_and_its_polarity_is_named(decoder64):
+    """The port's mask argument reaches the module in the isolated stage too (replayed as the port passed it)."""
+    r = parity.compare(decoder64, annotated_transformer_style())
+    assert r, r
+    assert r.stage("isolated").passed and any(t.path == "attention" for t in r.stage("isolated").tensors)
+    bad = parity.compare(decoder64, annotated_transformer_style(masked_value=1), stages="forward_eval")
+    assert not bad and _causes(bad)[0] == "attention_mask_polarity"
+
+
 def test_causal_port_passes_through_the_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "parity", "check", "--reference",
                           "reference_keras.decoder:decoder_block", "--port", "ported_torch.decoder:decoder_sdpa",
