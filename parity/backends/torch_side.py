@@ -427,7 +427,7 @@ class TorchSide:
 
     def _record_call(self, port: str, _m, args, kwargs):
         """The first call's arguments of an attention module (detached): the masks and flags it was given."""
-        calls = self.__dict__.setdefault("calls", {})
+        calls = self.__dict__.setdefault("_attention_calls", {})
         if port not in calls:
             det = (lambda a: a.detach() if self.torch.is_tensor(a) else a)
             calls[port] = (tuple(det(a) for a in args), {k: det(v) for k, v in kwargs.items()})
@@ -438,7 +438,7 @@ class TorchSide:
         reference's inputs ``xs`` (Keras' (query, value[, key]) order: a missing key is the value), and every
         other argument (``attn_mask``, ``is_causal``, a mask passed positionally) as the port passed it; None
         when no call was recorded."""
-        rec = (self.__dict__.get("calls") or {}).get(port)
+        rec = (self.__dict__.get("_attention_calls") or {}).get(port)
         if rec is None or not xs:
             return None
         args, kwargs = list(rec[0]), dict(rec[1])
