@@ -259,3 +259,40 @@ def test_packed_multihead_attention_with_key_dim_8_names_keras_float32_scale(tra
     assert not r
     assert _causes(r)[0] == "attention_scale"
     assert "float32" in next(f.message for f in r.findings if f.cause == "attention_scale")
+
+
+# ---- attention dropout -------------------------------------------------------------------------------------------
+def _dropout_pair(keras_rate, torch_rate):
+    from torch import nn
+
+    with keras_float64():
+        x_in = keras.Input((8, 16))
+        a = keras.layers.MultiHeadAttention(4, 4, dropout=keras_rate, name="attention")(x_in, x_in,
+                                                                                        use_causal_mask=True)
+        x = keras.layers.GlobalAveragePooling1D(name="pool")(keras.layers.Add(name="res")([x_in, a]))
+        ref = keras.Model(x_in, keras.layers.Activation("softmax", name="p")(keras.layers.Dense(3, name="fc")(x)))
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(16, 4, batch_first=True, dropout=torch_rate)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            m = torch.triu(torch.ones(8, 8, dtype=torch.bool), 1)
+            return self.fc((x + self.attention(x, x, x, attn_mask=m, need_weights=False)[0]).mean(1))
+
+    return ref, Port()
+
+
+@pytest.mark.parametrize("rates", [(0.1, 0.0), (0.0, 0.1), (0.1, 0.1)])
+def test_attention_dropout_is_named_at_the_training_forward(rates):
+    """Another rate: a config rule; the same rate > 0: random masks never agree, said so (check with 0)."""
+    ref, port = _dropout_pair(*rates)
+    r = parity.compare(ref, port, stages="structure,forward_eval,forward_train")
+    assert not r
+    fd = r.first_divergence
+    assert (fd[0].name, fd[1].path) == ("forward_train", "attention")
+    assert _causes(r)[0] == "attention_dropout"
+    ok = parity.compare(*_dropout_pair(0.0, 0.0), stages="structure,forward_eval,forward_train")
+    assert ok, ok

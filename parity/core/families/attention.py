@@ -110,6 +110,12 @@ def _rules(kind: str, ref: dict, port: dict) -> list[RuleHit]:
         out.append(("attention_heads", f"num_heads={ph} in the port, {rh} in the reference",
                     f"num_heads={rh} (head_dim = embed_dim / num_heads = key_dim {ref.get('key_dim')})",
                     "the same weights split into other heads give another attention pattern"))
+    rd, pd = ref.get("dropout"), port.get("dropout")
+    if isinstance(rd, (int, float)) and isinstance(pd, (int, float)) and not isinstance(pd, bool) and \
+            float(rd) != float(pd):
+        out.append(("attention_dropout", f"attention dropout {pd:g} in the port, {rd:g} in the reference",
+                    f"dropout={float(rd):g} like the reference (and check with 0.0 on both sides: random masks "
+                    "never agree)", "the attention probabilities are dropped at another rate in training"))
     if kind == "attention_packed" and port.get("batch_first") is False:
         out.append(("batch_first", "nn.MultiheadAttention batch_first=False in the port: it reads (L, N, E) where "
                     "Keras gives (N, L, E)", "nn.MultiheadAttention(..., batch_first=True)", ""))
@@ -298,6 +304,18 @@ def _roles_probe(kind: str, ev: dict):
     return None
 
 
+def _dropout_probe(kind: str, ev: dict):
+    """A training-forward divergence at a MultiHeadAttention with dropout: its probabilities are dropped at
+    random, and no two frameworks draw the same mask."""
+    rate = (ev.get("ref_info") or {}).get("dropout")
+    if kind not in ("attention", "attention_packed") or ev.get("stage") != "forward_train" or not rate:
+        return None
+    return ("attention_dropout", f"MultiHeadAttention(dropout={rate:g}) drops attention probabilities at random in "
+            "training: no two frameworks draw the same mask, so the training forward cannot agree (the eval "
+            "forward does)", "check with dropout=0.0 on both sides (every stage is then exact; the GOTURN pair's "
+            "PARITY_DROPOUT_RATE does the same), and train with your rate", f"reference dropout {rate:g}")
+
+
 def _mask_probe(kind: str, ev: dict):
     """The port's attention recomputed in numpy with the masks ports get wrong, against the reference's (causal
     or none): the one the port's output follows (NaN where a row is fully masked, like torch) names the cause."""
@@ -356,9 +374,9 @@ FAMILY = Family(
         Named("layout", "(N, L, E)", "batch_first=True (default (L, N, E))", "torch/nn/modules/activation.py"),
     ),
     keras_keys=("num_heads", "key_dim", "value_dim", "dropout", "call_use_causal_mask"),
-    torch_attrs=("num_heads", "embed_dim", "head_dim"),
+    torch_attrs=("num_heads", "embed_dim", "head_dim", "dropout"),
     rules=(_rules,),
     refuse=_refuse,
-    probes=(_weights_probe, _heads_probe, _mask_probe, _scale_probe, _roles_probe),
+    probes=(_weights_probe, _heads_probe, _mask_probe, _scale_probe, _roles_probe, _dropout_probe),
     kinds=("attention", "attention_packed"),
 )
