@@ -332,6 +332,23 @@ def tc_padding_idx(**cfg):
     return _tc(**cfg, padding_idx=0)
 
 
+# ---- textmask (Embedding(mask_zero=True), packed port) ----
+def tm_mask_ignored(**cfg):
+    """Embedding(mask_zero=True) ported without packing: the LSTM runs over the zero padding."""
+    return _tc(**cfg, pack=False)
+
+
+def tm_pre_padding_lengths(**cfg):
+    """Lengths packed as if the inputs were pre-padded (valid steps taken as each row's last ``length``)."""
+    return _tc(**cfg, last="pre_padded")
+
+
+def tm_padding_idx_no_pack(**cfg):
+    """nn.Embedding(padding_idx=0) as the port of mask_zero=True, no packing: padding rows are zero vectors,
+    the LSTM still steps over them."""
+    return _tc(**cfg, padding_idx=0, pack=False)
+
+
 def _rnn_load_hook(module, edit) -> None:
     """Stand-in for a user's own loader: ``edit(key, tensor, state_dict)`` on the first load only."""
     state = {"done": False}
@@ -1286,6 +1303,12 @@ CATALOGUE: tuple[Mutation, ...] = (
        "encoder", "rnn_two_biases", ci_stages=STEP),
     _m("tc_padding_idx", "textclf", "nn.Embedding(padding_idx=0) where Keras trains row 0", "gradients",
        "embedding", "padding_idx", ci_stages=GRADS),
+    _m("tm_mask_ignored", "textmask", "mask_zero=True ported without packing (LSTM runs over padding)",
+       "forward_eval", "encoder", "mask_zero_ignored", ci_stages=EVAL),
+    _m("tm_pre_padding_lengths", "textmask", "lengths packed as if pre-padded (post-padded inputs)",
+       "forward_eval", "encoder", "mask_zero_ignored", ci_stages=EVAL),
+    _m("tm_padding_idx_no_pack", "textmask", "padding_idx=0 for mask_zero=True, no packing", "forward_eval",
+       "encoder", "mask_zero_ignored", ci_stages=EVAL),
     _m("tg_gate_order_unconverted", "textgru", "GRU gates copied in Keras order z,r,h", "forward_eval", "encoder",
        "rnn_gate_order", ci_stages=EVAL),
     _m("tg_batch_first_missing", "textgru", "nn.GRU batch_first=False fed (N, L, C)", "forward_eval", "encoder",
@@ -1423,7 +1446,7 @@ CATALOGUE: tuple[Mutation, ...] = (
 #: correct pairs for the false-alarm sweep: (pair, user builders or None)
 CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("minixception", None), ("keypoints", None), ("goturn", None), ("xception", None), ("textclf", None),
-    ("textgru", None), ("transformer", None), ("encdec", None), ("seqconv", None),
+    ("textgru", None), ("textmask", None), ("transformer", None), ("encdec", None), ("seqconv", None),
     ("user", ("benchmarks.user_models:keras_cnn", "benchmarks.user_models:torch_cnn")),
     ("volume", (VOLUME_REF, "ported_torch.volume:volume_cnn")),
     ("seq1d", (SEQ1D_REF, "ported_torch.seq1d:seq1d_net")),
@@ -1436,7 +1459,7 @@ CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
 MODEL_FAMILY = {
     "minixception": "separable CNN", "xception": "separable CNN", "keypoints": "plain CNN + dense",
     "goturn": "Caffe CNN (two streams)", "user": "user CNN", "textclf": "recurrent (LSTM)",
-    "textgru": "recurrent (GRU)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
+    "textgru": "recurrent (GRU)", "textmask": "recurrent (mask_zero)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
     "seqconv": "1-D convolution", "volume": "3-D convolution", "seq1d": "1-D convolution",
     "rnnback": "recurrent (go_backwards)", "decoder": "attention (causal mask)",
 }

@@ -17,7 +17,8 @@ import numpy as np
 
 from parity.core.data import make_batch, randomize_weights
 from parity.core.families import keras_call_kwargs, keras_info, keras_var_name, refuse_unsupported
-from parity.core.families.embedding import token_range
+from parity.core.errors import UsageError
+from parity.core.families.embedding import mask_zero_refusal, masks_zero, token_range
 from parity.core.env import import_tensorflow, trim_heap
 from parity.core.spill import SpillDict
 from parity.optim.adapters import ParamRef, get_adapter
@@ -209,6 +210,7 @@ def _tap_layer(keras, tf, path: str, recorder: _Recorder, name: str):
         def __init__(self):
             super().__init__(name=name, trainable=False, autocast=False)
             self.tap_path = path
+            self.supports_masking = True  # an Embedding(mask_zero=True)'s mask passes through to the next layer
 
         def compute_output_spec(self, x):
             return keras.KerasTensor(x.shape, dtype=x.dtype)
@@ -426,8 +428,12 @@ def _run_reference(spec, keras, tf, ops, model, *, config, dtype, seed, batch, o
     inputs, labels = [], []
     integer = "int" in str(model.inputs[0].dtype)  # token ids for an Embedding, within its vocabulary
     in_range = token_range(model.layers, spec.input_range) if integer else spec.input_range
+    refused = mask_zero_refusal(model.layers) if integer else None
+    if refused:
+        raise UsageError(refused)
     for k in range(max(n_steps, 1)):
-        x, y = make_batch(seed, k, batch, input_shape, spec.target(config), in_range, dtype, integer=integer)
+        x, y = make_batch(seed, k, batch, input_shape, spec.target(config), in_range, dtype, integer=integer,
+                          post_padded=integer and masks_zero(model.layers))
         inputs.append(x)
         labels.append(y)
     run = ReferenceRun(

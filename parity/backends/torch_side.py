@@ -22,6 +22,9 @@ from weight_converters.keras import LAYER_VARS
 TORCH_DTYPES = ("float32", "float64")
 #: tap kinds whose module is called with more than its inputs (masks, flags): replayed so in isolation
 ATTENTION_KINDS = ("attention", "attention_packed")
+#: recurrent tap kinds: a masked port's module takes (sequence, lengths) (``pack_padded_sequence`` inside, the
+#: Embedding(mask_zero=True) convention): the lengths of its first call are replayed in isolation
+RECURRENT_KINDS = ("lstm", "gru", "rnn")
 
 
 class DeviceUnavailable(UsageError, RuntimeError):
@@ -357,7 +360,7 @@ class TorchSide:
                 self.records[tap.path] = TapRecord(t, 1)
 
             handles.append(mod.register_forward_hook(hook))
-            if tap.kind in ATTENTION_KINDS:  # its mask arguments, replayed in isolation (_replay_call)
+            if tap.kind in ATTENTION_KINDS + RECURRENT_KINDS:  # its mask arguments, replayed in isolation
                 handles.append(mod.register_forward_pre_hook(functools.partial(self._record_call, tap.port),
                                                              with_kwargs=True))
         try:
@@ -460,6 +463,14 @@ class TorchSide:
                 kwargs[k] = x
         return args, kwargs
 
+    def _replay_lengths(self, port: str, xs: list):
+        """A recurrent module called with more than its sequence (the lengths of a packed, masked port): its
+        recorded call with the sequence replaced by the reference's input; None for a plain ``module(x)``."""
+        rec = (self.__dict__.get("_attention_calls") or {}).get(port)
+        if rec is None or not xs or (len(rec[0]) < 2 and not rec[1]):
+            return None
+        return [xs[0]] + list(rec[0][1:]), dict(rec[1])
+
     def isolated(self, tap: Tap, ref_inputs_nhwc: list[np.ndarray]) -> np.ndarray | None:
         """The tap's module alone, fed with the reference's input(s) to that layer (eval mode)."""
         torch = self.torch
@@ -477,7 +488,8 @@ class TorchSide:
         self.module.eval()
         with torch.no_grad():
             try:
-                replay = self._replay_call(tap.port, xs) if tap.kind in ATTENTION_KINDS else None
+                replay = self._replay_call(tap.port, xs) if tap.kind in ATTENTION_KINDS else \
+                    self._replay_lengths(tap.port, xs) if tap.kind in RECURRENT_KINDS else None
                 try:
                     out = mod(*replay[0], **replay[1]) if replay is not None else mod(*xs)
                 except TypeError:

@@ -6,12 +6,22 @@ import numpy as np
 
 
 def make_batch(seed: int, step: int, batch: int, input_shape: tuple[int, ...], target: tuple[str, int],
-               input_range: tuple[float, float], dtype: str, integer: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               input_range: tuple[float, float], dtype: str, integer: bool = False,
+               post_padded: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (seed, step) -> (inputs NHWC, labels). Labels: one-hot classes or regression targets.
-    ``integer``: token ids (int64) drawn uniformly from ``[lo, hi)`` of ``input_range`` (an Embedding's input)."""
+    ``integer``: token ids (int64) drawn uniformly from ``[lo, hi)`` of ``input_range`` (an Embedding's input).
+    ``post_padded`` (integer, an ``Embedding(mask_zero=True)`` model): every row is ids in ``[max(lo, 1), hi)``
+    then a tail of 0s, lengths varied in ``[1, L]`` with row 0 unpadded
+    (:data:`parity.core.families.embedding.POST_PADDED_TOKENS`)."""
     rng = np.random.default_rng([seed, step])
     lo, hi = input_range
-    if integer:
+    if integer and post_padded:
+        x = rng.integers(max(int(lo), 1), int(hi), size=(batch,) + tuple(input_shape), dtype=np.int64)
+        steps = int(input_shape[0]) if input_shape else 1
+        lengths = rng.integers(1, steps + 1, size=batch)
+        lengths[0] = steps  # one row without padding: a port that ignores the mask still agrees there
+        x[np.arange(steps)[None, :] >= lengths[:, None]] = 0
+    elif integer:
         x = rng.integers(int(lo), int(hi), size=(batch,) + tuple(input_shape), dtype=np.int64)
     else:
         x = rng.uniform(lo, hi, size=(batch,) + tuple(input_shape)).astype(dtype)

@@ -35,6 +35,10 @@ def _evidence(run: Run, tap, stage=None, diff: TensorDiff | None = None) -> dict
         ev["ref_out"] = np.asarray(run.ref.eval_acts[tap.path])
         ev["port_out"] = port_acts(run).get(tap.path)
         ev["port_in"] = module_inputs(run, tap)
+    # the model's token ids (integer inputs: the batch of the eval forward), for the mask_zero probe
+    inputs = getattr(run.ref, "inputs", None) if run.ref is not None else None
+    if inputs and np.issubdtype(np.asarray(inputs[0]).dtype, np.integer):
+        ev["tokens"] = np.asarray(inputs[0])
     return ev
 
 

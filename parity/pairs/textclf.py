@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from parity.core.families.embedding import MASK_ZERO_AS_PACKING, POST_PADDED_TOKENS
 from parity.core.families.recurrent import KERAS_GRU_GATES, KERAS_MERGE_MODE, ONE_BIAS, TORCH_GRU_GATES
 from parity.core.spec import Convention, LossSpec, OptimizerSpec, PairSpec, Tap
 from parity.pairs.registry import register
@@ -53,3 +54,15 @@ GRU_SPEC = register(dataclasses.replace(
     ) + SPEC.conventions[4:],
     default_config={**SPEC.default_config, "cell": "gru"}, fast_config={**SPEC.fast_config, "cell": "gru"},
     published_params={"total": 1028, "trainable": 1028, "non_trainable": 0}))
+
+#: the same classifier with Embedding(mask_zero=True): post-padded token ids (POST_PADDED_TOKENS), the port packs
+#: them (MASK_ZERO_AS_PACKING)
+MASK_SPEC = register(dataclasses.replace(
+    SPEC, name="textmask",
+    summary="text classifier: Embedding(mask_zero=True) -> Bidirectional LSTM (packed) -> Dense, post-padded ids",
+    conventions=SPEC.conventions + (
+        Convention("mask_zero", "masked steps skipped", "pack_padded_sequence(lengths=(tokens != 0).sum(1))",
+                   MASK_ZERO_AS_PACKING),
+        Convention("padding", "post-padded inputs", "lengths = (tokens != 0).sum(1)", POST_PADDED_TOKENS),
+    ),
+    default_config={**SPEC.default_config, "mask_zero": True}, fast_config={**SPEC.fast_config, "mask_zero": True}))

@@ -42,7 +42,6 @@ def test_keras_kind(cls, cfg, kind):
     ("GRU", {"reset_after": False}, "reset_after=False"),
     ("LSTM", {"recurrent_activation": "hard_sigmoid"}, "hard_sigmoid"),
     ("Bidirectional", {"layer": {"class_name": "LSTM", "config": {"go_backwards": True}}}, "go_backwards"),
-    ("Embedding", {"mask_zero": True}, "mask_zero"),
     ("LayerNormalization", {"rms_scaling": True}, "rms_scaling"),
     ("ConvLSTM2D", {}, "ConvLSTM2D is not yet supported"),
     ("MaxPooling3D", {"dtype": "float64"}, "float32"),
@@ -55,6 +54,7 @@ def test_unsupported_names_layer_and_reason(cls, cfg, words):
 def test_supported_variants_pass():
     assert families.unsupported([("a", "LSTM", {"recurrent_activation": "sigmoid", "activation": "tanh"}),
                                  ("b", "GRU", {"reset_after": True}), ("c", "Embedding", {"mask_zero": False}),
+                                 ("c2", "Embedding", {"mask_zero": True}),
                                  ("d", "Dense", {}), ("e", "InputLayer", {})]) == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from parity.core.families.base import Family, Named, RuleHit
+from parity.core.families.embedding import MASK_ZERO_AS_PACKING
 
 KERAS_GRU_GATES = "z, r, h"
 """keras/src/layers/rnn/gru.py ``GRUCell.call``: update z, reset r, candidate h, in that kernel order."""
@@ -171,6 +172,37 @@ def _last_step_probe(kind: str, ev: dict):
     return None
 
 
+def _post_padded_rows(tokens) -> np.ndarray | None:
+    """Which rows of a (N, L) batch of token ids end in 0s; None unless every row's 0s are a tail (the
+    post-padded inputs of a mask_zero=True model, POST_PADDED_TOKENS in parity.core.families.embedding)."""
+    t = np.asarray(tokens)
+    if t.ndim != 2 or not np.issubdtype(t.dtype, np.integer):
+        return None
+    zero = t == 0
+    tail = np.flip(np.cumprod(np.flip(zero, 1), axis=1), 1).astype(bool)  # the trailing run of 0s
+    return zero.any(axis=1) if np.array_equal(zero, tail) else None
+
+
+def _mask_probe(kind: str, ev: dict):
+    """Keras' Embedding(mask_zero=True) makes the RNN skip the padding: a port that steps over it (no packing,
+    padding_idx alone, lengths packed as if pre-padded) agrees on every unpadded row and on no padded one."""
+    r, p, tokens = ev.get("ref_out"), ev.get("port_out"), ev.get("tokens")
+    if kind not in RNN_KINDS or r is None or p is None or tokens is None or np.shape(r) != np.shape(p):
+        return None
+    padded = _post_padded_rows(tokens)
+    if padded is None or len(padded) != np.shape(r)[0] or padded.all() or not padded.any():
+        return None
+    same = np.array([_same(a, b) for a, b in zip(np.asarray(r), np.asarray(p))])
+    if same[~padded].all() and not same[padded].any():
+        return ("mask_zero_ignored", f"the {kind.upper()} output agrees on the {int((~padded).sum())} unpadded "
+                f"row(s) and on none of the {int(padded.sum())} padded one(s): Keras' Embedding(mask_zero=True) "
+                "makes it skip the 0 steps, the port steps over them (no packing, padding_idx alone, or lengths "
+                "applied as if the inputs were pre-padded)",
+                "pack_padded_sequence(emb, (tokens != 0).sum(1).cpu(), batch_first=True, enforce_sorted=False) "
+                "on the post-padded ids, and h_n for the last step", MASK_ZERO_AS_PACKING)
+    return None
+
+
 def _gru_bias_hh_probe(kind: str, ev: dict):
     """A GRU's ``bias_hh`` that gets no gradient in the port (frozen like an LSTM's, or read detached) where Keras
     trains ``bias[1]``: seen only in the gradients (the forward is exact)."""
@@ -282,6 +314,6 @@ FAMILY = Family(
     torch_info=_torch_info,
     rules=(_rules,),
     refuse=_refuse,
-    probes=(_weights_probe, _last_step_probe, _gru_bias_hh_probe, _go_backwards_probe),
+    probes=(_mask_probe, _weights_probe, _last_step_probe, _gru_bias_hh_probe, _go_backwards_probe),
     kinds=RNN_KINDS,
 )
