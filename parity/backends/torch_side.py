@@ -117,6 +117,27 @@ def _bidirectional_time_major_last_step(x):
     return _bidirectional_last_step(x.transpose(0, 1))
 
 
+def packed_as_keras(tap: Tap, module, out):
+    """An nn.LSTM/GRU/RNN fed a PackedSequence (the port of Embedding(mask_zero=True),
+    :data:`parity.core.families.embedding.MASK_ZERO_AS_PACKING`) returns a PackedSequence: its sequence padded
+    with zeros (Keras' Bidirectional sets ``zero_output_for_mask`` when it returns sequences) and, for a last-step
+    tap, the final states ``h_n`` written where the tap's transform reads Keras' last step (forward at step -1,
+    backward at step 0)."""
+    import torch
+
+    seq, state = out[0], out[1] if len(out) > 1 else None
+    padded, _ = torch.nn.utils.rnn.pad_packed_sequence(seq, batch_first=True)
+    h = state[0] if isinstance(state, tuple) else state
+    if h is None or tap.port_transform not in ("last_step", "bidirectional_last_step"):
+        return padded
+    if tap.port_transform == "bidirectional_last_step" and getattr(module, "bidirectional", False):
+        half = padded.shape[-1] // 2
+        last = torch.cat([padded[:, -1:, :half].detach() * 0 + h[-2][:, None], padded[:, -1:, half:]], -1)
+        first = torch.cat([padded[:, :1, :half], padded[:, :1, half:].detach() * 0 + h[-1][:, None]], -1)
+        return torch.cat([first, padded[:, 1:-1], last], 1)
+    return torch.cat([padded[:, :-1], h[-1][:, None]], 1)
+
+
 def gap_as_keras(tap: Tap, t):
     """A global average pooling tapped at ``nn.AdaptiveAvgPool2d(1)`` is (N, C, 1, 1) in torch, (N, C) in Keras
     (``GlobalAveragePooling2D(keepdims=False)``, keras/src/layers/pooling/base_global_pooling.py): the same
@@ -347,6 +368,8 @@ class TorchSide:
                     rec.calls += 1
                     return
                 t = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
+                if type(t).__name__ == "PackedSequence":
+                    t = packed_as_keras(tap, _m, out)
                 if sink is not None:
                     value = self.tap_value(tap, TapRecord(t, 1))
                     sink(tap, value)
@@ -467,7 +490,16 @@ class TorchSide:
         """A recurrent module called with more than its sequence (the lengths of a packed, masked port): its
         recorded call with the sequence replaced by the reference's input; None for a plain ``module(x)``."""
         rec = (self.__dict__.get("_attention_calls") or {}).get(port)
-        if rec is None or not xs or (len(rec[0]) < 2 and not rec[1]):
+        if rec is None or not xs or not rec[0]:
+            return None
+        first = rec[0][0]
+        if type(first).__name__ == "PackedSequence":  # packed by the parent: the reference's input packed alike
+            rnn = self.torch.nn.utils.rnn
+            lengths = rnn.pad_packed_sequence(first, batch_first=True)[1]
+            bf = bool(getattr(self.modules.get(port), "batch_first", True))
+            return [rnn.pack_padded_sequence(xs[0] if bf else xs[0].transpose(0, 1), lengths, batch_first=bf,
+                                             enforce_sorted=False)] + list(rec[0][1:]), dict(rec[1])
+        if len(rec[0]) < 2 and not rec[1]:
             return None
         return [xs[0]] + list(rec[0][1:]), dict(rec[1])
 
@@ -503,5 +535,7 @@ class TorchSide:
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 return None
+        if isinstance(out, tuple) and type(out[0]).__name__ == "PackedSequence":
+            out = packed_as_keras(tap, mod, out)
         out = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
         return apply_transform(tap.port_transform, gap_as_keras(tap, out)).cpu().numpy()
