@@ -948,6 +948,24 @@ def dc_sdpa_not_causal(**cfg):
     return decoder_sdpa(mask=None, **cfg)
 
 
+# ==== seq2seq (LSTM return_state=True -> decoder initial_state: user pair) ====
+SEQ2SEQ_REF = "reference_keras.seq2seq:seq2seq"
+
+
+def s2_states_swapped(**cfg):
+    """The encoder's states passed to the decoder as (c, h)."""
+    from ported_torch.seq2seq import seq2seq
+
+    return seq2seq(state="swapped", **cfg)
+
+
+def s2_states_not_passed(**cfg):
+    """The decoder started from zeros: the encoder's (h, c) never passed."""
+    from ported_torch.seq2seq import seq2seq
+
+    return seq2seq(state="none", **cfg)
+
+
 # ==== keypoints ==================================================================================================
 def _kp(**cfg):
     from ported_torch.keypoints import keypoints_cnn
@@ -1415,6 +1433,11 @@ CATALOGUE: tuple[Mutation, ...] = (
     _m("rb_go_backwards_output_flipped_back", "rnnback", "go_backwards outputs flipped back to input order",
        "forward_eval", "rnn", "go_backwards", port=None,
        user=(RNNBACK_LSTM_REF, f"{MOD}:rb_go_backwards_output_flipped_back"), ci_stages=EVAL),
+    # --- seq2seq: LSTM(return_state=True) states into a decoder's initial_state (user pair, two inputs) --------------
+    _m("s2_states_swapped", "seq2seq", "encoder states passed to the decoder as (c, h)", "forward_eval", "decoder",
+       "rnn_initial_state", port=None, user=(SEQ2SEQ_REF, f"{MOD}:s2_states_swapped"), ci_stages=EVAL),
+    _m("s2_states_not_passed", "seq2seq", "decoder started from zeros (encoder states not passed)", "forward_eval",
+       "decoder", "rnn_initial_state", port=None, user=(SEQ2SEQ_REF, f"{MOD}:s2_states_not_passed"), ci_stages=EVAL),
     # --- decoder: causal self-attention (user pairs, automatic alignment) -------------------------------------------
     _m("dc_mask_missing", "decoder", "nn.MultiheadAttention without the causal attn_mask", "forward_eval",
        "attention", "attention_causal_mask_missing", port=None, user=(DECODER_REF, f"{MOD}:dc_mask_missing"),
@@ -1451,6 +1474,7 @@ CORRECT_PAIRS: tuple[tuple[str, tuple[str, str] | None], ...] = (
     ("volume", (VOLUME_REF, "ported_torch.volume:volume_cnn")),
     ("seq1d", (SEQ1D_REF, "ported_torch.seq1d:seq1d_net")),
     ("decoder", (DECODER_REF, "ported_torch.decoder:decoder_block")),
+    ("seq2seq", (SEQ2SEQ_REF, "ported_torch.seq2seq:seq2seq")),
     ("rnnback", (RNNBACK_GRU_REF, "ported_torch.rnn_variants:backwards_gru")),
     ("rnnback", (RNNBACK_LSTM_REF, "ported_torch.rnn_variants:backwards_lstm_sequence")),
 )
@@ -1462,6 +1486,7 @@ MODEL_FAMILY = {
     "textgru": "recurrent (GRU)", "textmask": "recurrent (mask_zero)", "transformer": "attention", "encdec": "encoder-decoder (up-sampling)",
     "seqconv": "1-D convolution", "volume": "3-D convolution", "seq1d": "1-D convolution",
     "rnnback": "recurrent (go_backwards)", "decoder": "attention (causal mask)",
+    "seq2seq": "recurrent (return_state)",
 }
 """The model family each pair stands for: the suite reports its scores per family."""
 

@@ -39,6 +39,11 @@ def _evidence(run: Run, tap, stage=None, diff: TensorDiff | None = None) -> dict
     inputs = getattr(run.ref, "inputs", None) if run.ref is not None else None
     if inputs and np.issubdtype(np.asarray(inputs[0]).dtype, np.integer):
         ev["tokens"] = np.asarray(inputs[0])
+    # the module's first recorded call (its extra arguments: an RNN's initial state) and whether the reference has
+    # an encoder returning its states (return_state=True), for the initial-state probe
+    ev["call"] = (run.ts.__dict__.get("_attention_calls") or {}).get(tap.port)
+    structure = getattr(run.ref, "structure", None) or {}
+    ev["ref_return_state"] = any(isinstance(i, dict) and i.get("return_state") for i in structure.values())
     return ev
 
 

@@ -1,7 +1,7 @@
 """Keras go_backwards=True (one direction) is checked, no longer refused: a correct port (``rnn(x.flip(1))``,
 outputs as computed) passes every stage in float64, the port's module fed the reversed sequence in isolation; a
 port that ignores go_backwards, or flips the outputs back like Bidirectional, is found at the layer and named
-``go_backwards``. return_state / stateful and Bidirectional(go_backwards) stay refused in one line."""
+``go_backwards``. stateful, return_state (but a plain LSTM's) and Bidirectional(go_backwards) stay refused in one line."""
 from __future__ import annotations
 
 import parity.core.env  # noqa: F401  (environment before the frameworks)
@@ -40,8 +40,11 @@ def test_go_backwards_bug_found_at_the_layer_and_named(name):
 
 
 def test_remaining_recurrent_variants_refused_in_one_line():
-    msg = refusal("LSTM", {"units": 4, "return_state": True})
-    assert msg and "return_state" in msg and "\n" not in msg
+    for cls, cfg in (("GRU", {"units": 4, "return_state": True}), ("LSTM", {"units": 4, "stateful": True}),
+                     ("Bidirectional", {"layer": {"class_name": "LSTM", "config": {"units": 4, "return_state": True}}})):
+        msg = refusal(cls, cfg)
+        assert msg and "return_state" in msg and "\n" not in msg
+    assert refusal("LSTM", {"units": 4, "return_state": True}) is None  # a seq2seq encoder: test_return_state.py
     msg = refusal("Bidirectional", {"layer": {"class_name": "GRU", "config": {"units": 4, "go_backwards": True}}})
     assert msg and "go_backwards" in msg
     assert refusal("GRU", {"units": 4, "go_backwards": True}) is None

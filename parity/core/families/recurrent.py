@@ -203,6 +203,36 @@ def _mask_probe(kind: str, ev: dict):
     return None
 
 
+KERAS_LSTM_STATES = ("Keras LSTM(return_state=True) returns [output, h, c] and a decoder takes "
+                     "initial_state=[h, c]; torch nn.LSTM returns (output, (h_n, c_n)) and takes (h_0, c_0)")
+"""keras/src/layers/rnn/lstm.py (``return_state``; the states list is [h, c]), keras/src/layers/rnn/rnn.py
+(``initial_state``); torch/nn/modules/rnn.py (LSTM ``hx = (h_0, c_0)``)."""
+
+
+def _initial_state_probe(kind: str, ev: dict):
+    """A seq2seq decoder whose state the port does not take from the encoder: called without a state while the
+    reference has a return_state=True encoder, or with (c, h) for (h, c) (an LSTM's h = o * tanh(c), so
+    |h| <= |tanh(c)| everywhere; a swapped pair breaks it)."""
+    call = ev.get("call")
+    if kind != "lstm" or call is None or ev.get("stage") not in ("forward_eval", "isolated", "forward_train"):
+        return None
+    args, kwargs = call
+    state = args[1] if len(args) > 1 else kwargs.get("hx")
+    if state is None:
+        if ev.get("ref_return_state"):
+            return ("rnn_initial_state", "the nn.LSTM is called without an initial state while the reference "
+                    "feeds it the [h, c] of an LSTM(return_state=True) (initial_state=): the port starts from 0",
+                    "_, (h, c) = encoder(x); decoder(y, (h, c))", KERAS_LSTM_STATES)
+        return None
+    if isinstance(state, (tuple, list)) and len(state) == 2:
+        h, c = (np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t, dtype=np.float64) for t in state)
+        if h.shape == c.shape and h.size and np.any(np.abs(h) > np.abs(np.tanh(c)) + 1e-12):
+            return ("rnn_initial_state", "the nn.LSTM's initial state is passed as (c, h): its first element is not "
+                    "bounded by tanh of its second as an LSTM's h = o * tanh(c) is (Keras' states are [h, c], "
+                    "torch's (h_0, c_0))", "decoder(y, (h, c)) with _, (h, c) = encoder(x)", KERAS_LSTM_STATES)
+    return None
+
+
 def _gru_bias_hh_probe(kind: str, ev: dict):
     """A GRU's ``bias_hh`` that gets no gradient in the port (frozen like an LSTM's, or read detached) where Keras
     trains ``bias[1]``: seen only in the gradients (the forward is exact)."""
@@ -274,9 +304,11 @@ def _refuse(cls: str, cfg: dict) -> str | None:
                 "recurrent matmul (Keras reset_after=True)")
     if info.get("go_backwards") and cls == "Bidirectional":
         return f"Bidirectional({inner_cls}(go_backwards=True)) is not yet supported"
-    if info.get("return_state") or info.get("stateful"):
-        return (f"{inner_cls} with return_state/stateful is not yet supported: the layer returns several tensors "
-                "(or keeps state between batches); check the model with return_state=False (its first output)")
+    if info.get("stateful") or (info.get("return_state") and (cls == "Bidirectional" or inner_cls != "LSTM")):
+        what = f"Bidirectional({inner_cls})" if cls == "Bidirectional" else inner_cls
+        return (f"{what} with return_state/stateful is not yet supported (only a plain LSTM's return_state=True, "
+                "whose [h, c] start a decoder): the layer returns several tensors (or keeps state between "
+                "batches); check the model with return_state=False (its first output)")
     if info.get("use_bias") is False:
         return f"{inner_cls}(use_bias=False) is not yet supported"
     return None
@@ -314,6 +346,6 @@ FAMILY = Family(
     torch_info=_torch_info,
     rules=(_rules,),
     refuse=_refuse,
-    probes=(_mask_probe, _weights_probe, _last_step_probe, _gru_bias_hh_probe, _go_backwards_probe),
+    probes=(_mask_probe, _initial_state_probe, _weights_probe, _last_step_probe, _gru_bias_hh_probe, _go_backwards_probe),
     kinds=RNN_KINDS,
 )
