@@ -126,10 +126,15 @@ def packed_as_keras(tap: Tap, module, out):
     import torch
 
     seq, state = out[0], out[1] if len(out) > 1 else None
-    padded, _ = torch.nn.utils.rnn.pad_packed_sequence(seq, batch_first=True)
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(seq, batch_first=True)
     h = state[0] if isinstance(state, tuple) else state
     if h is None or tap.port_transform not in ("last_step", "bidirectional_last_step"):
-        return padded
+        if getattr(module, "bidirectional", False):
+            return padded
+        # a one-direction Keras RNN (zero_output_for_mask=False) repeats its last unmasked output at masked steps
+        steps = torch.arange(padded.shape[1])[None, :]
+        idx = torch.minimum(steps, (lengths - 1).clamp(min=0)[:, None]).to(padded.device)
+        return torch.gather(padded, 1, idx[:, :, None].expand(-1, -1, padded.shape[2]))
     if tap.port_transform == "bidirectional_last_step" and getattr(module, "bidirectional", False):
         half = padded.shape[-1] // 2
         last = torch.cat([padded[:, -1:, :half].detach() * 0 + h[-2][:, None], padded[:, -1:, half:]], -1)
@@ -369,7 +374,18 @@ class TorchSide:
                     return
                 t = out[0] if isinstance(out, tuple) else out  # nn.LSTM/GRU/RNN: (output, state)
                 if type(t).__name__ == "PackedSequence":
-                    t = packed_as_keras(tap, _m, out)
+                    packed, t = t, packed_as_keras(tap, _m, out)
+                    if sink is not None:  # compared as Keras' tensor; its gradient read off the packed data
+                        value = self.tap_value(tap, TapRecord(t, 1))
+                        sink(tap, value)
+                        if grad_sink is not None and packed.data.requires_grad and not tap.port_transform:
+                            # zeros at masked steps: the next masked layer skips them (no gradient reaches them)
+                            packed.data.register_hook(lambda g, tap=tap, p=packed: grad_sink(
+                                tap, self.torch.nn.utils.rnn.pad_packed_sequence(type(p)(
+                                    g.detach(), p.batch_sizes, p.sorted_indices, p.unsorted_indices),
+                                    batch_first=True)[0].cpu().numpy()))
+                        self.records[tap.path] = TapRecord(tuple(value.shape), 1)
+                        return
                 if sink is not None:
                     value = self.tap_value(tap, TapRecord(t, 1))
                     sink(tap, value)

@@ -121,3 +121,50 @@ def test_mask_zero_feeding_a_non_recurrent_layer_is_refused_in_one_line():
         parity.compare(_keras(pool=True), _port(pool=True), stages=("structure", "forward_eval"))
     line = str(e.value)
     assert "\n" not in line and line.startswith("expected an Embedding(mask_zero=True)") and "GlobalAveragePooling1D" in line
+
+
+@pytest.mark.parametrize("bidi", [True, False])
+def test_stacked_packed_sequences_pass_float64(bidi):
+    """LSTM(return_sequences=True) -> LSTM under the mask, the port passing the PackedSequence on: the first
+    layer's sequence compared as Keras' (Bidirectional: zeros at masked steps; one direction: its last unmasked
+    output repeated), its gradient zero there (the next layer skips those steps)."""
+    pytest.importorskip("keras")
+    import keras
+    from keras import layers
+    from torch import nn
+
+    import parity
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, D)
+            self.l1 = nn.LSTM(D, H, batch_first=True, bidirectional=bidi)
+            self.l2 = nn.LSTM(H * (2 if bidi else 1), H, batch_first=True)
+            self.fc = nn.Linear(H, C)
+            for n, p in list(self.l1.named_parameters()) + list(self.l2.named_parameters()):
+                if n.startswith("bias_hh"):
+                    p.requires_grad_(False)
+
+        def forward(self, tokens):
+            packed = nn.utils.rnn.pack_padded_sequence(self.emb(tokens), (tokens != 0).sum(1).cpu(),
+                                                       batch_first=True, enforce_sorted=False)
+            seq, _ = self.l1(packed)
+            _, (h, _c) = self.l2(seq)
+            return self.fc(h[-1])
+
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        t = keras.Input((L,), dtype="int32")
+        x = layers.Embedding(V, D, mask_zero=True)(t)
+        first = layers.LSTM(H, return_sequences=True)
+        x = (layers.Bidirectional(first, name="seq") if bidi else first)(x)
+        x = layers.LSTM(H, name="last")(x)
+        r = parity.compare(keras.Model(t, layers.Dense(C, activation="softmax")(x)), Port().double())
+    finally:
+        keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")
+    assert r.passed, r.findings
+    assert any(t.path.endswith(":grad") and not t.path.startswith(("embedding", "dense"))
+               for t in r.stage("gradients").tensors)
