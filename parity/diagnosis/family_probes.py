@@ -44,6 +44,7 @@ def _evidence(run: Run, tap, stage=None, diff: TensorDiff | None = None) -> dict
     ev["call"] = (run.ts.__dict__.get("_attention_calls") or {}).get(tap.port)
     structure = getattr(run.ref, "structure", None) or {}
     ev["ref_return_state"] = any(isinstance(i, dict) and i.get("return_state") for i in structure.values())
+    ev["ref_mask_zero"] = any(isinstance(i, dict) and i.get("mask_zero") for i in structure.values())
     return ev
 
 

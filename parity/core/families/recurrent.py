@@ -187,6 +187,8 @@ def _mask_probe(kind: str, ev: dict):
     """Keras' Embedding(mask_zero=True) makes the RNN skip the padding: a port that steps over it (no packing,
     padding_idx alone, lengths packed as if pre-padded) agrees on every unpadded row and on no padded one."""
     r, p, tokens = ev.get("ref_out"), ev.get("port_out"), ev.get("tokens")
+    if not ev.get("ref_mask_zero", True):  # the reference masks nothing (unknown: judged by the inputs alone)
+        return None
     if kind not in RNN_KINDS or r is None or p is None or tokens is None or np.shape(r) != np.shape(p):
         return None
     padded = _post_padded_rows(tokens)
