@@ -368,6 +368,7 @@ ZOO = (
     ("keras_encoder_decoder", "port_unet_negative_pad"),
     ("keras_seq1d", "port_seq1d_modules"),
     ("keras_volume", "port_volume_functional"),
+    ("keras_mlp", "port_mlp_probabilities"),
 )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.core.conventions import KERAS_CE_EPSILON
 from parity.core.tensors import hwc_flat_to_chw_flat, nhwc_to_nchw
 from parity.core.errors import UsageError
 from parity.core.families import torch_info
@@ -73,6 +74,14 @@ def torch_loss(F, spec: LossSpec, out, y):
             total = term if total is None else total + term
             at += width
         return total
+    if spec.name == "categorical_crossentropy" and getattr(spec, "port_probabilities", False):
+        # the port returns probabilities (softmax in its forward, as the reference): Keras' loss on them
+        # (KERAS_CE_ON_PROBABILITIES), Keras' label smoothing on the targets
+        if spec.label_smoothing:
+            y = y * (1 - spec.label_smoothing) + spec.label_smoothing / y.shape[-1]
+        p = (out / out.sum(dim=-1, keepdim=True)).clamp(KERAS_CE_EPSILON, 1 - KERAS_CE_EPSILON)
+        per = -(y * p.log()).sum(dim=-1)
+        return per.mean() if spec.reduction == "mean" else per.sum()
     if spec.name == "categorical_crossentropy":
         return F.cross_entropy(out, y, reduction=spec.reduction, label_smoothing=spec.label_smoothing)
     if spec.name == "mse":

@@ -78,6 +78,11 @@ MINIXCEPTION_L2 = 0.01
 """oarriaga/face_classification src/models/cnn.py: ``regularization = l2(0.01)`` on the two base convs
 (Keras 2 silently ignored it on SeparableConv2D, Keras 3 rejects it there)."""
 
+KERAS_CE_EPSILON = 1e-7
+KERAS_CE_ON_PROBABILITIES = ("Keras categorical_crossentropy(from_logits=False): p = p / sum(p); p = clip(p, 1e-7, "
+                             "1 - 1e-7); loss = -sum(y * log(p)) (keras/src/backend/tensorflow/nn.py "
+                             "categorical_crossentropy; epsilon = keras.config.epsilon())")
+"""The loss a port that returns probabilities is trained with in user mode (no ``--port-loss``)."""
 KERAS3_ADAM_EPSILON = 1e-7
 """keras.optimizers.Adam(epsilon=1e-7) in Keras 3 (1e-8 in Keras 2.0.5; torch's default is 1e-8)."""
 KERAS2_ADAM_EPSILON = 1e-8

@@ -72,6 +72,10 @@ class LossSpec:
     #: output order; the outputs (and targets) are concatenated along the last axis, and the loss is Keras'
     #: ``sum(loss_weight_i * loss_i)`` over them (keras/src/trainers/compile_utils.py ``CompileLoss``)
     parts: tuple = ()
+    #: categorical_crossentropy only: the port returns probabilities like the reference (a softmax at the end of
+    #: its forward, user mode): its loss is Keras' on probabilities (:data:`parity.core.conventions.
+    #: KERAS_CE_ON_PROBABILITIES`), not ``F.cross_entropy`` on logits
+    port_probabilities: bool = False
 
 
 @dataclass(frozen=True)

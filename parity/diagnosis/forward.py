@@ -25,6 +25,10 @@ def double_softmax(run: Run, stage, diff: TensorDiff) -> list[Finding]:
     final = run.po.get("final")
     if final is None or run.po.get("loss") != "categorical_crossentropy":
         return []
+    spec = run.po.get("spec")
+    if spec is not None and getattr(spec, "port_loss", None) is None and \
+            getattr(getattr(spec, "loss", None), "port_probabilities", False):
+        return []  # the port returns probabilities and is trained with Keras' loss on them: no softmax twice
     rows = np.asarray(final)
     if rows.ndim == 2 and rows.size and (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-6):
         return [finding(

@@ -20,6 +20,7 @@ several reference layers) is the check's first verdict (:func:`alignment_verdict
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import warnings
@@ -301,6 +302,12 @@ class UserTaps:
             raise _usage_error(str(exc)) from None
         if self.spec is not None:
             self.spec.alignment = self.alignment  # travels on the spec (read by the diagnosis)
+            loss = self.spec.loss
+            if isinstance(loss, LossSpec) and loss.name == "categorical_crossentropy" and not loss.parts and \
+                    loss.port_probabilities != self.alignment.port_probabilities:
+                # a port returning probabilities like the reference is trained with Keras' loss on them, not
+                # F.cross_entropy on logits (a double softmax it never had); the user's own --port-loss is theirs
+                self.spec.loss = dataclasses.replace(loss, port_probabilities=self.alignment.port_probabilities)
             self.spec.conventions = tuple(c for c in self.spec.conventions if c.name not in ("alignment", "inputs")) + (
                 _alignment_convention(self.alignment), _inputs_convention(self.slots))
         self.groups = dict(self.alignment.groups)

@@ -144,3 +144,17 @@ def test_an_image_padded_before_its_stride2_conv_passes(float64):
     assert _tap(align(km, Port()), "down").port_transform == "prepad[0,1,0,1]"
     result = compare(km, Port())
     assert result.passed, result.summary_line()
+
+
+def test_a_port_returning_probabilities_like_the_reference_passes(float64):
+    """F.softmax at the end of the port's forward, as the reference's last layer: trained with Keras' loss on
+    probabilities (was: FAILED at gradients loss, 'double softmax'); with the user's own CrossEntropyLoss
+    (--port-loss) the double softmax is still named."""
+    result = compare(user_zoo.keras_mlp(), user_zoo.port_mlp_probabilities())
+    assert result.passed, result.summary_line()
+    km = user_zoo.keras_mlp()
+    km.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy")
+    result = compare(km, user_zoo.port_mlp_probabilities(), stages="structure,forward_eval,gradients",
+                     port_loss=torch.nn.CrossEntropyLoss())
+    assert not result.passed
+    assert result.causes()[0].cause == "double_softmax", result.summary_line()
