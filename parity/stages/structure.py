@@ -52,19 +52,9 @@ def _ref_shape(tap: Tap, acts, path) -> tuple:
     return shape
 
 
-def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Finding]) -> None:
-    """One aligned layer: its row in the stage's table, its errors and findings."""
-    ref = ctx.ref
-    rinfo = ref.structure.get(tap.ref, {})
-    mod = ctx.ts.modules.get(tap.port)
-    row = {"path": tap.path, "kind": tap.kind, "reference": f"{tap.ref} ({rinfo.get('class', '?')})",
-           "port": f"{tap.port or '<output>'} ({type(mod).__name__ if mod is not None else 'MISSING'})"}
-    if mod is None:
-        st.errors.append(f"{tap.path}: port module {tap.port!r} not found")
-        findings.append(Finding("missing_module", tap.path, f"port has no module {tap.port!r}",
-                                "add the layer (or fix the tap's module path)", stage="structure"))
-        st.rows.append(row | {"status": "missing"})
-        return
+def _port_info(mod, tap: Tap, rinfo: dict) -> dict:
+    """The port module's description, amended by what the alignment saw around it (a pad before it, a crop after
+    it, a time-major feed) and by what it computes (TF 'same' observed)."""
     pinfo = module_info(mod)
     nd_pre = re.search(r"prepad\[(\d+(?:,\d+){3,})\]", tap.port_transform or "")  # an image's or a volume's
     nd_pre = [int(v) for v in nd_pre.group(1).split(",")] if nd_pre else None
@@ -88,6 +78,23 @@ def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Find
             pinfo["padding"] = [left]
     if (tap.port_transform or "").startswith("crop["):  # a transposed conv cropped to 'same' after the module
         pinfo["class"] = f"{pinfo.get('class')} + crop"
+    return pinfo
+
+
+def _layer_row(ctx: CheckContext, tap: Tap, st: StageResult, findings: list[Finding]) -> None:
+    """One aligned layer: its row in the stage's table, its errors and findings."""
+    ref = ctx.ref
+    rinfo = ref.structure.get(tap.ref, {})
+    mod = ctx.ts.modules.get(tap.port)
+    row = {"path": tap.path, "kind": tap.kind, "reference": f"{tap.ref} ({rinfo.get('class', '?')})",
+           "port": f"{tap.port or '<output>'} ({type(mod).__name__ if mod is not None else 'MISSING'})"}
+    if mod is None:
+        st.errors.append(f"{tap.path}: port module {tap.port!r} not found")
+        findings.append(Finding("missing_module", tap.path, f"port has no module {tap.port!r}",
+                                "add the layer (or fix the tap's module path)", stage="structure"))
+        st.rows.append(row | {"status": "missing"})
+        return
+    pinfo = _port_info(mod, tap, rinfo)
     if tap.weighted:
         rt, rn = rinfo.get("trainable_params", 0), rinfo.get("non_trainable_params", 0)
         # torch-only parameters a layer family declares (an LSTM's bias_hh next to Keras' one bias)

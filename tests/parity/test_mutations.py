@@ -34,6 +34,8 @@ KNOWN_CAUSES = {
     # the attention family's causal masks (parity.core.families.attention)
     "attention_causal_mask_missing", "attention_mask_polarity", "attention_mask_after_softmax",
     "attention_causal_offset",
+    # the recurrent family's masks and states (parity.core.families.recurrent)
+    "mask_zero_ignored", "rnn_initial_state",
 }
 
 
