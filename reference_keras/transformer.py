@@ -7,11 +7,19 @@ from __future__ import annotations
 
 def transformer_block(seq_len=10, d_model=16, num_heads=2, ff_dim=32, num_classes=3):
     """Build the reference model (returns probabilities). Input: (N, seq_len, d_model) embeddings."""
+    return attention_block(seq_len, d_model, num_heads, ff_dim, num_classes, causal=False,
+                           name="transformer_block")
+
+
+def attention_block(seq_len, d_model, num_heads, ff_dim, num_classes, *, causal, name):
+    """The post-norm block shared by the encoder (``causal=False``) and the decoder (``use_causal_mask=True``,
+    reference_keras/decoder.py) references."""
     import keras
     from keras import layers
 
     x_in = keras.Input((seq_len, d_model), name="embeddings")
-    a = layers.MultiHeadAttention(num_heads, d_model // num_heads, name="attention")(x_in, x_in)
+    a = layers.MultiHeadAttention(num_heads, d_model // num_heads, name="attention")(x_in, x_in,
+                                                                                     use_causal_mask=causal)
     x = layers.Add(name="attn_residual")([x_in, a])
     x = layers.LayerNormalization(name="attn_norm")(x)
     f = layers.Dense(ff_dim, name="ffn_in")(x)
@@ -22,4 +30,4 @@ def transformer_block(seq_len=10, d_model=16, num_heads=2, ff_dim=32, num_classe
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     x = layers.Dense(num_classes, name="classifier")(x)
     out = layers.Activation("softmax", name="predictions")(x)
-    return keras.Model(x_in, out, name="transformer_block")
+    return keras.Model(x_in, out, name=name)
