@@ -7,10 +7,10 @@ softmax's sum (``where(mask, scores, -1e9)``, keras/src/layers/activations/softm
 masks with -inf, -1e9 or ``is_causal=True`` agrees to rounding."""
 from __future__ import annotations
 
+from reference_keras.transformer import attention_block
+
 
 def decoder_block(seq_len=8, d_model=16, num_heads=4, ff_dim=32, num_classes=3):
     """Build the reference model (returns probabilities): the encoder block of reference_keras/transformer.py with
     ``use_causal_mask=True``."""
-    from reference_keras.transformer import attention_block
-
     return attention_block(seq_len, d_model, num_heads, ff_dim, num_classes, causal=True, name="decoder_block")

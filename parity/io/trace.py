@@ -54,6 +54,8 @@ from parity.harness import _user_training, check
 from parity.optim.adapters import ParamRef
 from parity.optim.user import apply_user_training
 from parity.pairs import registry
+from parity.user.pair import UserTaps
+from parity.user.stored import replay_port_builder, view_to_data
 
 SCHEMA = "parity.io.trace/1"
 #: safetensors metadata keys
@@ -341,7 +343,9 @@ def _recorded_user_training(spec: PairSpec, cfg: dict, dtype: str, port_optimize
 
 #: :class:`LossSpec` fields a trace stores, and what each may hold when read back
 _LOSS_FIELDS = {"name": ("categorical_crossentropy", "mse", "l1_sum", "multi"), "reduction": ("mean", "sum"),
-                "reference_from_logits": bool, "label_smoothing": float}
+                "reference_from_logits": bool, "label_smoothing": float, "port_probabilities": bool}
+#: fields a trace recorded before they existed may lack (read as the :class:`LossSpec` default)
+_LOSS_FIELDS_OPTIONAL = ("port_probabilities",)
 
 
 def loss_to_data(loss: LossSpec) -> dict:
@@ -364,6 +368,8 @@ def loss_from_data(d, where: str, depth: int = 0) -> LossSpec:
         raise bad("as an object")
     kw = {}
     for key, allowed in _LOSS_FIELDS.items():
+        if key in _LOSS_FIELDS_OPTIONAL and key not in d:
+            continue
         v = d.get(key)
         if isinstance(allowed, tuple):
             if v not in allowed:
@@ -430,6 +436,9 @@ def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights, tra
         "registered": _is_registered(spec),
         "summary": spec.summary,
         "conventions": [dataclasses.asdict(c) for c in spec.conventions],
+        # the whole loss as data: a user pair's several outputs (parts) and a port returning probabilities
+        # (port_probabilities, set by the alignment) train on replay as they trained in the live check
+        "loss_spec": loss_to_data(spec.loss),
         "weights_file": os.path.abspath(weights) if weights else None,
         "versions": _versions(),
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -437,6 +446,10 @@ def _write_recorded(path, run, spec, stage_list, opt, port_builder, weights, tra
     }
     if training is not None:
         extra["training"] = training
+    if isinstance(spec.taps, UserTaps):
+        # your own models: the port as the alignment saw it (module groups, aliases, packed inputs, outputs) as
+        # data, so that replay sees it the same way without the Keras model
+        extra["port_view"] = view_to_data(spec.taps)
     return write_trace(path, run, extra_meta=extra)
 
 
@@ -696,15 +709,17 @@ def spec_for_trace(run, port: str | Callable | None = None) -> PairSpec:
                          f"registered pair. Received: no --port. Name your port builder: a trace never chooses the "
                          "code replay runs.")
     loss = meta.get("loss") or {}
+    if meta.get("loss_spec") is not None:
+        loss_spec = loss_from_data(meta["loss_spec"], f"replay {path}")
+    else:  # a trace recorded before the whole loss was stored
+        loss_spec = LossSpec(str(loss.get("name", "categorical_crossentropy")), str(loss.get("reduction", "mean")))
     opt = optimizer_from_dict(meta["optimizer"]) if meta.get("optimizer") else OptimizerSpec()
     taps = list(run.taps)
     shape = tuple(int(d) for d in (meta.get("input_shape") or ()))
     return PairSpec(name=name, summary=str(meta.get("summary", f"trace of {name}"))[:200], reference="<trace>",
                     port=port, taps=lambda c, t=taps: t, input_shape=lambda c, s=shape: s,
                     target=lambda c: ("unknown", 0),
-                    loss=LossSpec(str(loss.get("name", "categorical_crossentropy")),
-                                  str(loss.get("reduction", "mean"))),
-                    optimizer=opt,
+                    loss=loss_spec, optimizer=opt,
                     conventions=tuple(Convention(**c) for c in meta.get("conventions") or ()),
                     default_config={}, default_batch=int(meta["batch"]))
 
@@ -794,6 +809,8 @@ def replay(trace_path: str, *, port: str | Callable | None = None, stages=None, 
             raise
         raise _bad_trace(trace_path, f"a malformed pair description ({_one_line(exc)})") from None
     builder = _resolve_port(port if port is not None else spec.port, f"replay {trace_path}")
+    if meta.get("registered", True) is False and meta.get("port_view") is not None:
+        builder = replay_port_builder(builder, meta["port_view"], f"replay {trace_path}")
     meta["config"] = validated_config(meta.get("config"), builder, spec.default_config,
                                       f"replay {trace_path}: config")
     user_opt = _replayed_user_training(spec, meta, trace_path, port_optimizer, port_loss)

@@ -58,7 +58,7 @@ def test_recorded_training_configuration_is_plain_data(adam_trace):
     assert training["keras_optimizer"]["class_name"] == "Adam"
     assert training["keras_optimizer"]["config"]["epsilon"] == M.KERAS3_ADAM_EPS
     assert training["loss"] == {"name": "categorical_crossentropy", "reduction": "mean",
-                                "reference_from_logits": False, "label_smoothing": 0.0}
+                                "reference_from_logits": False, "label_smoothing": 0.0, "port_probabilities": False}
     assert training["port_optimizer"] == f"{MOD}:adam_ok"  # a label: replay never runs what a trace names
     assert body["meta"]["optimizer"]["kind"] == "user"
     text = json.dumps(body)
