@@ -37,6 +37,29 @@ def keras_attention_scale(key_dim: int) -> float:
     return float32_rounded(1.0 / math.sqrt(float(key_dim)))
 
 
+#: float64 only: the relative tolerance a check holds every stage to when Keras' float32-rounded 1/sqrt(key_dim)
+#: meets a port's ``nn.MultiheadAttention``, whose scale is ``head_dim ** -0.5`` in the module's dtype and cannot
+#: be set (torch/nn/functional.py ``multi_head_attention_forward``). The rounding is <= 2**-24 of the scale
+#: (1.7e-8 for key_dim 8); through the scores, softmax, backward and one step it was measured at <= 8.7e-9 relative
+#: (tests/families/test_attention_masks.py, seeds 0-2): 1e-7 keeps a 10x margin and stays far below every
+#: convention the attention family names (scale, masks, q/k/v order: 1e-3 and up).
+KERAS_SCALE_ROUNDING_RTOL = 1e-7
+
+
+def unsettable_scale_rounding(taps, structure: dict, modules: dict) -> list[tuple[str, int]]:
+    """(tap path, key_dim) of each Keras MultiHeadAttention whose float32-rounded scale differs from the exact one
+    and whose port module is torch's ``nn.MultiheadAttention`` (which cannot take Keras' value)."""
+    out = []
+    for tap in taps:
+        info = structure.get(tap.ref) or {}
+        kd = info.get("key_dim")
+        mod = modules.get(tap.port)
+        if info.get("class") == "MultiHeadAttention" and isinstance(kd, int) and kd > 0 and mod is not None and \
+                type(mod).__name__ == "MultiheadAttention" and keras_attention_scale(kd) != 1.0 / math.sqrt(kd):
+            out.append((tap.path, kd))
+    return out
+
+
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 PROBE_RTOL = 1e-6
 
