@@ -23,7 +23,6 @@ BatchNorm statistics; the port is restored to its loaded state afterwards.
 from __future__ import annotations
 
 import dataclasses
-import math
 import platform
 import sys
 import time
@@ -37,7 +36,7 @@ from parity.backends.torch_side import DeviceUnavailable, TorchSide, device_desc
 from parity.backends.weights import layer_maps, load_weight_file
 from parity.core.env import import_tensorflow, import_torch, isa_report, trim_heap
 from parity.core.errors import UsageError, function_name
-from parity.core.families.attention import KERAS_SCALE_ROUNDING_RTOL, keras_attention_scale, unsettable_scale_rounding
+from parity.core.families import tolerance_floors
 from parity.core.options import check_batch, optimizer_spec, parse_stages, resolve_user
 from parity.core.results import STAGE_ORDER, CheckResult, Finding
 from parity.core.spec import OptimizerSpec, PairSpec, resolve
@@ -178,25 +177,17 @@ def _build_port(ctx: CheckContext, port) -> None:
 
 
 def _scale_rounding_tolerance(ctx: CheckContext) -> None:
-    """float64, a Keras MultiHeadAttention whose float32-rounded 1/sqrt(key_dim) is not exact, ported with
-    ``nn.MultiheadAttention`` (which cannot take Keras' value): every stage held to
-    :data:`KERAS_SCALE_ROUNDING_RTOL` instead of failing a faithful port, said as a warning."""
-    if ctx.dtype != "float64":
+    """A difference a layer family says the port cannot remove (:func:`parity.core.families.tolerance_floors`,
+    e.g. Keras' float32-rounded attention scale against ``nn.MultiheadAttention`` in float64): every stage held
+    to the family's rtol instead of failing a faithful port, said as a warning."""
+    floors = tolerance_floors(ctx.taps, ctx.ref.structure, ctx.ts.modules, ctx.dtype)
+    if not floors:
         return
-    hits = unsettable_scale_rounding(ctx.taps, ctx.ref.structure, ctx.ts.modules)
-    if not hits:
-        return
-    ctx.tol = {k: dataclasses.replace(v, rtol=max(v.rtol, KERAS_SCALE_ROUNDING_RTOL)) for k, v in ctx.tol.items()}
-    for path, kd in hits:
-        rounded = keras_attention_scale(kd)
-        ctx.result.findings.append(Finding(
-            "attention_scale", path,
-            f"Keras scales the query by 1/sqrt({kd}) rounded to float32 ({rounded!r}) even in a float64 model; "
-            f"nn.MultiheadAttention uses the exact value and cannot be given another ({abs(rounded * math.sqrt(kd) - 1):.1e} "
-            f"relative): every stage of this check is held to rtol {KERAS_SCALE_ROUNDING_RTOL:g} instead of the "
-            "float64 policy's 1e-10..1e-8, so differences below that are not seen",
-            "to check at the full float64 policy, compute the attention with F.scaled_dot_product_attention(..., "
-            "scale=keras_attention_scale(key_dim))", stage="structure", severity="warning"))
+    rtol = max(r for _, r, _ in floors)
+    ctx.tol = {k: dataclasses.replace(v, rtol=max(v.rtol, rtol)) for k, v in ctx.tol.items()}
+    for path, _, (cause, message, fix, evidence) in floors:
+        ctx.result.findings.append(Finding(cause, path, message, fix, stage="structure", severity="warning",
+                                           evidence=evidence))
 
 
 def _run_stages(ctx: CheckContext) -> None:

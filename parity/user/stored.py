@@ -14,6 +14,7 @@ from typing import Any, Callable
 from parity.core.errors import UsageError
 from parity.user.inputs import LAYOUT_AS_IS, LAYOUT_IMAGE, LAYOUT_SEQ_CHANNELS_FIRST, LAYOUT_VOLUME, InputSlot
 from parity.user.outputs import OutputHead
+from parity.user.pair import UserTaps, _is_torch_module
 
 #: the layouts an input slot may name (:mod:`parity.user.inputs`)
 _LAYOUTS = (LAYOUT_AS_IS, LAYOUT_IMAGE, LAYOUT_SEQ_CHANNELS_FIRST, LAYOUT_VOLUME)
@@ -105,8 +106,6 @@ def view_from_data(data, where: str):
 
 def replay_port_builder(port_builder: Callable, data, where: str) -> Callable:
     """``port_builder`` (the one ``--port`` names) wrapped to return the port seen through the recorded view."""
-    from parity.user.pair import UserTaps, _is_torch_module
-
     groups, aliases, slots, heads = view_from_data(data, where)
     taps = UserTaps(port_builder, None, slots)
     taps.groups, taps.aliases, taps.heads = groups, aliases, heads

@@ -42,6 +42,21 @@ def new_weighted_kinds() -> tuple[str, ...]:
     return tuple(out)
 
 
+def tolerance_floors(taps, structure: dict, modules: dict, dtype: str) -> list[tuple[str, float, tuple]]:
+    """(tap path, rtol, RuleHit) for each aligned layer whose family declares a difference the port cannot remove
+    (:attr:`Family.tolerance_floor`)."""
+    out = []
+    for tap in taps:
+        family = family_of_kind(tap.kind)
+        mod = modules.get(tap.port)
+        if family is None or family.tolerance_floor is None or mod is None:
+            continue
+        hit = family.tolerance_floor(structure.get(tap.ref) or {}, type(mod).__name__, dtype)
+        if hit is not None:
+            out.append((tap.path, hit[0], hit[1]))
+    return out
+
+
 def family_of_kind(kind: str) -> Family | None:
     for f in FAMILIES.values():
         if kind in f.kinds or kind in f.weighted:

@@ -53,6 +53,10 @@ class Family:
     #: what the diagnosis could gather: ``want`` / ``got`` (``{torch key suffix: array}``, converted reference
     #: weights and the port's loaded ones), ``ref_out`` / ``port_out`` (the layer's eval outputs), ``ref_info``
     probes: tuple[Callable[[str, dict], RuleHit | None], ...] = ()
+    #: ``(ref_info, port module class name, dtype) -> (rtol, RuleHit) | None``: a difference the port cannot
+    #: remove (a constant Keras rounds that the torch module cannot be given): every stage of the check is held to
+    #: at least ``rtol`` and the hit is reported as a warning saying so
+    tolerance_floor: Callable[[dict, str, str], tuple[float, RuleHit] | None] | None = None
 
 
 def close(a, b, rel: float = 1e-9) -> bool:
