@@ -27,6 +27,7 @@ import time
 import traceback
 
 from parity.core import env as _env  # noqa: F401  (environment before any framework import)
+from parity.core import spill
 from parity.core.errors import UsageError
 from parity.core.options import (ALL_STAGES, SEED_LIMIT, Target, check_batch, check_config_values,
                                  check_accepts, check_device_name, check_input_file, check_int, check_output_dir,
@@ -683,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return EXIT_BROKEN_PIPE
     except Exception as exc:
+        if spill.sigterm_received():  # a framework replaced the SystemExit that SIGTERM raised
+            print("parity: stopped by SIGTERM", file=sys.stderr, flush=True)
+            return spill.SIGTERM_EXIT
         return _internal_error(exc)
 
 

@@ -30,6 +30,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 import threading
 import weakref
@@ -107,19 +108,61 @@ def remove_stale(root: str | None = None) -> list[str]:
 def _remove_dir(path: str, pid: int) -> None:
     """Finalizer: remove a store's directory, only in the process that made it (a forked child inherits the
     finalizer but not the directory), and stop holding SIGTERM for it."""
+    _Sigterm.dirs.discard(path)
     if os.getpid() == pid:
         shutil.rmtree(path, ignore_errors=True)
     _Sigterm.release()
 
 
+#: the directory holding this package: a frame whose code lives under it is parity's own
+_PARITY_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: top-level packages whose code may run under C functions that replace a pending exception (TensorFlow's
+#: ``tf.nest`` helpers import modules from C: a ``SystemExit`` raised there came out as a ``SystemError``)
+FRAMEWORK_PACKAGES = frozenset({"tensorflow", "keras", "tf_keras", "torch", "jax", "jaxlib"})
+
+
+def _is_parity_frame(frame) -> bool:
+    return frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PARITY_DIR)
+
+
+def _is_framework_frame(frame) -> bool:
+    return str(frame.f_globals.get("__name__", "")).split(".", 1)[0] in FRAMEWORK_PACKAGES
+
+
+def _raise_here(frame) -> bool:
+    """True unless framework code runs between ``frame`` and the nearest frame of parity's own code."""
+    while frame is not None:
+        if _is_parity_frame(frame):
+            return True
+        if _is_framework_frame(frame):
+            return False
+        frame = frame.f_back
+    return True
+
+
+def sigterm_received() -> bool:
+    """True once SIGTERM arrived while a store was open: whatever exception then reaches the command line
+    (a framework may wrap or replace the ``SystemExit``) means "stopped", exit :data:`SIGTERM_EXIT`."""
+    return _Sigterm.received
+
+
 class _Sigterm:
     """SIGTERM -> ``SystemExit(SIGTERM_EXIT)`` while at least one store is open, so ``finally`` blocks and
-    ``close()`` run as they do for Ctrl-C; the previous handler comes back when the last store closes."""
+    ``close()`` run as they do for Ctrl-C; the previous handler comes back when the last store closes.
+
+    The open directories are removed in the handler itself, before anything is raised. The ``SystemExit`` is
+    raised in parity's own code only: a signal handled inside TensorFlow, Keras or torch code (an import in a
+    C function, a layer call that wraps exceptions) would turn it into a ``SystemError`` or an
+    ``AttributeError`` and the process would end as an internal error (measured: exit 3 after a SIGTERM in
+    ``tf.nest``). There, a trace function raises it at the next line parity's own code runs.
+    """
 
     lock = threading.Lock()
     open_stores = 0
     previous: Any = None
     installed = False
+    received = False
+    dirs: set[str] = set()
 
     @classmethod
     def acquire(cls) -> None:
@@ -158,7 +201,38 @@ class _Sigterm:
             _Sigterm.installed = False
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        raise SystemExit(SIGTERM_EXIT)
+        _Sigterm.received = True
+        for path in list(_Sigterm.dirs):
+            shutil.rmtree(path, ignore_errors=True)
+        if _raise_here(frame):
+            raise SystemExit(SIGTERM_EXIT)
+        _Sigterm.exit_outside_frameworks(frame)
+
+    @staticmethod
+    def exit_outside_frameworks(frame) -> None:
+        """Raise ``SystemExit`` at the next line run by a frame of parity's code (or by one below every
+        framework frame, e.g. the user's script): those on the stack now get a local trace function, the
+        global one gives it to parity's frames called later. Python removes a trace function that raised,
+        so the tracing ends with the exit."""
+
+        def local(frame, event, arg):
+            if event == "line":
+                raise SystemExit(SIGTERM_EXIT)
+            return local
+
+        def calls(frame, event, arg):
+            return local if _is_parity_frame(frame) else None
+
+        stack = []
+        while frame is not None:
+            stack.append(frame)
+            frame = frame.f_back
+        outermost = max((i for i, f in enumerate(stack) if _is_framework_frame(f)), default=-1)
+        for i, f in enumerate(stack):
+            if _is_parity_frame(f) or (i > outermost and not _is_framework_frame(f)):
+                f.f_trace = local
+                f.f_trace_lines = True
+        sys.settrace(calls)
 
 
 class Spilled:
@@ -194,6 +268,7 @@ class SpillStore:
             raise UsageError(f"spill directory: expected a writable directory {parent} (set {SPILL_DIR_ENV} to "
                              f"choose another). Received: {exc.strerror or exc}.") from None
         _Sigterm.acquire()
+        _Sigterm.dirs.add(self.dir)
         self._finalizer = weakref.finalize(self, _remove_dir, self.dir, pid)
         self._n = 0
         self.bytes_written = 0

@@ -255,7 +255,7 @@ def test_sigterm_during_a_check_leaves_no_spill_directory(tmp_path, monkeypatch)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spill_root = tmp_path / "spill"
     spill_root.mkdir()
-    env = {**os.environ, spill.SPILL_DIR_ENV: str(spill_root)}
+    env = {**os.environ, spill.SPILL_DIR_ENV: str(spill_root), "PARITY_NO_CACHE": "1"}  # the Keras side runs
     proc = subprocess.Popen([sys.executable, "-c", _CHECK_CHILD, str(tmp_path)], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -271,3 +271,58 @@ def test_sigterm_during_a_check_leaves_no_spill_directory(tmp_path, monkeypatch)
     assert proc.returncode == spill.SIGTERM_EXIT, err[-2000:]
     assert os.listdir(spill_root) == []
     assert "Traceback" not in err
+
+
+_FRAMEWORK_CHILD = """
+import os, signal, sys
+import numpy as np
+from parity.core.spill import SpillStore
+store = SpillStore(min_bytes=0, root=sys.argv[1])
+store.put(np.zeros(10))
+print(store.dir, flush=True)
+
+FRAMEWORK = '''
+def framework_call():  # stands for TF code under a C function: any exception raised inside it is replaced
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        total = 0
+        for i in range(10000):
+            total += i
+    except BaseException as exc:
+        raise RuntimeError("Exception encountered when calling a layer") from exc
+    print("framework call finished", flush=True)
+'''
+namespace = {"__name__": "tensorflow.python.util.stand_in", "os": os, "signal": signal}
+exec(FRAMEWORK, namespace)
+namespace["framework_call"]()
+print("not reached", flush=True)
+"""
+
+
+def test_sigterm_inside_framework_code_exits_at_the_next_line_outside_it(tmp_path):
+    """A signal handled inside TensorFlow/Keras code must not raise there (measured: a SystemExit raised in
+    ``tf.nest`` became a SystemError, then Keras' AttributeError, and ``parity check`` ended with exit 3)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", _FRAMEWORK_CHILD, str(tmp_path)], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == spill.SIGTERM_EXIT, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[1:] == ["framework call finished"], proc.stdout
+    assert os.listdir(tmp_path) == []
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_replaced_sigterm_exit_reaching_the_command_line_is_exit_143_not_an_internal_error(monkeypatch, capsys):
+    from parity import cli
+
+    def command(args):
+        raise AttributeError("Exception encountered when calling ParityTap.call().")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", command)
+    monkeypatch.setattr(spill._Sigterm, "received", True)
+    assert cli.main(["list"]) == spill.SIGTERM_EXIT
+    assert capsys.readouterr().err == "parity: stopped by SIGTERM\n"
+    monkeypatch.setattr(spill._Sigterm, "received", False)
+    assert cli.main(["list"]) == 3
