@@ -1,15 +1,17 @@
 """Structural facts about a torch module that a parameter list cannot show (torch only; the harness's
 structure stage calls these).
 
-- :func:`find_shared_modules`: modules with parameters that run more than once in one forward. The classic
-  case is Xception's middle flow built as ``nn.ModuleList([MiddleBlock()] * 8)`` (or one block called in a
-  loop): eight blocks' worth of computation with one block of parameters. The reference has eight distinct
-  blocks, so the parameter count drops and, after a weight copy, seven blocks compute with the wrong weights.
+- :func:`find_shared_modules` (:func:`counting_calls` + :func:`shared_modules`): modules with parameters that
+  run more than once in one forward. The classic case is Xception's middle flow built as
+  ``nn.ModuleList([MiddleBlock()] * 8)`` (or one block called in a loop): eight blocks' worth of computation
+  with one block of parameters. The reference has eight distinct blocks, so the parameter count drops and,
+  after a weight copy, seven blocks compute with the wrong weights.
 - :func:`param_counts`: trainable parameters, BN statistics and ``num_batches_tracked`` counted apart, so
   that they add up to Keras' ``count_params()`` (trainable + non-trainable moving statistics).
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import torch
@@ -31,41 +33,59 @@ def _noun(sub: nn.Module) -> str:
     return "block" if any(True for _ in sub.children()) else "layer"
 
 
+@contextlib.contextmanager
+def counting_calls(module: nn.Module):
+    """Count, while the block runs, how often each submodule of ``module`` is called (a hook on each, removed
+    after); yields the ``Counter`` keyed by ``id(submodule)`` that :func:`shared_modules` reads. The harness
+    counts during the forward it runs anyway, so finding shared modules costs no forward of its own."""
+    calls: Counter[int] = Counter()
+    handles = [sub.register_forward_hook(lambda m, i, o, k=id(sub): calls.update((k,)))
+               for _, sub in module.named_modules()]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def find_shared_modules(module: nn.Module, example_input) -> list[dict]:
-    """Run one forward (``torch.no_grad``, module state restored) with a hook on every submodule; return one
-    entry per module that owns parameters and was called more than once::
+    """Run one forward (``torch.no_grad``, module state restored) counting the calls of every submodule; return
+    :func:`shared_modules` of those counts. ``example_input``: a tensor or a tuple of positional inputs."""
+    was_training = module.training
+    saved = {k: v.clone() for k, v in module.state_dict().items()}  # BN statistics survive a train forward
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    try:
+        with torch.no_grad(), counting_calls(module) as calls:
+            module(*inputs)
+    finally:
+        module.load_state_dict(saved)
+        module.train(was_training)
+    return shared_modules(module, calls)
+
+
+def shared_modules(module: nn.Module, calls: Counter) -> list[dict]:
+    """One entry per module that owns parameters and was called more than once (``calls``: from
+    :func:`counting_calls` over one forward)::
 
         {"path": "middle.0", "calls": 8, "params": 1587..., "aliases": ["middle.0", ..., "middle.7"],
          "note": "module `middle.0` called 8x in one forward (shared weights: 8 blocks' worth of
                   computation with 1 block of parameters)"}
 
     A shared module's submodules are called as often as it is: they are not listed again (only the
-    outermost shared module is reported). ``example_input``: a tensor or a tuple of positional inputs.
-    Modules reused without parameters (one ``nn.ReLU`` called twice) are harmless and not reported.
+    outermost shared module is reported). Modules reused without parameters (one ``nn.ReLU`` called twice) are
+    harmless and not reported.
     """
-    calls: Counter[int] = Counter()
-    mods: dict[int, tuple[str, nn.Module]] = {}
-    handles = []
+    mods = {}
     for path, sub in module.named_modules():  # each module once, under its first path
         mods[id(sub)] = (path, sub)
-        handles.append(sub.register_forward_hook(lambda m, i, o, k=id(sub): calls.update((k,))))
-    was_training = module.training
-    saved = {k: v.clone() for k, v in module.state_dict().items()}  # BN statistics survive a train forward
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    try:
-        with torch.no_grad():
-            module(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        module.load_state_dict(saved)
-        module.train(was_training)
     aliases = _aliases(module)
     found: list[dict] = []
     for key, (path, sub) in mods.items():  # named_modules order: parents before children
         n = calls[key]
+        if n < 2:
+            continue
         params = sum(p.numel() for p in sub.parameters())
-        if n < 2 or not params:
+        if not params:
             continue
         if any(path.startswith(f["path"] + ".") and n == f["calls"] for f in found):
             continue  # called once per call of an already-reported shared parent

@@ -57,6 +57,9 @@ class ReferenceRun:
     seconds: dict[str, float] = field(default_factory=dict)
     #: where the large arrays live when the run was made with ``spill`` (see :mod:`parity.core.spill`); None: memory
     store: Any = None
+    #: the reference's arrays already in the port's layout, kept across the checks of a ``--watch`` session
+    #: (``parity.stages.forward.PortLayoutMemo``); None: each check moves them
+    port_layout: Any = None
 
 
 def _var(layer, w) -> str:

@@ -318,6 +318,8 @@ class TorchSide:
         self.dtype = getattr(torch, dtype)
         self.module = module.to(device=self.device, dtype=self.dtype)
         self.taps = taps
+        #: calls per submodule (``id`` -> count) in the last whole eval forward (``ported_torch.inspect``)
+        self.module_calls = None
         # remove_duplicate=False: a block shared by several paths (one module called 8x) answers all of them
         self.modules = dict(self.module.named_modules(remove_duplicate=False))
         self.missing = [t for t in taps if t.port not in self.modules]
@@ -418,8 +420,19 @@ class TorchSide:
                 h.remove()
 
     def to_input(self, x_nhwc: np.ndarray):
-        # an explicit C-order copy: NHWC -> NCHW of a C=1 array is otherwise an ambiguous channels_last view
-        a = np.array(nhwc_to_nchw(x_nhwc), order="C", copy=True)
+        """A reference input (NHWC) as the port's input tensor (NCHW, the port's dtype and device)."""
+        x = np.asarray(x_nhwc)
+        a = nhwc_to_nchw(x)
+        return self.as_tensor(a, fresh=a is not x)  # a copy made by the move, unless it was a view
+
+    def as_tensor(self, a: np.ndarray, fresh: bool = False):
+        """An array already in the port's layout as the port's input tensor. An array that owns its C-ordered
+        memory (``fresh``: the caller's own, or a copy made here) is used as is; anything else is copied, so the
+        tensor never shares memory with the reference's data and NHWC -> NCHW of a C=1 array does not become an
+        ambiguous channels_last view."""
+        a = np.asarray(a)
+        if not (fresh and a.flags.c_contiguous and a.flags.owndata and a.flags.writeable):
+            a = np.array(a, order="C", copy=True)
         if np.issubdtype(a.dtype, np.integer):  # token ids stay integers (an Embedding's input)
             return self.torch.from_numpy(a.astype(np.int64)).to(device=self.device)
         return self.torch.from_numpy(a).to(device=self.device, dtype=self.dtype)
@@ -435,9 +448,13 @@ class TorchSide:
         self.module.eval()
         self.error = None
         out = None
-        with torch.no_grad(), self.tapping(sink=sink) as recs:
+        from ported_torch.inspect import counting_calls
+
+        self.module_calls = None
+        with torch.no_grad(), self.tapping(sink=sink) as recs, counting_calls(self.module) as module_calls:
             try:
                 out = self.module(self.to_input(x_nhwc))
+                self.module_calls = module_calls  # whole forwards only (the structure stage's shared modules)
             except Exception as exc:  # a broken port: keep what was tapped before it failed
                 self.error = (f"port forward ({type(self.module).__qualname__}.forward) raised {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}")
@@ -528,21 +545,24 @@ class TorchSide:
             return None
         return [xs[0]] + list(rec[0][1:]), dict(rec[1])
 
-    def isolated(self, tap: Tap, ref_inputs_nhwc: list[np.ndarray]) -> np.ndarray | None:
-        """The tap's module alone, fed with the reference's input(s) to that layer (eval mode)."""
+    def isolated(self, tap: Tap, ref_inputs: list[np.ndarray], port_layout: bool = False) -> np.ndarray | None:
+        """The tap's module alone, fed with the reference's input(s) to that layer (eval mode): NHWC, or with
+        ``port_layout`` already in the port's (``parity.stages.forward.port_input_layout``: arrays of the
+        caller's own, used without a copy)."""
         torch = self.torch
         mod = self.modules.get(tap.port)
         if mod is None or tap.port == "":
             return None
         xs = []
-        for a in ref_inputs_nhwc:
+        for a in ref_inputs:
             a = np.asarray(a)
-            if tap.kind == "dense" and tap.flatten_chw is not None and a.ndim == 2:
+            if not port_layout and tap.kind == "dense" and tap.flatten_chw is not None and a.ndim == 2:
                 a = hwc_flat_to_chw_flat(a, tap.flatten_chw)
-            x = self.to_input(a)
+            x = self.as_tensor(a, fresh=True) if port_layout else self.to_input(a)
             to_port = input_transform(tap.port_transform)
             xs.append(to_port(x) if to_port is not None else x)
-        self.module.eval()
+        if self.module.training:  # once per stage, not per layer (eval() visits every submodule)
+            self.module.eval()
         with torch.no_grad():
             try:
                 replay = self._replay_call(tap.port, xs) if tap.kind in ATTENTION_KINDS else \

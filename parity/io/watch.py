@@ -26,6 +26,7 @@ from parity.diagnosis.initialisation import remember_samples
 from parity.harness import _user_training
 from parity.io.cache import (PORT_PACKAGES, ReferenceCache, Request, enabled, imported_names, make_request,
                              reference_for, reference_sources, run_port_check)
+from parity.stages.forward import PortLayoutMemo
 from reports import write_reports
 
 #: how often the port's files are looked at (seconds): a save is seen within this
@@ -134,6 +135,7 @@ class Watcher:
         self.ref_files = reference_sources(self.req)
         self.ref_stamps = {name: _stamp(path) for name, path in self.ref_files.items()}
         self.ref = reference_for(self.req, cache, self.say)
+        self.ref.run.port_layout = PortLayoutMemo()  # moved to the port's layout once, for every check
         remember_samples(True)  # the rebuilt port's initialisation statistics: the same bytes, described once
         stop = getattr(self.say, "stop", None)  # a live progress display ends here: the loop prints lines
         if callable(stop):
@@ -141,6 +143,9 @@ class Watcher:
         self.say = lambda msg: None
 
     def close(self) -> None:
+        memo = getattr(getattr(self.ref, "run", None), "port_layout", None)
+        if memo is not None:
+            memo.close()
         self.ref = None
         remember_samples(False)
         if self._tmp is not None:

@@ -1,17 +1,22 @@
 """The ``forward_eval`` stage: every tap's output in inference mode, compared as the port computes it.
 
 Also the comparison helpers the other stages share: :func:`ref_to_port_layout` (a reference activation in
-the port's layout), :func:`diff_sink` (compare each tap's value when the port computes it, holding no copy of
-the port's activations) and :func:`compare_acts` (one diff per tap, in tap order).
+the port's layout), :func:`layout_reader` (the same through a ``--watch`` session's :class:`PortLayoutMemo`),
+:func:`diff_sink` (compare each tap's value when the port computes it, holding no copy of the port's
+activations) and :func:`compare_acts` (one diff per tap, in tap order).
 """
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from parity.core.background import Background
+from parity.core.errors import UsageError
 from parity.core.results import StageResult
+from parity.core.spill import SpillDict, SpillStore
 from parity.core.spec import Tap
 from parity.core.tensors import hwc_flat_to_chw_flat, nhwc_to_nchw, tensor_diff
 from parity.stages.context import CheckContext
@@ -25,14 +30,88 @@ def ref_to_port_layout(tap: Tap, a: np.ndarray) -> np.ndarray:
     return nhwc_to_nchw(a)
 
 
-def diff_sink(ref_acts, tol, suffix: str = ""):
+def port_input_layout(tap: Tap, a: np.ndarray) -> np.ndarray:
+    """A reference layer's input (NHWC, Keras flatten order) in the layout the port module takes (the
+    ``isolated`` stage feeds it; ``TorchSide.isolated(..., port_layout=True)``), in memory of its own."""
+    a = np.asarray(a)
+    if tap.kind == "dense" and tap.flatten_chw is not None and a.ndim == 2:
+        return hwc_flat_to_chw_flat(a, tap.flatten_chw)
+    b = nhwc_to_nchw(a)
+    return b if b is not a and b.flags.owndata else np.array(b)  # the caller's own: the port may write to it
+
+
+class PortLayoutMemo:
+    """Reference arrays already moved to the port's layout, kept for the checks of one ``--watch`` session: its
+    reference never changes, and moving Xception's activations (NHWC -> NCHW) costs about 1.2 s of every check
+    (``benchmarks/bench_edit_loop.py``). Large arrays wait on disk in a store of their own
+    (:mod:`parity.core.spill`); a full disk ends the memo, not the session. Values are bit for bit what
+    :func:`ref_to_port_layout` / :func:`port_input_layout` return (a copy moves values, it computes nothing)."""
+
+    def __init__(self, root: str | None = None):
+        self.store = SpillStore(root=root)
+        self.data = SpillDict(self.store)
+        self.enabled = True
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()  # the comparison thread reads it too (parity.core.background)
+
+    def get(self, key: tuple, compute: Callable[[], Any]):
+        with self._lock:
+            held = key in self.data
+            self.hits += held
+            self.misses += not held
+        if held:
+            return self.data[key]
+        value = compute()
+        with self._lock:
+            if self.enabled and key not in self.data:
+                try:
+                    self.data[key] = value
+                except UsageError:  # the disk is full: later checks move the arrays again
+                    self.enabled = False
+        return value
+
+    def close(self) -> None:
+        self.data = SpillDict(None)
+        self.store.close()
+
+
+def layout_reader(ref, which: str, convert: Callable[[Tap, Any], Any] = ref_to_port_layout):
+    """``tap -> convert(tap, ref.<which>[tap.path])``: the reference's array in the port's layout, through
+    ``ref.port_layout`` (a :class:`PortLayoutMemo`) when the run has one."""
+    values = getattr(ref, which)
+    memo = getattr(ref, "port_layout", None)
+
+    def read(tap: Tap):
+        if memo is None:
+            return convert(tap, values[tap.path])
+        return memo.get((which, tap.path, tap.kind, tap.flatten_chw), lambda: convert(tap, values[tap.path]))
+
+    return read
+
+
+def diff_sink(ref_acts, tol, suffix: str = "", read: Callable[[Tap], np.ndarray] | None = None,
+              background: Background | None = None):
     """A port-side sink comparing each tap's value with the reference's as soon as the port computes it (see
-    ``TorchSide.tapping``); returns the sink and the dict it fills, ``{path: TensorDiff}``."""
+    ``TorchSide.tapping``); returns the sink and the dict it fills, ``{path: TensorDiff}``. ``read(tap)``: the
+    reference's value in the port's layout (default: :func:`ref_to_port_layout` of ``ref_acts[tap.path]``).
+    With ``background`` the comparison runs on its worker thread, on a copy of the value (the port may modify
+    its tensor in place after the hook): ``diffs`` is complete once ``background.wait()`` returned."""
     diffs: dict[str, Any] = {}
+    taken: set[str] = set()
+
+    def compare(tap, value):
+        ref = read(tap) if read is not None else ref_to_port_layout(tap, ref_acts[tap.path])
+        diffs[tap.path] = tensor_diff(tap.path + suffix, ref, value, tol)
 
     def sink(tap, value):
-        if tap.path in ref_acts and tap.path not in diffs:
-            diffs[tap.path] = tensor_diff(tap.path + suffix, ref_to_port_layout(tap, ref_acts[tap.path]), value, tol)
+        if tap.path not in ref_acts or tap.path in taken:
+            return
+        taken.add(tap.path)
+        if background is None or not background.threaded:
+            compare(tap, value)
+            return
+        own = np.array(value)
+        background.submit(lambda: compare(tap, own), own.nbytes)
 
     return sink, diffs
 
@@ -64,8 +143,10 @@ def run(ctx: CheckContext) -> None:
     compared = "forward_eval" in ctx.stages
     t = time.perf_counter()
     ctx.say("port: forward (eval)")
-    sink, diffs = diff_sink(ref.eval_acts if compared else {}, tol)
-    ctx.eval_shapes, ctx.final, ctx.calls = ts.forward_eval(ref.inputs[0], sink=sink)
+    with Background() as background:  # the comparisons on a second core while the port computes
+        sink, diffs = diff_sink(ref.eval_acts if compared else {}, tol, read=layout_reader(ref, "eval_acts"),
+                                background=background)
+        ctx.eval_shapes, ctx.final, ctx.calls = ts.forward_eval(ref.inputs[0], sink=sink)
     if not compared:
         return
     st = StageResult("forward_eval")

@@ -2,14 +2,16 @@
 located at one layer even when an earlier one already differs."""
 from __future__ import annotations
 
+import functools
 import gc
 import time
 
+from parity.core.background import Background
 from parity.core.env import trim_heap
 from parity.core.results import StageResult
 from parity.core.tensors import tensor_diff
 from parity.stages.context import CheckContext
-from parity.stages.forward import ref_to_port_layout
+from parity.stages.forward import layout_reader, port_input_layout
 
 
 def run(ctx: CheckContext) -> None:
@@ -27,16 +29,24 @@ def isolated_stage(ctx: CheckContext) -> StageResult:
     t = time.perf_counter()
     ref, ts, tol = ctx.ref, ctx.ts, ctx.tol["isolated"]
     st = StageResult("isolated", info={"what": "each port module fed the reference's input to that layer"})
-    for tap in ctx.taps:
-        ins = ref.eval_inputs.get(tap.path)
-        if ins is None or tap.path not in ref.eval_acts:
-            continue
-        out = ts.isolated(tap, ins)
-        if out is None:
-            if ts.error:
-                st.errors.append(f"{tap.path}: port module raised {ts.error}")
-                ts.error = None
-            continue
-        st.tensors.append(tensor_diff(tap.path, ref_to_port_layout(tap, ref.eval_acts[tap.path]), out, tol))
+    read_inputs = layout_reader(ref, "eval_inputs", lambda tap, ins: [port_input_layout(tap, a) for a in ins])
+    read_output = layout_reader(ref, "eval_acts")
+    diffs = {}
+
+    def compare(tap, out):
+        diffs[tap.path] = tensor_diff(tap.path, read_output(tap), out, tol)
+
+    with Background() as background:  # each comparison on a second core while the next module runs
+        for tap in ctx.taps:
+            if tap.path not in ref.eval_inputs or tap.path not in ref.eval_acts:
+                continue
+            out = ts.isolated(tap, read_inputs(tap), port_layout=True)  # a fresh array: nothing writes to it
+            if out is None:
+                if ts.error:
+                    st.errors.append(f"{tap.path}: port module raised {ts.error}")
+                    ts.error = None
+                continue
+            background.submit(functools.partial(compare, tap, out), out.nbytes)
+    st.tensors += [diffs[t.path] for t in ctx.taps if t.path in diffs]  # tap order, as computed
     st.seconds = time.perf_counter() - t
     return st

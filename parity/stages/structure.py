@@ -165,21 +165,19 @@ def _conversion_info(ctx: CheckContext, st: StageResult) -> None:
 
 
 def shared_module_findings(ctx: CheckContext) -> list[Finding]:
-    """A port module with parameters called more than once in one forward (e.g. one middle-flow block called
-    8x): shared weights where the reference has distinct layers. Reported at the first tap where the reuse
+    """A port module with parameters called more than once in the eval forward (e.g. one middle-flow block
+    called 8x): shared weights where the reference has distinct layers. Reported at the first tap where the reuse
     shows (the second alias), with the parameter gap it explains."""
-    from ported_torch.inspect import find_shared_modules
+    from ported_torch.inspect import shared_modules
 
     if getattr(ctx.spec, "alignment", None) is not None:
         # a user pair: its alignment knows which reference layers a reused module stands for (a layer the
         # reference shares too is no finding); parity.user.pair.alignment_verdict names the rest
         return []
     ts, taps = ctx.ts, ctx.taps
-    ts.module.eval()
-    try:
-        shared = find_shared_modules(ts.module, ts.to_input(ctx.ref.inputs[0][:1]))
-    except Exception:  # a port that cannot run is reported by the forward stages
+    if getattr(ts, "module_calls", None) is None:  # a port that cannot run is reported by the forward stages
         return []
+    shared = shared_modules(ts.module, ts.module_calls)  # counted in the eval forward (parity.stages.forward)
     out = []
     for f in shared:
         later = f["aliases"][1:] or [f["path"]]

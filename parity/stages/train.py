@@ -22,6 +22,7 @@ import numpy as np
 
 from parity.backends.keras_side import with_companions
 from parity.backends.torch_side import LAYOUT_TRANSFORMS
+from parity.core.background import Background
 from parity.core.conventions import RUNNING_VAR_CONVENTION, unbiased_to_biased_update
 from parity.core.env import trim_heap
 from parity.core.results import StageResult
@@ -29,7 +30,7 @@ from parity.core.spec import FLOAT32_EPS
 from parity.core.tensors import NOT_JUDGED_KEY, layer_scale_floor, tensor_diff
 from parity.optim.adapters import get_adapter
 from parity.stages.context import TRAIN_STAGES, CheckContext
-from parity.stages.forward import compare_acts, diff_sink, ref_to_port_layout
+from parity.stages.forward import compare_acts, diff_sink, layout_reader, ref_to_port_layout
 from weight_converters.attention import PACKED_PARAMS, packed_value
 from weight_converters.keras import var_to_torch
 
@@ -138,11 +139,14 @@ def _forward_backward(ctx: CheckContext, k: int):
     """The port's training forward and backward on batch ``k``: (loss, {path: output shape}, activation diffs,
     activation-gradient diffs). Batch 0's activations and gradients are compared as the port computes them."""
     ref, ts = ctx.ref, ctx.ts
-    act_sink, act_diffs = diff_sink(ref.train_acts if "forward_train" in ctx.stages else {}, ctx.tol["forward_train"])
-    grad_sink, grad_diffs = diff_sink(ref.act_grads if "gradients" in ctx.stages else {}, ctx.tol["gradients"],
-                                      suffix=":grad")
-    loss = ts.train_forward_backward(ref.inputs[k], ref.labels[k], ctx.spec.port_loss or ctx.spec.loss,
-                                     sink=act_sink if k == 0 else None, grad_sink=grad_sink)
+    with Background() as background:  # the comparisons on a second core while the port computes
+        act_sink, act_diffs = diff_sink(ref.train_acts if "forward_train" in ctx.stages else {},
+                                        ctx.tol["forward_train"], read=layout_reader(ref, "train_acts"),
+                                        background=background)
+        grad_sink, grad_diffs = diff_sink(ref.act_grads if "gradients" in ctx.stages else {}, ctx.tol["gradients"],
+                                          suffix=":grad", read=layout_reader(ref, "act_grads"), background=background)
+        loss = ts.train_forward_backward(ref.inputs[k], ref.labels[k], ctx.spec.port_loss or ctx.spec.loss,
+                                         sink=act_sink if k == 0 else None, grad_sink=grad_sink)
     acts = {p: r.output for p, r in ts.records.items()} if k == 0 else {}
     return loss, acts, act_diffs, grad_diffs
 

@@ -170,3 +170,34 @@ def test_watch_refuses_options_it_cannot_follow(flag, says, tmp_path, capsys):
     assert main(["check", "minixception", "--watch", flag, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("parity: error: --watch: ") and says in err and "Received:" in err
+
+
+def _numbers(result):
+    return {(st.name, t.path): (t.max_abs, t.mismatched, t.index) for st in result.stages for t in st.tensors}
+
+
+def test_later_checks_of_a_session_read_the_reference_in_the_port_layout_and_give_the_same_numbers(tmp_path,
+                                                                                                monkeypatch):
+    """Every check after the first takes the reference's arrays already moved to the port's layout (the
+    session's PortLayoutMemo): nothing is moved again, and every tensor's numbers equal a fresh check's."""
+    from parity.harness import check
+
+    monkeypatch.delenv(cache.NO_CACHE_ENV, raising=False)
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    req = cache.make_request(SPEC, stages=None, config=SPEC.fast_config)
+    w = watch.Watcher(req, out_dir=str(tmp_path / "rep"), out=io.StringIO(), err=io.StringIO())
+    w.start()
+    memo = w.ref.run.port_layout
+    try:
+        first = cache.run_port_check(req, w.ref)
+        moved, reused = memo.misses, memo.hits  # reused: the isolated stage reads forward_eval's moves
+        assert moved > 20
+        second = cache.run_port_check(req, w.ref)
+        assert memo.misses == moved and memo.hits == 2 * reused + moved
+        assert memo.store.files > 0  # the large ones wait on disk
+    finally:
+        w.close()
+    assert memo.store.closed
+    fresh = check(SPEC, config=SPEC.fast_config)
+    assert _numbers(first) == _numbers(second) == _numbers(fresh)
+    assert {st.name for st in fresh.stages} >= {"forward_eval", "isolated", "forward_train", "gradients", "step"}
