@@ -82,8 +82,9 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
         resolve_device(device)
     except DeviceUnavailable as exc:
         raise UsageError(str(exc)) from None
-    # the reference's results wait on disk for the port, not in memory; the port's snapshot too (parity.core.spill)
-    ctx.store = SpillStore()
+    # the reference's results wait on disk for the port, not in memory; the port's snapshot too (parity.core.spill),
+    # written by a thread of their own while the frameworks compute
+    ctx.store = SpillStore(background=True)
     try:
         _reference(ctx, weights, reference_run)
         _build_port(ctx, port)

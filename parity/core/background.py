@@ -51,19 +51,23 @@ class Background:
             item = self._jobs.get()
             if item is None:
                 return
-            job, nbytes = item
+            job, nbytes, skipped = item
             try:
                 if self._error is None and not self._cancelled:
                     job()
+                elif skipped is not None:
+                    skipped()
             except BaseException as exc:  # handed to the main thread by wait()
-                self._error = exc
+                if self._error is None:
+                    self._error = exc
             finally:
                 with self._room:
                     self._held -= nbytes
                     self._room.notify_all()
 
-    def submit(self, job: Callable[[], None], nbytes: int = 0) -> None:
-        """Queue ``job`` (a function of no arguments); ``nbytes``: the size of the inputs it holds."""
+    def submit(self, job: Callable[[], None], nbytes: int = 0, skipped: Callable[[], None] | None = None) -> None:
+        """Queue ``job`` (a function of no arguments); ``nbytes``: the size of the inputs it holds; ``skipped``:
+        called instead when the job is dropped (after an error, or :meth:`cancel`)."""
         if self._error is not None:
             self._raise()
         if not self.threaded:
@@ -76,7 +80,7 @@ class Background:
             while self._held > 0 and self._held + nbytes > self.pending_bytes and self._error is None:
                 self._room.wait()
             self._held += nbytes
-        self._jobs.put((job, nbytes))
+        self._jobs.put((job, nbytes, skipped))
 
     def wait(self) -> None:
         """Return once every queued job has run; raise the first error one raised."""
@@ -94,12 +98,17 @@ class Background:
     def __enter__(self) -> "Background":
         return self
 
+    def cancel(self) -> None:
+        """Drop the queued jobs (the one running finishes) and stop the worker; errors are not raised."""
+        self._cancelled = True
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+        self._error = None
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:  # the block failed (or Ctrl-C): the queued jobs are dropped, not run
-            self._cancelled = True
-            if self._thread is not None:
-                self._jobs.put(None)
-                self._thread.join()
-                self._thread = None
+            self.cancel()
             return
         self.wait()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -39,10 +40,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from parity.core.background import Background
 from parity.core.errors import UsageError
 
 #: arrays at least this large go to disk (1 MiB: a conv kernel of a small model stays in memory)
 SPILL_MIN_BYTES = 1 << 20
+#: bytes of copies a store's writer thread may hold before :meth:`SpillStore.put` waits for the disk
+WRITE_PENDING_BYTES = 256 << 20
 #: environment variable naming the parent directory of spill directories (default: the system temp dir)
 SPILL_DIR_ENV = "PARITY_SPILL_DIR"
 #: prefix of every spill directory; the creating process's pid follows (``parity-spill-<pid>-<random>``)
@@ -235,17 +239,36 @@ class _Sigterm:
         sys.settrace(calls)
 
 
+class _Write:
+    """A write the store's writer thread has not finished: :meth:`Spilled.load` waits for it."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
 class Spilled:
     """A handle to one array on disk."""
 
-    __slots__ = ("path", "shape", "dtype", "nbytes", "digest")
+    __slots__ = ("path", "shape", "dtype", "nbytes", "digest", "pending")
 
     def __init__(self, path: str, a: np.ndarray, digest: bytes | None = None):
         self.path, self.shape, self.dtype, self.nbytes = path, a.shape, a.dtype, a.nbytes
         #: blake2b of the bytes, when the store computes digests (a trace stores equal arrays once)
         self.digest = digest
+        #: the write in progress on the store's writer thread (None: on disk)
+        self.pending: _Write | None = None
 
     def load(self) -> np.ndarray:
+        if self.pending is not None:
+            self.pending.wait()
         return np.load(self.path, allow_pickle=False)
 
     def __repr__(self) -> str:
@@ -256,9 +279,12 @@ class SpillStore:
     """A temporary directory of arrays; :meth:`hold` turns an array (or a list / dict of them) into what a
     :class:`SpillDict` keeps."""
 
-    def __init__(self, min_bytes: int | None = None, root: str | None = None, digests: bool = False):
+    def __init__(self, min_bytes: int | None = None, root: str | None = None, digests: bool = False,
+                 background: bool = False):
         self.min_bytes = SPILL_MIN_BYTES if min_bytes is None else min_bytes
         self.digests = digests
+        #: writes on a thread of their own (``parity.core.background``): :meth:`put` copies the array and returns
+        self._writer = Background(WRITE_PENDING_BYTES) if background else None
         parent = _spill_root(root)
         remove_stale(parent)
         pid = os.getpid()
@@ -297,18 +323,48 @@ class SpillStore:
             return np.array(a)  # a copy: the caller's buffer (a TF/torch tensor's memory) may be reused
         self._n += 1
         path = os.path.join(self.dir, f"{self._n:06d}.npy")
+        digest = None
+        if self.digests:
+            digest = hashlib.blake2b(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
+        if self._writer is not None and self._writer.threaded:
+            own = np.array(a)  # the caller's buffer (a TF/torch tensor's memory) may change once put returns
+            handle = Spilled(path, own, digest)
+            handle.pending = pending = _Write()
+            self._writer.submit(functools.partial(self._write, path, own, pending), own.nbytes,
+                                skipped=functools.partial(self._skipped, pending))
+        else:
+            self._write(path, a)
+            handle = Spilled(path, a, digest)
+        self.bytes_written += a.nbytes
+        self.files += 1
+        return handle
+
+    def _write(self, path: str, a: np.ndarray, pending: _Write | None = None) -> None:
         try:
             np.save(path, a, allow_pickle=False)  # (not ascontiguousarray: it makes a 0-d array 1-d)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-            self._disk_full(exc, a.nbytes)
-        self.bytes_written += a.nbytes
-        self.files += 1
-        digest = None
-        if self.digests:
-            digest = hashlib.blake2b(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
-        return Spilled(path, a, digest)
+            try:
+                self._disk_full(exc, a.nbytes)
+            except BaseException as err:
+                if pending is not None:
+                    pending.error = err
+                raise
+        finally:
+            if pending is not None:
+                pending.done.set()
+
+    def _skipped(self, pending: _Write) -> None:
+        """A queued write not made (the store closed, or an earlier write failed): a load of it says so."""
+        pending.error = UsageError(f"spill directory {self.dir}: an array was not written (the store was closed "
+                                   "or an earlier write failed)")
+        pending.done.set()
+
+    def flush(self) -> None:
+        """Return once every queued write is on disk; raise the first write's error."""
+        if self._writer is not None:
+            self._writer.wait()
 
     def hold(self, v):
         """What a :class:`SpillDict` keeps for ``v``: arrays (and array-likes such as tensors) via :meth:`put`,
@@ -324,6 +380,8 @@ class SpillStore:
         return v
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()  # the queued writes are dropped: the directory goes now
         self._finalizer()
 
     @property

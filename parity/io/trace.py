@@ -310,7 +310,7 @@ def record(spec: PairSpec, path: str, *, stages=None, dtype: str = "float64", ba
     if weights is not None:
         wfile = (lambda expected: load_weight_file(spec, weights, expected))
     # the run waits on disk, and is written to the trace one array at a time; digests: equal arrays once
-    store = SpillStore(digests=True)
+    store = SpillStore(digests=True, background=True)
     try:
         run = run_reference(spec, config=cfg, dtype=dtype, seed=seed, batch=batch, optimizer=opt, steps=steps,
                             stages=stage_set, weights_file=wfile, progress=say, spill=store)

@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Callable
 
+from parity.core.env import keep_heap, release_heap
 from parity.core.errors import UsageError
 from parity.core.spec import resolve
 from parity.diagnosis.initialisation import remember_samples
@@ -124,6 +125,7 @@ class Watcher:
         print(line, file=stream, flush=True)
 
     def start(self) -> None:
+        keep_heap()  # each check reuses the memory the one before freed (parity.core.env.keep_heap)
         cache = ReferenceCache() if self.use_cache else None
         if cache is not None and not cache.writable():
             self._print(f"parity: warning: reference cache {cache.directory}: expected a writable directory; "
@@ -147,6 +149,7 @@ class Watcher:
         if memo is not None:
             memo.close()
         self.ref = None
+        release_heap()
         remember_samples(False)
         if self._tmp is not None:
             self._tmp.cleanup()
