@@ -34,7 +34,7 @@ from parity import diagnosis
 from parity.backends.keras_side import keras_dtype, run_reference
 from parity.backends.torch_side import DeviceUnavailable, TorchSide, device_description, resolve_device
 from parity.backends.weights import layer_maps, load_weight_file
-from parity.core.env import import_tensorflow, import_torch, isa_report, trim_heap
+from parity.core.env import heap_kept, import_tensorflow, import_torch, isa_report, trim_heap
 from parity.core.errors import UsageError, function_name
 from parity.core.families import tolerance_floors
 from parity.core.options import check_batch, optimizer_spec, parse_stages, resolve_user
@@ -86,10 +86,11 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     # written by a thread of their own while the frameworks compute
     ctx.store = SpillStore(background=True)
     try:
-        _reference(ctx, weights, reference_run)
-        _build_port(ctx, port)
-        _run_stages(ctx)
-        return _diagnose(ctx, t_start)
+        with heap_kept():  # freed memory reused by the next stage, not given back (parity.core.env.keep_heap)
+            _reference(ctx, weights, reference_run)
+            _build_port(ctx, port)
+            _run_stages(ctx)
+            return _diagnose(ctx, t_start)
     finally:
         ctx.store.close()
 

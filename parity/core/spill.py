@@ -284,6 +284,7 @@ class SpillStore:
         self.min_bytes = SPILL_MIN_BYTES if min_bytes is None else min_bytes
         self.digests = digests
         #: writes on a thread of their own (``parity.core.background``): :meth:`put` copies the array and returns
+        #: (one larger than :data:`WRITE_PENDING_BYTES` is written before put returns)
         self._writer = Background(WRITE_PENDING_BYTES) if background else None
         parent = _spill_root(root)
         remove_stale(parent)
@@ -326,7 +327,8 @@ class SpillStore:
         digest = None
         if self.digests:
             digest = hashlib.blake2b(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).digest()
-        if self._writer is not None and self._writer.threaded:
+        if self._writer is not None and self._writer.threaded and a.nbytes <= WRITE_PENDING_BYTES:
+            # (a larger one is written here: a copy of GOTURN's fc6 kernel would add 0.6 GB to the peak)
             own = np.array(a)  # the caller's buffer (a TF/torch tensor's memory) may change once put returns
             handle = Spilled(path, own, digest)
             handle.pending = pending = _Write()

@@ -9,6 +9,10 @@ diagnosis run again. The verdict line is printed first (stdout), the reports are
 no longer imports (a syntax error mid-edit) is reported on stderr and the loop waits for the next save. An edit
 of the reference's own sources is reported, not followed: the session keeps the reference it started with.
 Ctrl-C ends the session; the exit status is the last verdict's (0 passed, 1 failed).
+
+What a session keeps between checks, so that a check after an edit pays only for the port: the reference's
+arrays once moved to the port's layout (``parity.stages.forward.PortLayoutMemo``, on disk), the initialisation
+statistics of the rebuilt port's unchanged tensors, and its freed memory (``parity.core.env.keep_heap``).
 """
 from __future__ import annotations
 
@@ -119,13 +123,15 @@ class Watcher:
         self.files: dict[str, str] = {}
         self.last_code: int | None = None
         self._tmp = None
+        self._kept = False
 
     def _print(self, line: str, *, err: bool = False) -> None:
         stream = self.err if err else self.out
         print(line, file=stream, flush=True)
 
     def start(self) -> None:
-        keep_heap()  # each check reuses the memory the one before freed (parity.core.env.keep_heap)
+        if not self._kept:  # each check reuses the memory the one before freed (parity.core.env.keep_heap)
+            self._kept = keep_heap()
         cache = ReferenceCache() if self.use_cache else None
         if cache is not None and not cache.writable():
             self._print(f"parity: warning: reference cache {cache.directory}: expected a writable directory; "
@@ -149,7 +155,9 @@ class Watcher:
         if memo is not None:
             memo.close()
         self.ref = None
-        release_heap()
+        if self._kept:
+            self._kept = False
+            release_heap()
         remember_samples(False)
         if self._tmp is not None:
             self._tmp.cleanup()

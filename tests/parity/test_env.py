@@ -94,3 +94,45 @@ def test_the_conv_backward_without_the_cap():
     uncapped = _probe("uncapped", 25)
     assert uncapped.returncode == 0, (f"oneDNN crash reproduced without the cap: exit {uncapped.returncode}; "
                                       f"keep ONEDNN_MAX_CPU_ISA at AVX2 or lower. {uncapped.stderr[-1000:]}")
+
+
+def test_keep_heap_nests_and_the_last_release_sets_glibc_back(monkeypatch):
+    from parity.core import env
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(env, "_LIBC", FakeLibc())
+    monkeypatch.setattr(env, "_KEEP", [0])
+    assert env.keep_heap() and env.keep_heap()  # a check inside a --watch session
+    assert calls == [(env.M_MMAP_MAX, 0), (env.M_TRIM_THRESHOLD, 1 << 62)]
+    env.trim_heap()
+    env.release_heap()
+    assert ("trim", 0) not in calls and env._KEEP == [1]  # the session still keeps it
+    env.release_heap()
+    assert calls[2:] == [(env.M_MMAP_MAX, env.MMAP_MAX_DEFAULT), (env.M_TRIM_THRESHOLD, env.TRIM_THRESHOLD_DEFAULT),
+                         ("trim", 0)]
+    env.release_heap()  # unmatched: nothing
+    assert len(calls) == 5
+    with env.heap_kept():
+        env.trim_heap()
+    assert calls[5:] == [(env.M_MMAP_MAX, 0), (env.M_TRIM_THRESHOLD, 1 << 62), (env.M_MMAP_MAX, env.MMAP_MAX_DEFAULT),
+                         (env.M_TRIM_THRESHOLD, env.TRIM_THRESHOLD_DEFAULT), ("trim", 0)]
+
+
+def test_keep_heap_without_glibc_changes_nothing(monkeypatch):
+    from parity.core import env
+
+    monkeypatch.setattr(env, "_LIBC", False)
+    monkeypatch.setattr(env, "_KEEP", [0])
+    assert env.keep_heap() is False
+    env.release_heap()
+    assert env._KEEP == [0]

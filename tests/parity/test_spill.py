@@ -326,3 +326,68 @@ def test_a_replaced_sigterm_exit_reaching_the_command_line_is_exit_143_not_an_in
     assert capsys.readouterr().err == "parity: stopped by SIGTERM\n"
     monkeypatch.setattr(spill._Sigterm, "received", False)
     assert cli.main(["list"]) == 3
+
+
+# -- the writer thread (SpillStore(background=True)) -------------------------------------------------------------
+def test_a_background_store_writes_a_copy_and_a_load_waits_for_it(tmp_path):
+    store = SpillStore(min_bytes=0, root=str(tmp_path), background=True)
+    a = np.arange(300_000, dtype=np.float64)
+    h = store.put(a)
+    a[:] = -1.0  # the caller's buffer changes once put returned (a TF/torch tensor's memory)
+    np.testing.assert_array_equal(h.load(), np.arange(300_000, dtype=np.float64))
+    handles = [store.put(np.full(10_000, float(i))) for i in range(20)]
+    store.flush()
+    assert all(h.pending.done.is_set() for h in handles)
+    assert [float(h.load()[0]) for h in handles] == [float(i) for i in range(20)]
+    assert store.files == 21
+    store.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_background_write_on_a_full_disk_is_the_same_usage_error(tmp_path, monkeypatch):
+    import errno
+
+    from parity.core.errors import UsageError
+
+    store = SpillStore(min_bytes=0, root=str(tmp_path), background=True)
+
+    def full(path, a, allow_pickle=False):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spill.np, "save", full)
+    h = store.put(np.zeros((100, 100)))
+    with pytest.raises(UsageError, match=r"expected room for 0\.1 MB more .*No space left on device"):
+        h.load()
+    with pytest.raises(UsageError, match="No space left on device"):
+        store.flush()
+    store.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_closing_a_background_store_drops_its_queued_writes_and_its_directory(tmp_path, monkeypatch):
+    import threading
+
+    from parity.core.errors import UsageError
+
+    store = SpillStore(min_bytes=0, root=str(tmp_path), background=True)
+    gate = threading.Event()
+    save = spill.np.save
+    monkeypatch.setattr(spill.np, "save", lambda path, a, allow_pickle=False: (gate.wait(), save(path, a)))
+    first = store.put(np.zeros(1000))
+    queued = [store.put(np.ones(1000)) for _ in range(5)]
+    threading.Timer(0.2, gate.set).start()
+    store.close()
+    assert os.listdir(tmp_path) == []
+    assert first.pending.done.is_set()
+    with pytest.raises(UsageError, match="was not written"):
+        queued[-1].load()
+
+
+def test_parity_background_0_writes_in_the_caller(tmp_path, monkeypatch):
+    from parity.core import background
+
+    monkeypatch.setenv(background.BACKGROUND_ENV, "0")
+    store = SpillStore(min_bytes=0, root=str(tmp_path), background=True)
+    h = store.put(np.zeros(1000))
+    assert h.pending is None and os.path.exists(h.path)
+    store.close()
