@@ -39,7 +39,9 @@ def counting_calls(module: nn.Module):
     after); yields the ``Counter`` keyed by ``id(submodule)`` that :func:`shared_modules` reads. The harness
     counts during the forward it runs anyway, so finding shared modules costs no forward of its own."""
     calls: Counter[int] = Counter()
-    handles = [sub.register_forward_hook(lambda m, i, o, k=id(sub): calls.update((k,)))
+    # nn.Module's own method: a module that forwards its hooks elsewhere (parity.user.view's CallAlias counts the
+    # calls its hooks see) is counted by its own calls and left undisturbed
+    handles = [nn.Module.register_forward_hook(sub, lambda m, i, o, k=id(sub): calls.update((k,)))
                for _, sub in module.named_modules()]
     try:
         yield calls

@@ -237,8 +237,8 @@ class Watcher:
         if fd is not None and fd[1] is not None:
             self._print(f"  first divergence at {fd[0].name} {fd[1].path}: {fd[1].describe()}", err=True)
         paths = write_reports(result, self.out_dir)
-        self._print(f"  verdict in {t1 - t0:.2f} s ({c1 - c0:.2f} s CPU); reports {paths['html']} ({time.perf_counter() - t1:.2f} s); "
-                    "watching for changes (Ctrl-C ends)", err=True)
+        self._print(f"  verdict in {t1 - t0:.2f} s ({c1 - c0:.2f} s CPU); reports {paths['html']} "
+                    f"({time.perf_counter() - t1:.2f} s); watching for changes (Ctrl-C ends)", err=True)
         return code
 
     def run(self, *, max_checks: int | None = None, on_check: Callable[[int], None] | None = None) -> int:

@@ -113,19 +113,19 @@ def test_keep_heap_nests_and_the_last_release_sets_glibc_back(monkeypatch):
     monkeypatch.setattr(env, "_LIBC", FakeLibc())
     monkeypatch.setattr(env, "_KEEP", [0])
     assert env.keep_heap() and env.keep_heap()  # a check inside a --watch session
-    assert calls == [(env.M_MMAP_MAX, 0), (env.M_TRIM_THRESHOLD, 1 << 62)]
+    kept = [(env.M_MMAP_THRESHOLD, env.KEPT_MMAP_THRESHOLD), (env.M_TRIM_THRESHOLD, 1 << 62)]
+    default = [(env.M_MMAP_THRESHOLD, env.MMAP_THRESHOLD_DEFAULT), (env.M_TRIM_THRESHOLD, env.TRIM_THRESHOLD_DEFAULT)]
+    assert calls == kept
     env.trim_heap()
     env.release_heap()
     assert ("trim", 0) not in calls and env._KEEP == [1]  # the session still keeps it
     env.release_heap()
-    assert calls[2:] == [(env.M_MMAP_MAX, env.MMAP_MAX_DEFAULT), (env.M_TRIM_THRESHOLD, env.TRIM_THRESHOLD_DEFAULT),
-                         ("trim", 0)]
+    assert calls[2:] == default + [("trim", 0)]
     env.release_heap()  # unmatched: nothing
     assert len(calls) == 5
     with env.heap_kept():
         env.trim_heap()
-    assert calls[5:] == [(env.M_MMAP_MAX, 0), (env.M_TRIM_THRESHOLD, 1 << 62), (env.M_MMAP_MAX, env.MMAP_MAX_DEFAULT),
-                         (env.M_TRIM_THRESHOLD, env.TRIM_THRESHOLD_DEFAULT), ("trim", 0)]
+    assert calls[5:] == kept + default + [("trim", 0)]
 
 
 def test_keep_heap_without_glibc_changes_nothing(monkeypatch):
