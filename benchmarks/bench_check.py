@@ -12,6 +12,7 @@ Ratios: check compute / bare fwd+bwd (target <= 2: a check needs about 1.7 such 
 eval forward, an isolated forward), and end-to-end wall / bare end-to-end wall. Peak RSS per process.
 
 Usage: python benchmarks/bench_check.py [--pairs minixception,keypoints,xception,goturn] [--fast] [--batch N]
+[--repeat N] (N runs of each, alternately; the table shows the median run of each, peak RSS the largest)
 """
 from __future__ import annotations
 
@@ -140,11 +141,24 @@ def target_lines(rows) -> list[str]:
     return out
 
 
+def _compute(run: dict) -> float:
+    """A check run's compute: its time minus the reference build (imports are outside its clock)."""
+    return run["check_seconds"] - run["reference_build"]
+
+
+def _median_run(runs: list[dict], key) -> dict:
+    """The run whose ``key`` is the median (the lower middle of an even count); a copy."""
+    return dict(sorted(runs, key=key)[(len(runs) - 1) // 2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default="minixception")
     ap.add_argument("--fast", action="store_true", help="use each pair's reduced CI configuration")
     ap.add_argument("--batch", type=int)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run check and bare this many times each, alternately; report the median run of each "
+                         "(this VM's speed drifts between minutes: one run of each can disagree by 30%%)")
     ap.add_argument("--child", choices=["check", "bare"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -155,9 +169,19 @@ def main() -> None:
     names = registry.names() if args.pairs == "all" else args.pairs.split(",")
     rows = []
     for name in names:
-        c = run_child("check", name, args.fast, args.batch)
-        b = run_child("bare", name, args.fast, args.batch)
-        compute = c["check_seconds"] - c["reference_build"]
+        checks, bares = [], []
+        for _ in range(max(args.repeat, 1)):
+            checks.append(run_child("check", name, args.fast, args.batch))
+            bares.append(run_child("bare", name, args.fast, args.batch))
+        c = _median_run(checks, _compute)
+        b = _median_run(bares, lambda r: r["fwd_bwd"])
+        c["peak_rss_mb"] = max(r["peak_rss_mb"] for r in checks)
+        b["peak_rss_mb"] = max(r["peak_rss_mb"] for r in bares)
+        compute = _compute(c)
+        if len(checks) > 1:
+            cmp_s = ", ".join(f"{_compute(r):.1f}" for r in checks)
+            bare_s = ", ".join(f"{r['fwd_bwd']:.2f}" for r in bares)
+            print(f"{name}: check cmp {cmp_s} s; bare f+b {bare_s} s (in run order)", flush=True)
         rows.append((name, registry.get(name).published_params.get("total", 0), c, b, compute))
         print(f"{name}: {c['summary']} (TensorFlow + torch import {c['framework_import']:.1f} s, not in check cmp)",
               flush=True)
