@@ -36,8 +36,8 @@ def enabled() -> bool:
 class Background:
     """A worker thread running queued jobs in order (see the module docstring)."""
 
-    def __init__(self, pending_bytes: int = PENDING_BYTES, threaded: bool | None = None):
-        self.threaded = enabled() if threaded is None else threaded
+    def __init__(self, pending_bytes: int = PENDING_BYTES):
+        self.threaded = enabled()  # False: each job runs in submit()
         self.pending_bytes = pending_bytes
         self._held = 0
         self._room = threading.Condition()

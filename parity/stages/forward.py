@@ -98,10 +98,10 @@ def diff_sink(ref_acts, tol, suffix: str = "", read: Callable[[Tap], np.ndarray]
     its tensor in place after the hook): ``diffs`` is complete once ``background.wait()`` returned."""
     diffs: dict[str, Any] = {}
     taken: set[str] = set()
+    read = read or (lambda tap: ref_to_port_layout(tap, ref_acts[tap.path]))
 
     def compare(tap, value):
-        ref = read(tap) if read is not None else ref_to_port_layout(tap, ref_acts[tap.path])
-        diffs[tap.path] = tensor_diff(tap.path + suffix, ref, value, tol)
+        diffs[tap.path] = tensor_diff(tap.path + suffix, read(tap), value, tol)
 
     def sink(tap, value):
         if tap.path not in ref_acts or tap.path in taken:
