@@ -30,9 +30,11 @@ ROOT = os.path.dirname(HERE)
 def child_check(name: str, fast: bool, batch: int | None) -> dict:
     t0 = time.perf_counter()
     import parity  # noqa: F401
-    from parity.core.env import import_tensorflow, import_torch
+    from parity.core.env import freeze_after_imports, import_tensorflow, import_torch
     from parity.pairs import registry
     from parity.harness import check
+
+    freeze_after_imports()  # as the `parity` command does (parity.cli.console_main)
 
     spec = registry.get(name)
     t_import = time.perf_counter()

@@ -1,5 +1,3 @@
-import sys
+from parity.cli import console_main
 
-from parity.cli import main
-
-sys.exit(main())
+console_main()

@@ -17,12 +17,14 @@ Every argument is validated, and every ``module:function`` located, before Tenso
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
 import secrets
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -57,6 +59,8 @@ RUN_ID_ENV = "PARITY_RUN_ID"
 """``{run_id}`` in ``--out`` (e.g. CI's own run number); generated as ``<UTC timestamp>-<6 hex>`` when unset."""
 TRACE_SUFFIXES = (".safetensors",)
 """What ``parity record -o`` writes (safetensors + a JSON header)."""
+FULL_EXIT_ENV = "PARITY_FULL_EXIT"
+"""Set to 1 to let the console script end through the interpreter's full teardown (see :func:`exit_quickly`)."""
 DEFAULT_OUT = "parity-report/{pair}"
 """Where a check writes its reports without ``--out`` (replaced by the next check of the same pair)."""
 PREVIOUS_REPORT_MAX_BYTES = 64 * 2**20
@@ -690,5 +694,38 @@ def main(argv: list[str] | None = None) -> int:
         return _internal_error(exc)
 
 
+def exit_quickly(code: int) -> None:
+    """End the process with ``code`` now, without the interpreter's module-by-module teardown.
+
+    What that teardown does for a finished command is free memory the OS frees anyway: every module of torch
+    (and TensorFlow after a recording), then libtorch's C++ statics. Measured on the 2-core VM
+    (``python`` around :func:`main` of a cached ``parity check minixception``, time from the last atexit handler
+    to the process's end): 0.57-0.77 s, a quarter of the command's wall time. What matters of it runs here
+    first: non-daemon threads are joined, the atexit handlers run (``tempfile``'s and ``weakref.finalize``'s
+    cleanups, coverage's data), stdout and stderr are flushed. parity's own files are written under ``with`` and
+    closed before :func:`main` returns. ``PARITY_FULL_EXIT=1`` restores the ordinary ``sys.exit``.
+    """
+    if os.environ.get(FULL_EXIT_ENV) == "1":
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code if isinstance(code, int) else EXIT_INTERNAL)
+
+
+def console_main() -> None:
+    """The ``parity`` console script and ``python -m parity``: :func:`main` with the frameworks' imports frozen
+    out of the garbage collector's sight (:func:`parity.core.env.freeze_after_imports`), then
+    :func:`exit_quickly`."""
+    _env.freeze_after_imports()
+    exit_quickly(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

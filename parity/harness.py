@@ -90,9 +90,12 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
             _reference(ctx, weights, reference_run)
             _build_port(ctx, port)
             _run_stages(ctx)
-            return _diagnose(ctx, t_start)
-    finally:
+            result = _diagnose(ctx, t_start)
+    except BaseException:
         ctx.store.close()
+        raise
+    ctx.store.close(wait=False)  # the files go on a thread of their own while the caller reads the result
+    return result
 
 
 def _user_training(spec: PairSpec, registered: bool, config, dtype: str, port_optimizer, port_loss) -> PairSpec:

@@ -78,7 +78,8 @@ def keras_weights(model, store=None, only=None) -> dict[str, dict[str, np.ndarra
             for w in layer.weights:
                 var = _var(layer, w)
                 if only is None or only(layer.name, var):
-                    vals[var] = store.put(w.numpy()) if store is not None else np.array(w.numpy())
+                    # (a variable's .numpy() is a copy of its own: handed over, not copied again)
+                    vals[var] = store.put(w.numpy(), owned=True) if store is not None else np.array(w.numpy())
             if vals:
                 out[layer.name] = vals
     if store is not None:
@@ -335,12 +336,13 @@ class KerasSide:
         ``inputs[path]`` sharing the arrays of ``acts`` where a layer's input is another tap's output."""
         import tensorflow as tf
 
-        hold = store.put if store is not None else (lambda a: np.array(a))
         values: dict[str, Any] = {}
 
         def forward(path, t):
             if path not in values:
-                values[path] = hold(t.numpy())
+                # spilled: the tensor's own buffer (an eager tensor is immutable, the array keeps it alive),
+                # written by the store's thread without a copy; in memory: a copy
+                values[path] = store.put(np.asarray(t), owned=True) if store is not None else t.numpy()
 
         # an explicit float64 tensor: a raw numpy float64 array handed to TF ops was measured coming back
         # float32-rounded on a later call in the same process (tf.nn.max_pool2d)
@@ -524,6 +526,15 @@ def _new_dict(store):
     return SpillDict(store)
 
 
+def _adopt(d, key, t) -> None:
+    """``d[key] =`` eager tensor ``t``'s value: into a SpillDict its immutable buffer, handed over (no copy; the
+    store's thread writes it and lets it go); into a plain dict a copy."""
+    if hasattr(d, "adopt"):
+        d.adopt(key, np.asarray(t))
+    else:
+        d[key] = t.numpy()
+
+
 def _inner(d, key):
     """``d[key]`` for writing: the SpillDict itself, not a loaded copy."""
     return d.handle(key) if hasattr(d, "handle") else d[key]
@@ -551,11 +562,11 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
         def forward(path, value):
             if INPUT_TAP not in path and path not in shapes:
                 shapes[path] = tuple(value.shape)
-                train_acts[path] = value.numpy()
+                _adopt(train_acts, path, value)
 
         def backward(path, g):
             if INPUT_TAP not in path and path not in act_grads:
-                act_grads[path] = g.numpy()
+                _adopt(act_grads, path, g)
 
         # activations and their gradients leave TF through the tap layers, one at a time
         with side.recording(forward=forward if record else None, backward=backward if record else None):
@@ -586,12 +597,13 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
             for r, g in zip(var_refs, gparams):
                 if r.layer not in run.param_grads:
                     run.param_grads[r.layer] = {}
-                _inner(run.param_grads, r.layer)[r.var] = np.asarray(g) if store is None else g.numpy()
+                _adopt(_inner(run.param_grads, r.layer), r.var, g)
             run.seconds["train"] = time.perf_counter() - t
         del train_acts, act_grads
         if adapter is None:
             break
         t = time.perf_counter()
+        say(f"reference: optimizer step {k + 1}/{n_steps}")
         total = list(gparams)
         with tf.GradientTape() as tape:  # the regularisation losses, from the weights alone
             reg = list(model.losses)
@@ -608,7 +620,10 @@ def _train(run: ReferenceRun, side: KerasSide, spec: PairSpec, optimizer: Optimi
         for r, v in zip(var_refs, tvars):
             if r.layer not in params:
                 params[r.layer] = {}
-            _inner(params, r.layer)[r.var] = v.numpy().copy() if store is None else v.numpy()
+            if store is None:
+                _inner(params, r.layer)[r.var] = v.numpy().copy()
+            else:  # a variable's .numpy() is a copy of its own: handed over
+                _inner(params, r.layer).adopt(r.var, v.numpy())
         slots = _new_dict(store)
         for r, v in zip(var_refs, tvars):  # one variable's slots at a time (GOTURN's momentum: 0.9 GB)
             for key, val in adapter.keras_slots(opt, [v], [r]).items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import sys
 import threading
@@ -111,13 +112,51 @@ def isa_report() -> dict[str, str]:
     return {ISA_VAR: str(value), f"{ISA_VAR} why": why, "cpu AVX-512": avx512}
 
 
+@contextlib.contextmanager
+def framework_import():
+    """A framework's first import, with the garbage collector off and what it made frozen out of its sight
+    afterwards (``gc.freeze``), in the command line's processes (:func:`freeze_after_imports`); elsewhere an
+    ordinary import.
+
+    Why: importing torch makes some 10^5 container objects that all stay alive. Measured on the 2-core VM in a
+    cached minixception check (gc callbacks): the collector's default thresholds ran 391 collections through
+    them during the import (0.27 s), the later ones over everything imported so far. Turned off for the import
+    alone, the cost moves, not goes: the first young collection afterwards scanned the whole import (0.12 s) and the
+    first full one traversed it again (0.26-0.29 s). Frozen, neither happens: the check's collections took 0.008 s
+    instead of 0.29 s. A frozen object is never collected, which suits a process that ends with its command and
+    not a library caller (a test session, a notebook), whose garbage from before a check would stay."""
+    if not _FREEZE_AFTER_IMPORTS:
+        yield
+        return
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was:
+            gc.enable()
+
+
+#: non-empty once :func:`freeze_after_imports` was called (the command line's processes only)
+_FREEZE_AFTER_IMPORTS: list[bool] = []
+
+
+def freeze_after_imports() -> None:
+    """Make :func:`framework_import` freeze what the frameworks' imports made (for the command line: a process
+    that ends when its command does)."""
+    if not _FREEZE_AFTER_IMPORTS:
+        _FREEZE_AFTER_IMPORTS.append(True)
+
+
 def import_tensorflow():
     """Import TF/Keras quietly (after :func:`configure`). Raises ``MissingFramework`` with the fix."""
     try:
         import logging
 
-        import tensorflow as tf  # noqa: F401
-        import keras
+        with framework_import():
+            import tensorflow as tf  # noqa: F401
+            import keras
 
         logging.getLogger("absl").setLevel(logging.ERROR)
         tf.get_logger().setLevel(logging.ERROR)
@@ -134,7 +173,8 @@ def import_torch():
     """``torch``, with :func:`optimizers_without_dynamo_import` applied once: every check, replay and
     conversion builds its optimizers through this import."""
     try:
-        import torch
+        with framework_import():
+            import torch
     except ImportError as exc:  # pragma: no cover
         raise MissingFramework(
             f"the port side needs PyTorch. Received: {exc}. Install it with `pip install torch`."

@@ -174,7 +174,30 @@ def describe_sample(w: np.ndarray) -> dict[str, Any]:
     return dict(memo[key])
 
 
+#: a tensor of more elements is described from this many of them, drawn at fixed pseudo-random positions
+#: (seed :data:`SAMPLE_SEED`, with replacement). Why: the full statistics of a fresh Xception's 23 M weights took
+#: 1.2 s of a 24 s check (cProfile); from 2**16 draws of i.i.d. initial values the std is within ~0.3 % (one
+#: standard error, 1/sqrt(2n)) and the excess kurtosis within ~0.02 (sqrt(24/n)), far inside the bands that
+#: tell the initialisers apart (std: :data:`STD_TOLERANCE`; kurtosis: uniform -1.2 vs the -0.9 cut, normal
+#: truncated at 2 std -0.78 vs -0.9 and -0.3). Random positions, not a stride, so that a structured tensor (a
+#: Dirac-initialised conv) is not read at one kernel position only.
+SAMPLE_MAX = 1 << 16
+#: the seed of those positions (a fixed one: the same tensor is always described the same way)
+SAMPLE_SEED = 0
+
+
 def _describe_sample(w: np.ndarray) -> dict[str, Any]:
+    w = np.asarray(w).reshape(-1)
+    n_all = int(w.size)
+    if n_all > SAMPLE_MAX:
+        out = _describe_all(w[np.random.default_rng(SAMPLE_SEED).integers(0, n_all, SAMPLE_MAX)])
+        if out.get("dist") != "constant":  # (a constant sample is checked on every element)
+            out["n"], out["sampled"] = n_all, SAMPLE_MAX
+            return out
+    return _describe_all(w)
+
+
+def _describe_all(w: np.ndarray) -> dict[str, Any]:
     w = np.asarray(w, dtype=np.float64).ravel()
     if w.size == 0:
         return {"n": 0}

@@ -102,6 +102,56 @@ def test_key_changes_with_reference_source_weights_and_versions(tmp_path, monkey
     assert key() != k2
 
 
+def test_import_memo_gives_the_same_key_and_parses_a_changed_file_again(tmp_path, monkeypatch):
+    """A key through the memo equals one without; a file edited to import one more module of its package makes
+    that module a source (the memo is keyed by content, so it cannot hide the edit); a memo file that is not
+    what ImportMemo writes is ignored, and a directory that cannot be written is no error."""
+    pkg = tmp_path / "refpkg_memo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("WIDTH = 8\n")
+    (pkg / "extra.py").write_text("DEPTH = 2\n")
+    (pkg / "model.py").write_text("from refpkg_memo.helpers import WIDTH\n\ndef build(**kw):\n    return WIDTH\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    req = cache.make_request(SPEC, reference="refpkg_memo.model:build")
+    where = tmp_path / "c"
+    parsed = []
+    real = cache._scan_imports
+    monkeypatch.setattr(cache, "_scan_imports", lambda *a: parsed.append(a[1]) or real(*a))
+
+    def key():
+        memo = cache.ImportMemo(str(where))
+        k = cache.cache_key(req, memo)
+        memo.save()
+        return k
+
+    k0 = key()
+    assert parsed and k0 == cache.cache_key(req)
+    parsed.clear()
+    assert key() == k0 and parsed == [], "a second key parses nothing"
+    (pkg / "model.py").write_text("from refpkg_memo.helpers import WIDTH\nfrom refpkg_memo import extra\n\n"
+                                  "def build(**kw):\n    return WIDTH * extra.DEPTH\n")
+    parsed.clear()
+    k1 = key()
+    assert str(pkg / "model.py") in parsed and str(pkg / "helpers.py") not in parsed, \
+        "the edited file is parsed again (and what it newly imports), an unchanged one is not"
+    assert k1 != k0 and "refpkg_memo.extra" in cache.reference_sources(req, cache.ImportMemo(str(where)))
+    (pkg / "extra.py").write_text("DEPTH = 3\n")
+    assert key() != k1, "the newly imported module is part of the key"
+    memo_file = where / cache.IMPORTS_MEMO
+    for junk in ("{not json", json.dumps({"schema": cache.IMPORTS_MEMO_SCHEMA, "files": {"x": [1]}}),
+                 json.dumps(["a list"])):
+        memo_file.write_text(junk)
+        assert cache.ImportMemo(str(where)).table == {}
+        assert key() == cache.cache_key(req)
+    assert json.loads(memo_file.read_text())["schema"] == cache.IMPORTS_MEMO_SCHEMA, "rewritten after junk"
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    memo = cache.ImportMemo(str(blocked))
+    assert cache.cache_key(req, memo) == cache.cache_key(req)
+    memo.save()  # cannot be written: no error
+
+
 # -- hits, numbers, TensorFlow -----------------------------------------------------------------------------------
 def test_hit_replays_the_same_numbers_as_a_fresh_check(tmp_path):
     """Every tensor's max|Δ| of a fresh check (Keras in this process), of the check that filled the cache, and

@@ -179,3 +179,31 @@ def test_convert_says_how_to_use_the_file(keras_weight_files, tmp_path, capsys):
     namespace: dict = {}
     exec("\n".join(snippet), namespace)  # noqa: S102 - the snippet this test pins, run to prove it works
     assert not namespace["model"].training
+
+
+def test_console_script_exits_quickly_yet_runs_what_exit_must(tmp_path):
+    """``parity`` (the console entry, here ``python -m parity``) ends through ``exit_quickly``: the exit code of
+    main, reports whole, stdout flushed, atexit handlers run and non-daemon threads joined first."""
+    import subprocess
+    import sys
+
+    prog = ("import atexit, sys, threading, time\n"
+            "from parity.cli import exit_quickly\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            "t = threading.Thread(target=lambda: (time.sleep(0.3), open(sys.argv[1], 'w').write('joined')))\n"
+            "t.start()\n"
+            "sys.stdout.write('unflushed ')\n"
+            "exit_quickly(1)\n"
+            "print('not reached')\n")
+    mark = tmp_path / "thread.txt"
+    p = subprocess.run([sys.executable, "-c", prog, str(mark)], capture_output=True, text=True)
+    assert (p.returncode, p.stdout) == (1, "unflushed atexit ran\n"), p.stderr
+    assert mark.read_text() == "joined"
+    p = subprocess.run([sys.executable, "-m", "parity", "check", "minixception", "--stages", "structure",
+                        "--no-cache", "--out", str(tmp_path / "r"), "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["passed"] is True
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["passed"] is True
+    assert (tmp_path / "r" / "report.html").read_text().rstrip().endswith("</html>")
+    p = subprocess.run([sys.executable, "-m", "parity", "check", "nosuch"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("parity: error: unknown pair 'nosuch'"), p.stderr

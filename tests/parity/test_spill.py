@@ -3,6 +3,7 @@ gradients compared tap by tap, must give exactly the figures of the in-memory pa
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -83,6 +84,7 @@ def test_a_fully_spilled_check_gives_the_in_memory_figures_exactly(monkeypatch, 
         r = check("minixception", config={"input_shape": (32, 32, 1)}, batch=4)
         assert r.passed, r.summary_line()
         figures.append({(st.name, t.path): (t.max_abs, t.numel) for st in r.stages for t in st.tensors})
+        spill.wait_removed()  # (a check that passed removes its directory on a thread of its own)
         assert os.listdir(tmp_path) == []
     assert figures[0].keys() == figures[1].keys() and len(figures[0]) > 300
     assert figures[0] == figures[1]
@@ -391,3 +393,23 @@ def test_parity_background_0_writes_in_the_caller(tmp_path, monkeypatch):
     h = store.put(np.zeros(1000))
     assert h.pending is None and os.path.exists(h.path)
     store.close()
+
+
+def test_closing_without_waiting_removes_the_directory_on_a_thread_and_restores_sigterm(tmp_path):
+    """``close(wait=False)`` (a check that passed): the SIGTERM handler is given back at once, on the calling
+    thread; the directory goes on a non-daemon thread (the interpreter waits for it), and wait_removed joins it.
+    A loaded array is the caller's own: writing to it changes neither the file nor a later load."""
+    before = signal.getsignal(signal.SIGTERM)
+    store = spill.SpillStore(root=str(tmp_path), background=True)
+    assert signal.getsignal(signal.SIGTERM) == spill._Sigterm.handle
+    h = store.put(np.arange(1 << 18, dtype=np.float64))
+    a = h.load()
+    a[0] = -1.0
+    assert h.load()[0] == 0.0
+    path = store.dir
+    store.close(wait=False)
+    assert signal.getsignal(signal.SIGTERM) == before and store.closed
+    assert [t for t in spill._REMOVALS if not t.daemon] == spill._REMOVALS
+    spill.wait_removed()
+    assert not os.path.exists(path) and os.listdir(tmp_path) == [] and path not in spill._Sigterm.dirs
+    assert a[0] == -1.0 and a[1] == 1.0
