@@ -72,14 +72,22 @@ def test_key_changes_with_each_setting(change):
                                                                                                         **change}))
 
 
-def test_key_changes_with_reference_source_weights_and_versions(tmp_path, monkeypatch):
-    pkg = tmp_path / "refpkg_key"
+def _reference_package(tmp_path, monkeypatch, name: str, **more: str):
+    """A package ``name`` on sys.path: ``model.build`` (the reference builder) imports ``helpers.WIDTH``;
+    ``more`` adds modules by name and source."""
+    pkg = tmp_path / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "helpers.py").write_text("WIDTH = 8\n")
-    (pkg / "model.py").write_text("from refpkg_key.helpers import WIDTH\n\ndef build(**kw):\n    return WIDTH\n")
-    (pkg / "port.py").write_text("def build(**kw):\n    return 1\n")
+    (pkg / "model.py").write_text(f"from {name}.helpers import WIDTH\n\ndef build(**kw):\n    return WIDTH\n")
+    for module, text in more.items():
+        (pkg / f"{module}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
+    return pkg
+
+
+def test_key_changes_with_reference_source_weights_and_versions(tmp_path, monkeypatch):
+    pkg = _reference_package(tmp_path, monkeypatch, "refpkg_key", port="def build(**kw):\n    return 1\n")
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"\x89HDF\r\n\x1a\n" + b"0" * 64)
 
@@ -106,13 +114,7 @@ def test_import_memo_gives_the_same_key_and_parses_a_changed_file_again(tmp_path
     """A key through the memo equals one without; a file edited to import one more module of its package makes
     that module a source (the memo is keyed by content, so it cannot hide the edit); a memo file that is not
     what ImportMemo writes is ignored, and a directory that cannot be written is no error."""
-    pkg = tmp_path / "refpkg_memo"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "helpers.py").write_text("WIDTH = 8\n")
-    (pkg / "extra.py").write_text("DEPTH = 2\n")
-    (pkg / "model.py").write_text("from refpkg_memo.helpers import WIDTH\n\ndef build(**kw):\n    return WIDTH\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    pkg = _reference_package(tmp_path, monkeypatch, "refpkg_memo", extra="DEPTH = 2\n")
     req = cache.make_request(SPEC, reference="refpkg_memo.model:build")
     where = tmp_path / "c"
     parsed = []
