@@ -415,7 +415,7 @@ class SpillStore:
 
         thread = threading.Thread(target=remove, name="parity-spill-remove")
         thread.start()
-        _REMOVALS.append(thread)
+        _REMOVALS[:] = [t for t in _REMOVALS if t.is_alive()] + [thread]  # (a --watch session makes many)
 
     @property
     def closed(self) -> bool:
