@@ -18,7 +18,9 @@ Stages, in result order (the order decides "first divergence"), one module each 
 
 They run in the order of :data:`PIPELINE`: everything that compares the loaded weights (eval forward,
 structure, isolated layers, the ONNX leg) before the training stages change the port's weights and
-BatchNorm statistics; the port is restored to its loaded state afterwards.
+BatchNorm statistics; the port is restored to its loaded state afterwards. On a second core the isolated
+stage runs over a copy of the loaded port while the training stages run (``parity.stages.isolated.SideLane``,
+the same numbers); the check waits for it before the diagnosis.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from parity import diagnosis
 from parity.backends.keras_side import keras_dtype, run_reference
 from parity.backends.torch_side import DeviceUnavailable, TorchSide, device_description, resolve_device
 from parity.backends.weights import layer_maps, load_weight_file
-from parity.core.env import heap_kept, import_tensorflow, import_torch, isa_report, trim_heap
+from parity.core.buffers import POOL
+from parity.core.env import heap_is_kept, heap_kept, import_tensorflow, import_torch, isa_report, trim_heap
 from parity.core.errors import UsageError, function_name
 from parity.core.families import tolerance_floors
 from parity.core.options import check_batch, optimizer_spec, parse_stages, resolve_user
@@ -94,6 +97,9 @@ def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: 
     except BaseException:
         ctx.store.close()
         raise
+    finally:
+        if not heap_is_kept():  # the comparisons' recycled buffers (parity.core.buffers), unless a session goes on
+            POOL.clear()
     ctx.store.close(wait=False)  # the files go on a thread of their own while the caller reads the result
     return result
 
@@ -196,11 +202,17 @@ def _scale_rounding_tolerance(ctx: CheckContext) -> None:
 
 
 def _run_stages(ctx: CheckContext) -> None:
-    """Every stage of :data:`PIPELINE`; the port goes back to its loaded weights and mode whatever happens."""
+    """Every stage of :data:`PIPELINE`, then the side lanes they started (``ctx.side_lanes``); the port goes back
+    to its loaded weights and mode whatever happens."""
     try:
         for stage in PIPELINE:
             stage(ctx)
+        while ctx.side_lanes:  # a stage still running on a thread of its own (parity.stages.isolated)
+            ctx.side_lanes.pop(0).finish(ctx)
     finally:
+        for lane in ctx.side_lanes:  # a stage failed (or Ctrl-C): the rest is not waited for
+            lane.cancel()
+        ctx.side_lanes.clear()
         ctx.ts.restore(ctx.snapshot)
 
 

@@ -327,6 +327,20 @@ class TorchSide:
         #: the last forward's exception, as one line (a port that cannot run a batch is a finding, not a crash)
         self.error: str | None = None
 
+    def twin(self) -> "TorchSide":
+        """Another TorchSide over a deep copy of the module (parameters, buffers, mode), for work on another
+        thread while this one trains: neither sees what the other does. The recorded call arguments of its
+        attention / recurrent modules (read by :meth:`isolated`) are shared, read only. Raises what
+        ``copy.deepcopy`` raises for a module that cannot be copied (e.g. ``torch.nn.utils.weight_norm``'s
+        computed weight, a non-leaf tensor)."""
+        other = copy.copy(self)
+        other.module = copy.deepcopy(self.module)
+        other.modules = dict(other.module.named_modules(remove_duplicate=False))
+        other.records, other.error = {}, None
+        if "_attention_calls" in self.__dict__:
+            other._attention_calls = dict(self._attention_calls)
+        return other
+
     # -- weights -----------------------------------------------------------------------------------------
     def expected_state(self) -> dict[str, tuple]:
         return {k: tuple(v.shape) for k, v in self.module.state_dict().items()}

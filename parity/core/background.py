@@ -36,8 +36,9 @@ def enabled() -> bool:
 class Background:
     """A worker thread running queued jobs in order (see the module docstring)."""
 
-    def __init__(self, pending_bytes: int = PENDING_BYTES):
+    def __init__(self, pending_bytes: int = PENDING_BYTES, name: str = "parity-compare"):
         self.threaded = enabled()  # False: each job runs in submit()
+        self.name = name
         self.pending_bytes = pending_bytes
         self._held = 0
         self._room = threading.Condition()
@@ -74,7 +75,7 @@ class Background:
             job()
             return
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="parity-compare", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
         with self._room:
             while self._held > 0 and self._held + nbytes > self.pending_bytes and self._error is None:

@@ -330,6 +330,11 @@ def release_heap() -> None:
     trim_heap()
 
 
+def heap_is_kept() -> bool:
+    """Whether freed memory is being kept (:func:`keep_heap` in force: a check running, a ``--watch`` session)."""
+    return _KEEP[0] > 0
+
+
 @contextlib.contextmanager
 def heap_kept():
     """:func:`keep_heap` for the block."""

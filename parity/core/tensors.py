@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from parity.core.buffers import POOL
 from parity.core.results import TensorDiff
 from parity.core.spec import StageTolerance
 
@@ -106,8 +107,9 @@ def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale
     # elements are skipped (a non-finite skipped element still fails the tensor)
     if not r_finite or (skipping and not np.isfinite(p).all()):
         return _non_finite_diff(path, r, p, tol, scale, allowed, note)
-    # one temporary the size of the tensor (|r - p|, in place): GOTURN's fc6 is 75 M elements (0.6 GB)
-    d = np.subtract(r, p, out=np.empty(r.shape, np.float64))
+    # one temporary the size of the tensor (|r - p|, in place): GOTURN's fc6 is 75 M elements (0.6 GB); in memory
+    # used before (parity.core.buffers), given back below
+    d = np.subtract(r, p, out=POOL.empty(r.shape, np.float64))
     np.abs(d, out=d)
     extra, skipped_sq = {}, 0.0
     if skipping:
@@ -120,6 +122,7 @@ def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale
     flat = int(np.argmax(d))  # the first NaN, if any: argmax propagates it
     max_abs = float(d.reshape(-1)[flat])
     if not math.isfinite(max_abs) and not np.isfinite(p).all():  # the port holds NaN or Inf (not an overflow)
+        POOL.give(d)
         del d
         return _non_finite_diff(path, r, p, tol, scale, allowed, note)
     idx = np.unravel_index(flat, r.shape)
@@ -127,6 +130,7 @@ def tensor_diff(path: str, ref, port, tol: StageTolerance, note: str = "", scale
     mismatched = int(np.count_nonzero(d > allowed)) if max_abs > allowed else 0
     norm_r = float(np.linalg.norm(r.reshape(-1)))  # once, for the norm-wise ratio and the cosine
     norm_rel = _norm_rel(r, d, scale_floor, skipped_sq, norm_a=norm_r)
+    POOL.give(d)
     del d
     return TensorDiff(path=path, shape=tuple(r.shape), max_abs=max_abs, scale=scale, allowed=allowed,
                       rtol=tol.rtol, mismatched=mismatched, numel=int(r.size),

@@ -64,6 +64,11 @@ class CheckContext:
     eval_shapes: dict | None = None  # {tap path: the port output's shape} (None: the forward did not run)
     final: Any = None  # the port's final output
     calls: dict | None = None  # {port module: times called in one forward}
+    #: whether that forward drew from torch's CPU generator (None: it did not run)
+    eval_draws_random: bool | None = None
+    #: work running on a thread of its own while later stages run (``parity.stages.isolated.SideLane``): the
+    #: harness calls each one's ``finish(ctx)`` after the last stage, ``cancel()`` if a stage failed
+    side_lanes: list = field(default_factory=list)
 
     @property
     def taps(self) -> list[Tap]:

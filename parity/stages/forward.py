@@ -7,6 +7,7 @@ activations) and :func:`compare_acts` (one diff per tap, in tap order).
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any, Callable
@@ -14,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from parity.core.background import Background
+from parity.core.buffers import POOL
 from parity.core.errors import UsageError
 from parity.core.results import StageResult
 from parity.core.spill import SpillDict, SpillStore
@@ -103,6 +105,10 @@ def diff_sink(ref_acts, tol, suffix: str = "", read: Callable[[Tap], np.ndarray]
     def compare(tap, value):
         diffs[tap.path] = tensor_diff(tap.path + suffix, read(tap), value, tol)
 
+    def compare_own(tap, own):
+        compare(tap, own)
+        POOL.give(own)  # (the diff holds numbers, not the array)
+
     def sink(tap, value):
         if tap.path not in ref_acts or tap.path in taken:
             return
@@ -110,8 +116,11 @@ def diff_sink(ref_acts, tol, suffix: str = "", read: Callable[[Tap], np.ndarray]
         if background is None or not background.threaded:
             compare(tap, value)
             return
-        own = np.array(value)
-        background.submit(lambda: compare(tap, own), own.nbytes)
+        value = np.asarray(value)
+        own = POOL.empty(value.shape, value.dtype)  # memory used before (parity.core.buffers)
+        np.copyto(own, value)
+        background.submit(functools.partial(compare_own, tap, own), own.nbytes,
+                          skipped=functools.partial(POOL.give, own))
 
     return sink, diffs
 
@@ -143,10 +152,12 @@ def run(ctx: CheckContext) -> None:
     compared = "forward_eval" in ctx.stages
     t = time.perf_counter()
     ctx.say("port: forward (eval)")
+    rng = ts.torch.random.get_rng_state()
     with Background() as background:  # the comparisons on a second core while the port computes
         sink, diffs = diff_sink(ref.eval_acts if compared else {}, tol, read=layout_reader(ref, "eval_acts"),
                                 background=background)
         ctx.eval_shapes, ctx.final, ctx.calls = ts.forward_eval(ref.inputs[0], sink=sink)
+    ctx.eval_draws_random = not bool(ts.torch.equal(rng, ts.torch.random.get_rng_state()))
     if not compared:
         return
     st = StageResult("forward_eval")

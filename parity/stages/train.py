@@ -242,9 +242,21 @@ def _param_grads(ctx: CheckContext, tr: Training, st: StageResult) -> None:
     st.tensors += judged.judged("gradient")
 
 
+def _ref_param(ctx: CheckContext, what: tuple, r, tap, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """``compute()``: a parameter-shaped array of the reference in the port's layout (``var_to_torch`` of a gradient,
+    an update, a slot), through a ``--watch`` session's memo (``parity.stages.forward.PortLayoutMemo``: the
+    reference never changes there, and moving a conv kernel's layout was ~0.4 s of each xception check, twice that
+    in a failing one whose tensors are judged again against their layer's scale). The array is the caller's own
+    (the memo hands out a fresh copy)."""
+    memo = getattr(ctx.ref, "port_layout", None)
+    if memo is None:
+        return compute()
+    return memo.get(("param", *what, r.layer, r.var, r.key, r.kind, tap.flatten_chw), compute)
+
+
 def _grad_diff(ctx: CheckContext, tr: Training, r, tap, path: str, floor: float = 0.0):
-    g_ref = ctx.ref.param_grads.get(r.layer, {}).get(r.var)
-    g_ref_t = var_to_torch(r.kind, r.var, g_ref, flatten_chw=tap.flatten_chw)
+    g_ref_t = _ref_param(ctx, ("grad",), r, tap, lambda: var_to_torch(
+        r.kind, r.var, ctx.ref.param_grads.get(r.layer, {}).get(r.var), flatten_chw=tap.flatten_chw))
     p = tr.params[r.key]
     g_port = p.grad.detach().cpu().numpy() if p.grad is not None else np.zeros(tuple(p.shape))
     return tensor_diff(path, g_ref_t, g_port, ctx.tol["gradients"], scale_floor=floor)
@@ -362,12 +374,7 @@ def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float =
     """One parameter's update at step ``k`` (new - initial) on both sides. One loaded array at a time, freed as
     soon as used (GOTURN's fc6 is 0.6 GB per copy). ``skip``: elements not judged (``_below_sign_noise``)."""
     r, tap = p.r, p.tap
-    src = ctx.ref.steps[k]["params"][r.layer][r.var]
-    upd_ref = var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)
-    if np.may_share_memory(upd_ref, src):  # the layout change was a no-op: never write to the run's data
-        upd_ref = upd_ref.copy()
-    del src
-    upd_ref -= var_to_torch(r.kind, r.var, _initial(ctx, r), flatten_chw=tap.flatten_chw)
+    upd_ref = _ref_param(ctx, ("update", k), r, tap, lambda: _ref_update(ctx, k, r, tap))
     new_port = r.param.detach().cpu().numpy()
     init_port = ctx.snapshot[0][r.key]  # the loaded weights, from the harness's snapshot (no second copy)
     if isinstance(init_port, np.ndarray):  # a fresh copy from the spill store: reuse its memory
@@ -376,6 +383,18 @@ def _update_diff(ctx: CheckContext, k: int, p: _Param, path: str, floor: float =
         upd_port = new_port - init_port.detach().cpu().numpy()
     del init_port
     return tensor_diff(path, upd_ref, upd_port, ctx.tol["step"], scale_floor=floor, skip=skip, skip_why=skip_why)
+
+
+def _ref_update(ctx: CheckContext, k: int, r, tap) -> np.ndarray:
+    """The reference's update of ``r`` at step ``k`` (its value after the step minus its initial value), in the
+    port's layout, in memory of its own."""
+    src = ctx.ref.steps[k]["params"][r.layer][r.var]
+    upd_ref = var_to_torch(r.kind, r.var, src, flatten_chw=tap.flatten_chw)
+    if np.may_share_memory(upd_ref, src):  # the layout change was a no-op: never write to the run's data
+        upd_ref = upd_ref.copy()
+    del src
+    upd_ref -= var_to_torch(r.kind, r.var, _initial(ctx, r), flatten_chw=tap.flatten_chw)
+    return upd_ref
 
 
 def _initial(ctx: CheckContext, r):
@@ -398,7 +417,8 @@ def _slot_diffs(ctx: CheckContext, tr: Training, k: int, p: _Param, at: str, jud
 
 def _slot_diff(ctx: CheckContext, tr: Training, k: int, p: _Param, slot: str, path: str, floor: float = 0.0):
     r = p.r
-    sref = var_to_torch(r.kind, r.var, ctx.ref.steps[k]["slots"][r.key][slot], flatten_chw=p.tap.flatten_chw)
+    sref = _ref_param(ctx, ("slot", k, slot), r, p.tap, lambda: var_to_torch(
+        r.kind, r.var, ctx.ref.steps[k]["slots"][r.key][slot], flatten_chw=p.tap.flatten_chw))
     # this parameter's slots only (a full copy of GOTURN's momentum is 0.9 GB)
     pv = (tr.adapter.torch_slots(ctx.optimizer, k, tr.opt_torch, [r]).get(r.key) or {}).get(slot)
     return tensor_diff(path, sref, pv, ctx.tol["step"], scale_floor=floor)
@@ -409,7 +429,8 @@ def _weight_trajectory(ctx: CheckContext, tr: Training, k: int, p: _Param, judge
     step the tensor is judged against its layer's largest weight (``layer_scale_floor``), so a conv bias before a
     BatchNorm, whose gradient is analytically zero and whose Adam steps are rounding noise, is not a false alarm."""
     r = p.r
-    ref_w = var_to_torch(r.kind, r.var, ctx.ref.steps[k]["params"][r.layer][r.var], flatten_chw=p.tap.flatten_chw)
+    ref_w = _ref_param(ctx, ("weight", k), r, p.tap, lambda: var_to_torch(
+        r.kind, r.var, ctx.ref.steps[k]["params"][r.layer][r.var], flatten_chw=p.tap.flatten_chw))
     port_w = r.param.detach().cpu().numpy().copy()
 
     def diff(floor: float = 0.0):
