@@ -174,10 +174,12 @@ def packed_reference(model):
     if len(slots) < 2:
         return model, slots
     total = sum(s.size for s in slots)
-    packed = keras.Input((total,), name="packed_inputs", dtype=model.inputs[0].dtype
-                         if "float" in str(model.inputs[0].dtype) else None)
+    dtype = next((i.dtype for i in model.inputs if "float" in str(i.dtype)), None)
+    packed = keras.Input((total,), name="packed_inputs", dtype=dtype)
     cls = _unpack_class()
-    parts = [cls(s.start, s.shape, s.integer_range, name=f"unpack_{s.name}")(packed) for s in slots]
+    # the model's dtype, not the global policy in force now: a float64 model compared after its
+    # keras_float64() block would have its inputs rounded to float32 by the unpacking layers
+    parts = [cls(s.start, s.shape, s.integer_range, name=f"unpack_{s.name}", dtype=dtype)(packed) for s in slots]
     outputs = model._run_through_graph(parts, operation_fn=lambda op: op)
     return keras.Model(packed, outputs, name=model.name), slots
 

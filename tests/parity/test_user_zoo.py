@@ -338,3 +338,15 @@ def test_several_outputs_with_a_port_returning_one_are_named_not_a_crash(float64
     assert not result.passed
     errors = " ".join(e for st in result.stages for e in st.errors)
     assert "expected the port to return its 2 outputs (a tuple in the Keras order a (2), b (3)" in errors, errors
+
+
+def test_a_float64_pair_of_two_inputs_passes_when_compared_after_its_float64_block():
+    """The reference is built under the float64 policy and compared after it (Keras' global policy back to
+    float32): the layers that cut the packed input keep the model's float64, not the policy of the moment
+    (they rounded the inputs to float32: max|Δ| 4.2e-08 at the first conv, a correct port FAILED)."""
+    from tests.keras_dtype import keras_float64
+
+    with keras_float64():
+        km = user_zoo.keras_two_input()
+    result = compare(km, user_zoo.port_two_input(), stages="structure,forward_eval")
+    assert result.passed, result.summary_line()
