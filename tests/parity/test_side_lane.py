@@ -162,3 +162,61 @@ def test_a_twin_shares_nothing_the_training_stages_change():
     tw.error = "x"
     assert ts.error is None and tw._attention_calls == ts._attention_calls
     assert tw._attention_calls is not ts._attention_calls
+
+
+def _user_styles():
+    """Ports written unlike this project's own, with their references: (reference builder, port builder)."""
+    from benchmarks import user_zoo as Z
+    from reference_keras.decoder import decoder_block
+    from tests.families.test_attention_masks import annotated_transformer_style
+
+    return {
+        "named children": (Z.keras_mini_xception, Z.port_named_children),
+        "nn.Sequential": (Z.keras_mini_xception, Z.port_sequential),
+        "functional calls": (Z.keras_mini_xception, Z.port_functional),
+        "in-place ReLUs": (Z.keras_mini_xception, Z.port_inplace),
+        "two inputs": (Z.keras_two_input, Z.port_two_input),
+        "attention, its mask an argument": (decoder_block, annotated_transformer_style),
+    }
+
+
+@pytest.mark.parametrize("style", ["named children", "nn.Sequential", "functional calls", "in-place ReLUs",
+                                   "two inputs", "attention, its mask an argument"])
+def test_ports_in_other_styles_give_the_same_numbers_on_the_lane(style, monkeypatch):
+    """Ports other people write (``parity.compare``): the side lane's copy runs their modules (shared, functional,
+    in place, several inputs, an attention module replayed with the mask argument its forward passed) to the
+    numbers of the stage in line, and they pass."""
+    pytest.importorskip("keras")
+    from parity.user.pair import compare
+    from tests.keras_dtype import keras_float64
+
+    ref_fn, port_fn = _user_styles()[style]
+    with keras_float64():
+        ref = ref_fn()
+    results = {}
+    for lane in (False, True):
+        monkeypatch.setattr(isolated, "_cpus", lambda lane=lane: 2 if lane else 1)
+        threads = []
+
+        def spy(ctx, *a, **kw):
+            threads.append(threading.current_thread().name)
+            return STAGE(ctx, *a, **kw)
+
+        monkeypatch.setattr(isolated, "isolated_stage", spy)
+        torch.manual_seed(0)
+        results[lane] = compare(ref, port_fn(), stages=STAGES, batch=2)
+        assert threads == (["parity-isolated"] if lane else ["MainThread"])
+    assert results[True].passed, results[True].findings
+    assert _numbers(results[True]) == _numbers(results[False])
+    assert any(st.name == "isolated" and st.tensors for st in results[True].stages)
+
+
+@pytest.mark.parametrize("pair", ["textgru", "transformer"])
+def test_recurrent_and_attention_pairs_give_the_same_numbers_on_the_lane(pair, monkeypatch):
+    pytest.importorskip("keras")
+    spec = registry.get(pair)
+    out = {}
+    for lane in (False, True):
+        monkeypatch.setattr(isolated, "_cpus", lambda lane=lane: 2 if lane else 1)
+        out[lane] = harness.check(spec, stages=STAGES)
+    assert out[True].passed and _numbers(out[True]) == _numbers(out[False])
