@@ -1,11 +1,10 @@
 """Memory for a check's large temporary arrays, used again instead of asked for anew.
 
-A check makes several temporaries per tap the size of its activation: the copy of the port's output a
-comparison job holds (``parity.stages.forward.diff_sink``), the reference's array read back from disk
-(``parity.core.spill``), ``|ref - port|`` (``parity.core.tensors.tensor_diff``). Fresh memory of that size is
-mapped by the kernel and faulted in page by page; blocks over 32 MB always are (glibc's largest mmap
-threshold, ``parity.core.env.KEPT_MMAP_THRESHOLD``), and on this project's VM the host reclaims the pages
-of freed memory within seconds (``parity.core.env.keep_heap``). Measured: ``|r - p|`` of two 44 MB arrays
+A check makes temporaries per tap the size of its activation: the copy of the port's output a comparison
+job holds (``parity.stages.forward.diff_sink``) and ``|ref - port|`` (``parity.core.tensors.tensor_diff``) come
+from here. Fresh memory of that size is mapped by the kernel and faulted in page by page; blocks over 32 MB
+always are (glibc's largest mmap threshold, ``parity.core.env.KEPT_MMAP_THRESHOLD``), and on this project's VM
+the host reclaims the pages of freed memory within seconds (``parity.core.env.keep_heap``). Measured: ``|r - p|`` of two 44 MB arrays
 into fresh memory 17.2 ms, into memory used before 4.7 ms; the subtraction into fresh memory was 2 s of the
 comparison thread's ~6 s in each ``--watch`` xception check (py-spy).
 
@@ -99,9 +98,3 @@ class BufferPool:
 
 #: the process's pool
 POOL = BufferPool()
-
-
-def give(*arrays) -> None:
-    """:meth:`BufferPool.give` each of ``arrays`` to :data:`POOL`."""
-    for a in arrays:
-        POOL.give(a)
