@@ -18,9 +18,9 @@ Stages, in result order (the order decides "first divergence"), one module each 
 
 They run in the order of :data:`PIPELINE`: everything that compares the loaded weights (eval forward,
 structure, isolated layers, the ONNX leg) before the training stages change the port's weights and
-BatchNorm statistics; the port is restored to its loaded state afterwards. On a second core the isolated
-stage runs over a copy of the loaded port while the training stages run (``parity.stages.isolated.SideLane``,
-the same numbers); the check waits for it before the diagnosis.
+BatchNorm statistics; the port is restored to its loaded state afterwards. On a second core the eval forward,
+the structure and the isolated layers run over a copy of the loaded port while the training stages run
+(``parity.stages.lane.SideLane``, the same numbers); the check waits for them before the diagnosis.
 """
 from __future__ import annotations
 
@@ -51,11 +51,16 @@ from parity.pairs import registry
 from parity.stages import forward, isolated, structure, train
 from parity.stages import onnx as onnx_leg
 from parity.stages.context import TRAIN_STAGES, CheckContext, resolve_tolerances
+from parity.stages.lane import SideLane
 from weight_converters.keras import keras_to_torch
 
 PIPELINE = (forward.run, structure.run, isolated.run, onnx_leg.run, train.run)
 """The stages in the order they run over the context (each does nothing unless asked for). Every leg that
 compares the port with the reference's eval-mode outputs runs while the port holds the loaded weights."""
+
+LOADED_STAGES = (forward.run, structure.run, isolated.run)
+"""The stages a side lane may run over a copy of the loaded port while the training stages run
+(:class:`parity.stages.lane.SideLane`), in this order."""
 
 
 def check(pair: str | PairSpec, *, stages=None, dtype: str = "float64", device: str = "cpu",
@@ -202,18 +207,50 @@ def _scale_rounding_tolerance(ctx: CheckContext) -> None:
 
 
 def _run_stages(ctx: CheckContext) -> None:
-    """Every stage of :data:`PIPELINE`, then the side lanes they started (``ctx.side_lanes``); the port goes back
-    to its loaded weights and mode whatever happens."""
+    """Every stage of :data:`PIPELINE`; on a second core the :data:`LOADED_STAGES` on a side lane over a copy of
+    the port while the training stages run (``parity.stages.lane``). The training stages start from torch's
+    generator state after the build, whatever the stages before them drew (in line or on a lane: the same
+    draws). The port goes back to its loaded weights and mode whatever happens."""
+    torch = ctx.ts.torch
+    start_state = torch.random.get_rng_state()
+    side, ctx.lane_note = SideLane.start(ctx, LOADED_STAGES, start_state)
+    if side is not None:
+        ctx.say("port: forward (eval), structure and isolated layers on a second core, alongside training")
     try:
         for stage in PIPELINE:
+            if side is not None and stage in LOADED_STAGES:
+                continue
+            if stage is train.run:
+                torch.random.set_rng_state(start_state)
             stage(ctx)
-        while ctx.side_lanes:  # a stage still running on a thread of its own (parity.stages.isolated)
-            ctx.side_lanes.pop(0).finish(ctx)
+        if side is not None:
+            if not side.finish(ctx):  # the copy reached into the port: the stages in line, on the loaded port
+                ctx.lane_note = f"in line, after training: {side.leak}"
+                ctx.say(f"port: forward (eval), structure and isolated layers ({ctx.lane_note})")
+                _loaded_stages_after_training(ctx, start_state)
+            isolated.release(ctx)
+    except BaseException:
+        if side is not None:  # a stage failed (or Ctrl-C): the lane is stopped, not waited for
+            side.cancel()
+        raise
     finally:
-        for lane in ctx.side_lanes:  # a stage failed (or Ctrl-C): the rest is not waited for
-            lane.cancel()
-        ctx.side_lanes.clear()
         ctx.ts.restore(ctx.snapshot)
+
+
+def _loaded_stages_after_training(ctx: CheckContext, start_state) -> None:
+    """:data:`LOADED_STAGES` in line after the training stages: the port restored to its loaded weights and mode,
+    the attention calls recorded again in eval mode and torch's generator at the state the eval-mode stages
+    start from, as if they had run first; the generator then back where the training left it."""
+    torch = ctx.ts.torch
+    ctx.ts.restore(ctx.snapshot)
+    ctx.ts.__dict__.pop("_attention_calls", None)
+    after_training = torch.random.get_rng_state()
+    torch.random.set_rng_state(start_state)
+    try:
+        for stage in LOADED_STAGES:
+            stage(ctx)
+    finally:
+        torch.random.set_rng_state(after_training)
 
 
 def _diagnose(ctx: CheckContext, t_start: float) -> CheckResult:
@@ -248,6 +285,7 @@ def _environment(ctx: CheckContext) -> dict[str, Any]:
             env[mod] = getattr(m, "__version__", "?")
     env["port_device"] = device_description(ctx.ts.device)
     env.update(isa_report())  # the oneDNN ISA cap in force, and why (parity.core.env)
+    env["loaded_port_stages"] = ctx.lane_note  # where the eval forward, structure and isolated layers ran
     ref = ctx.ref
     env["reference_seconds"] = {k: round(v, 4) for k, v in ref.seconds.items()}
     if ctx.store.files:  # what waited on disk instead of in memory (parity.core.spill)

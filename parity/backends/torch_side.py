@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.core.buffers import POOL
 from parity.core.conventions import KERAS_CE_EPSILON
 from parity.core.tensors import hwc_flat_to_chw_flat, nhwc_to_nchw
 from parity.core.errors import UsageError
@@ -299,6 +300,15 @@ def _bn_types():
     return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    """The strides of a C-ordered array of ``shape`` (what ``np.empty`` makes)."""
+    out, step = [], itemsize
+    for n in reversed(shape):
+        out.append(step)
+        step *= n
+    return tuple(reversed(out))
+
+
 @dataclass
 class TapRecord:
     output: Any
@@ -445,7 +455,10 @@ class TorchSide:
         tensor never shares memory with the reference's data and NHWC -> NCHW of a C=1 array does not become an
         ambiguous channels_last view."""
         a = np.asarray(a)
-        if not (fresh and a.flags.c_contiguous and a.flags.owndata and a.flags.writeable):
+        # recycled memory lent to the caller is its own as well, laid out as np.empty lays it out (not a view with
+        # other strides: NHWC -> NCHW of a C=1 array would be an ambiguous channels_last tensor)
+        own = a.flags.owndata or (POOL.lent(a) and a.strides == _c_strides(a.shape, a.itemsize))
+        if not (fresh and a.flags.c_contiguous and own and a.flags.writeable):
             a = np.array(a, order="C", copy=True)
         if np.issubdtype(a.dtype, np.integer):  # token ids stay integers (an Embedding's input)
             return self.torch.from_numpy(a.astype(np.int64)).to(device=self.device)

@@ -1,8 +1,9 @@
 """Memory for a check's large temporary arrays, used again instead of asked for anew.
 
 A check makes temporaries per tap the size of its activation: the copy of the port's output a comparison
-job holds (``parity.stages.forward.diff_sink``) and ``|ref - port|`` (``parity.core.tensors.tensor_diff``) come
-from here. Fresh memory of that size is mapped by the kernel and faulted in page by page; blocks over 32 MB
+job holds (``parity.stages.forward.diff_sink``), ``|ref - port|`` (``parity.core.tensors.tensor_diff``) and the
+reference's arrays read back from disk (``parity.core.spill.Spilled.load``; the comparisons give them back, and
+the isolated stage on a side lane its inputs) come from here. Fresh memory of that size is mapped by the kernel and faulted in page by page; blocks over 32 MB
 always are (glibc's largest mmap threshold, ``parity.core.env.KEPT_MMAP_THRESHOLD``), and on this project's VM
 the host reclaims the pages of freed memory within seconds (``parity.core.env.keep_heap``). Measured: ``|r - p|`` of two 44 MB arrays
 into fresh memory 17.2 ms, into memory used before 4.7 ms; the subtraction into fresh memory was 2 s of the
@@ -67,16 +68,19 @@ class BufferPool:
             self._lent[id(buf)] = buf
         return buf[:nbytes].view(dtype).reshape(shape)
 
+    def lent(self, a) -> bool:
+        """Whether ``a`` is (a view of) a buffer :meth:`empty` lent and nobody gave back: memory its holder owns
+        as if it were an array of its own (``np.ndarray.flags.owndata`` is False for it)."""
+        root = _root(a)
+        with self._lock:
+            return root is not None and self._lent.get(id(root)) is root
+
     def give(self, a) -> bool:
         """Take back an array :meth:`empty` lent (or a view of one); the caller holds no other reference or view
         of it. Anything else is ignored. Returns whether the buffer is kept for reuse."""
-        if not isinstance(a, np.ndarray):
-            return False
-        root = a
-        while isinstance(root.base, np.ndarray):
-            root = root.base
+        root = _root(a)
         with self._lock:
-            if self._lent.get(id(root)) is not root:
+            if root is None or self._lent.get(id(root)) is not root:
                 return False
             del self._lent[id(root)]
             if self._free_bytes + root.nbytes > self.max_bytes:
@@ -94,6 +98,15 @@ class BufferPool:
     @property
     def free_bytes(self) -> int:
         return self._free_bytes
+
+
+def _root(a) -> np.ndarray | None:
+    """The array whose memory ``a`` views (``a`` itself if it owns it); None for anything not an array."""
+    if not isinstance(a, np.ndarray):
+        return None
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
 
 
 #: the process's pool

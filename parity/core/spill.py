@@ -46,6 +46,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from parity.core.background import Background
+from parity.core.buffers import POOL
 from parity.core.errors import UsageError
 
 #: arrays at least this large go to disk (1 MiB: a conv kernel of a small model stays in memory)
@@ -271,12 +272,34 @@ class Spilled:
         #: the write in progress on the store's writer thread (None: on disk)
         self.pending: _Write | None = None
 
-    def load(self) -> np.ndarray:
-        # (np.load, not a copy-on-write map of the file: faulting a --watch session's ~4 GB of the reference in
-        # the port's layout page by page made its xception check 2.7 s slower, median of 5, side by side)
+    def load(self, pooled: bool = False) -> np.ndarray:
+        """The array, in memory of its own. ``pooled``: in a buffer of :data:`parity.core.buffers.POOL` (memory
+        used before, not faulted in again), for a reader that holds it only while it compares it and then gives
+        it back (``PortLayoutMemo``'s readers).
+
+        (Read, not a copy-on-write map of the file: faulting a --watch session's ~4 GB of the reference in the
+        port's layout page by page made its xception check 2.7 s slower, median of 5, side by side.)"""
         if self.pending is not None:
             self.pending.wait()
-        return np.load(self.path, allow_pickle=False)
+        if not pooled:
+            return np.load(self.path, allow_pickle=False)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype.hasobject:  # (never written by a store: np.save of C-ordered numbers)
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+            out = POOL.empty(shape, dtype)
+            view = memoryview(out.reshape(-1).view(np.uint8))
+            got = 0
+            while got < out.nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise ValueError(f"{self.path}: expected {out.nbytes} bytes of data. Received: {got}.")
+                got += n
+        return out
 
     def __repr__(self) -> str:
         return f"Spilled({self.dtype}{list(self.shape)}, {os.path.basename(self.path)})"
@@ -432,13 +455,13 @@ def wait_removed() -> None:
         _REMOVALS.pop().join()
 
 
-def _load(v):
+def _load(v, pooled: bool = False):
     if isinstance(v, Spilled):
-        return v.load()
+        return v.load(pooled=True) if pooled else v.load()  # (a trace's handles read one way only)
     if isinstance(v, np.ndarray):  # small arrays live in memory: a copy, so that callers may write to it
         return v.copy()
     if isinstance(v, list):
-        return [_load(x) for x in v]
+        return [_load(x, pooled) for x in v]
     return v
 
 
@@ -476,6 +499,11 @@ class SpillDict(MutableMapping):
 
     def __getitem__(self, key):
         return _load(self._d[key])
+
+    def pooled(self, key):
+        """``self[key]``, its large arrays in recycled memory (:meth:`Spilled.load` ``pooled``): for a reader that
+        gives them back to ``parity.core.buffers.POOL`` once compared, and keeps nothing of them."""
+        return _load(self._d[key], pooled=True)
 
     def __delitem__(self, key) -> None:
         del self._d[key]

@@ -66,9 +66,12 @@ class CheckContext:
     calls: dict | None = None  # {port module: times called in one forward}
     #: whether that forward drew from torch's CPU generator (None: it did not run)
     eval_draws_random: bool | None = None
-    #: work running on a thread of its own while later stages run (``parity.stages.isolated.SideLane``): the
-    #: harness calls each one's ``finish(ctx)`` after the last stage, ``cancel()`` if a stage failed
-    side_lanes: list = field(default_factory=list)
+    #: this context is a side lane's (``parity.stages.lane.SideLane``): its stages compare on its own thread (it
+    #: is the second core already) and leave the releases to the check's context
+    on_lane: bool = False
+    #: where the eval forward, structure and isolated layers ran ("on a second core, alongside training", or "in
+    #: line: <why>"), for the report's environment
+    lane_note: str = ""
 
     @property
     def taps(self) -> list[Tap]:

@@ -47,7 +47,9 @@ class PortLayoutMemo:
     reference never changes, and moving Xception's activations (NHWC -> NCHW) costs about 1.2 s of every check
     (``benchmarks/bench_edit_loop.py``). Large arrays wait on disk in a store of their own
     (:mod:`parity.core.spill`); a full disk ends the memo, not the session. Values are bit for bit what
-    :func:`ref_to_port_layout` / :func:`port_input_layout` return (a copy moves values, it computes nothing)."""
+    :func:`ref_to_port_layout` / :func:`port_input_layout` return (a copy moves values, it computes nothing). A
+    value read back from disk is in recycled memory (``SpillDict.pooled``): its reader holds it while it compares
+    it, then may give it back to :data:`parity.core.buffers.POOL` (the comparisons do)."""
 
     def __init__(self, root: str | None = None):
         self.store = SpillStore(root=root)
@@ -61,8 +63,8 @@ class PortLayoutMemo:
             held = key in self.data
             self.hits += held
             self.misses += not held
-        if held:
-            return self.data[key]
+        if held:  # in recycled memory: the comparisons give it back (parity.core.buffers)
+            return self.data.pooled(key)
         value = compute()
         with self._lock:
             if self.enabled and key not in self.data:
@@ -103,7 +105,9 @@ def diff_sink(ref_acts, tol, suffix: str = "", read: Callable[[Tap], np.ndarray]
     read = read or (lambda tap: ref_to_port_layout(tap, ref_acts[tap.path]))
 
     def compare(tap, value):
-        diffs[tap.path] = tensor_diff(tap.path + suffix, read(tap), value, tol)
+        ref = read(tap)
+        diffs[tap.path] = tensor_diff(tap.path + suffix, ref, value, tol)
+        POOL.give(ref)  # a spilled array read into recycled memory (parity.core.spill.Spilled.load)
 
     def compare_own(tap, own):
         compare(tap, own)
@@ -153,11 +157,13 @@ def run(ctx: CheckContext) -> None:
     t = time.perf_counter()
     ctx.say("port: forward (eval)")
     rng = ts.torch.random.get_rng_state()
-    with Background() as background:  # the comparisons on a second core while the port computes
+    # the comparisons on a second core while the port computes (on a side lane: in its hooks, without a copy)
+    with Background() as background:
         sink, diffs = diff_sink(ref.eval_acts if compared else {}, tol, read=layout_reader(ref, "eval_acts"),
-                                background=background)
+                                background=None if ctx.on_lane else background)
         ctx.eval_shapes, ctx.final, ctx.calls = ts.forward_eval(ref.inputs[0], sink=sink)
-    ctx.eval_draws_random = not bool(ts.torch.equal(rng, ts.torch.random.get_rng_state()))
+    if not ctx.on_lane:  # (a lane's draws are seen by its gate: parity.stages.lane.SideLane.finish)
+        ctx.eval_draws_random = not bool(ts.torch.equal(rng, ts.torch.random.get_rng_state()))
     if not compared:
         return
     st = StageResult("forward_eval")

@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import re
 from dataclasses import dataclass
@@ -185,19 +187,22 @@ def packed_reference(model):
 
 
 def torch_unpacker(slots: list[InputSlot]):
-    """packed tensor (N, total) -> the port's inputs, in the Keras model's order and the port's layout."""
-    def unpack(x):
-        import torch
+    """packed tensor (N, total) -> the port's inputs, in the Keras model's order and the port's layout (a
+    ``functools.partial``, not a closure: a deep copy of the port's view copies it with its slots,
+    ``parity.stages.lane.closures_sharing_state``)."""
+    return functools.partial(_unpack, tuple(slots))
 
-        out = []
-        for s in slots:
-            y = x[:, s.start:s.start + s.size].reshape((x.shape[0],) + s.shape)
-            if s.integer_range is not None:
-                y = torch.clamp(torch.floor((y + 1.0) / 2.0 * s.integer_range), 0, s.integer_range - 1).long()
-            out.append(to_port_layout(y, s.layout))
-        return tuple(out)
 
-    return unpack
+def _unpack(slots: tuple[InputSlot, ...], x):
+    import torch
+
+    out = []
+    for s in slots:
+        y = x[:, s.start:s.start + s.size].reshape((x.shape[0],) + s.shape)
+        if s.integer_range is not None:
+            y = torch.clamp(torch.floor((y + 1.0) / 2.0 * s.integer_range), 0, s.integer_range - 1).long()
+        out.append(to_port_layout(y, s.layout))
+    return tuple(out)
 
 
 def to_port_layout(t, layout: str):

@@ -17,6 +17,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -181,40 +183,41 @@ class PortOutputError(ValueError):
 
 def torch_packer(heads: list[OutputHead]):
     """The view's output function: the port's tuple / list / dict of outputs -> one (N, sum of widths) tensor in
-    the Keras order; a :class:`PortOutputError` naming the mismatch otherwise."""
+    the Keras order; a :class:`PortOutputError` naming the mismatch otherwise (a ``functools.partial``, not a
+    closure: a deep copy of the port's view copies it with its heads, ``parity.stages.lane``)."""
+    return functools.partial(_pack, tuple(heads))
+
+
+def _pack(heads: tuple[OutputHead, ...], out):
+    import torch
+
     want = [h.width for h in heads]
     order = ", ".join(f"{h.key} ({h.width})" for h in heads)
-
-    def pack(out):
-        import torch
-
-        if isinstance(out, dict):
-            keys = {str(k) for k in out}
-            by = {h.key: out.get(h.key, out.get(h.layer)) for h in heads}
-            missing = [k for k, v in by.items() if v is None]
-            if missing:
-                raise PortOutputError(f"expected the port's dict of outputs keyed by the Keras output names ({order})"
-                                      f". Received: keys {sorted(keys)}; no {', '.join(missing)}")
-            parts = [by[h.key] for h in heads]
-        elif isinstance(out, (list, tuple)):
-            parts = list(out)
-            if len(parts) != len(heads):
-                raise PortOutputError(f"expected the port to return {len(heads)} outputs in the Keras model's order "
-                                      f"({order}). Received: {len(parts)} outputs")
-        else:
-            raise PortOutputError(f"expected the port to return its {len(heads)} outputs (a tuple in the Keras "
-                                  f"order {order}, or a dict keyed by those names). Received: one "
-                                  f"{type(out).__name__}")
-        widths = [int(p.shape[-1]) if p.dim() == 2 else -1 for p in parts]
-        if widths != want:
-            got = ", ".join(f"output {i} ({w})" for i, w in enumerate(widths))
-            fix = ("return them in the Keras model's order" if sorted(widths) == sorted(want)
-                   else "each as (batch, width)")
-            raise PortOutputError(f"expected the port's outputs in the Keras model's order: {order}. Received: {got}"
-                                  f"; {fix} (or a dict keyed by {', '.join(h.key for h in heads)})")
-        return torch.cat(parts, dim=-1)
-
-    return pack
+    if isinstance(out, dict):
+        keys = {str(k) for k in out}
+        by = {h.key: out.get(h.key, out.get(h.layer)) for h in heads}
+        missing = [k for k, v in by.items() if v is None]
+        if missing:
+            raise PortOutputError(f"expected the port's dict of outputs keyed by the Keras output names ({order})"
+                                  f". Received: keys {sorted(keys)}; no {', '.join(missing)}")
+        parts = [by[h.key] for h in heads]
+    elif isinstance(out, (list, tuple)):
+        parts = list(out)
+        if len(parts) != len(heads):
+            raise PortOutputError(f"expected the port to return {len(heads)} outputs in the Keras model's order "
+                                  f"({order}). Received: {len(parts)} outputs")
+    else:
+        raise PortOutputError(f"expected the port to return its {len(heads)} outputs (a tuple in the Keras "
+                              f"order {order}, or a dict keyed by those names). Received: one "
+                              f"{type(out).__name__}")
+    widths = [int(p.shape[-1]) if p.dim() == 2 else -1 for p in parts]
+    if widths != want:
+        got = ", ".join(f"output {i} ({w})" for i, w in enumerate(widths))
+        fix = ("return them in the Keras model's order" if sorted(widths) == sorted(want)
+               else "each as (batch, width)")
+        raise PortOutputError(f"expected the port's outputs in the Keras model's order: {order}. Received: {got}"
+                              f"; {fix} (or a dict keyed by {', '.join(h.key for h in heads)})")
+    return torch.cat(parts, dim=-1)
 
 
 # -- the diagnosis of a port with several outputs ----------------------------------------------------------------

@@ -131,3 +131,47 @@ def test_a_sink_copy_is_given_back_after_its_comparison_and_reused(monkeypatch):
     assert [diffs[t.path].mismatched for t in taps] == [0, diffs["t1"].numel, 0]
     assert abs(diffs["t1"].max_abs - 1.0) < 1e-12 and diffs["t0"].max_abs == diffs["t2"].max_abs == 0.0
     assert (pool.misses, pool.hits, pool.free_bytes) == (1, 2, refs["t0"].nbytes)
+
+
+def test_a_spilled_array_read_pooled_is_recycled_memory_with_the_same_bytes(tmp_path):
+    """``SpillDict.pooled`` (the --watch memo's reads) lends the array from the pool; a plain read (a trace, a
+    reference run: arrays callers may keep) never does, so no comparison can give back memory someone holds."""
+    from parity.core.buffers import POOL
+    from parity.core.spill import SpillDict, SpillStore
+
+    store = SpillStore(root=str(tmp_path))
+    try:
+        d = SpillDict(store)
+        a = np.random.default_rng(0).normal(size=(2, 8, 128, 130))  # 2 MB: on disk
+        d["x"] = a
+        d["small"] = np.arange(3.0)
+        store.flush()
+        plain, pooled = d["x"], d.pooled("x")
+        assert np.array_equal(plain, a) and np.array_equal(pooled, a) and pooled.dtype == a.dtype
+        assert not POOL.lent(plain) and POOL.lent(pooled)
+        assert not POOL.lent(d.pooled("small"))  # small arrays are copies of what stays in memory
+        where = _address(pooled)
+        assert POOL.give(pooled)
+        again = d.pooled("x")
+        assert _address(again) == where and np.array_equal(again, a)  # the same memory, read again
+        POOL.give(again)
+    finally:
+        store.close()
+        POOL.clear()
+
+
+def test_the_port_takes_a_lent_array_without_a_copy_but_not_a_view_with_other_strides():
+    torch = __import__("pytest").importorskip("torch")
+    from parity.backends.torch_side import TorchSide
+    from parity.core.buffers import POOL
+
+    ts = TorchSide(torch.nn.Identity(), [], dtype="float64")
+    a = POOL.empty((2, 3, 256, 256))
+    a[...] = 1.0
+    t = ts.as_tensor(a, fresh=True)
+    assert t.data_ptr() == _address(a)  # used as is
+    one_channel = POOL.empty((2, 256, 256, 1)).transpose(0, 3, 1, 2)  # NHWC -> NCHW of C=1: a view
+    one_channel[...] = 2.0
+    u = ts.as_tensor(one_channel, fresh=True)
+    assert u.data_ptr() != _address(one_channel) and u.is_contiguous() and float(u.sum()) == 2.0 * u.numel()
+    POOL.clear()
