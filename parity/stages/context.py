@@ -64,8 +64,6 @@ class CheckContext:
     eval_shapes: dict | None = None  # {tap path: the port output's shape} (None: the forward did not run)
     final: Any = None  # the port's final output
     calls: dict | None = None  # {port module: times called in one forward}
-    #: whether that forward drew from torch's CPU generator (None: it did not run)
-    eval_draws_random: bool | None = None
     #: this context is a side lane's (``parity.stages.lane.SideLane``): its stages compare on its own thread (it
     #: is the second core already) and leave the releases to the check's context
     on_lane: bool = False

@@ -156,14 +156,11 @@ def run(ctx: CheckContext) -> None:
     compared = "forward_eval" in ctx.stages
     t = time.perf_counter()
     ctx.say("port: forward (eval)")
-    rng = ts.torch.random.get_rng_state()
     # the comparisons on a second core while the port computes (on a side lane: in its hooks, without a copy)
     with Background() as background:
         sink, diffs = diff_sink(ref.eval_acts if compared else {}, tol, read=layout_reader(ref, "eval_acts"),
                                 background=None if ctx.on_lane else background)
         ctx.eval_shapes, ctx.final, ctx.calls = ts.forward_eval(ref.inputs[0], sink=sink)
-    if not ctx.on_lane:  # (a lane's draws are seen by its gate: parity.stages.lane.SideLane.finish)
-        ctx.eval_draws_random = not bool(ts.torch.equal(rng, ts.torch.random.get_rng_state()))
     if not compared:
         return
     st = StageResult("forward_eval")

@@ -8,8 +8,8 @@ of every check). On a machine with a second core a :class:`SideLane` runs them o
 trains: torch and numpy release the GIL in their kernels, so the two compute at once. The numbers are the ones
 the stages compute in line: the same modules, weights and inputs, each operation on one thread, and the same
 draws from torch's generator (below). :meth:`SideLane.finish` adds the lane's stages and findings to the result
-and hands the eval forward's facts (the final output, the calls per module, the attention calls recorded for
-the diagnosis' probes) to the check's port.
+and the eval forward's facts to the check (its final output and calls per tap; the attention calls it recorded,
+which the diagnosis' probes replay on the check's port).
 
 **torch's generator.** In line, the eval-mode stages start from the generator's state after the build, and so
 do the training stages (``parity.harness._run_stages`` sets it back: a port whose eval forward draws random
@@ -289,22 +289,21 @@ class SideLane:
 
     def finish(self, ctx: CheckContext) -> bool:
         """Wait for the lane; raise what it raised; its stages and findings into the check's result, and the eval
-        forward's facts to the check's port (``ctx.ts``). False: the copy reached into the port (:attr:`leak`),
+        forward's facts to the check (``ctx``; the recorded attention calls to ``ctx.ts``). False: the copy reached into the port (:attr:`leak`),
         nothing of the lane's is kept and the stages must run in line."""
         self.training_done()
         try:
             self._thread.wait()
         finally:
-            drew = self._done()
+            self._done()
         if self.leak is not None:
             return False
         lane = self.ctx
         ctx.result.stages += lane.result.stages
         ctx.result.findings += lane.result.findings
         ctx.eval_shapes, ctx.final, ctx.calls = lane.eval_shapes, lane.final, lane.calls
-        if lane.eval_shapes is not None:
-            ctx.eval_draws_random = bool(drew)
-        _hand_over(lane.ts, ctx.ts)
+        if "_attention_calls" in lane.ts.__dict__:  # what the diagnosis' probes replay (recorded in eval mode)
+            ctx.ts._attention_calls = dict(lane.ts._attention_calls)
         return True
 
     def cancel(self) -> None:
@@ -316,28 +315,10 @@ class SideLane:
         finally:
             self._done()
 
-    def _done(self) -> bool:
+    def _done(self) -> None:
         """The lane's thread has ended: the process's module hook removed, and torch's generator back where the
-        training stages left it if the lane drew; returns whether the lane moved the generator."""
-        import torch
-
+        training stages left it if the lane drew."""
         self._module_hook.remove()
-        if self.gate.main_state is None:
-            return False
-        drew = not bool(torch.equal(self.gate.start_state, torch.random.get_rng_state()))
-        torch.random.set_rng_state(self.gate.main_state)
-        self.gate.main_state = None
-        return drew
-
-
-def _hand_over(twin, ts) -> None:
-    """What the twin's eval forward recorded, for the check's port: the calls per module (keyed by module
-    ``id``, so mapped through the two modules' identical trees) and the attention / recurrent calls' arguments."""
-    if twin.module_calls is not None:
-        ids = {id(a): id(b) for (_, a), (_, b) in zip(twin.module.named_modules(remove_duplicate=False),
-                                                      ts.module.named_modules(remove_duplicate=False))}
-        ts.module_calls = type(twin.module_calls)({ids.get(k, k): n for k, n in twin.module_calls.items()})
-    else:
-        ts.module_calls = None
-    if "_attention_calls" in twin.__dict__:
-        ts._attention_calls = dict(twin._attention_calls)
+        if self.gate.main_state is not None:
+            self.ctx.ts.torch.random.set_rng_state(self.gate.main_state)
+            self.gate.main_state = None

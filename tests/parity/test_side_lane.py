@@ -388,23 +388,23 @@ def test_the_gate_holds_the_first_default_generator_draw_until_opened():
             torch.zeros(1)
 
 
-def test_the_eval_forward_facts_are_handed_to_the_checks_port():
-    """The calls per module counted on the twin, keyed by the check's own modules (the shared-module finding
-    reads them), and the recorded attention calls."""
-    from ported_torch.inspect import shared_modules
+def test_the_attention_calls_recorded_on_the_lane_are_the_ones_the_diagnosis_replays():
+    """The eval forward's recorded attention calls (masks, flags) replace what the training forward recorded on the
+    check's port: in line, the eval forward records first."""
+    from parity.core.results import CheckResult
 
-    block = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-    m = torch.nn.Sequential(torch.nn.Linear(4, 4), block, block, torch.nn.Linear(4, 2)).double()
-    ts = TorchSide(m, [], dtype="float64")
-    twin = ts.twin()
-    twin._attention_calls = {"x": ((1,), {})}
-    twin.forward_eval(torch.rand(2, 4).double().numpy())
-    lane._hand_over(twin, ts)
-    assert [s["path"] for s in shared_modules(ts.module, ts.module_calls)] == ["1"]
-    assert ts._attention_calls == {"x": ((1,), {})}
-    in_line = TorchSide(m, [], dtype="float64")
-    in_line.forward_eval(torch.rand(2, 4).double().numpy())
-    assert dict(ts.module_calls) == dict(in_line.module_calls)
+    ts = TorchSide(torch.nn.Linear(2, 2).double(), [], dtype="float64")
+    ctx = CheckContext(spec=SPEC, stages=set(), dtype="float64", device="cpu", seed=0, batch=2, optimizer=None,
+                       steps=1, store=None, ts=ts, result=CheckResult(pair="p", dtype="float64", device="cpu", seed=0,
+                                                                      batch=2, optimizer={}, config={}))
+    ts._attention_calls = {"attn": ((), {"need_weights": True})}  # as a training forward records it
+
+    def stage(c):
+        c.ts._attention_calls["attn"] = ((), {"need_weights": False})  # the eval forward's (the copy's own dict)
+
+    side = lane.SideLane(ctx, ts.twin(), (stage,), torch.random.get_rng_state())
+    assert side.finish(ctx) is True
+    assert ts._attention_calls == {"attn": ((), {"need_weights": False})}
 
 
 def test_a_twin_shares_nothing_the_training_stages_change():
