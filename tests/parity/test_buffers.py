@@ -6,6 +6,7 @@ import dataclasses
 import threading
 
 import numpy as np
+import pytest
 
 from parity.core import tensors
 from parity.core.background import Background
@@ -161,7 +162,7 @@ def test_a_spilled_array_read_pooled_is_recycled_memory_with_the_same_bytes(tmp_
 
 
 def test_the_port_takes_a_lent_array_without_a_copy_but_not_a_view_with_other_strides():
-    torch = __import__("pytest").importorskip("torch")
+    torch = pytest.importorskip("torch")
     from parity.backends.torch_side import TorchSide
     from parity.core.buffers import POOL
 
